@@ -1,0 +1,33 @@
+# Everything a fresh machine needs: `make demo` runs the main job, `make test` the test suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= runs/demo
+
+export RAY_USAGE_STATS_ENABLED := 0
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+# torch first and alone: pinned to the CPU build this machine has; then the project itself.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+demo: install
+	$(BIN)/modaltune synth $(DEMO_DIR)/cohort --cohorts BRCA,NSCLC,RCC,GBMLGG --slides-per-cohort 60 \
+		--feature-dim 64 --min-tiles 50 --max-tiles 800 --seed 0
+	$(BIN)/modaltune validate $(DEMO_DIR)/cohort
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,54 @@
+"""Atomic file writes: a reader sees the old version or the new one, never a torn file.
+
+Every output a long study depends on (cohort tables, results, checkpoints, reports) goes
+through here, so an interrupted writer leaves the previous version intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it onto ``target`` on success.
+
+    The temporary file lives in the same directory so ``os.replace`` is a same-filesystem
+    rename (atomic on POSIX). On any exception the temporary file is removed and the
+    target is left untouched.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(target: str | os.PathLike[str], text: str) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(target: str | os.PathLike[str], payload: Any) -> None:
+    write_text_atomic(target, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def write_parquet_atomic(target: str | os.PathLike[str], table: pa.Table) -> None:
+    with atomic_path(target) as tmp:
+        pq.write_table(table, tmp)

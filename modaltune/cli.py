@@ -1,0 +1,128 @@
+"""``modaltune`` command line: cohort tools now, training and analysis as they land.
+
+Exit codes: 0 success, 2 bad input (with every problem printed), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from modaltune.errors import InputError
+
+from modaltune.data import (
+    H5ImportOptions,
+    SynthConfig,
+    ValidationReport,
+    generate_cohort,
+    import_h5_cohort,
+    validate_cohort,
+)
+
+EXIT_BAD_INPUT = 2
+
+logger = logging.getLogger("modaltune")
+
+
+def _bar(description: str, unit: str) -> Callable[[Iterable], Iterable]:
+    return partial(tqdm, desc=description, unit=unit, dynamic_ncols=True)
+
+
+def _print_report(report: ValidationReport) -> int:
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if report.ok:
+        print(f"{report.root}: OK ({report.n_slides} slides, {report.n_cases} cases)")
+        return 0
+    for problem in report.problems:
+        print(f"error: {problem}", file=sys.stderr)
+    print(f"{report.root}: {len(report.problems)} problem(s)", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    config = SynthConfig(
+        cohorts=tuple(c.strip() for c in args.cohorts.split(",") if c.strip()),
+        slides_per_cohort=args.slides_per_cohort,
+        seed=args.seed,
+        feature_dim=args.feature_dim,
+        min_tiles=args.min_tiles,
+        max_tiles=args.max_tiles,
+        n_genes=args.genes,
+        n_pathways=args.pathways,
+        n_folds=args.folds,
+    )
+    layout = generate_cohort(args.out_dir, config, progress=_bar("writing slides", "slide"))
+    print(f"wrote synthetic cohort to {layout.root}")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    return _print_report(validate_cohort(args.cohort_dir, progress=_bar("checking slides", "slide")))
+
+
+def _cmd_import_h5(args: argparse.Namespace) -> int:
+    options = H5ImportOptions(
+        labels=args.labels, rna=args.rna, gene_groups=args.gene_groups, n_folds=args.folds, seed=args.seed,
+        tile_size_px=args.tile_size,
+    )
+    layout = import_h5_cohort(args.h5_dir, args.slides, args.out_dir, options, progress=_bar("importing slides", "slide"))
+    return _print_report(validate_cohort(layout.root))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modaltune", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    synth = commands.add_parser("synth", help="write a synthetic TCGA-like cohort with planted effects")
+    synth.add_argument("out_dir", type=Path)
+    synth.add_argument("--cohorts", default="BRCA,NSCLC,RCC,GBMLGG", help="comma-separated cancer types")
+    synth.add_argument("--slides-per-cohort", type=int, default=100)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--feature-dim", type=int, default=1536, help="tile feature width (GigaPath: 1536)")
+    synth.add_argument("--min-tiles", type=int, default=50)
+    synth.add_argument("--max-tiles", type=int, default=5000)
+    synth.add_argument("--genes", type=int, default=400)
+    synth.add_argument("--pathways", type=int, default=20)
+    synth.add_argument("--folds", type=int, default=5)
+    synth.set_defaults(run=_cmd_synth)
+
+    validate = commands.add_parser("validate", help="check a cohort folder; exit 2 listing every problem")
+    validate.add_argument("cohort_dir", type=Path)
+    validate.set_defaults(run=_cmd_validate)
+
+    importer = commands.add_parser("import-h5", help="convert CLAM/Trident .h5 tile features into a cohort")
+    importer.add_argument("h5_dir", type=Path, help="folder of <slide_id>.h5 files")
+    importer.add_argument("--slides", type=Path, required=True, help="CSV: slide_id, case_id, cohort, subtype, time, event")
+    importer.add_argument("out_dir", type=Path)
+    importer.add_argument("--labels", type=Path, help="labels.yaml (default: built-in TCGA descriptions)")
+    importer.add_argument("--rna", type=Path, help="case x gene table (.csv or .parquet) with a case_id column")
+    importer.add_argument("--gene-groups", type=Path, help="JSON: pathway -> list of genes")
+    importer.add_argument("--folds", type=int, default=5, help="case-level folds, when the CSV has no fold column")
+    importer.add_argument("--seed", type=int, default=0)
+    importer.add_argument("--tile-size", type=int, default=256, help="tile size in level-0 pixels")
+    importer.set_defaults(run=_cmd_import_h5)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return args.run(args)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

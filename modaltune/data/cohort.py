@@ -1,0 +1,181 @@
+"""Read access to a validated cohort: what a training worker reads, case by case.
+
+Metadata (a few MB even for 10k slides) is held in memory; tile features are never loaded up
+front — each slide is memory-mapped when asked for, and only the tiles a step samples are
+copied. A Ray Train worker opens the cohort by path and reads its own shard of cases, so the
+cohort never passes through the Ray object store.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from modaltune.data.clinical import CLINICAL_COLUMNS, encode_clinical
+from modaltune.data.features import SlideFeatures, read_slide_features
+from modaltune.data.labels import LabelSpec, load_labels
+from modaltune.errors import InputError
+from modaltune.data.layout import CASE_LEVEL_COLUMNS, CohortLayout, CohortManifest, read_gene_groups, read_manifest
+
+
+@dataclass(frozen=True)
+class CaseRecord:
+    """The labels and clinical record of one case (patient)."""
+
+    case_id: str
+    cohort: str
+    subtype: str
+    time: float
+    event: int
+    fold: int
+    slide_ids: tuple[str, ...]
+    clinical: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CaseSample:
+    """One training example: a case's tiles (all its slides together) and other modalities."""
+
+    record: CaseRecord
+    features: np.ndarray  # (N, D) float16
+    coords: np.ndarray  # (N, 2) int32
+    rna: np.ndarray | None  # (sum of group sizes,) float32, pathway-grouped
+    clinical: np.ndarray  # (CLINICAL_VECTOR_SIZE,) float32
+
+
+class Cohort:
+    """A cohort folder opened for reading; see ``modaltune.data.layout`` for the files."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.layout = CohortLayout(Path(root))
+        self.manifest: CohortManifest = read_manifest(self.layout)
+        self.labels: LabelSpec = load_labels(self.layout.labels)
+        self.slides: pd.DataFrame = pq.read_table(self.layout.slides).to_pandas()
+        self._cases = self._case_table(self.slides)
+
+    @staticmethod
+    def _case_table(slides: pd.DataFrame) -> pd.DataFrame:
+        clinical = [c for c in CLINICAL_COLUMNS if c in slides.columns]
+        grouped = slides.groupby("case_id", sort=True)
+        cases = grouped[[*CASE_LEVEL_COLUMNS, *clinical]].first()
+        cases["slide_ids"] = grouped["slide_id"].agg(tuple)
+        return cases
+
+    @property
+    def case_ids(self) -> list[str]:
+        return list(self._cases.index)
+
+    @property
+    def cohort_names(self) -> list[str]:
+        return sorted(self._cases["cohort"].unique())
+
+    @property
+    def has_rna(self) -> bool:
+        return self.layout.rna.exists()
+
+    def cases(self, folds: Iterable[int] | None = None, cohorts: Iterable[str] | None = None) -> list[str]:
+        """Case ids, optionally restricted to some folds and/or cancer types, in sorted order."""
+        mask = pd.Series(True, index=self._cases.index)
+        if folds is not None:
+            mask &= self._cases["fold"].isin(list(folds))
+        if cohorts is not None:
+            mask &= self._cases["cohort"].isin(list(cohorts))
+        return list(self._cases.index[mask])
+
+    def split(self, validation_fold: int, cohorts: Iterable[str] | None = None) -> tuple[list[str], list[str]]:
+        """(training cases, validation cases) for one cross-validation fold."""
+        if not 0 <= validation_fold < self.manifest.n_folds:
+            raise InputError(f"validation_fold must be in 0..{self.manifest.n_folds - 1}, got {validation_fold}")
+        training = [f for f in range(self.manifest.n_folds) if f != validation_fold]
+        return self.cases(training, cohorts), self.cases([validation_fold], cohorts)
+
+    def record(self, case_id: str) -> CaseRecord:
+        try:
+            row = self._cases.loc[case_id]
+        except KeyError as exc:
+            raise KeyError(f"case {case_id!r} is not in {self.layout.slides}") from exc
+        return CaseRecord(
+            case_id=case_id,
+            cohort=row["cohort"],
+            subtype=row["subtype"],
+            time=float(row["time"]),
+            event=int(row["event"]),
+            fold=int(row["fold"]),
+            slide_ids=tuple(row["slide_ids"]),
+            clinical={c: row[c] for c in CLINICAL_COLUMNS if c in row.index},
+        )
+
+    def slide_features(self, slide_id: str) -> SlideFeatures:
+        """Zero-copy, read-only memory-mapped tiles of one slide."""
+        return read_slide_features(self.layout.feature_file(slide_id))
+
+    def sample(self, case_id: str, max_tiles: int | None = None, rng: np.random.Generator | None = None) -> CaseSample:
+        """A case's tiles from all its slides, randomly capped at ``max_tiles`` (the paper: 25,000).
+
+        Without a cap, or when the case has fewer tiles, every tile is returned in slide order.
+        """
+        record = self.record(case_id)
+        slides = [self.slide_features(s) for s in record.slide_ids]
+        features, coords = _concatenate_capped(slides, max_tiles, rng or np.random.default_rng())
+        return CaseSample(
+            record=record,
+            features=features,
+            coords=coords,
+            rna=self.rna_vector(case_id) if self.has_rna else None,
+            clinical=encode_clinical(record.clinical),
+        )
+
+    @cached_property
+    def gene_groups(self) -> dict[str, list[str]]:
+        return read_gene_groups(self.layout.gene_groups)
+
+    @property
+    def rna_group_sizes(self) -> list[int]:
+        """Genes per pathway, in the order of ``rna_vector``'s segments."""
+        return [len(genes) for genes in self.gene_groups.values()]
+
+    @cached_property
+    def _rna_matrix(self) -> tuple[dict[str, int], np.ndarray]:
+        """(case -> row, cases x grouped-genes float32); genes repeated per group they belong to."""
+        table = pq.read_table(self.layout.rna).to_pandas()
+        order = [gene for genes in self.gene_groups.values() for gene in genes]
+        values = table[order].to_numpy(dtype=np.float32)
+        return {case: i for i, case in enumerate(table["case_id"])}, values
+
+    def rna_vector(self, case_id: str) -> np.ndarray:
+        """The case's expression values, concatenated pathway by pathway (see ``rna_group_sizes``)."""
+        rows, values = self._rna_matrix
+        if case_id not in rows:
+            raise KeyError(f"case {case_id!r} has no row in {self.layout.rna}")
+        return values[rows[case_id]]
+
+    def rna_matrix(self, case_ids: Sequence[str]) -> np.ndarray:
+        """Grouped expression of many cases, e.g. to compute normalisation on a training split."""
+        return np.stack([self.rna_vector(c) for c in case_ids])
+
+
+def _concatenate_capped(
+    slides: list[SlideFeatures], max_tiles: int | None, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    total = sum(s.n_tiles for s in slides)
+    if max_tiles is None or total <= max_tiles:
+        return (
+            np.concatenate([s.features for s in slides]),
+            np.concatenate([s.coords for s in slides]),
+        )
+    chosen = np.sort(rng.choice(total, size=max_tiles, replace=False))
+    offsets = np.cumsum([0] + [s.n_tiles for s in slides])
+    features, coords = [], []
+    for i, slide in enumerate(slides):
+        local = chosen[(chosen >= offsets[i]) & (chosen < offsets[i + 1])] - offsets[i]
+        features.append(slide.features[local])
+        coords.append(slide.coords[local])
+    return np.concatenate(features), np.concatenate(coords)

@@ -1,0 +1,35 @@
+"""Case-level, stratified cross-validation folds.
+
+Folds are assigned to cases, never to slides, so two slides of one patient can never sit on
+both sides of a split (the classic leakage in multi-slide TCGA cohorts).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedKFold
+
+from modaltune.errors import InputError
+
+
+def assign_case_folds(cases: pd.DataFrame, n_folds: int, seed: int, strata: list[str]) -> pd.Series:
+    """Return fold per case (indexed by ``case_id``), stratified on the given case columns.
+
+    ``cases`` has one row per case. Strata rarer than ``n_folds`` cases cannot be spread over
+    every fold; sklearn's warning about that is expected for rare subtypes and is silenced.
+    """
+    if cases["case_id"].duplicated().any():
+        raise InputError("assign_case_folds needs one row per case")
+    if len(cases) < n_folds:
+        raise InputError(f"cannot make {n_folds} folds from {len(cases)} cases")
+    stratum = cases[strata].astype(str).agg("|".join, axis=1).to_numpy()
+    splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    folds = np.empty(len(cases), dtype=np.int64)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        for fold, (_, test_index) in enumerate(splitter.split(np.zeros(len(cases)), stratum)):
+            folds[test_index] = fold
+    return pd.Series(folds, index=cases["case_id"].to_numpy(), name="fold")

@@ -1,0 +1,423 @@
+"""Synthetic TCGA-like cohorts with planted, known effects.
+
+No real TCGA data is reachable from tests or CI, so studies run on cohorts whose right answers
+we know. The generative story (all of it recorded in ``truth.json``):
+
+* **Tissue.** Each tile is a noisy copy of one tissue prototype (stroma, lymphocytes,
+  necrosis, ... plus per-cancer-type tumour prototypes). A slide is a mixture of prototypes
+  whose proportions depend on the case's subtype (so subtype is visible in the image) and on a
+  latent tumour grade ``z_image`` (more necrosis and mitoses), plus a per-slide stain shift.
+* **RNA.** Genes load on pathways; pathway activities are standard normal per case, shifted
+  by subtype for a few pathways (subtype is partly visible in RNA) and, for the *risk
+  pathways*, independent of everything in the image.
+* **Clinical.** Age, sex, AJCC stage and TNM (absent for GBMLGG, as in TCGA).
+* **Survival.** Weibull proportional hazards with log-hazard
+  ``b_img*z_image + subtype effect + sum_p b_p*pathway_p + b_stage*stage + b_age*age``; censoring
+  by an exponential drop-out whose rate is calibrated to the requested censored fraction.
+
+Because the risk pathways are invisible in the image, a WSI+RNA model can beat a WSI-only
+model; ``truth.json`` says by how much with oracle C-indices of each modality's true
+log-hazard component.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from lifelines.utils import concordance_index
+
+from modaltune.atomic import write_json_atomic, write_parquet_atomic
+from modaltune.data.folds import assign_case_folds
+from modaltune.data.features import write_slide_features
+from modaltune.data.labels import default_labels, save_labels
+from modaltune.data.clinical import CLINICAL_COLUMNS
+from modaltune.data.layout import SLIDE_COLUMNS, CohortLayout, CohortManifest, write_manifest
+from modaltune.data.tcga import TCGA_COHORTS, CohortInfo
+from modaltune.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Progress = Callable[[Iterable[T]], Iterable[T]]
+
+SHARED_PROTOTYPES = ("stroma", "lymphocytes", "necrosis", "adipose", "blood", "mitotic_tumour")
+SHARED_PROTOTYPE_LOGITS = (1.0, 0.3, -1.2, -0.6, -1.0, -1.5)
+HIGH_GRADE_PROTOTYPES = ("necrosis", "mitotic_tumour")
+
+# Log-hazard ratios of subtypes relative to the cohort's first subtype (GBM is far deadlier than LGG).
+SUBTYPE_LOG_HAZARD: dict[str, float] = {"GBM": 1.2, "LGG": 0.0, "KIRP": -0.2, "KICH": -0.6, "LUSC": 0.15}
+
+HALLMARK_NAMES = (
+    "HYPOXIA", "GLYCOLYSIS", "EMT", "INFLAMMATORY_RESPONSE", "IFN_GAMMA_RESPONSE", "P53_PATHWAY",
+    "MYC_TARGETS", "E2F_TARGETS", "G2M_CHECKPOINT", "ANGIOGENESIS", "APOPTOSIS", "DNA_REPAIR",
+    "KRAS_SIGNALING", "TNFA_SIGNALING", "ESTROGEN_RESPONSE", "ANDROGEN_RESPONSE", "OXPHOS",
+    "FATTY_ACID_METABOLISM", "WNT_SIGNALING", "NOTCH_SIGNALING", "HEDGEHOG_SIGNALING",
+    "TGF_BETA_SIGNALING", "IL6_JAK_STAT3", "PI3K_AKT_MTOR", "MTORC1_SIGNALING", "UV_RESPONSE",
+    "COMPLEMENT", "COAGULATION", "XENOBIOTIC_METABOLISM", "PEROXISOME", "ALLOGRAFT_REJECTION",
+    "APICAL_JUNCTION",
+)
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Size and strength knobs of a synthetic cohort; defaults mimic TCGA + GigaPath features."""
+
+    cohorts: tuple[str, ...] = ("BRCA", "NSCLC", "RCC", "GBMLGG")
+    slides_per_cohort: int = 100
+    seed: int = 0
+    feature_dim: int = 1536
+    min_tiles: int = 50
+    max_tiles: int = 5000
+    tile_size_px: int = 256
+    n_genes: int = 400
+    n_pathways: int = 20
+    n_folds: int = 5
+    censored_fraction: float = 0.68
+    # Signal strengths (log-hazard coefficients per standard deviation, or logit shifts).
+    image_log_hazard: float = 0.7
+    rna_log_hazard: float = 0.9
+    n_risk_pathways: int = 2
+    stage_log_hazard: float = 0.35
+    age_log_hazard_per_decade: float = 0.15
+    subtype_logit_shift: float = 0.9
+    grade_logit_shift: float = 0.8
+    subtype_rna_shift: float = 0.6
+    tile_noise: float = 1.5
+    extra_slide_probability: float = 0.2  # expected extra slides per case (at most two each)
+    weibull_shape: float = 1.3
+    median_survival_months: float = 45.0
+    gene_overlap_probability: float = 0.1
+
+    def __post_init__(self) -> None:
+        unknown = [c for c in self.cohorts if c not in TCGA_COHORTS]
+        if unknown:
+            raise InputError(f"unknown cohort(s) {unknown}; choose from {sorted(TCGA_COHORTS)}")
+        if not self.cohorts:
+            raise InputError("at least one cohort is needed")
+        if not 1 <= self.min_tiles <= self.max_tiles:
+            raise InputError(f"need 1 <= min_tiles <= max_tiles, got {self.min_tiles}, {self.max_tiles}")
+        if not 0.0 < self.censored_fraction < 1.0:
+            raise InputError(f"censored_fraction must be in (0, 1), got {self.censored_fraction}")
+        if self.n_pathways > len(HALLMARK_NAMES) or self.n_pathways < self.n_risk_pathways + 2:
+            raise InputError(
+                f"n_pathways must be in [{self.n_risk_pathways + 2}, {len(HALLMARK_NAMES)}], got {self.n_pathways}"
+            )
+        if self.n_genes < 2 * self.n_pathways:
+            raise InputError(f"n_genes must be at least 2 per pathway ({2 * self.n_pathways}), got {self.n_genes}")
+        if self.slides_per_cohort < self.n_folds:
+            raise InputError(f"slides_per_cohort must be at least n_folds ({self.n_folds})")
+
+
+@dataclass
+class _World:
+    """Everything shared by all cases: prototypes, gene-pathway structure, effect sizes."""
+
+    prototype_names: list[str]
+    prototypes: np.ndarray  # (K, D)
+    cohort_prototypes: dict[str, list[int]]  # cohort -> indices of prototypes present in it
+    subtype_prototype: dict[tuple[str, str], int]
+    pathways: list[str]
+    gene_names: list[str]
+    gene_groups: dict[str, list[str]]
+    gene_loadings: np.ndarray  # (G, P), sparse
+    gene_baseline: np.ndarray  # (G,)
+    risk_pathways: list[str]
+    risk_coefficients: np.ndarray  # (n_risk,)
+    subtype_pathways: dict[str, list[str]] = field(default_factory=dict)
+
+
+def generate_cohort(
+    out_dir: str | os.PathLike[str], config: SynthConfig, progress: Progress | None = None
+) -> CohortLayout:
+    """Write a complete cohort folder for ``config`` into ``out_dir``; deterministic in the seed."""
+    layout = CohortLayout(Path(out_dir))
+    layout.features_dir.mkdir(parents=True, exist_ok=True)
+    seeds = np.random.SeedSequence(config.seed)
+    world_seed, case_seed, slide_seed, tile_seed, rna_seed = seeds.spawn(5)
+    world = _build_world(config, np.random.default_rng(world_seed))
+    cases = _sample_cases(config, world, np.random.default_rng(case_seed))
+    slides = _sample_slides(config, cases, np.random.default_rng(slide_seed))
+    logger.info("synthesising %d slides of %d cases into %s", len(slides), len(cases), layout.root)
+
+    slide_seeds = tile_seed.spawn(len(slides))
+    rows: Iterable[tuple[int, pd.Series]] = list(enumerate(slides.itertuples(index=False)))
+    for index, slide in (progress or _identity)(rows):
+        rng = np.random.default_rng(slide_seeds[index])
+        features, coords = _slide_tiles(config, world, cases.loc[slide.case_id], slide.n_tiles, rng)
+        write_slide_features(layout.feature_file(slide.slide_id), features, coords, slide_id=slide.slide_id)
+
+    slide_table = slides.drop(columns=["n_tiles"]).merge(
+        cases.drop(columns=["case_id", "z_image", *world.pathways]), left_on="case_id", right_index=True
+    )[[*SLIDE_COLUMNS, *CLINICAL_COLUMNS]]
+    write_parquet_atomic(layout.slides, pa.Table.from_pandas(slide_table, preserve_index=False))
+    rna = _rna_table(world, cases, np.random.default_rng(rna_seed))
+    write_parquet_atomic(layout.rna, pa.Table.from_pandas(rna, preserve_index=False))
+    write_json_atomic(layout.gene_groups, world.gene_groups)
+    save_labels(layout.labels, default_labels(list(config.cohorts)))
+    write_json_atomic(layout.truth, _truth(config, world, cases))
+    write_manifest(
+        layout, CohortManifest(feature_dim=config.feature_dim, tile_size_px=config.tile_size_px, n_folds=config.n_folds)
+    )
+    return layout
+
+
+def _identity(items: Iterable[T]) -> Iterator[T]:
+    yield from items
+
+
+def _build_world(config: SynthConfig, rng: np.random.Generator) -> _World:
+    names = list(SHARED_PROTOTYPES)
+    cohort_prototypes: dict[str, list[int]] = {}
+    subtype_prototype: dict[tuple[str, str], int] = {}
+    for cohort in config.cohorts:
+        info = TCGA_COHORTS[cohort]
+        indices = list(range(len(SHARED_PROTOTYPES)))
+        for subtype in info.subtypes:
+            subtype_prototype[(cohort, subtype.name)] = len(names)
+            indices.append(len(names))
+            names.append(f"{cohort}_{subtype.name}_tumour")
+        indices.append(len(names))
+        names.append(f"{cohort}_normal_epithelium")
+        cohort_prototypes[cohort] = indices
+    prototypes = rng.standard_normal((len(names), config.feature_dim))
+
+    pathways = list(HALLMARK_NAMES[: config.n_pathways])
+    gene_names = [f"GENE{i:05d}" for i in range(config.n_genes)]
+    primary = np.concatenate([np.arange(config.n_pathways), rng.integers(0, config.n_pathways, config.n_genes - config.n_pathways)])
+    loadings = np.zeros((config.n_genes, config.n_pathways))
+    loadings[np.arange(config.n_genes), primary] = rng.uniform(0.6, 1.2, config.n_genes) * rng.choice([-1, 1], config.n_genes)
+    overlap = rng.random(config.n_genes) < config.gene_overlap_probability
+    second = rng.integers(0, config.n_pathways, config.n_genes)
+    overlap &= second != primary
+    loadings[np.flatnonzero(overlap), second[overlap]] = rng.uniform(0.3, 0.6, int(overlap.sum()))
+    gene_groups = {p: [gene_names[g] for g in np.flatnonzero(loadings[:, j])] for j, p in enumerate(pathways)}
+
+    risk_pathways = pathways[: config.n_risk_pathways]
+    risk_coefficients = config.rna_log_hazard / math.sqrt(config.n_risk_pathways) * np.array(
+        [(-1) ** i for i in range(config.n_risk_pathways)], dtype=float
+    )
+    subtype_pathways = {
+        cohort: [pathways[config.n_risk_pathways + (i % (config.n_pathways - config.n_risk_pathways))]]
+        for i, cohort in enumerate(config.cohorts)
+    }
+    return _World(
+        prototype_names=names,
+        prototypes=prototypes,
+        cohort_prototypes=cohort_prototypes,
+        subtype_prototype=subtype_prototype,
+        pathways=pathways,
+        gene_names=gene_names,
+        gene_groups=gene_groups,
+        gene_loadings=loadings,
+        gene_baseline=rng.uniform(2.0, 10.0, config.n_genes),
+        risk_pathways=risk_pathways,
+        risk_coefficients=risk_coefficients,
+        subtype_pathways=subtype_pathways,
+    )
+
+
+def _sample_cases(config: SynthConfig, world: _World, rng: np.random.Generator) -> pd.DataFrame:
+    """One row per case (indexed by case_id): labels, latents, clinical fields, survival."""
+    frames = []
+    for cohort in config.cohorts:
+        info = TCGA_COHORTS[cohort]
+        # Enough cases that their slides (1 + a few extras) cover slides_per_cohort.
+        n_cases = max(config.n_folds, int(round(config.slides_per_cohort / (1 + config.extra_slide_probability))))
+        prevalence = np.array([s.prevalence for s in info.subtypes])
+        subtype_index = rng.choice(len(info.subtypes), size=n_cases, p=prevalence / prevalence.sum())
+        frame = pd.DataFrame(
+            {
+                "case_id": [f"SYN-{cohort}-{i:04d}" for i in range(n_cases)],
+                "cohort": cohort,
+                "subtype": [info.subtypes[i].name for i in subtype_index],
+                "z_image": rng.standard_normal(n_cases),
+            }
+        )
+        activities = rng.standard_normal((n_cases, len(world.pathways)))
+        for pathway in world.subtype_pathways[cohort]:
+            j = world.pathways.index(pathway)
+            activities[:, j] += config.subtype_rna_shift * (subtype_index - subtype_index.mean()) / max(len(info.subtypes) - 1, 1) * 2
+        frame[world.pathways] = activities
+        frame = pd.concat([frame, _clinical(info, n_cases, rng)], axis=1)
+        frames.append(frame)
+    cases = pd.concat(frames, ignore_index=True).set_index("case_id", drop=False)
+    log_hazard = _log_hazard_components(config, world, cases)
+    cases["time"], cases["event"] = _survival(config, log_hazard.sum(axis=1).to_numpy(), rng)
+    cases["fold"] = assign_case_folds(
+        cases[["case_id", "cohort", "subtype", "event"]].reset_index(drop=True), config.n_folds, config.seed, ["cohort", "subtype", "event"]
+    ).reindex(cases.index).to_numpy()
+    return cases
+
+
+def _clinical(info: CohortInfo, n: int, rng: np.random.Generator) -> pd.DataFrame:
+    age = np.clip(np.round(rng.normal(60, 12, n)), 20, 90)
+    female_probability = 0.99 if info.name == "BRCA" else 0.5
+    sex = np.where(rng.random(n) < female_probability, "female", "male")
+    if not info.has_ajcc_stage:
+        return pd.DataFrame({"age": age, "sex": sex, "stage": None, "t_stage": None, "n_stage": None, "m_stage": None})
+    stage = rng.choice(4, size=n, p=[0.25, 0.35, 0.28, 0.12])
+    t_stage = np.clip(stage + rng.integers(-1, 2, n), 0, 3)
+    n_stage = np.where(stage == 0, 0, np.clip(stage - 1 + rng.integers(0, 2, n), 0, 3))
+    m_stage = (stage == 3).astype(int)
+    frame = pd.DataFrame(
+        {
+            "age": age,
+            "sex": sex,
+            "stage": [("Stage I", "Stage II", "Stage III", "Stage IV")[s] for s in stage],
+            "t_stage": [f"T{t + 1}" for t in t_stage],
+            "n_stage": [f"N{v}" for v in n_stage],
+            "m_stage": [f"M{v}" for v in m_stage],
+        }
+    )
+    not_assessed = rng.random(n) < 0.05
+    frame.loc[not_assessed, "n_stage"] = "NX"
+    return frame
+
+
+def _stage_ordinal(stage: pd.Series) -> np.ndarray:
+    """Stage I..IV -> -1.5..1.5 (centred); missing -> 0, i.e. no stage information."""
+    mapping = {"Stage I": -1.5, "Stage II": -0.5, "Stage III": 0.5, "Stage IV": 1.5}
+    return stage.map(mapping).fillna(0.0).to_numpy(dtype=float)
+
+
+def _log_hazard_components(config: SynthConfig, world: _World, cases: pd.DataFrame) -> pd.DataFrame:
+    """The true log-hazard split by the modality that carries each part."""
+    subtype_effect = cases["subtype"].map(SUBTYPE_LOG_HAZARD).fillna(0.0).to_numpy()
+    rna = cases[world.risk_pathways].to_numpy() @ world.risk_coefficients
+    clinical = config.stage_log_hazard * _stage_ordinal(cases["stage"]) + config.age_log_hazard_per_decade * (
+        cases["age"].to_numpy() - 60.0
+    ) / 10.0
+    return pd.DataFrame(
+        {"wsi": config.image_log_hazard * cases["z_image"].to_numpy() + subtype_effect, "rna": rna, "clinical": clinical},
+        index=cases.index,
+    )
+
+
+def _survival(config: SynthConfig, log_hazard: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Weibull event times and exponential drop-out calibrated to the censored fraction."""
+    shape = config.weibull_shape
+    scale = config.median_survival_months / math.log(2) ** (1 / shape)
+    event_time = scale * (rng.exponential(size=log_hazard.size) / np.exp(log_hazard - log_hazard.mean())) ** (1 / shape)
+    unit_dropout = rng.exponential(size=log_hazard.size)
+    low, high = 1e-3, 1e4
+    for _ in range(100):  # bisection on the drop-out scale; censored fraction falls as it grows
+        mid = math.sqrt(low * high)
+        if np.mean(mid * unit_dropout < event_time) > config.censored_fraction:
+            low = mid
+        else:
+            high = mid
+    dropout_time = math.sqrt(low * high) * unit_dropout
+    time = np.maximum(np.minimum(event_time, dropout_time), 0.1)
+    return np.round(time, 2), (event_time <= dropout_time).astype(np.int64)
+
+
+def _sample_slides(config: SynthConfig, cases: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    """Exactly ``slides_per_cohort`` slides per cohort: one per case, extras spread over cases."""
+    rows = []
+    for cohort in config.cohorts:
+        cohort_cases = cases.index[cases["cohort"] == cohort].to_numpy()
+        n_extra = config.slides_per_cohort - len(cohort_cases)
+        extra_slots = rng.choice(2 * len(cohort_cases), size=n_extra, replace=False) % len(cohort_cases)
+        slides_per_case = 1 + np.bincount(extra_slots, minlength=len(cohort_cases))
+        for case_id, n_slides in zip(cohort_cases, slides_per_case):
+            for j in range(n_slides):
+                n_tiles = int(round(math.exp(rng.uniform(math.log(config.min_tiles), math.log(config.max_tiles)))))
+                rows.append({"slide_id": f"{case_id}-DX{j + 1}", "case_id": case_id, "n_tiles": n_tiles})
+    return pd.DataFrame(rows)
+
+
+def _slide_tiles(
+    config: SynthConfig, world: _World, case: pd.Series, n_tiles: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tile features (a prototype mixture) and unique grid coordinates for one slide."""
+    indices = world.cohort_prototypes[case["cohort"]]
+    logits = np.array([_base_logit(world.prototype_names[k], case, world, config) for k in indices])
+    logits += 0.3 * rng.standard_normal(logits.size)  # slide-to-slide variation within a case
+    proportions = np.exp(logits - logits.max())
+    proportions /= proportions.sum()
+    labels = rng.choice(indices, size=n_tiles, p=proportions)
+    stain_shift = 0.3 * rng.standard_normal(config.feature_dim)
+    features = world.prototypes[labels] + stain_shift + config.tile_noise * rng.standard_normal((n_tiles, config.feature_dim))
+
+    side = int(math.ceil(math.sqrt(n_tiles * 1.6)))
+    cells = rng.choice(side * side, size=n_tiles, replace=False)
+    origin = rng.integers(0, max(1, 900 - side), size=2)
+    grid = np.stack([cells // side + origin[0], cells % side + origin[1]], axis=1)
+    return features.astype(np.float16), (grid * config.tile_size_px).astype(np.int32)
+
+
+def _base_logit(name: str, case: pd.Series, world: _World, config: SynthConfig) -> float:
+    if name in SHARED_PROTOTYPES:
+        logit = SHARED_PROTOTYPE_LOGITS[SHARED_PROTOTYPES.index(name)]
+        if name in HIGH_GRADE_PROTOTYPES:
+            logit += config.grade_logit_shift * case["z_image"]
+        return logit
+    if name.endswith("_normal_epithelium"):
+        return -0.5
+    own = world.subtype_prototype[(case["cohort"], case["subtype"])]
+    return 0.5 + (config.subtype_logit_shift if world.prototype_names[own] == name else -config.subtype_logit_shift)
+
+
+def _rna_table(world: _World, cases: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    """log2-expression-like values: baseline + pathway loadings x activities + gene noise."""
+    activities = cases[world.pathways].to_numpy()
+    expression = world.gene_baseline + activities @ world.gene_loadings.T + 0.7 * rng.standard_normal(
+        (len(cases), len(world.gene_names))
+    )
+    table = pd.DataFrame(expression.astype(np.float32), columns=world.gene_names)
+    table.insert(0, "case_id", cases.index.to_numpy())
+    return table
+
+
+def _truth(config: SynthConfig, world: _World, cases: pd.DataFrame) -> dict:
+    components = _log_hazard_components(config, world, cases)
+    total_variance = float(components.sum(axis=1).var())
+    time, event = cases["time"].to_numpy(), cases["event"].to_numpy()
+
+    def oracle(columns: list[str]) -> float:
+        return float(concordance_index(time, -components[columns].sum(axis=1).to_numpy(), event))
+
+    oracle_c_index = {
+        "wsi": oracle(["wsi"]),
+        "rna": oracle(["rna"]),
+        "clinical": oracle(["clinical"]),
+        "wsi+rna": oracle(["wsi", "rna"]),
+        "wsi+clinical": oracle(["wsi", "clinical"]),
+        "wsi+rna+clinical": oracle(["wsi", "rna", "clinical"]),
+    }
+    return {
+        "config": asdict(config),
+        "n_cases": int(len(cases)),
+        "censored_fraction": float(1.0 - cases["event"].mean()),
+        "hazard": {
+            "model": "Weibull proportional hazards",
+            "weibull_shape": config.weibull_shape,
+            "image_latent_log_hazard": config.image_log_hazard,
+            "subtype_log_hazard": {k: v for k, v in SUBTYPE_LOG_HAZARD.items()},
+            "risk_pathways": dict(zip(world.risk_pathways, map(float, world.risk_coefficients))),
+            "stage_log_hazard_per_step": config.stage_log_hazard,
+            "age_log_hazard_per_decade": config.age_log_hazard_per_decade,
+            "variance_share": {k: float(components[k].var() / total_variance) for k in components},
+            "oracle_c_index": oracle_c_index,
+        },
+        "expected": {
+            "rna_adds_c_index_over_wsi": oracle_c_index["wsi+rna"] - oracle_c_index["wsi"],
+            "clinical_adds_c_index_over_wsi": oracle_c_index["wsi+clinical"] - oracle_c_index["wsi"],
+        },
+        "subtype_signal": {
+            "image": "prototype proportions: each subtype's own tumour prototype gets "
+            f"+{config.subtype_logit_shift} logit, the others -{config.subtype_logit_shift}",
+            "rna_pathways": world.subtype_pathways,
+        },
+        "image_risk": {"high_grade_prototypes": list(HIGH_GRADE_PROTOTYPES), "logit_per_sd": config.grade_logit_shift},
+        "prototypes": world.prototype_names,
+    }

@@ -1,0 +1,10 @@
+"""The one exception family for bad user input.
+
+Everything a user can fix (a malformed cohort, study spec or config) raises a subclass of
+``InputError`` with a message naming the file, key or slide; the CLI turns it into exit code 2
+without a traceback, while genuine bugs still surface with theirs.
+"""
+
+
+class InputError(ValueError):
+    """Bad user input; the message says where and what."""

@@ -1,0 +1,35 @@
+"""Shared fixtures: one small synthetic cohort per test session, copied where a test corrupts it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from modaltune.data import SynthConfig, generate_cohort
+
+SMALL = SynthConfig(
+    cohorts=("BRCA", "RCC"),
+    slides_per_cohort=40,
+    seed=7,
+    feature_dim=24,
+    min_tiles=20,
+    max_tiles=120,
+    n_genes=80,
+    n_pathways=8,
+    n_folds=4,
+)
+
+
+@pytest.fixture(scope="session")
+def small_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A read-only-by-convention synthetic cohort; copy it (``cohort_copy``) before changing it."""
+    return generate_cohort(tmp_path_factory.mktemp("cohort") / "small", SMALL).root
+
+
+@pytest.fixture
+def cohort_copy(small_cohort: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "cohort"
+    shutil.copytree(small_cohort, target)
+    return target

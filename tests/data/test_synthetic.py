@@ -1,0 +1,123 @@
+"""The generator is deterministic and plants the structure truth.json promises."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from lifelines import CoxPHFitter
+from lifelines.utils import concordance_index
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import balanced_accuracy_score
+
+from modaltune.data import Cohort, SynthConfig, generate_cohort
+from tests.conftest import SMALL
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_same_seed_same_bytes_other_seed_differs(small_cohort: Path, tmp_path: Path) -> None:
+    again = generate_cohort(tmp_path / "again", SMALL).root
+    assert _digest(again) == _digest(small_cohort)
+    other = generate_cohort(tmp_path / "other", SynthConfig(**{**SMALL.__dict__, "seed": SMALL.seed + 1})).root
+    assert _digest(other)["slides.parquet"] != _digest(small_cohort)["slides.parquet"]
+
+
+def test_shape_of_a_tcga_like_cohort(small_cohort: Path) -> None:
+    cohort = Cohort(small_cohort)
+    slides = cohort.slides
+    assert slides.groupby("cohort").size().to_dict() == {"BRCA": 40, "RCC": 40}
+    assert (slides.groupby("case_id").size() > 1).any(), "some cases must have several slides"
+    assert set(slides["subtype"][slides["cohort"] == "RCC"]) == {"KIRC", "KIRP", "KICH"}
+    assert slides.groupby("case_id")["fold"].nunique().max() == 1
+    assert sorted(slides["fold"].unique()) == [0, 1, 2, 3]
+    censored = 1 - slides.groupby("case_id")["event"].first().mean()
+    assert 0.6 <= censored <= 0.75
+    assert (slides["time"] > 0).all()
+    tiles = [cohort.slide_features(s).n_tiles for s in slides["slide_id"]]
+    assert SMALL.min_tiles <= min(tiles) and max(tiles) <= SMALL.max_tiles
+    assert cohort.slide_features(slides["slide_id"][0]).features.shape[1] == SMALL.feature_dim
+
+
+def _mean_pooled(cohort: Cohort, case_ids: list[str]) -> np.ndarray:
+    return np.stack([cohort.sample(c).features.astype(np.float32).mean(axis=0) for c in case_ids])
+
+
+@pytest.fixture(scope="module")
+def larger_cohort(tmp_path_factory: pytest.TempPathFactory) -> Cohort:
+    config = SynthConfig(
+        cohorts=("NSCLC",), slides_per_cohort=400, seed=3, feature_dim=32, min_tiles=50, max_tiles=300,
+        n_genes=100, n_pathways=8,
+    )
+    return Cohort(generate_cohort(tmp_path_factory.mktemp("larger") / "c", config).root)
+
+
+def test_subtype_is_visible_in_mean_pooled_tiles(larger_cohort: Cohort) -> None:
+    train, test = larger_cohort.split(0)
+    labels = {c: larger_cohort.record(c).subtype for c in larger_cohort.case_ids}
+    model = LogisticRegression(max_iter=2000).fit(_mean_pooled(larger_cohort, train), [labels[c] for c in train])
+    predicted = model.predict(_mean_pooled(larger_cohort, test))
+    assert balanced_accuracy_score([labels[c] for c in test], predicted) > 0.8  # chance: 0.5
+
+
+def _pathway_scores(cohort: Cohort, case_ids: list[str]) -> pd.DataFrame:
+    """Mean signed expression per pathway; the sign of each gene's loading is unknown, so use PCA-1."""
+    matrix = cohort.rna_matrix(case_ids)
+    scores, start = {}, 0
+    for name, size in zip(cohort.gene_groups, cohort.rna_group_sizes):
+        block = matrix[:, start : start + size]
+        start += size
+        scores[name] = PCA(1, random_state=0).fit_transform((block - block.mean(0)) / block.std(0))[:, 0]
+    return pd.DataFrame(scores, index=case_ids)
+
+
+def test_planted_rna_risk_pathways_predict_survival(larger_cohort: Cohort) -> None:
+    truth = json.loads(larger_cohort.layout.truth.read_text())
+    risk_pathways = list(truth["hazard"]["risk_pathways"])
+    cases = larger_cohort.case_ids
+    data = _pathway_scores(larger_cohort, cases)[risk_pathways]
+    data["time"] = [larger_cohort.record(c).time for c in cases]
+    data["event"] = [larger_cohort.record(c).event for c in cases]
+    fitted = CoxPHFitter(penalizer=0.1).fit(data, "time", "event")
+    assert fitted.concordance_index_ > 0.62
+    # The other pathways carry no risk: a Cox model on them alone stays near chance.
+    null = _pathway_scores(larger_cohort, cases).drop(columns=risk_pathways + ["HYPOXIA", "GLYCOLYSIS"], errors="ignore")
+    null = null.iloc[:, :2].assign(time=data["time"], event=data["event"])
+    assert CoxPHFitter(penalizer=0.1).fit(null, "time", "event").concordance_index_ < 0.6
+
+
+def test_wsi_plus_rna_beats_wsi_only_out_of_fold(larger_cohort: Cohort) -> None:
+    truth = json.loads(larger_cohort.layout.truth.read_text())
+    oracle = truth["hazard"]["oracle_c_index"]
+    assert oracle["wsi+rna"] - oracle["wsi"] > 0.05
+    assert truth["expected"]["rna_adds_c_index_over_wsi"] == pytest.approx(oracle["wsi+rna"] - oracle["wsi"])
+
+    cases = larger_cohort.case_ids
+    image = pd.DataFrame(PCA(4, random_state=0).fit_transform(_mean_pooled(larger_cohort, cases)), index=cases).add_prefix("img")
+    rna = _pathway_scores(larger_cohort, cases)
+    survival = pd.DataFrame(
+        {"time": [larger_cohort.record(c).time for c in cases], "event": [larger_cohort.record(c).event for c in cases]},
+        index=cases,
+    )
+
+    def out_of_fold_c_index(columns: pd.DataFrame) -> float:
+        scores = []
+        for fold in range(larger_cohort.manifest.n_folds):
+            train, test = larger_cohort.split(fold)
+            model = CoxPHFitter(penalizer=0.1).fit(columns.loc[train].join(survival.loc[train]), "time", "event")
+            risk = model.predict_partial_hazard(columns.loc[test])
+            scores.append(concordance_index(survival.loc[test, "time"], -risk, survival.loc[test, "event"]))
+        return float(np.mean(scores))
+
+    assert out_of_fold_c_index(image.join(rna)) > out_of_fold_c_index(image) + 0.03

@@ -1,0 +1,202 @@
+"""Each validation error, produced by corrupting a copy of a good synthetic cohort."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from modaltune.cli import main
+from modaltune.data import CohortLayout, read_slide_features, validate_cohort, write_slide_features
+
+
+def _first_slide(root: Path) -> str:
+    return str(pd.read_parquet(CohortLayout(root).slides)["slide_id"].iloc[0])
+
+
+def _edit_slides(root: Path, edit: Callable[[pd.DataFrame], pd.DataFrame]) -> None:
+    path = CohortLayout(root).slides
+    pq.write_table(pa.Table.from_pandas(edit(pd.read_parquet(path)), preserve_index=False), path)
+
+
+def _edit_rna(root: Path, edit: Callable[[pd.DataFrame], pd.DataFrame]) -> None:
+    path = CohortLayout(root).rna
+    pq.write_table(pa.Table.from_pandas(edit(pd.read_parquet(path)), preserve_index=False), path)
+
+
+def _rewrite_features(root: Path, transform: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]) -> None:
+    slide_id = _first_slide(root)
+    path = CohortLayout(root).feature_file(slide_id)
+    slide = read_slide_features(path)
+    features, coords = transform(np.array(slide.features), np.array(slide.coords))
+    write_slide_features(path, features, coords, slide_id=slide_id)
+
+
+def _missing_feature_file(root: Path) -> None:
+    CohortLayout(root).feature_file(_first_slide(root)).unlink()
+
+
+def _garbage_feature_file(root: Path) -> None:
+    CohortLayout(root).feature_file(_first_slide(root)).write_bytes(b"this is not arrow" * 10)
+
+
+def _truncated_feature_file(root: Path) -> None:
+    path = CohortLayout(root).feature_file(_first_slide(root))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _wrong_width(root: Path) -> None:
+    _rewrite_features(root, lambda f, c: (np.concatenate([f, f[:, :1]], axis=1), c))
+
+
+def _coords_shape_mismatch(root: Path) -> None:
+    slide_id = _first_slide(root)
+    path = CohortLayout(root).feature_file(slide_id)
+    slide = read_slide_features(path)
+    n = slide.n_tiles
+    three_columns = np.concatenate([slide.coords, np.zeros((n, 1), np.int32)], axis=1)
+    batch = pa.record_batch(
+        [
+            pa.FixedSizeListArray.from_arrays(pa.array(np.array(slide.features).reshape(-1)), slide.features.shape[1]),
+            pa.FixedSizeListArray.from_arrays(pa.array(three_columns.reshape(-1)), 3),
+        ],
+        names=["features", "coords"],
+    )
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+
+
+def _empty_bag(root: Path) -> None:
+    _rewrite_features(root, lambda f, c: (f[:0], c[:0]))
+
+
+def _nan_features(root: Path) -> None:
+    def poison(f: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        f[3, 2] = np.nan
+        f[5, 0] = np.inf
+        return f, c
+
+    _rewrite_features(root, poison)
+
+
+def _nan_rna(root: Path) -> None:
+    def poison(rna: pd.DataFrame) -> pd.DataFrame:
+        rna.iloc[0, 3] = np.nan
+        return rna
+
+    _edit_rna(root, poison)
+
+
+def _set_first(column: str, value: object) -> Callable[[Path], None]:
+    def corrupt(root: Path) -> None:
+        def edit(slides: pd.DataFrame) -> pd.DataFrame:
+            slides[column] = slides[column].astype(object) if isinstance(value, str) else slides[column]
+            slides.loc[0, column] = value
+            return slides
+
+        _edit_slides(root, edit)
+
+    return corrupt
+
+
+def _duplicate_slide(root: Path) -> None:
+    _edit_slides(root, lambda s: pd.concat([s, s.iloc[[1]]], ignore_index=True))
+
+
+def _case_in_two_folds(root: Path) -> None:
+    def edit(slides: pd.DataFrame) -> pd.DataFrame:
+        case = slides["case_id"][slides["case_id"].duplicated()].iloc[0]
+        rows = slides.index[slides["case_id"] == case]
+        slides.loc[rows[0], "fold"] = (slides.loc[rows[1], "fold"] + 1) % 4
+        return slides
+
+    _edit_slides(root, edit)
+
+
+def _ungrouped_rna_gene(root: Path) -> None:
+    _edit_rna(root, lambda rna: rna.assign(EXTRA_GENE=1.0))
+
+
+def _group_gene_not_in_rna(root: Path) -> None:
+    path = CohortLayout(root).gene_groups
+    groups = json.loads(path.read_text())
+    first = next(iter(groups))
+    groups[first].append("GHOST_GENE")
+    path.write_text(json.dumps(groups))
+
+
+def _missing_column(root: Path) -> None:
+    _edit_slides(root, lambda s: s.drop(columns=["event"]))
+
+
+def _case_without_rna(root: Path) -> None:
+    _edit_rna(root, lambda rna: rna.iloc[1:])
+
+
+CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str, str, str]] = {
+    # name: (corrupt, file the message names, field or '', words the message contains)
+    "missing feature file": (_missing_feature_file, "features/", "", "not found"),
+    "unreadable feature file": (_garbage_feature_file, "features/", "", "not a readable Arrow IPC file"),
+    "truncated feature file": (_truncated_feature_file, "features/", "", "not a readable Arrow IPC file"),
+    "wrong feature width": (_wrong_width, "features/", "features", "feature width 25 != cohort feature_dim 24"),
+    "coords shape mismatch": (_coords_shape_mismatch, "features/", "coords", "coords shape"),
+    "empty bag": (_empty_bag, "features/", "features", "empty bag"),
+    "NaN/Inf in features": (_nan_features, "features/", "features", "2 of"),
+    "NaN in RNA": (_nan_rna, "rna.parquet", "GENE", "NaN or Inf expression"),
+    "non-positive time": (_set_first("time", 0.0), "slides.parquet", "time", "> 0"),
+    "event not 0/1": (_set_first("event", 2), "slides.parquet", "event", "0 (censored) or 1 (death)"),
+    "unknown subtype": (_set_first("subtype", "MADEUP"), "slides.parquet", "subtype", "'MADEUP' is not a BRCA subtype"),
+    "duplicate slide_id": (_duplicate_slide, "slides.parquet", "slide_id", "duplicate slide_id"),
+    "case in two folds": (_case_in_two_folds, "slides.parquet", "fold", "several folds"),
+    "RNA gene not in group map": (_ungrouped_rna_gene, "gene_groups.json", "EXTRA_GENE", "missing from the group map"),
+    "group gene not in RNA": (_group_gene_not_in_rna, "gene_groups.json", "GHOST_GENE", "not columns of rna.parquet"),
+    "missing column": (_missing_column, "slides.parquet", "event", "required column is missing"),
+    "case without RNA": (_case_without_rna, "rna.parquet", "case_id", "no RNA row"),
+    "bad clinical value": (_set_first("stage", "Stage IX"), "slides.parquet", "stage", "must be one of"),
+}
+
+
+def test_the_clean_cohort_is_valid(small_cohort: Path) -> None:
+    report = validate_cohort(small_cohort)
+    assert report.ok, report.problems
+    assert report.n_slides == 80
+
+
+@pytest.mark.parametrize("name", list(CORRUPTIONS))
+def test_each_corruption_is_reported_with_file_and_field(name: str, cohort_copy: Path) -> None:
+    corrupt, file, field, words = CORRUPTIONS[name]
+    corrupt(cohort_copy)
+    report = validate_cohort(cohort_copy)
+    assert not report.ok
+    matching = [p for p in report.problems if p.file.startswith(file) and field in p.field and words in p.message]
+    assert matching, f"no problem matches {file!r}/{field!r}/{words!r}; got: {[str(p) for p in report.problems]}"
+    if file.startswith("features/"):
+        assert _first_slide(cohort_copy) in matching[0].where
+
+
+def test_cli_exits_2_and_prints_every_problem(cohort_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _nan_features(cohort_copy)
+    _set_first("event", 2)(cohort_copy)
+    _ungrouped_rna_gene(cohort_copy)
+    assert main(["validate", str(cohort_copy)]) == 2
+    err = capsys.readouterr().err
+    assert "NaN or Inf" in err and "field 'event'" in err and "EXTRA_GENE" in err
+    assert "3 problem(s)" in err
+
+
+def test_cli_exits_0_on_a_valid_cohort(small_cohort: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(small_cohort)]) == 0
+    assert "OK (80 slides" in capsys.readouterr().out
+
+
+def test_missing_manifest_names_the_file(cohort_copy: Path) -> None:
+    CohortLayout(cohort_copy).manifest.unlink()
+    report = validate_cohort(cohort_copy)
+    assert any(p.file == "cohort.json" and "not found" in p.message for p in report.problems)

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
+# Offline, quiet engines for every test: nothing may reach a model hub or phone home.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
 import shutil
 from pathlib import Path
 

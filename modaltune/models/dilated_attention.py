@@ -25,8 +25,9 @@ segment length is not a multiple of its ratio and more than one segment fits the
 segment is trimmed first.
 
 SDPA does not return the log-sum-exp, so it is recomputed under ``no_grad`` from ``q·kᵀ`` in
-query chunks; that costs one extra ``q·kᵀ`` per branch but keeps memory bounded and lets SDPA
-pick its fused kernels for the output.
+query chunks (bounded memory). That costs a ``q·kᵀ`` and a log-sum-exp pass over the scores per
+branch, several times the fused attention itself; ``_attention_with_lse`` is the single seam
+where a fused kernel that also returns the log-sum-exp can replace it.
 """
 
 from __future__ import annotations
@@ -86,15 +87,14 @@ def dilated_attention(
         )
     length = q.shape[1]
     outs, lses = [], []
-    for segment, ratio in zip(segment_lengths, dilation_ratios):
+    for segment, ratio in zip(segment_lengths, dilation_ratios, strict=True):
         segment = min(segment, length)
-        q_s, k_s, v_s = (_to_sparse(t, segment, ratio) for t in (q, k, v))
-        outs.append(_to_dense(F.scaled_dot_product_attention(q_s, k_s, v_s), segment, ratio, length, 0.0))
-        lse = _log_sum_exp(q_s, k_s).unsqueeze(-1)
-        lses.append(_to_dense(lse, segment, ratio, length, _UNCOVERED_LSE))
+        out, lse = _attention_with_lse(*(_to_sparse(t, segment, ratio) for t in (q, k, v)))
+        outs.append(_to_dense(out, segment, ratio, length, 0.0))
+        lses.append(_to_dense(lse.unsqueeze(-1), segment, ratio, length, _UNCOVERED_LSE))
     weights = torch.softmax(torch.stack(lses), dim=0)  # [branches, B, L, H, 1], no grad
     result = outs[0] * weights[0].to(outs[0].dtype)
-    for out, weight in zip(outs[1:], weights[1:]):
+    for out, weight in zip(outs[1:], weights[1:], strict=True):
         result = result + out * weight.to(out.dtype)
     return result
 
@@ -128,14 +128,22 @@ def _to_dense(x: torch.Tensor, segment: int, ratio: int, length: int, fill: floa
     return dense.reshape(batch_segments // n_segments, n_segments * segment, heads, dim)[:, :length]
 
 
+def _attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDPA output (differentiable) and its log-sum-exp ``[b, H, Lq]`` (no gradient).
+
+    The one place to swap in a fused kernel that returns the log-sum-exp alongside the output.
+    """
+    return F.scaled_dot_product_attention(q, k, v), _log_sum_exp(q, k)
+
+
 @torch.no_grad()
 def _log_sum_exp(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """``logsumexp(q·kᵀ/sqrt(D))`` over keys, float32, ``[b, H, Lq]``; chunked over queries."""
-    batch, heads, n_queries, dim = q.shape
+    """``logsumexp(q·kᵀ/sqrt(D))`` over keys, in at least float32, chunked over queries."""
+    batch, heads, _, dim = q.shape
+    dtype = torch.promote_types(q.dtype, torch.float32)
     chunk = max(1, _LSE_CHUNK_ELEMENTS // max(1, batch * heads * k.shape[2]))
-    keys = k.float().transpose(-1, -2)
-    scale = dim**-0.5
-    parts = [torch.logsumexp((part.float() @ keys) * scale, dim=-1) for part in q.split(chunk, dim=2)]
+    keys = k.to(dtype).transpose(-1, -2)
+    parts = [torch.logsumexp((part.to(dtype) * dim**-0.5) @ keys, dim=-1) for part in q.split(chunk, dim=2)]
     return torch.cat(parts, dim=-1)
 
 

@@ -9,6 +9,7 @@ frozen-prefix cache can run ``embed`` + ``layers[:p]`` once per slide.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+
 import torch
 from torch import nn
 

@@ -79,7 +79,7 @@ class LongNetEncoder(nn.Module):
     ) -> None:
         super().__init__()
         # stochastic depth grows linearly with depth, as in torchscale
-        rates = torch.linspace(0.0, drop_path_rate, depth).tolist()
+        rates = [drop_path_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
         self.layers = nn.ModuleList(
             LongNetLayer(dim, heads, ffn_dim, segment_lengths, dilation_ratios, dropout, rate, layer_norm_eps)
             for rate in rates

@@ -14,6 +14,7 @@ rebuilt on the fly from a 1000-row 1-D table, value for value.
 from __future__ import annotations
 
 import logging
+import pickle
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -268,7 +269,14 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise InputError(
+            f"slide encoder checkpoint {path} holds pickled objects besides tensors, which are not loaded for "
+            "safety; re-save its state dict from a trusted copy, e.g. "
+            "torch.save(torch.load(path, weights_only=False)['model'], new_path)"
+        ) from error
     if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
         payload = payload["model"]
     if not isinstance(payload, dict):

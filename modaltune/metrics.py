@@ -1,0 +1,75 @@
+"""Validation metrics per task and per cancer type, from a table of per-case predictions.
+
+C-index is Harrell's, via lifelines (risk: higher = shorter survival, by definition — never
+flipped after the fact). A metric that cannot be computed on a split (one class only, no
+comparable pairs) is NaN, and the reason is logged, never silently 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from lifelines.utils import concordance_index
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+logger = logging.getLogger(__name__)
+
+PREDICTION_COLUMNS = ("case_id", "cohort", "subtype", "time", "event", "risk", "predicted_subtype", "class_probabilities")
+
+
+def c_index(time: Sequence[float], risk: Sequence[float], event: Sequence[int]) -> float:
+    """Harrell's C: the fraction of comparable pairs whose higher-risk case died first."""
+    event_arr = np.asarray(event)
+    if event_arr.sum() == 0 or len(event_arr) < 2:
+        logger.warning("C-index undefined: %s", "no deaths" if len(event_arr) >= 2 else "fewer than two cases")
+        return math.nan
+    try:
+        return float(concordance_index(np.asarray(time), -np.asarray(risk, dtype=float), event_arr))
+    except ZeroDivisionError:
+        logger.warning("C-index undefined: no comparable pairs")
+        return math.nan
+
+
+def balanced_accuracy(truth: Sequence[str], predicted: Sequence[str]) -> float:
+    if len(truth) == 0:
+        return math.nan
+    return float(balanced_accuracy_score(truth, predicted))
+
+
+def macro_auc(truth: Sequence[str], probabilities: np.ndarray, classes: Sequence[str]) -> float:
+    """One-vs-rest macro AUC; NaN (with the reason logged) when a class is absent from ``truth``."""
+    present = set(truth)
+    if len(present) < len(classes):
+        logger.warning("macro AUC undefined: classes %s absent from this split", sorted(set(classes) - present))
+        return math.nan
+    if len(classes) == 2:
+        return float(roc_auc_score([t == classes[1] for t in truth], probabilities[:, 1]))
+    order = np.argsort(classes)  # sklearn wants the label list sorted, with columns to match
+    return float(
+        roc_auc_score(list(truth), probabilities[:, order], multi_class="ovr", average="macro", labels=[classes[i] for i in order])
+    )
+
+
+def evaluate_predictions(predictions: pd.DataFrame, classes_of: dict[str, list[str]]) -> dict[str, float]:
+    """``c_index``, ``balanced_accuracy``, ``macro_auc`` per cohort (``BRCA/c_index``) and overall.
+
+    Overall values are the mean over cancer types, as in the paper's tables; pan-cancer
+    predictions are scored within each cancer type (risk scores of different cancers are not
+    comparable, and each slide is classified among its own cancer type's subtypes).
+    """
+    metrics: dict[str, float] = {}
+    for cohort, group in predictions.groupby("cohort", sort=True):
+        classes = classes_of[cohort]
+        metrics[f"{cohort}/c_index"] = c_index(group["time"], group["risk"], group["event"])
+        metrics[f"{cohort}/balanced_accuracy"] = balanced_accuracy(group["subtype"], group["predicted_subtype"])
+        metrics[f"{cohort}/macro_auc"] = macro_auc(
+            list(group["subtype"]), np.stack(group["class_probabilities"].to_numpy()), classes
+        )
+    for name in ("c_index", "balanced_accuracy", "macro_auc"):
+        values = [v for k, v in metrics.items() if k.endswith(f"/{name}") and not math.isnan(v)]
+        metrics[name] = float(np.mean(values)) if values else math.nan
+    return metrics

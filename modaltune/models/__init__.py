@@ -1,0 +1,37 @@
+"""Models: a frozen slide-level foundation model, Modal Adapters and modality encoders."""
+
+from modaltune.models.dilated_attention import DilatedSelfAttention, dilated_attention, longnet_segment_lengths
+from modaltune.models.frozen_encoder import FrozenSlideEncoder
+from modaltune.models.modal_adapter import ModalAdapter, resolve_adapter_layout
+from modaltune.models.modality_encoders import DEFAULT_TASKS, ClinicalEncoder, RnaPathwayEncoder, TaskTokens
+from modaltune.models.modaltune_model import MODALITIES, ModalTuneConfig, ModalTuneModel
+from modaltune.models.slide_encoder import (
+    GIGAPATH_CHECKPOINT_FILENAME,
+    GIGAPATH_HUB_ID,
+    SlideEncoder,
+    SlideEncoderConfig,
+    load_slide_encoder,
+    tile_position_index,
+)
+
+__all__ = [
+    "DEFAULT_TASKS",
+    "GIGAPATH_CHECKPOINT_FILENAME",
+    "GIGAPATH_HUB_ID",
+    "MODALITIES",
+    "ClinicalEncoder",
+    "DilatedSelfAttention",
+    "FrozenSlideEncoder",
+    "ModalAdapter",
+    "ModalTuneConfig",
+    "ModalTuneModel",
+    "RnaPathwayEncoder",
+    "SlideEncoder",
+    "SlideEncoderConfig",
+    "TaskTokens",
+    "dilated_attention",
+    "load_slide_encoder",
+    "longnet_segment_lengths",
+    "resolve_adapter_layout",
+    "tile_position_index",
+]

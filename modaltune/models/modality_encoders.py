@@ -1,0 +1,157 @@
+"""Encoders that turn non-image inputs into modality tokens ``[B, T, dim]`` for the adapters."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modaltune.errors import InputError
+
+# Task ids of the paper's three task tokens.
+DEFAULT_TASKS: tuple[str, ...] = ("general", "diagnosis", "survival")
+
+
+class _PathwayMLPs(nn.Module):
+    """One two-layer self-normalising MLP per pathway (Klambauer et al., 2017, "Self-Normalizing
+    Neural Networks"; per-pathway as in SurvPath, Jaume et al., CVPR 2024), all run at once.
+
+    The first layer is block-diagonal: gene ``i`` only feeds its own pathway, so its weights are
+    stored per gene (``[n_genes, hidden]``) and summed into pathways with ``index_add``; the
+    second layer is a stack of ``[hidden, hidden]`` matrices applied with ``einsum``. The
+    parameter count equals that of separate modules. SELU + AlphaDropout with LeCun-normal init
+    (the reference code uses ELU and a 0.02 normal init).
+    """
+
+    def __init__(self, group_sizes: Sequence[int], hidden: int, dropout: float) -> None:
+        super().__init__()
+        n_groups = len(group_sizes)
+        gene_group = [group for group, size in enumerate(group_sizes) for _ in range(size)]
+        self.register_buffer("group_index", torch.tensor(gene_group), persistent=False)
+        fan_in = torch.tensor([float(group_sizes[group]) for group in gene_group])
+        self.in_weight = nn.Parameter(torch.randn(len(gene_group), hidden) / fan_in.sqrt()[:, None])
+        self.in_bias = nn.Parameter(torch.zeros(n_groups, hidden))
+        self.hidden_weight = nn.Parameter(torch.randn(n_groups, hidden, hidden) / hidden**0.5)
+        self.hidden_bias = nn.Parameter(torch.zeros(n_groups, hidden))
+        self.activation = nn.SELU()
+        self.dropout = nn.AlphaDropout(dropout)
+
+    def forward(self, genes: torch.Tensor) -> torch.Tensor:
+        """``[B, n_genes]`` -> ``[B, n_groups, hidden]``."""
+        contributions = genes.unsqueeze(-1) * self.in_weight  # [B, n_genes, hidden]
+        pooled = contributions.new_zeros(genes.shape[0], self.in_bias.shape[0], self.in_bias.shape[1])
+        hidden = pooled.index_add(1, self.group_index, contributions) + self.in_bias
+        hidden = self.dropout(self.activation(hidden))
+        hidden = torch.einsum("bgh,ghk->bgk", hidden, self.hidden_weight) + self.hidden_bias
+        return self.dropout(self.activation(hidden))
+
+
+class _MixerFeedForward(nn.Sequential):
+    def __init__(self, dim: int, expansion: float, dropout: float) -> None:
+        inner = max(1, int(dim * expansion))
+        super().__init__(
+            nn.Linear(dim, inner), nn.GELU(), nn.Dropout(dropout), nn.Linear(inner, dim), nn.Dropout(dropout)
+        )
+
+
+class _MixerBlock(nn.Module):
+    """MLP-Mixer block (Tolstikhin et al., NeurIPS 2021): pre-norm token mixing across pathways,
+    then pre-norm channel mixing."""
+
+    def __init__(self, n_tokens: int, dim: int, expansion: float, dropout: float) -> None:
+        super().__init__()
+        self.token_norm = nn.LayerNorm(dim)
+        self.token_mix = _MixerFeedForward(n_tokens, expansion, dropout)
+        self.channel_norm = nn.LayerNorm(dim)
+        self.channel_mix = _MixerFeedForward(dim, expansion, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.token_mix(self.token_norm(x).transpose(1, 2)).transpose(1, 2)
+        return x + self.channel_mix(self.channel_norm(x))
+
+
+class RnaPathwayEncoder(nn.Module):
+    """Bulk RNA-seq grouped into pathways -> ``n_tokens`` modality tokens.
+
+    Input ``rna: [B, sum(group_sizes)]`` is each pathway's (z-scored) gene values concatenated in
+    group order. Per-pathway SNN -> one token per pathway -> MLP-Mixer over pathway tokens ->
+    LayerNorm + projection to ``dim`` -> learned linear compression of the pathway axis to
+    ``n_tokens`` (the paper: 331 Reactome/Hallmark pathways -> 64 tokens).
+    """
+
+    def __init__(
+        self,
+        group_sizes: Sequence[int],
+        dim: int,
+        n_tokens: int = 64,
+        mixer_depth: int = 3,
+        hidden: int = 256,
+        dropout: float = 0.25,
+        mixer_expansion: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if not group_sizes or min(group_sizes) < 1:
+            raise InputError(
+                f"rna group sizes must be a non-empty list of positive gene counts, got {list(group_sizes)}"
+            )
+        if n_tokens < 1:
+            raise InputError(f"n_rna_tokens must be >= 1, got {n_tokens}")
+        self.n_genes = int(sum(group_sizes))
+        n_groups = len(group_sizes)
+        self.pathway_mlps = _PathwayMLPs(group_sizes, hidden, dropout)
+        self.mixer = nn.Sequential(
+            *(_MixerBlock(n_groups, hidden, mixer_expansion, dropout) for _ in range(mixer_depth))
+        )
+        self.norm = nn.LayerNorm(hidden)
+        self.proj = nn.Linear(hidden, dim)
+        self.compress = nn.Linear(n_groups, n_tokens)
+
+    def forward(self, rna: torch.Tensor) -> torch.Tensor:
+        if rna.ndim != 2 or rna.shape[1] != self.n_genes:
+            raise ValueError(
+                f"expected rna [B, {self.n_genes}] (genes concatenated by pathway), got {tuple(rna.shape)}"
+            )
+        tokens = self.proj(self.norm(self.mixer(self.pathway_mlps(rna))))  # [B, n_groups, dim]
+        return self.compress(tokens.transpose(1, 2)).transpose(1, 2)
+
+
+class ClinicalEncoder(nn.Module):
+    """Numeric clinical fields (the paper: age, AJCC stage, T, N, M) -> one token."""
+
+    def __init__(self, in_features: int, dim: int) -> None:
+        super().__init__()
+        if in_features < 1:
+            raise InputError(f"clinical_in_features must be >= 1, got {in_features}")
+        self.in_features = in_features
+        self.mlp = nn.Sequential(
+            nn.Linear(in_features, dim // 2), nn.ReLU(), nn.Linear(dim // 2, dim), nn.LayerNorm(dim)
+        )
+
+    def forward(self, clinical: torch.Tensor) -> torch.Tensor:
+        if clinical.ndim != 2 or clinical.shape[1] != self.in_features:
+            raise ValueError(f"expected clinical [B, {self.in_features}], got {tuple(clinical.shape)}")
+        return self.mlp(clinical).unsqueeze(1)
+
+
+class TaskTokens(nn.Module):
+    """A one-hot task id -> Linear + LayerNorm -> one token that tells the model which task's
+    embedding to produce (the paper runs each case once per task)."""
+
+    def __init__(self, n_tasks: int, dim: int) -> None:
+        super().__init__()
+        if n_tasks < 1:
+            raise InputError(f"n_tasks must be >= 1, got {n_tasks}")
+        self.n_tasks = n_tasks
+        self.proj = nn.Linear(n_tasks, dim)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, task: torch.Tensor) -> torch.Tensor:
+        """``task: [B]`` integer ids -> ``[B, 1, dim]``."""
+        if task.ndim != 1 or task.dtype.is_floating_point:
+            raise ValueError(f"expected integer task ids [B], got {task.dtype} {tuple(task.shape)}")
+        if task.numel() and (int(task.min()) < 0 or int(task.max()) >= self.n_tasks):
+            raise ValueError(f"task ids must be in [0, {self.n_tasks}), got {task.tolist()}")
+        one_hot = F.one_hot(task.long(), self.n_tasks).to(self.proj.weight.dtype)
+        return self.norm(self.proj(one_hot)).unsqueeze(1)

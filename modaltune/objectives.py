@@ -1,0 +1,187 @@
+"""The two training objectives over a ModalTune model, each with per-task loss weights.
+
+* ``distill`` (the paper): the model runs once per task token (general, diagnosis, survival);
+  each output is pulled towards that case's projected text embedding by a temperature-scaled
+  KL divergence. Predictions come from probes fitted on training embeddings
+  (``modaltune.probes``): the diagnosis-token embedding for subtype, the survival-token one
+  for risk.
+* ``supervised`` (ours): the diagnosis-token output is scored against each class
+  description's text embedding by scaled cosine similarity (cross-entropy), and the
+  survival-token output against each survival bin's text embedding, giving discrete-time
+  hazards trained with the censoring-aware NLL. Predictions come straight from these heads.
+
+The frozen prefix of the slide encoder is computed once per case and shared by the task passes.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modaltune.errors import InputError
+from modaltune.losses import cosine_logits, discrete_time_nll, distillation_kl, risk_from_hazard_logits
+from modaltune.models import ModalTuneModel
+from modaltune.text import TASKS, LabelBank
+
+OBJECTIVES = ("distill", "supervised")
+
+
+@dataclass
+class CaseBatch:
+    """One case, ready for the model (batch size 1, as in the paper)."""
+
+    case_id: str
+    cohort: str
+    features: torch.Tensor  # (1, N, in_dim) float
+    coords: torch.Tensor  # (1, N, 2) long
+    rna: torch.Tensor | None  # (1, G)
+    clinical: torch.Tensor  # (1, C)
+    targets: torch.Tensor  # (len(TASKS), out_dim) text targets
+    subtype_index: int
+    survival_bin: int
+    event: int
+    time: float
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "CaseBatch":
+        def move(t: torch.Tensor | None, floating: bool = True) -> torch.Tensor | None:
+            if t is None:
+                return None
+            return t.to(device=device, dtype=dtype if floating and dtype is not None else t.dtype)
+
+        return CaseBatch(
+            self.case_id, self.cohort, move(self.features), move(self.coords, floating=False), move(self.rna),
+            move(self.clinical), move(self.targets), self.subtype_index, self.survival_bin, self.event, self.time,
+        )  # type: ignore[arg-type]
+
+
+class Objective(nn.Module, ABC):
+    """Loss and per-case outputs of one objective; may own a few trainable parameters."""
+
+    name: str
+    tasks: tuple[str, ...]
+
+    def __init__(self, bank: LabelBank, loss_weights: Mapping[str, float] | None) -> None:
+        super().__init__()
+        weights = {task: 1.0 for task in self.tasks} | dict(loss_weights or {})
+        unknown = sorted(set(weights) - set(self.tasks))
+        if unknown:
+            raise InputError(f"loss_weights has task(s) {unknown} that objective '{self.name}' does not train ({list(self.tasks)})")
+        if any(w < 0 or not math.isfinite(w) for w in weights.values()) or not any(w > 0 for w in weights.values()):
+            raise InputError(f"loss_weights must be finite, >= 0 and not all 0, got {weights}")
+        self.loss_weights = weights
+        self.bank = bank
+
+    def _outputs(self, model: ModalTuneModel, batch: CaseBatch) -> dict[str, torch.Tensor]:
+        """One embedding (1, out_dim) per task of this objective.
+
+        The frozen prefix is computed once and the task passes run as one batch of
+        ``len(tasks)`` copies that differ only in their task token.
+        """
+        n = len(self.tasks)
+        prefix = model.encode_prefix(batch.features, batch.coords).expand(n, -1, -1)
+        task_ids = torch.tensor([TASKS.index(t) for t in self.tasks], device=batch.features.device)
+        rna = batch.rna.expand(n, -1) if batch.rna is not None else None
+        outputs = model.forward_from_prefix(prefix, task_ids, rna, batch.clinical.expand(n, -1))
+        return {task: outputs[i : i + 1] for i, task in enumerate(self.tasks)}
+
+    def forward(self, model: ModalTuneModel, batch: CaseBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Weighted total loss and each task's unweighted loss (for logging)."""
+        losses = self.task_losses(self._outputs(model, batch), batch)
+        total = sum(self.loss_weights[task] * loss for task, loss in losses.items())
+        return total, {task: float(loss.detach()) for task, loss in losses.items()}  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def embeddings(self, model: ModalTuneModel, batch: CaseBatch) -> dict[str, np.ndarray]:
+        return {task: out[0].float().cpu().numpy() for task, out in self._outputs(model, batch).items()}
+
+    @abstractmethod
+    def task_losses(self, outputs: dict[str, torch.Tensor], batch: CaseBatch) -> dict[str, torch.Tensor]:
+        """Unweighted loss per task."""
+
+
+class DistillObjective(Objective):
+    name = "distill"
+    tasks = TASKS
+
+    def __init__(self, bank: LabelBank, loss_weights: Mapping[str, float] | None = None, temperature: float = 1.0, scale: float = 10.0) -> None:
+        super().__init__(bank, loss_weights)
+        self.temperature, self.scale = temperature, scale
+
+    def task_losses(self, outputs: dict[str, torch.Tensor], batch: CaseBatch) -> dict[str, torch.Tensor]:
+        return {
+            task: distillation_kl(
+                outputs[task].float(), batch.targets[TASKS.index(task)].unsqueeze(0).float(), self.temperature, self.scale
+            )
+            for task in self.tasks
+        }
+
+
+class SupervisedObjective(Objective):
+    """Text-anchored heads: a learned logit scale per head and a learned bias per survival bin.
+
+    Class and bin anchors are the text embeddings of their descriptions, so the text encoder
+    shapes this objective too and stays a meaningful ablation factor. Class anchors are
+    centred (only their differences matter to a softmax); bin anchors are not: their shared
+    direction is the axis along which every hazard rises together, i.e. the risk axis.
+    """
+
+    name = "supervised"
+    tasks = ("diagnosis", "survival")
+
+    def __init__(self, bank: LabelBank, loss_weights: Mapping[str, float] | None = None) -> None:
+        super().__init__(bank, loss_weights)
+        self.log_scale = nn.Parameter(torch.full((2,), math.log(10.0)))
+        self.bin_bias = nn.Parameter(torch.zeros(bank.bins.n_bins))
+        for cohort, anchors in bank.class_targets.items():
+            self.register_buffer(f"classes_{cohort}", _centred(anchors), persistent=False)
+        for cohort, anchors in bank.bin_targets.items():
+            self.register_buffer(f"bins_{cohort}", torch.from_numpy(np.asarray(anchors)).float(), persistent=False)
+
+    def class_logits(self, diagnosis: torch.Tensor, cohort: str) -> torch.Tensor:
+        return cosine_logits(diagnosis.float(), getattr(self, f"classes_{cohort}"), self.log_scale[0].exp())
+
+    def hazard_logits(self, survival: torch.Tensor, cohort: str) -> torch.Tensor:
+        return cosine_logits(survival.float(), getattr(self, f"bins_{cohort}"), self.log_scale[1].exp()) + self.bin_bias
+
+    def task_losses(self, outputs: dict[str, torch.Tensor], batch: CaseBatch) -> dict[str, torch.Tensor]:
+        device = outputs["diagnosis"].device
+        return {
+            "diagnosis": F.cross_entropy(
+                self.class_logits(outputs["diagnosis"], batch.cohort), torch.tensor([batch.subtype_index], device=device)
+            ),
+            "survival": discrete_time_nll(
+                self.hazard_logits(outputs["survival"], batch.cohort),
+                torch.tensor([batch.survival_bin], device=device),
+                torch.tensor([batch.event], device=device),
+            ),
+        }
+
+    @torch.no_grad()
+    def head_predictions(self, model: ModalTuneModel, batch: CaseBatch) -> tuple[float, np.ndarray]:
+        """(risk, class probabilities in labels.yaml order) of one case."""
+        outputs = self._outputs(model, batch)
+        risk = risk_from_hazard_logits(self.hazard_logits(outputs["survival"], batch.cohort))
+        probabilities = self.class_logits(outputs["diagnosis"], batch.cohort).softmax(dim=-1)
+        return float(risk[0]), probabilities[0].cpu().numpy()
+
+
+def _centred(anchors: np.ndarray) -> torch.Tensor:
+    """Anchors minus their mean: prompts of one cancer type share most of their words, so their
+    embeddings are nearly parallel; centring keeps only what tells the classes apart."""
+    tensor = torch.from_numpy(np.asarray(anchors)).float()
+    return tensor - tensor.mean(dim=0, keepdim=True)
+
+
+def build_objective(name: str, bank: LabelBank, loss_weights: Mapping[str, float] | None = None, **options: float) -> Objective:
+    if name == "distill":
+        return DistillObjective(bank, loss_weights, **options)
+    if name == "supervised":
+        return SupervisedObjective(bank, loss_weights)
+    raise InputError(f"unknown objective {name!r}; choose from {list(OBJECTIVES)}")

@@ -1,0 +1,56 @@
+"""Turning cohort cases into model-ready batches: tiles, normalised RNA, clinical, targets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from modaltune.data import Cohort
+from modaltune.objectives import CaseBatch
+from modaltune.text import LabelBank
+
+
+class RnaNormalizer:
+    """Per-gene z-scores with mean and spread from the training split only (no leakage)."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray) -> None:
+        self.mean, self.std = mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
+
+    @classmethod
+    def fit(cls, matrix: np.ndarray) -> "RnaNormalizer":
+        return cls(matrix.mean(axis=0), matrix.std(axis=0))
+
+    def __call__(self, vector: np.ndarray) -> np.ndarray:
+        return (vector - self.mean) / self.std
+
+
+class CaseBatcher:
+    """Builds ``CaseBatch`` objects for one fold: reads tiles on demand, caps them at random."""
+
+    def __init__(
+        self, cohort: Cohort, bank: LabelBank, training_cases: Sequence[str], *, use_rna: bool, max_tiles: int | None = None
+    ) -> None:
+        self.cohort, self.bank, self.max_tiles = cohort, bank, max_tiles
+        self.rna_normalizer = RnaNormalizer.fit(cohort.rna_matrix(training_cases)) if use_rna else None
+
+    def batch(self, case_id: str, rng: np.random.Generator | None = None) -> CaseBatch:
+        sample = self.cohort.sample(case_id, self.max_tiles, rng)
+        record = sample.record
+        rna = None
+        if self.rna_normalizer is not None and sample.rna is not None:
+            rna = torch.from_numpy(self.rna_normalizer(sample.rna)).unsqueeze(0)
+        return CaseBatch(
+            case_id=case_id,
+            cohort=record.cohort,
+            features=torch.from_numpy(sample.features.astype(np.float32)).unsqueeze(0),
+            coords=torch.from_numpy(sample.coords.astype(np.int64)).unsqueeze(0),
+            rna=rna,
+            clinical=torch.from_numpy(sample.clinical).unsqueeze(0),
+            targets=torch.from_numpy(np.asarray(self.bank.targets_of(case_id))),
+            subtype_index=self.cohort.labels.subtypes_of(record.cohort).index(record.subtype),
+            survival_bin=self.bank.bins.bin_of(record.time),
+            event=record.event,
+            time=record.time,
+        )

@@ -1,0 +1,149 @@
+"""One epoch of training and one evaluation pass: the code every run and trial shares.
+
+The engine is anything with ``backward(loss)`` and ``step()`` (DeepSpeed's engine, or
+``TorchEngine`` for plain torch/DDP), so the same loop runs single-process in tests, inside
+Ray Train workers, and under DeepSpeed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from modaltune.metrics import evaluate_predictions
+from modaltune.models import ModalTuneModel
+from modaltune.objectives import CaseBatch, DistillObjective, Objective, SupervisedObjective
+from modaltune.probes import ProbeInputs, fit_probe_predictions
+
+logger = logging.getLogger(__name__)
+
+
+class TrainModule(nn.Module):
+    """The model and its objective as one module, as DeepSpeed and DDP want to wrap it."""
+
+    def __init__(self, model: ModalTuneModel, objective: Objective) -> None:
+        super().__init__()
+        self.model, self.objective = model, objective
+
+    def forward(self, batch: CaseBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.objective(self.model, batch)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+class Engine(Protocol):
+    def __call__(self, batch: CaseBatch) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+    def backward(self, loss: torch.Tensor) -> None: ...
+
+    def step(self) -> None: ...
+
+
+class TorchEngine:
+    """DeepSpeed-like ``backward``/``step`` over a torch optimizer, with accumulation and clipping."""
+
+    def __init__(
+        self, module: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        gradient_accumulation_steps: int = 1, gradient_clipping: float | None = None,
+    ) -> None:
+        self.module, self.optimizer, self.scheduler = module, optimizer, scheduler
+        self.accumulation, self.clipping = gradient_accumulation_steps, gradient_clipping
+        self.micro_steps = 0
+        self.last_grad_norm = math.nan
+
+    def __call__(self, batch: CaseBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.module(batch)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss / self.accumulation).backward()
+
+    def step(self) -> None:
+        self.micro_steps += 1
+        if self.micro_steps % self.accumulation:
+            return
+        params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.clipping if self.clipping else float("inf"))
+        self.last_grad_norm = float(norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scheduler is not None:
+            self.scheduler.step()
+
+
+def train_epoch(
+    engine: Engine, batches: Callable[[str], CaseBatch], case_ids: Sequence[str], on_step: Callable[[int, float], None] | None = None
+) -> dict[str, float]:
+    """One pass over ``case_ids`` (already shuffled by the caller). Returns mean losses."""
+    totals: dict[str, float] = {}
+    for step, case_id in enumerate(case_ids):
+        loss, parts = engine(batches(case_id))
+        engine.backward(loss)
+        engine.step()
+        for name, value in {"loss": float(loss.detach()), **{f"loss/{k}": v for k, v in parts.items()}}.items():
+            totals[name] = totals.get(name, 0.0) + value
+        if on_step is not None:
+            on_step(step, float(loss.detach()))
+    return {name: value / max(len(case_ids), 1) for name, value in totals.items()}
+
+
+@torch.no_grad()
+def evaluate(
+    module: TrainModule, batches: Callable[[str], CaseBatch], train_ids: Sequence[str], val_ids: Sequence[str],
+    classes_of: dict[str, list[str]],
+) -> tuple[dict[str, float], pd.DataFrame]:
+    """Validation loss, metrics per cohort and overall, and per-case predictions of ``val_ids``.
+
+    ``distill`` fits its probes on the training cases' embeddings (as the paper);
+    ``supervised`` reads predictions from its heads, so ``train_ids`` are not needed.
+    """
+    was_training = module.training
+    module.eval()
+    try:
+        model, objective = module.model, module.objective
+        rows, val_embeddings, losses = [], [], []
+        for case_id in val_ids:
+            batch = batches(case_id)
+            loss, _ = objective(model, batch)
+            losses.append(float(loss))
+            row = {"case_id": case_id, "cohort": batch.cohort, "subtype": classes_of[batch.cohort][batch.subtype_index], "time": batch.time, "event": batch.event}
+            if isinstance(objective, SupervisedObjective):
+                risk, probabilities = objective.head_predictions(model, batch)
+                row |= {"risk": risk, "class_probabilities": probabilities}
+                row["predicted_subtype"] = classes_of[batch.cohort][int(np.argmax(probabilities))]
+            embeddings = objective.embeddings(model, batch)
+            val_embeddings.append(embeddings)
+            rows.append(row)
+        predictions = pd.DataFrame(rows)
+        if isinstance(objective, DistillObjective):
+            train_rows, train_embeddings = [], []
+            for case_id in train_ids:
+                batch = batches(case_id)
+                train_rows.append({"cohort": batch.cohort, "subtype": classes_of[batch.cohort][batch.subtype_index], "time": batch.time, "event": batch.event})
+                train_embeddings.append(objective.embeddings(model, batch))
+            predictions = _probe(pd.DataFrame(train_rows), train_embeddings, predictions, val_embeddings, classes_of)
+        for task in objective.tasks:
+            predictions[f"embedding_{task}"] = [e[task] for e in val_embeddings]
+        metrics = {"val_loss": float(np.mean(losses)) if losses else math.nan} | evaluate_predictions(predictions, classes_of)
+        return metrics, predictions
+    finally:
+        module.train(was_training)
+
+
+def _probe(
+    train: pd.DataFrame, train_embeddings: list[dict[str, np.ndarray]], val: pd.DataFrame, val_embeddings: list[dict[str, np.ndarray]],
+    classes_of: dict[str, list[str]],
+) -> pd.DataFrame:
+    """Subtype from diagnosis-token embeddings, risk from survival-token embeddings."""
+
+    def inputs(cases: pd.DataFrame, embeddings: list[dict[str, np.ndarray]]) -> ProbeInputs:
+        return ProbeInputs(cases, np.stack([e["diagnosis"] for e in embeddings]), np.stack([e["survival"] for e in embeddings]))
+
+    return fit_probe_predictions(inputs(train, train_embeddings), inputs(val, val_embeddings), classes_of)

@@ -1,0 +1,54 @@
+"""Modality encoders: the batched per-pathway MLPs equal one MLP per pathway; token shapes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from modaltune.models import ClinicalEncoder, RnaPathwayEncoder, TaskTokens
+
+GROUP_SIZES = (3, 1, 5, 2, 7)
+
+
+def test_batched_pathway_mlps_equal_one_mlp_per_pathway():
+    encoder = RnaPathwayEncoder(GROUP_SIZES, dim=32, n_tokens=3, hidden=8).eval()
+    mlps = encoder.pathway_mlps
+    rna = torch.randn(4, sum(GROUP_SIZES))
+    expected, start = [], 0
+    for group, size in enumerate(GROUP_SIZES):
+        genes = rna[:, start : start + size]
+        hidden = F.selu(genes @ mlps.in_weight[start : start + size] + mlps.in_bias[group])
+        expected.append(F.selu(hidden @ mlps.hidden_weight[group] + mlps.hidden_bias[group]))
+        start += size
+    torch.testing.assert_close(mlps(rna), torch.stack(expected, dim=1))
+
+
+def test_pathway_mlps_have_exactly_the_parameters_of_separate_modules():
+    hidden = 8
+    encoder = RnaPathwayEncoder(GROUP_SIZES, dim=32, hidden=hidden)
+    separate = sum((size + 1) * hidden + (hidden + 1) * hidden for size in GROUP_SIZES)
+    assert sum(p.numel() for p in encoder.pathway_mlps.parameters()) == separate
+
+
+def test_rna_encoder_output_and_input_checks():
+    encoder = RnaPathwayEncoder(GROUP_SIZES, dim=32, n_tokens=3, hidden=8)
+    tokens = encoder(torch.randn(2, sum(GROUP_SIZES)))
+    assert tokens.shape == (2, 3, 32)
+    tokens.sum().backward()
+    assert encoder.pathway_mlps.in_weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"expected rna \[B, 18\]"):
+        encoder(torch.randn(2, 17))
+
+
+def test_clinical_and_task_tokens():
+    clinical = ClinicalEncoder(5, dim=32)
+    assert clinical(torch.randn(3, 5)).shape == (3, 1, 32)
+    tasks = TaskTokens(3, dim=32)
+    tokens = tasks(torch.tensor([0, 1, 2, 0]))
+    assert tokens.shape == (4, 1, 32)
+    assert torch.equal(tokens[0], tokens[3]) and not torch.equal(tokens[0], tokens[1])
+    with pytest.raises(ValueError, match=r"task ids must be in \[0, 3\)"):
+        tasks(torch.tensor([3]))
+    with pytest.raises(ValueError, match="integer task ids"):
+        tasks(torch.tensor([0.0]))

@@ -76,6 +76,18 @@ def _cmd_import_h5(args: argparse.Namespace) -> int:
     return _print_report(validate_cohort(layout.root))
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from modaltune.train.config import load_train_config
+    from modaltune.train.run import run_training
+
+    config = load_train_config(args.config, args.set)
+    outcome = run_training(args.cohort, config, args.output, address=args.address, resume_from=args.resume_from)
+    columns = [c for c in ("epoch", "train_loss", "val_loss", "val_c_index", "val_balanced_accuracy", "val_macro_auc") if c in outcome.metrics]
+    print(outcome.metrics[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"run written to {outcome.output} (metrics.parquet, checkpoints/, tensorboard/, predictions/)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modaltune", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
@@ -109,6 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("--seed", type=int, default=0)
     importer.add_argument("--tile-size", type=int, default=256, help="tile size in level-0 pixels")
     importer.set_defaults(run=_cmd_import_h5)
+
+    train = commands.add_parser("train", help="one fine-tuning run through Ray Train (DeepSpeed or DDP)")
+    train.add_argument("--cohort", type=Path, required=True, help="cohort folder")
+    train.add_argument("--config", type=Path, help="run config YAML (default: a small CPU run of about two minutes)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. optim.lr=1e-3")
+    train.add_argument("--output", type=Path, required=True, help="run folder; re-running with it resumes")
+    train.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
+    train.add_argument("--resume-from", help="a checkpoint folder to start from")
+    train.set_defaults(run=_cmd_train)
     return parser
 
 

@@ -95,55 +95,84 @@ def train_epoch(
 
 
 @torch.no_grad()
-def evaluate(
-    module: TrainModule, batches: Callable[[str], CaseBatch], train_ids: Sequence[str], val_ids: Sequence[str],
-    classes_of: dict[str, list[str]],
-) -> tuple[dict[str, float], pd.DataFrame]:
-    """Validation loss, metrics per cohort and overall, and per-case predictions of ``val_ids``.
-
-    ``distill`` fits its probes on the training cases' embeddings (as the paper);
-    ``supervised`` reads predictions from its heads, so ``train_ids`` are not needed.
-    """
+def collect_case_outputs(module: TrainModule, batches: Callable[[str], CaseBatch], case_ids: Sequence[str]) -> list[dict]:
+    """Per case: labels, validation loss, task embeddings and (supervised) head predictions."""
     was_training = module.training
     module.eval()
     try:
         model, objective = module.model, module.objective
-        rows, val_embeddings, losses = [], [], []
-        for case_id in val_ids:
+        rows = []
+        for case_id in case_ids:
             batch = batches(case_id)
             loss, _ = objective(model, batch)
-            losses.append(float(loss))
-            row = {"case_id": case_id, "cohort": batch.cohort, "subtype": classes_of[batch.cohort][batch.subtype_index], "time": batch.time, "event": batch.event}
+            row = {
+                "case_id": case_id, "cohort": batch.cohort, "subtype_index": batch.subtype_index, "time": batch.time,
+                "event": batch.event, "loss": float(loss), "embeddings": objective.embeddings(model, batch),
+            }
             if isinstance(objective, SupervisedObjective):
-                risk, probabilities = objective.head_predictions(model, batch)
-                row |= {"risk": risk, "class_probabilities": probabilities}
-                row["predicted_subtype"] = classes_of[batch.cohort][int(np.argmax(probabilities))]
-            embeddings = objective.embeddings(model, batch)
-            val_embeddings.append(embeddings)
+                row["risk"], row["class_probabilities"] = objective.head_predictions(model, batch)
             rows.append(row)
-        predictions = pd.DataFrame(rows)
-        if isinstance(objective, DistillObjective):
-            train_rows, train_embeddings = [], []
-            for case_id in train_ids:
-                batch = batches(case_id)
-                train_rows.append({"cohort": batch.cohort, "subtype": classes_of[batch.cohort][batch.subtype_index], "time": batch.time, "event": batch.event})
-                train_embeddings.append(objective.embeddings(model, batch))
-            predictions = _probe(pd.DataFrame(train_rows), train_embeddings, predictions, val_embeddings, classes_of)
-        for task in objective.tasks:
-            predictions[f"embedding_{task}"] = [e[task] for e in val_embeddings]
-        metrics = {"val_loss": float(np.mean(losses)) if losses else math.nan} | evaluate_predictions(predictions, classes_of)
-        return metrics, predictions
+        return rows
     finally:
         module.train(was_training)
 
 
-def _probe(
-    train: pd.DataFrame, train_embeddings: list[dict[str, np.ndarray]], val: pd.DataFrame, val_embeddings: list[dict[str, np.ndarray]],
+def score_case_outputs(
+    objective: Objective, train_rows: Sequence[dict], val_rows: Sequence[dict], classes_of: dict[str, list[str]]
+) -> tuple[dict[str, float], pd.DataFrame]:
+    """Validation loss, metrics per cohort and overall, and per-case predictions.
+
+    ``distill`` fits its probes on the training rows' embeddings (as the paper);
+    ``supervised`` reads predictions from its heads and ignores ``train_rows``.
+    """
+    predictions = _cases_frame(val_rows, classes_of)
+    if isinstance(objective, SupervisedObjective):
+        predictions["risk"] = [r["risk"] for r in val_rows]
+        predictions["class_probabilities"] = [r["class_probabilities"] for r in val_rows]
+        predictions["predicted_subtype"] = [
+            classes_of[r["cohort"]][int(np.argmax(r["class_probabilities"]))] for r in val_rows
+        ]
+    else:
+        predictions = _probe(_cases_frame(train_rows, classes_of), train_rows, predictions, val_rows, classes_of)
+    for task in objective.tasks:
+        predictions[f"embedding_{task}"] = [r["embeddings"][task] for r in val_rows]
+    losses = [r["loss"] for r in val_rows]
+    metrics = {"loss": float(np.mean(losses)) if losses else math.nan} | evaluate_predictions(predictions, classes_of)
+    return metrics, predictions
+
+
+def evaluate(
+    module: TrainModule, batches: Callable[[str], CaseBatch], train_ids: Sequence[str], val_ids: Sequence[str],
     classes_of: dict[str, list[str]],
+) -> tuple[dict[str, float], pd.DataFrame]:
+    """Single-process evaluation: collect outputs, then score (see ``score_case_outputs``)."""
+    needs_train = isinstance(module.objective, DistillObjective)
+    train_rows = collect_case_outputs(module, batches, train_ids) if needs_train else []
+    return score_case_outputs(module.objective, train_rows, collect_case_outputs(module, batches, val_ids), classes_of)
+
+
+def _cases_frame(rows: Sequence[dict], classes_of: dict[str, list[str]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "case_id": [r["case_id"] for r in rows],
+            "cohort": [r["cohort"] for r in rows],
+            "subtype": [classes_of[r["cohort"]][r["subtype_index"]] for r in rows],
+            "time": [r["time"] for r in rows],
+            "event": [r["event"] for r in rows],
+        }
+    )
+
+
+def _probe(
+    train: pd.DataFrame, train_rows: Sequence[dict], val: pd.DataFrame, val_rows: Sequence[dict], classes_of: dict[str, list[str]]
 ) -> pd.DataFrame:
     """Subtype from diagnosis-token embeddings, risk from survival-token embeddings."""
 
-    def inputs(cases: pd.DataFrame, embeddings: list[dict[str, np.ndarray]]) -> ProbeInputs:
-        return ProbeInputs(cases, np.stack([e["diagnosis"] for e in embeddings]), np.stack([e["survival"] for e in embeddings]))
+    def inputs(cases: pd.DataFrame, rows: Sequence[dict]) -> ProbeInputs:
+        return ProbeInputs(
+            cases,
+            np.stack([r["embeddings"]["diagnosis"] for r in rows]),
+            np.stack([r["embeddings"]["survival"] for r in rows]),
+        )
 
-    return fit_probe_predictions(inputs(train, train_embeddings), inputs(val, val_embeddings), classes_of)
+    return fit_probe_predictions(inputs(train, train_rows), inputs(val, val_rows), classes_of)

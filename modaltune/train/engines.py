@@ -1,0 +1,125 @@
+"""The training engine of a run: DeepSpeed (default) or torch DDP, built from the run config.
+
+DeepSpeed gets only the trainable parameters (the frozen slide encoder never reaches the
+optimizer) and a config we build from the run config — ZeRO stage, precision, gradient
+accumulation and clipping — merged with the user's ``deepspeed_overrides``. The optimizer is
+a client ``torch.optim.AdamW`` (a DeepSpeed-named optimizer would JIT-compile FusedAdam for a
+minute on CPU for no gain here) and the schedule a client warm-up + cosine ``LambdaLR``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from modaltune.errors import InputError
+from modaltune.train.config import TrainConfig
+from modaltune.train.loop import Engine, TorchEngine, TrainModule
+
+logger = logging.getLogger(__name__)
+
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(config: TrainConfig) -> str:
+    """``auto`` means bf16 on GPU, fp32 on CPU; fp16 (loss scaling) is refused without a GPU."""
+    precision = config.engine.precision
+    if precision == "auto":
+        return "bf16" if config.scaling.use_gpu else "fp32"
+    if precision == "fp16" and not config.scaling.use_gpu:
+        raise InputError("engine.precision: fp16 needs a GPU (dynamic loss scaling); use bf16 or fp32 on CPU")
+    return precision
+
+
+def deepspeed_config(config: TrainConfig, precision: str) -> dict[str, Any]:
+    """The DeepSpeed config this run uses (one case per micro-step, as in the paper)."""
+    built: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": config.optim.gradient_accumulation_steps,
+        "gradient_clipping": config.optim.gradient_clipping,
+        "zero_optimization": {"stage": config.engine.zero_stage},
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    return _merge(built, config.engine.deepspeed_overrides)
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def warmup_cosine(optimizer_steps_per_epoch: int, config: TrainConfig) -> "callable":
+    """LR multiplier per optimizer step: linear warm-up over ``warmup_epochs``, then cosine."""
+    warmup = config.optim.warmup_epochs * optimizer_steps_per_epoch
+    total = max(config.optim.epochs * optimizer_steps_per_epoch, 1)
+    floor = config.optim.min_lr_ratio
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+@dataclass
+class BuiltEngine:
+    engine: Engine
+    backend: str
+    precision: str
+    dtype: torch.dtype
+    deepspeed_config: dict[str, Any] | None
+
+    def grad_norm(self) -> float:
+        if self.backend == "deepspeed":
+            norm = self.engine.get_global_grad_norm()  # type: ignore[attr-defined]
+            return float(norm) if norm is not None else math.nan
+        return self.engine.last_grad_norm  # type: ignore[attr-defined]
+
+    def lr(self) -> float:
+        optimizer = self.engine.optimizer  # type: ignore[attr-defined]
+        return float(optimizer.param_groups[0]["lr"])
+
+
+def build_engine(module: TrainModule, config: TrainConfig, optimizer_steps_per_epoch: int) -> BuiltEngine:
+    """DeepSpeed when configured and importable, else DDP — and the log says which runs."""
+    precision = resolve_precision(config)
+    trainable = module.trainable_parameters()
+    optimizer = torch.optim.AdamW(trainable, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    schedule = warmup_cosine(optimizer_steps_per_epoch, config)
+    if config.engine.backend == "deepspeed":
+        try:
+            import deepspeed
+        except ImportError as exc:  # e.g. a machine without a compiler for its ops
+            logger.warning("DeepSpeed is not importable (%s): falling back to torch DDP", exc)
+        else:
+            ds_config = deepspeed_config(config, precision)
+            engine, _, _, _ = deepspeed.initialize(
+                model=module, model_parameters=trainable, optimizer=optimizer, config=ds_config,
+                lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule), dist_init_required=False,
+            )
+            logger.info("engine: DeepSpeed ZeRO-%d, %s", config.engine.zero_stage, precision)
+            return BuiltEngine(engine, "deepspeed", precision, PRECISION_DTYPES[precision], ds_config)
+    from ray.train.torch import prepare_model
+
+    if precision != "fp32":
+        module = module.to(PRECISION_DTYPES[precision])
+    wrapped = prepare_model(module, move_to_device=True)
+    engine = TorchEngine(
+        wrapped, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
+        gradient_accumulation_steps=config.optim.gradient_accumulation_steps,
+        gradient_clipping=config.optim.gradient_clipping or None,
+    )
+    logger.info("engine: torch DDP, %s", precision)
+    return BuiltEngine(engine, "ddp", precision, PRECISION_DTYPES[precision], None)

@@ -1,0 +1,112 @@
+"""Driver side of one run: check inputs, prepare shared artefacts, launch Ray Train, collect.
+
+Everything that can fail on bad input (cohort, config, text encoder name, fold) is checked
+here, before Ray starts or any model is built. The same ``build_trainer`` is what sweep
+trials call, so a single run and a trial share one code path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from modaltune.atomic import write_text_atomic
+from modaltune.data import Cohort, CohortInvalidError, validate_cohort
+from modaltune.errors import InputError
+from modaltune.text import TextEmbeddingCache, build_label_bank, build_text_encoder
+from modaltune.train import ray_session
+from modaltune.train.config import TrainConfig
+from modaltune.train.engines import resolve_precision
+from modaltune.train.records import upsert_epoch_rows
+from modaltune.train.worker import train_loop_per_worker
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingOutcome:
+    output: Path
+    metrics: pd.DataFrame
+    checkpoint: str | None
+
+
+def check_config_against_cohort(config: TrainConfig, cohort: Cohort) -> None:
+    """The parts of a config that only make sense for a given cohort."""
+    if config.fold >= cohort.manifest.n_folds:
+        raise InputError(f"fold: {config.fold} but the cohort has folds 0..{cohort.manifest.n_folds - 1}")
+    unknown = sorted(set(config.cohorts or []) - set(cohort.cohort_names))
+    if unknown:
+        raise InputError(f"cohorts: {unknown} are not in the cohort (it has {cohort.cohort_names})")
+    if "rna" in config.model.modalities and not cohort.has_rna:
+        raise InputError(f"model.modalities includes 'rna' but {cohort.layout.rna} does not exist")
+    resolve_precision(config)
+
+
+def ensure_label_bank(cohort: Cohort, config: TrainConfig, path: Path) -> Path:
+    """The label bank of (text encoder, fold), computed once and reused by every run that needs it."""
+    if not path.exists():
+        train_ids, _ = cohort.split(config.fold, config.cohorts)
+        encoder = build_text_encoder(config.text_encoder, cohort.labels)
+        cache = TextEmbeddingCache(cohort.layout.cache_dir / "text_embeddings")
+        build_label_bank(cohort, encoder, train_ids, out_dim=config.model.out_dim, cache=cache).save(path)
+    return path
+
+
+def build_trainer(
+    config: TrainConfig, paths: dict[str, Any], storage_path: Path, name: str, max_failures: int = 0
+) -> TorchTrainer:
+    """A ``TorchTrainer`` for one run of ``config``; ``paths`` has cohort, label_bank, output..."""
+    scaling = config.scaling
+    resources = {"CPU": scaling.cpus_per_worker} | ({"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {})
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"train": config.model_dump(), "paths": paths},
+        scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
+        run_config=RunConfig(
+            storage_path=str(storage_path.resolve()),
+            name=name,
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
+        ),
+    )
+
+
+def run_training(
+    cohort_dir: str | os.PathLike[str], config: TrainConfig, output: str | os.PathLike[str], *,
+    address: str | None = None, resume_from: str | None = None, max_failures: int = 0,
+) -> TrainingOutcome:
+    """Train one run into ``output`` (metrics.parquet, checkpoints/, tensorboard/, predictions/).
+
+    Re-running with the same ``output`` resumes from the last checkpoint there.
+    """
+    output = Path(output).resolve()
+    report = validate_cohort(cohort_dir)
+    if not report.ok:
+        raise CohortInvalidError(report)
+    cohort = Cohort(cohort_dir)
+    check_config_against_cohort(config, cohort)
+    output.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(output / "train_config.yaml", yaml.safe_dump(config.model_dump(), sort_keys=False))
+    bank = ensure_label_bank(cohort, config, output / "label_bank.npz")
+
+    ray_session.connect(address, use_gpu=config.scaling.use_gpu)
+    paths = {
+        "cohort": str(Path(cohort_dir).resolve()),
+        "label_bank": str(bank),
+        "output": str(output),
+        "tensorboard": str(output / "tensorboard"),
+        "resume_from": resume_from,
+    }
+    result = build_trainer(config, paths, output, "checkpoints", max_failures).fit()
+    frame = result.metrics_dataframe
+    metrics = upsert_epoch_rows(output / "metrics.parquet", frame.to_dict("records")) if frame is not None and len(frame) else pd.DataFrame()
+    return TrainingOutcome(output=output, metrics=metrics, checkpoint=result.checkpoint.path if result.checkpoint else None)

@@ -1,0 +1,232 @@
+"""The Ray Train worker loop: what every rank of a run executes, in single runs and in sweeps.
+
+Each rank opens the cohort by path (memory-mapped; nothing goes through the object store),
+trains on its shard of the epoch's case order, evaluates its shard of validation cases, and
+all ranks report each epoch with a checkpoint. Every random draw is seeded from
+(seed, epoch, case), and the torch RNG is checkpointed, so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+import warnings
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import ray.train
+import torch
+import torch.distributed as dist
+
+from modaltune.atomic import write_parquet_atomic
+from modaltune.data import Cohort
+from modaltune.models import ModalTuneModel
+from modaltune.objectives import CaseBatch, DistillObjective, build_objective
+from modaltune.text import LabelBank
+from modaltune.train.batches import CaseBatcher
+from modaltune.train.checkpoints import TrainState, directory_bytes, load_checkpoint, save_checkpoint
+from modaltune.train.config import TrainConfig
+from modaltune.train.engines import BuiltEngine, build_engine
+from modaltune.train.loop import TrainModule, collect_case_outputs, score_case_outputs, train_epoch
+from modaltune.train.records import upsert_epoch_rows
+
+logger = logging.getLogger(__name__)
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Entry point handed to ``TorchTrainer``; ``loop_config`` = {"train": ..., "paths": ...}."""
+    config = TrainConfig.model_validate(loop_config["train"])
+    paths = loop_config["paths"]
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one line per epoch from us is enough
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(max(1, int(round(config.scaling.cpus_per_worker))))
+    device = ray.train.torch.get_device()
+
+    cohort = Cohort(paths["cohort"])
+    train_ids, val_ids = cohort.split(config.fold, config.cohorts)
+    bank = LabelBank.load(paths["label_bank"])
+    model_config = config.model.build(tuple(cohort.rna_group_sizes), cohort.manifest.feature_dim)
+    torch.manual_seed(config.model.encoder_init_seed)  # identical random-init SLFM everywhere
+    model = ModalTuneModel(model_config)
+    torch.manual_seed(config.seed)
+    module = TrainModule(model, build_objective(config.objective, bank, config.loss_weights)).to(device)
+
+    steps_per_epoch = len(train_ids) // world
+    built = build_engine(module, config, math.ceil(steps_per_epoch / config.optim.gradient_accumulation_steps))
+    state = TrainState()
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and paths.get("resume_from"):
+        checkpoint = ray.train.Checkpoint(paths["resume_from"])
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state = load_checkpoint(Path(directory), built, module, rank)
+        logger.info("rank %d resumed after epoch %d", rank, state.epoch)
+
+    batcher = CaseBatcher(cohort, bank, train_ids, use_rna="rna" in config.model.modalities, max_tiles=config.max_tiles)
+    classes_of = {name: cohort.labels.subtypes_of(name) for name in cohort.labels.cohorts}
+    writer = _tensorboard(paths.get("tensorboard")) if rank == 0 else None
+
+    for epoch in range(state.epoch + 1, config.optim.epochs):
+        started = time.time()
+        order = [train_ids[i] for i in np.random.default_rng([config.seed, epoch]).permutation(len(train_ids))]
+        shard = order[rank::world][:steps_per_epoch]  # equal steps on every rank
+        module.train()
+        losses = _mean_across_ranks(train_epoch(built.engine, _batches(batcher, built, device, config.seed, epoch), shard))
+        metrics: dict[str, Any] = {"epoch": epoch, **{f"train_{k}": v for k, v in losses.items()}}
+        metrics |= {"lr": built.lr(), "grad_norm": built.grad_norm()}
+        if (epoch + 1) % config.evaluate_every == 0 or epoch + 1 == config.optim.epochs:
+            scores, predictions = _evaluate(module, batcher, built, device, config, train_ids, val_ids, classes_of, rank, world)
+            metrics |= {f"val_{k}": v for k, v in scores.items()}
+            stop = _early_stopping(state, config, epoch, metrics)
+            if rank == 0 and paths.get("output"):
+                _write_predictions(Path(paths["output"]), epoch, predictions, config.fold)
+        else:
+            stop = False
+        state.epoch = epoch
+        metrics |= {"best_epoch": state.best_epoch, "epoch_time_s": time.time() - started, "engine": built.backend}
+        metrics["frozen_checksum"] = _frozen_checksum(module, built)
+        _report(metrics, built, module, state, loop_config, rank, paths, writer)
+        if stop:
+            logger.info("early stopping after epoch %d (best epoch %d)", epoch, state.best_epoch)
+            break
+    if writer is not None:
+        writer.close()
+
+
+def _frozen_checksum(module: TrainModule, built: BuiltEngine) -> float:
+    """Sum of the frozen SLFM's weights: constant over a run unless something trains it.
+    NaN under ZeRO-3, where frozen weights are partitioned across ranks."""
+    if built.backend == "deepspeed" and built.engine.zero_optimization_stage() == 3:  # type: ignore[attr-defined]
+        return math.nan
+    return float(sum(p.detach().double().sum() for p in module.model.frozen_parameters()))
+
+
+def _batches(batcher: CaseBatcher, built: BuiltEngine, device: torch.device, seed: int, epoch: int | str):
+    """Case -> batch on device, its tile subsample seeded by (seed, epoch, case)."""
+
+    def make(case_id: str) -> CaseBatch:
+        rng = np.random.default_rng([seed, zlib.crc32(str(epoch).encode()), zlib.crc32(case_id.encode())])
+        return batcher.batch(case_id, rng).to(device, built.dtype)
+
+    return make
+
+
+def _mean_across_ranks(values: dict[str, float]) -> dict[str, float]:
+    if not dist.is_initialized():
+        return values
+    keys = sorted(values)
+    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return {k: float(v) / dist.get_world_size() for k, v in zip(keys, tensor)}
+
+
+def _padded_shard(ids: Sequence[str], rank: int, world: int) -> list[str]:
+    """This rank's share, padded so that every rank runs the same number of forward passes
+    (ZeRO-3 gathers parameters collectively on each forward)."""
+    per_rank = math.ceil(len(ids) / world)
+    shard = list(ids[rank::world])
+    return shard + shard[-1:] * (per_rank - len(shard)) if shard else list(ids[:1]) * per_rank
+
+
+def _gathered(rows: list[dict], world: int) -> list[dict]:
+    if world == 1:
+        return rows
+    everything: list[list[dict] | None] = [None] * world
+    dist.all_gather_object(everything, rows)
+    unique: dict[str, dict] = {}
+    for part in everything:
+        for row in part or []:
+            unique.setdefault(row["case_id"], row)
+    return list(unique.values())
+
+
+def _evaluate(
+    module: TrainModule, batcher: CaseBatcher, built: BuiltEngine, device: torch.device, config: TrainConfig,
+    train_ids: Sequence[str], val_ids: Sequence[str], classes_of: dict[str, list[str]], rank: int, world: int,
+) -> tuple[dict[str, float], pd.DataFrame]:
+    """Every rank embeds its shard; rank 0 scores; the metrics are broadcast to all ranks."""
+    batches = _batches(batcher, built, device, config.seed, "evaluation")
+    val_rows = _gathered(collect_case_outputs(module, batches, _padded_shard(val_ids, rank, world)), world)
+    train_rows: list[dict] = []
+    if isinstance(module.objective, DistillObjective):
+        train_rows = _gathered(collect_case_outputs(module, batches, _padded_shard(train_ids, rank, world)), world)
+    result: list[Any] = [None]
+    if rank == 0:
+        result[0] = score_case_outputs(module.objective, train_rows, val_rows, classes_of)
+    if world > 1:
+        dist.broadcast_object_list(result, src=0)
+    return result[0]
+
+
+def _early_stopping(state: TrainState, config: TrainConfig, epoch: int, metrics: dict[str, Any]) -> bool:
+    """Track the best epoch on the configured metric; True when patience has run out."""
+    name = f"val_{config.early_stopping.metric}"
+    if name not in metrics:
+        raise KeyError(f"early_stopping.metric {config.early_stopping.metric!r} is not reported; have {sorted(metrics)}")
+    value = metrics[name]
+    better = (
+        not math.isnan(value)
+        and (state.best_value is None or (value > state.best_value if config.early_stopping.mode == "max" else value < state.best_value))
+    )
+    if better:
+        state.best_epoch, state.best_value, state.epochs_without_improvement = epoch, float(value), 0
+    else:
+        state.epochs_without_improvement += 1
+    patience = config.early_stopping.patience
+    return patience is not None and state.epochs_without_improvement >= patience
+
+
+def _report(
+    metrics: dict[str, Any], built: BuiltEngine, module: TrainModule, state: TrainState, loop_config: dict[str, Any],
+    rank: int, paths: dict[str, Any], writer: Any,
+) -> None:
+    """Checkpoint (every rank writes its part) and report; rank 0 also logs and writes rows."""
+    with tempfile.TemporaryDirectory(prefix="modaltune-ckpt-") as directory:
+        save_checkpoint(Path(directory), built, module, state, loop_config, rank)
+        if rank == 0:
+            metrics["checkpoint_bytes"] = directory_bytes(directory)
+            if writer is not None:
+                _write_scalars(writer, metrics)
+            if paths.get("output"):
+                upsert_epoch_rows(Path(paths["output"]) / "metrics.parquet", [metrics])
+            logger.info("epoch %d: %s", metrics["epoch"], _summary(metrics))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+def _summary(metrics: dict[str, Any]) -> str:
+    keys = ("train_loss", "val_loss", "val_c_index", "val_balanced_accuracy", "val_macro_auc", "lr")
+    return ", ".join(f"{k}={metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), float))
+
+
+def _tensorboard(directory: str | None) -> Any:
+    if not directory:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=directory)
+
+
+def _write_scalars(writer: Any, metrics: dict[str, Any]) -> None:
+    """Per-task losses, validation metrics per cohort, learning rate and adapter gradient norm."""
+    for name, value in metrics.items():
+        if isinstance(value, (int, float)) and name != "epoch" and not (isinstance(value, float) and math.isnan(value)):
+            writer.add_scalar(name, value, metrics["epoch"])
+    writer.flush()
+
+
+def _write_predictions(output: Path, epoch: int, predictions: pd.DataFrame, fold: int) -> None:
+    frame = predictions.assign(epoch=epoch, fold=fold)
+    for column in frame.columns:
+        if column.startswith("embedding_") or column == "class_probabilities":
+            frame[column] = [np.asarray(v, dtype=np.float32).tolist() for v in frame[column]]
+    import pyarrow as pa
+
+    write_parquet_atomic(output / "predictions" / f"epoch_{epoch:03d}.parquet", pa.Table.from_pandas(frame, preserve_index=False))

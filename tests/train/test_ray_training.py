@@ -1,0 +1,103 @@
+"""One run through Ray Train with 2 CPU workers: DeepSpeed and DDP, checkpoints, resume."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import ray
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from modaltune.data import SynthConfig, generate_cohort
+from modaltune.train import ray_session
+from modaltune.train.config import load_train_config
+from modaltune.train.run import run_training
+
+SIGNAL = SynthConfig(
+    cohorts=("NSCLC",), slides_per_cohort=300, seed=0, feature_dim=32, min_tiles=30, max_tiles=150, n_genes=60,
+    n_pathways=6, n_folds=3, rna_log_hazard=1.5, image_log_hazard=1.0, censored_fraction=0.5,
+)
+BASE = [
+    "objective=distill", "text_encoder=onehot", "model.modalities=[wsi, rna]", "model.adapter_depth=1",
+    "optim.lr=0.004", "optim.weight_decay=0.05", "optim.warmup_epochs=1", "optim.min_lr_ratio=1.0",
+    "optim.gradient_clipping=0", "max_tiles=150",
+]
+
+
+def _checkpoints(run: Path) -> list[Path]:
+    return sorted(p for p in (run / "checkpoints").glob("checkpoint_*") if p.is_dir())
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray_session.connect(num_cpus=2)
+    yield
+    ray.shutdown()  # only the Ray instance this module started
+
+
+@pytest.fixture(scope="module")
+def signal_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_cohort(tmp_path_factory.mktemp("signal") / "cohort", SIGNAL).root
+
+
+@pytest.fixture(scope="module")
+def deepspeed_run(local_ray, signal_cohort: Path, tmp_path_factory: pytest.TempPathFactory):
+    config = load_train_config(None, BASE + ["optim.epochs=6"])
+    return run_training(signal_cohort, config, tmp_path_factory.mktemp("runs") / "ds")
+
+
+def test_two_worker_deepspeed_run_reports_every_epoch_and_learns(deepspeed_run) -> None:
+    metrics = deepspeed_run.metrics
+    assert list(metrics["epoch"]) == [0, 1, 2, 3, 4, 5]
+    assert set(metrics["engine"]) == {"deepspeed"}
+    on_disk = pd.read_parquet(deepspeed_run.output / "metrics.parquet")
+    assert list(on_disk["epoch"]) == [0, 1, 2, 3, 4, 5]
+    for column in ("val_loss", "val_c_index", "val_balanced_accuracy", "val_macro_auc", "train_loss", "lr"):
+        assert metrics[column].notna().all(), column
+    # Two workers average two cases per step, hence the doubled learning rate (linear scaling).
+    last = metrics.tail(3)
+    assert last["val_balanced_accuracy"].mean() > 0.75  # chance: 0.5
+    assert last["val_c_index"].mean() > 0.57  # chance: 0.5
+    # The frozen SLFM never moved.
+    assert metrics["frozen_checksum"].nunique() == 1 and not math.isnan(metrics["frozen_checksum"].iloc[0])
+
+
+def test_checkpoints_hold_only_trainable_weights(deepspeed_run) -> None:
+    checkpoints = _checkpoints(deepspeed_run.output)
+    assert len(checkpoints) == 6
+    last = checkpoints[-1]
+    adapter = torch.load(last / "adapter.pt", weights_only=True)
+    assert adapter and not any(name.startswith("model.encoder.") for name in adapter)
+    module_states = torch.load(next(last.rglob("mp_rank_00_model_states.pt")), weights_only=False)["module"]
+    assert not any(name.startswith("model.encoder.") for name in module_states)
+    assert any(name.startswith("model.adapter.") for name in module_states)
+    assert list(last.rglob("*optim_states.pt")), "optimizer state must be in the checkpoint"
+    assert (last / "rng_0.pt").exists() and (last / "rng_1.pt").exists()
+
+
+def test_tensorboard_has_per_task_losses_lr_and_grad_norm(deepspeed_run) -> None:
+    events = EventAccumulator(str(deepspeed_run.output / "tensorboard")).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train_loss/general", "train_loss/diagnosis", "train_loss/survival", "lr", "grad_norm", "val_c_index", "val_NSCLC/c_index"} <= tags
+    assert len(events.Scalars("val_c_index")) == 6
+
+
+def test_resume_from_a_checkpoint_reproduces_the_uninterrupted_run(deepspeed_run, signal_cohort: Path, tmp_path: Path) -> None:
+    config = load_train_config(None, BASE + ["optim.epochs=6"])
+    after_epoch_3 = _checkpoints(deepspeed_run.output)[3]
+    resumed = run_training(signal_cohort, config, tmp_path / "resumed", resume_from=str(after_epoch_3))
+    assert list(resumed.metrics["epoch"]) == [4, 5]
+    expected = deepspeed_run.metrics.set_index("epoch").loc[[4, 5]]
+    for column in ("train_loss", "val_loss", "val_c_index", "val_balanced_accuracy"):
+        assert list(resumed.metrics[column]) == list(expected[column]), column
+
+
+def test_ddp_backend_runs_the_same_loop(local_ray, signal_cohort: Path, tmp_path: Path) -> None:
+    config = load_train_config(None, BASE + ["optim.epochs=1", "engine.backend=ddp"])
+    outcome = run_training(signal_cohort, config, tmp_path / "ddp")
+    assert list(outcome.metrics["engine"]) == ["ddp"]
+    assert outcome.metrics["val_balanced_accuracy"].notna().all()
+    assert (outcome.output / "predictions" / "epoch_000.parquet").exists()

@@ -9,6 +9,8 @@ export RAY_USAGE_STATS_ENABLED := 0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+export DS_ACCELERATOR ?= cpu
+export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/modaltune/torch_extensions
 
 .PHONY: install demo test clean
 
@@ -22,9 +24,11 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: install
+	rm -rf $(DEMO_DIR)
 	$(BIN)/modaltune synth $(DEMO_DIR)/cohort --cohorts BRCA,NSCLC,RCC,GBMLGG --slides-per-cohort 60 \
 		--feature-dim 64 --min-tiles 50 --max-tiles 800 --seed 0
 	$(BIN)/modaltune validate $(DEMO_DIR)/cohort
+	$(BIN)/modaltune train --cohort $(DEMO_DIR)/cohort --output $(DEMO_DIR)/train
 
 test: install
 	$(BIN)/python -m pytest -q tests

@@ -1,0 +1,1 @@
+"""One ModalTune run: typed config, DeepSpeed/DDP engine, the Ray Train worker loop, checkpoints."""

@@ -5,6 +5,13 @@ Everything a user can fix (a malformed cohort, study spec or config) raises a su
 without a traceback, while genuine bugs still surface with theirs.
 """
 
+from pydantic import ValidationError
+
 
 class InputError(ValueError):
     """Bad user input; the message says where and what."""
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem of a pydantic error, each naming its dotted key path."""
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors())

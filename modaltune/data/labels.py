@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from modaltune.atomic import write_text_atomic
-from modaltune.errors import InputError
+from modaltune.errors import InputError, describe_validation_error
 from modaltune.data.tcga import TCGA_COHORTS
 
 
@@ -87,10 +87,7 @@ def load_labels(path: str | os.PathLike[str]) -> LabelSpec:
     try:
         return LabelSpec.model_validate(raw)
     except ValidationError as exc:
-        details = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
-        )
-        raise LabelsFileError(f"{path}: {details}") from exc
+        raise LabelsFileError(f"{path}: {describe_validation_error(exc)}") from exc
 
 
 def save_labels(path: str | os.PathLike[str], spec: LabelSpec) -> None:

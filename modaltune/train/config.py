@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from modaltune.data.clinical import CLINICAL_VECTOR_SIZE
-from modaltune.errors import InputError
+from modaltune.errors import InputError, describe_validation_error
 from modaltune.models import MODALITIES, ModalTuneConfig, SlideEncoderConfig
 from modaltune.objectives import OBJECTIVES
 from modaltune.text.encoders import parse_text_encoder_spec
@@ -178,8 +178,7 @@ def validate_train_config(raw: dict[str, Any], source: str = "config") -> TrainC
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as exc:
-        details = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors())
-        raise InputError(f"{source}: {details}") from exc
+        raise InputError(f"{source}: {describe_validation_error(exc)}") from exc
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:

@@ -61,6 +61,15 @@ class CaseBatch:
         )  # type: ignore[arg-type]
 
 
+@dataclass
+class CaseOutputs:
+    """What evaluation needs of one case: weighted loss, per-task embeddings, head predictions."""
+
+    loss: float
+    embeddings: dict[str, np.ndarray]
+    predictions: tuple[float, np.ndarray] | None
+
+
 class Objective(nn.Module, ABC):
     """Loss and per-case outputs of one objective; may own a few trainable parameters."""
 
@@ -98,8 +107,19 @@ class Objective(nn.Module, ABC):
         return total, {task: float(loss.detach()) for task, loss in losses.items()}  # type: ignore[return-value]
 
     @torch.no_grad()
-    def embeddings(self, model: ModalTuneModel, batch: CaseBatch) -> dict[str, np.ndarray]:
-        return {task: out[0].float().cpu().numpy() for task, out in self._outputs(model, batch).items()}
+    def evaluate_case(self, model: ModalTuneModel, batch: CaseBatch) -> CaseOutputs:
+        """Loss, task embeddings and (for objectives with heads) predictions, from one pass."""
+        outputs = self._outputs(model, batch)
+        losses = self.task_losses(outputs, batch)
+        return CaseOutputs(
+            loss=float(sum(self.loss_weights[task] * loss for task, loss in losses.items())),
+            embeddings={task: out[0].float().cpu().numpy() for task, out in outputs.items()},
+            predictions=self.head_predictions(outputs, batch),
+        )
+
+    def head_predictions(self, outputs: dict[str, torch.Tensor], batch: CaseBatch) -> tuple[float, np.ndarray] | None:
+        """(risk, class probabilities in labels.yaml order), or None where probes predict instead."""
+        return None
 
     @abstractmethod
     def task_losses(self, outputs: dict[str, torch.Tensor], batch: CaseBatch) -> dict[str, torch.Tensor]:
@@ -163,14 +183,10 @@ class SupervisedObjective(Objective):
             ),
         }
 
-    @torch.no_grad()
-    def head_predictions(self, model: ModalTuneModel, batch: CaseBatch) -> tuple[float, np.ndarray]:
-        """(risk, class probabilities in labels.yaml order) of one case."""
-        outputs = self._outputs(model, batch)
+    def head_predictions(self, outputs: dict[str, torch.Tensor], batch: CaseBatch) -> tuple[float, np.ndarray]:
         risk = risk_from_hazard_logits(self.hazard_logits(outputs["survival"], batch.cohort))
         probabilities = self.class_logits(outputs["diagnosis"], batch.cohort).softmax(dim=-1)
         return float(risk[0]), probabilities[0].cpu().numpy()
-
 
 def _centred(anchors: np.ndarray) -> torch.Tensor:
     """Anchors minus their mean: prompts of one cancer type share most of their words, so their

@@ -104,13 +104,13 @@ def collect_case_outputs(module: TrainModule, batches: Callable[[str], CaseBatch
         rows = []
         for case_id in case_ids:
             batch = batches(case_id)
-            loss, _ = objective(model, batch)
+            outputs = objective.evaluate_case(model, batch)
             row = {
                 "case_id": case_id, "cohort": batch.cohort, "subtype_index": batch.subtype_index, "time": batch.time,
-                "event": batch.event, "loss": float(loss), "embeddings": objective.embeddings(model, batch),
+                "event": batch.event, "loss": outputs.loss, "embeddings": outputs.embeddings,
             }
-            if isinstance(objective, SupervisedObjective):
-                row["risk"], row["class_probabilities"] = objective.head_predictions(model, batch)
+            if outputs.predictions is not None:
+                row["risk"], row["class_probabilities"] = outputs.predictions
             rows.append(row)
         return rows
     finally:

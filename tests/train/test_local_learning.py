@@ -1,12 +1,23 @@
 """End-to-end learning on a synthetic cohort with a strong planted signal: a few epochs of the
 real loop (``train_epoch`` + ``evaluate``) must lift validation subtype balanced accuracy and
-C-index well above an untrained model's, for both objectives."""
+C-index above an untrained model's and past fixed bars, for both objectives.
+
+Runs are deterministic for a given seed (one intra-op thread, cached batches, no tile cap).
+Measured here with SEED = 0 (mean of epochs 4-6): supervised+minilm BA 0.84 / C 0.60,
+distill+onehot BA 0.94 / C 0.61. Balanced accuracy clears its bar with room to spare for
+other seeds too; the C-index does not. Seeds 1 and 2 (which also change the random frozen
+SLFM) gave C 0.55, 0.55, 0.55 and 0.60, and all four runs fail the C assertion (three are below
+0.57; distill at seed 2 sits just below its untrained 0.598). With 84 validation cases (41
+deaths) the C-index has a standard error of about 0.04, and the model fits training survival
+quickly (training C ~0.86 after 6 epochs, seed 1, supervised) while validation C lags. A
+penalised linear Cox model on the RNA alone reaches validation C ~0.74 on this fold, so the
+signal is there; six epochs of this tiny model just do not extract it reliably.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -36,6 +47,12 @@ PLANTED = SynthConfig(
 )
 VALIDATION_FOLD = 0
 EPOCHS = 6
+LATE_EPOCHS = 3  # the assertions average validation metrics over the last LATE_EPOCHS epochs
+# Evaluation is the costly part (distill embeds all ~250 cases for its probes: ~7 s a pass),
+# so only the untrained model and the epochs that are asserted on are evaluated; evaluation
+# draws no random numbers, so this does not change training. range(EPOCHS) evaluates every
+# epoch (distill then takes ~90 s instead of ~70 s).
+EVALUATED_EPOCHS = range(EPOCHS - LATE_EPOCHS, EPOCHS)
 SEED = 0
 OUT_DIM = 32
 
@@ -62,7 +79,7 @@ def single_thread() -> Iterator[None]:
 
 
 def _train(cohort: Cohort, objective: str, text_encoder: str, cache: TextEmbeddingCache) -> list[Metrics]:
-    """Validation metrics before training (index 0) and after each of ``EPOCHS`` epochs."""
+    """Validation metrics before training (index 0), then after each of ``EVALUATED_EPOCHS``."""
     train_ids, val_ids = cohort.split(VALIDATION_FOLD)
     bank = build_label_bank(
         cohort, build_text_encoder(text_encoder, cohort.labels), train_ids, out_dim=OUT_DIM, cache=cache
@@ -99,15 +116,16 @@ def _train(cohort: Cohort, objective: str, text_encoder: str, cache: TextEmbeddi
         module.train()
         losses = train_epoch(engine, batches, order)
         assert math.isfinite(losses["loss"]), f"epoch {epoch}: {losses}"
-        history.append(validation())
+        if epoch in EVALUATED_EPOCHS:
+            history.append(validation())
     return history
 
 
 def _assert_learned(history: list[Metrics]) -> None:
-    """Untrained metrics are recorded; the last 3 epochs beat them and clear fixed bars."""
+    """Untrained metrics are recorded; the last epochs beat them on average and clear fixed bars."""
     initial = history[0]
     assert all(math.isfinite(initial[k]) for k in ("balanced_accuracy", "c_index")), initial
-    late = history[-3:]
+    late = history[-LATE_EPOCHS:]
     accuracy = float(np.mean([m["balanced_accuracy"] for m in late]))
     c_index = float(np.mean([m["c_index"] for m in late]))
     trace = [(round(m["balanced_accuracy"], 3), round(m["c_index"], 3)) for m in history]

@@ -38,7 +38,9 @@ def connect(address: str | None = None, *, use_gpu: bool = False, num_cpus: int 
     address = address or os.environ.get("RAY_ADDRESS")
     env = worker_env(use_gpu)
     os.environ.update({k: v for k, v in env.items() if k not in os.environ})
-    logging_config = ray.LoggingConfig(log_level="WARNING")
+    # ERROR: Ray Train V2's placement-group cleaner warns every second that it cannot query
+    # the controller's state when the dashboard is off; harmless, and it drowns the epoch lines.
+    logging_config = ray.LoggingConfig(log_level="ERROR")
     if address:
         logger.info("connecting to the Ray cluster at %s", address)
         ray.init(address=address, runtime_env={"env_vars": env}, logging_config=logging_config)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 import yaml
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from modaltune.atomic import write_text_atomic
@@ -76,6 +76,7 @@ def build_trainer(
             name=name,
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=None),
+            logging_config=LoggingConfig(log_level="WARNING"),  # Ray Train's per-report INFO lines; ours stay
         ),
     )
 

@@ -43,8 +43,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Entry point handed to ``TorchTrainer``; ``loop_config`` = {"train": ..., "paths": ...}."""
     config = TrainConfig.model_validate(loop_config["train"])
     paths = loop_config["paths"]
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one line per epoch from us is enough
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+    # Ray Train logs every report at INFO from a logger named after its file; keep our epoch lines only.
+    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("modaltune").setLevel(logging.INFO)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(max(1, int(round(config.scaling.cpus_per_worker))))

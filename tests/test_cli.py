@@ -34,3 +34,20 @@ def test_synth_then_validate_through_the_console_script(tmp_path: Path) -> None:
 def test_unknown_cohort_is_a_clear_input_error(tmp_path: Path, capsys) -> None:
     assert main(["synth", str(tmp_path / "x"), "--cohorts", "BRCA,MARS"]) == 2
     assert "unknown cohort(s) ['MARS']" in capsys.readouterr().err
+
+
+def test_train_refuses_bad_input_before_starting_ray(cohort_copy: Path, tmp_path: Path, capsys) -> None:
+    (cohort_copy / "features" / sorted(p.name for p in (cohort_copy / "features").iterdir())[0]).write_bytes(b"junk")
+    output = tmp_path / "run"
+    assert main(["train", "--cohort", str(cohort_copy), "--output", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert "not a readable Arrow IPC file" in err and not output.exists()
+    assert main(["train", "--cohort", str(cohort_copy), "--output", str(output), "--set", "optim.lrr=1"]) == 2
+    assert "optim.lrr: Extra inputs are not permitted" in capsys.readouterr().err
+
+
+def test_train_checks_the_config_against_the_cohort(small_cohort: Path, tmp_path: Path, capsys) -> None:
+    assert main(["train", "--cohort", str(small_cohort), "--output", str(tmp_path / "r"), "--set", "fold=9"]) == 2
+    assert "fold: 9 but the cohort has folds 0..3" in capsys.readouterr().err
+    assert main(["train", "--cohort", str(small_cohort), "--output", str(tmp_path / "r"), "--set", "cohorts=[LUAD]"]) == 2
+    assert "cohorts: ['LUAD'] are not in the cohort" in capsys.readouterr().err

@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM := false
 export DS_ACCELERATOR ?= cpu
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/modaltune/torch_extensions
 
-.PHONY: install demo test clean
+.PHONY: install demo test bench clean
 
 install: $(STAMP)
 
@@ -32,6 +32,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q tests
+
+# On demand only, never in CI: each benchmark prints its ratios and a `BENCH name ...` line.
+bench: install
+	$(BIN)/python benchmarks/bench_io.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -44,7 +44,7 @@ class CaseBatcher:
         return CaseBatch(
             case_id=case_id,
             cohort=record.cohort,
-            features=torch.from_numpy(sample.features.astype(np.float32)).unsqueeze(0),
+            features=torch.from_numpy(sample.features).float().unsqueeze(0),  # torch's f16->f32 is vectorised
             coords=torch.from_numpy(sample.coords.astype(np.int64)).unsqueeze(0),
             rna=rna,
             clinical=torch.from_numpy(sample.clinical).unsqueeze(0),

@@ -101,3 +101,13 @@ def test_ddp_backend_runs_the_same_loop(local_ray, signal_cohort: Path, tmp_path
     assert list(outcome.metrics["engine"]) == ["ddp"]
     assert outcome.metrics["val_balanced_accuracy"].notna().all()
     assert (outcome.output / "predictions" / "epoch_000.parquet").exists()
+
+
+def test_zero3_bf16_trains_and_checkpoints_gathered_adapter_weights(local_ray, signal_cohort: Path, tmp_path: Path) -> None:
+    config = load_train_config(None, BASE + ["optim.epochs=1", "engine.zero_stage=3", "engine.precision=bf16"])
+    outcome = run_training(signal_cohort, config, tmp_path / "zero3")
+    assert outcome.metrics["val_balanced_accuracy"].notna().all()
+    adapter = torch.load(_checkpoints(outcome.output)[-1] / "adapter.pt", weights_only=True)
+    # ZeRO-3 partitions parameters; the exported adapter weights must be whole again.
+    assert all(tensor.numel() > 0 for tensor in adapter.values())
+    assert not any(name.startswith("model.encoder.") for name in adapter)

@@ -14,9 +14,11 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.expanduser("~/.cache/modaltune/torch_extensions"))
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from modaltune.data import SynthConfig, generate_cohort
 
@@ -44,3 +46,12 @@ def cohort_copy(small_cohort: Path, tmp_path: Path) -> Path:
     target = tmp_path / "cohort"
     shutil.copytree(small_cohort, target)
     return target
+
+
+@pytest.fixture
+def single_thread() -> Iterator[None]:
+    """Tiny networks run faster on one intra-op thread, and do not spin-wait on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

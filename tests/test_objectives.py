@@ -3,7 +3,6 @@ adapter layout and objective, the frozen SLFM's invariance, and per-task loss we
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +29,7 @@ LAYOUTS: list[dict[str, Any]] = [
 LAYOUT_IDS = ["depth0", "depth1", "depth2", "layout01-23"]
 
 
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    """Tiny networks run faster on one intra-op thread (and do not spin-wait on a shared CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

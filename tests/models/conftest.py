@@ -1,17 +1,8 @@
-"""Model tests run tiny networks: one intra-op thread is faster for them than several, and it
-keeps the suite fast on a shared CPU, where extra OpenMP threads spin-wait on busy cores."""
-
-from __future__ import annotations
-
-from collections.abc import Iterator
+"""Model tests run tiny networks, all of them on one intra-op thread."""
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _tiny_models_on_one_thread(single_thread: None) -> None:
+    """Applies the shared ``single_thread`` fixture (tests/conftest.py) to every model test."""

@@ -17,7 +17,6 @@ signal is there; six epochs of this tiny model just do not extract it reliably.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -67,15 +66,6 @@ def planted_cohort(tmp_path_factory: pytest.TempPathFactory) -> Cohort:
 @pytest.fixture(scope="module")
 def text_cache(tmp_path_factory: pytest.TempPathFactory) -> TextEmbeddingCache:
     return TextEmbeddingCache(tmp_path_factory.mktemp("text_embeddings"))
-
-
-@pytest.fixture
-def single_thread() -> Iterator[None]:
-    """Tiny networks train fastest on one intra-op thread; restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _train(cohort: Cohort, objective: str, text_encoder: str, cache: TextEmbeddingCache) -> list[Metrics]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,7 +59,7 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def warmup_cosine(optimizer_steps_per_epoch: int, config: TrainConfig) -> "callable":
+def warmup_cosine(optimizer_steps_per_epoch: int, config: TrainConfig) -> Callable[[int], float]:
     """LR multiplier per optimizer step: linear warm-up over ``warmup_epochs``, then cosine."""
     warmup = config.optim.warmup_epochs * optimizer_steps_per_epoch
     total = max(config.optim.epochs * optimizer_steps_per_epoch, 1)

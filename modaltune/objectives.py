@@ -70,6 +70,17 @@ class CaseOutputs:
     predictions: tuple[float, np.ndarray] | None
 
 
+def resolve_loss_weights(objective: str, tasks: tuple[str, ...], loss_weights: Mapping[str, float] | None) -> dict[str, float]:
+    """Every task's weight (1.0 unless given); unknown tasks and unusable weights are input errors."""
+    weights = {task: 1.0 for task in tasks} | dict(loss_weights or {})
+    unknown = sorted(set(weights) - set(tasks))
+    if unknown:
+        raise InputError(f"loss_weights has task(s) {unknown} that objective '{objective}' does not train ({list(tasks)})")
+    if any(w < 0 or not math.isfinite(w) for w in weights.values()) or not any(w > 0 for w in weights.values()):
+        raise InputError(f"loss_weights must be finite, >= 0 and not all 0, got {weights}")
+    return weights
+
+
 class Objective(nn.Module, ABC):
     """Loss and per-case outputs of one objective; may own a few trainable parameters."""
 
@@ -78,13 +89,7 @@ class Objective(nn.Module, ABC):
 
     def __init__(self, bank: LabelBank, loss_weights: Mapping[str, float] | None) -> None:
         super().__init__()
-        weights = {task: 1.0 for task in self.tasks} | dict(loss_weights or {})
-        unknown = sorted(set(weights) - set(self.tasks))
-        if unknown:
-            raise InputError(f"loss_weights has task(s) {unknown} that objective '{self.name}' does not train ({list(self.tasks)})")
-        if any(w < 0 or not math.isfinite(w) for w in weights.values()) or not any(w > 0 for w in weights.values()):
-            raise InputError(f"loss_weights must be finite, >= 0 and not all 0, got {weights}")
-        self.loss_weights = weights
+        self.loss_weights = resolve_loss_weights(self.name, self.tasks, loss_weights)
         self.bank = bank
 
     def _outputs(self, model: ModalTuneModel, batch: CaseBatch) -> dict[str, torch.Tensor]:
@@ -193,6 +198,12 @@ def _centred(anchors: np.ndarray) -> torch.Tensor:
     embeddings are nearly parallel; centring keeps only what tells the classes apart."""
     tensor = torch.from_numpy(np.asarray(anchors)).float()
     return tensor - tensor.mean(dim=0, keepdim=True)
+
+
+def check_loss_weights(objective: str, loss_weights: Mapping[str, float] | None) -> dict[str, float]:
+    """``resolve_loss_weights`` by objective name, so a study checks weights before building anything."""
+    tasks = {cls.name: cls.tasks for cls in (DistillObjective, SupervisedObjective)}
+    return resolve_loss_weights(objective, tasks[objective], loss_weights)
 
 
 def build_objective(name: str, bank: LabelBank, loss_weights: Mapping[str, float] | None = None, **options: float) -> Objective:

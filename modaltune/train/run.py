@@ -61,9 +61,13 @@ def ensure_label_bank(cohort: Cohort, config: TrainConfig, path: Path) -> Path:
 
 
 def build_trainer(
-    config: TrainConfig, paths: dict[str, Any], storage_path: Path, name: str, max_failures: int = 0
+    config: TrainConfig, paths: dict[str, Any], storage_path: Path, name: str, max_failures: int = 0,
+    callbacks: list[Any] | None = None,
 ) -> TorchTrainer:
-    """A ``TorchTrainer`` for one run of ``config``; ``paths`` has cohort, label_bank, output..."""
+    """A ``TorchTrainer`` for one run of ``config``; ``paths`` has cohort, label_bank, output...
+
+    ``callbacks`` are Ray Train callbacks, e.g. a sweep trial's forwarding of each epoch to Tune.
+    """
     scaling = config.scaling
     resources = {"CPU": scaling.cpus_per_worker} | ({"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {})
     return TorchTrainer(
@@ -77,6 +81,7 @@ def build_trainer(
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=None),
             logging_config=LoggingConfig(log_level="WARNING"),  # Ray Train's per-report INFO lines; ours stay
+            callbacks=callbacks,
         ),
     )
 

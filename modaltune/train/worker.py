@@ -88,8 +88,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             scores, predictions = _evaluate(module, batcher, built, device, config, train_ids, val_ids, classes_of, rank, world)
             metrics |= {f"val_{k}": v for k, v in scores.items()}
             stop = _early_stopping(state, config, epoch, metrics)
-            if rank == 0 and paths.get("output"):
-                _write_predictions(Path(paths["output"]), epoch, predictions, config.fold)
+            if rank == 0 and (paths.get("predictions") or paths.get("output")):
+                directory = Path(paths.get("predictions") or Path(paths["output"]) / "predictions")
+                _write_predictions(directory, epoch, predictions, {"fold": config.fold, "seed": config.seed, **paths.get("tags", {})})
         else:
             stop = False
         state.epoch = epoch
@@ -224,11 +225,12 @@ def _write_scalars(writer: Any, metrics: dict[str, Any]) -> None:
     writer.flush()
 
 
-def _write_predictions(output: Path, epoch: int, predictions: pd.DataFrame, fold: int) -> None:
-    frame = predictions.assign(epoch=epoch, fold=fold)
+def _write_predictions(directory: Path, epoch: int, predictions: pd.DataFrame, tags: dict[str, Any]) -> None:
+    """One file per epoch; ``tags`` (fold, seed, and a sweep's trial id) become columns."""
+    frame = predictions.assign(epoch=epoch, **tags)
     for column in frame.columns:
         if column.startswith("embedding_") or column == "class_probabilities":
             frame[column] = [np.asarray(v, dtype=np.float32).tolist() for v in frame[column]]
     import pyarrow as pa
 
-    write_parquet_atomic(output / "predictions" / f"epoch_{epoch:03d}.parquet", pa.Table.from_pandas(frame, preserve_index=False))
+    write_parquet_atomic(directory / f"epoch_{epoch:03d}.parquet", pa.Table.from_pandas(frame, preserve_index=False))

@@ -1,0 +1,72 @@
+"""The headline table of a study: each cell's best tuned configuration, scored over all repetitions.
+
+A cell's score is the mean over repetitions (folds x seeds) of the final-epoch validation
+metric of its best *finished* trial, chosen by the study's primary metric; trials stopped
+early or failed never stand for a cell. The spread is the standard deviation over repetitions.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from sweeps.spec import StudyLayout, StudySpec
+
+
+def load_study(study_dir: str | Path) -> tuple[StudySpec, pd.DataFrame, pd.DataFrame]:
+    """The study's spec (as run), epoch results and trial table."""
+    layout = StudyLayout(study_dir)
+    spec = StudySpec.model_validate(yaml.safe_load(layout.spec.read_text(encoding="utf-8")))
+    results = pd.read_parquet(layout.results) if layout.results.exists() else pd.DataFrame()
+    trials = pd.read_parquet(layout.trials) if layout.trials.exists() else pd.DataFrame()
+    return spec, results, trials
+
+
+def final_epochs(results: pd.DataFrame) -> pd.DataFrame:
+    """The last epoch of every trial x repetition: the value a repetition is scored by."""
+    ordered = results.sort_values("epoch")
+    return ordered.groupby(["trial_id", "fold", "seed"], as_index=False).tail(1)
+
+
+def cell_summary(spec: StudySpec, results: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell: levels, trial counts, best trial and mean/std of each metric over repetitions."""
+    primary = spec.search.primary
+    factors = list(spec.factors)
+    metrics = [m.name for m in spec.search.metrics] + [m for m in ("c_index", "balanced_accuracy") if m not in [g.name for g in spec.search.metrics]]
+    finals = final_epochs(results) if len(results) else results
+    rows = []
+    for cell, group in trials.groupby("cell", sort=True):
+        row: dict[str, object] = {"cell": cell, **{f: group[f].iloc[0] for f in factors}}
+        states = group["state"].value_counts()
+        row |= {"trials": len(group), "finished": int(states.get("finished", 0)), "stopped": int(states.get("stopped_early", 0)), "errors": int(states.get("error", 0))}
+        done = group[(group["state"] == "finished") & group[f"cv_{primary.name}"].notna()]
+        best = None
+        if len(done):
+            best = done.sort_values(f"cv_{primary.name}", ascending=primary.direction == "min").iloc[0]["trial_id"]
+        row["best_trial"] = best
+        scored = finals[finals["trial_id"] == best] if best is not None else finals.iloc[0:0]
+        row["repetitions"] = len(scored)
+        for metric in metrics:
+            values = scored.get(f"val_{metric}", pd.Series(dtype=float)).astype(float)
+            row[f"{metric}_mean"] = float(values.mean()) if len(values) else math.nan
+            row[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def format_summary(summary: pd.DataFrame, spec: StudySpec) -> str:
+    """A plain-text table: levels, then ``mean ± std`` per metric, best first by the primary metric."""
+    primary = spec.search.primary.name
+    metrics = [c[: -len("_mean")] for c in summary.columns if c.endswith("_mean")]
+    table = summary[["cell", *spec.factors, "finished", "stopped", "errors"]].copy()
+    for metric in metrics:
+        table[metric] = [
+            "n/a" if math.isnan(m) else (f"{m:.3f}" if math.isnan(s) else f"{m:.3f} ± {s:.3f}")
+            for m, s in zip(summary[f"{metric}_mean"], summary[f"{metric}_std"])
+        ]
+    order = summary[f"{primary}_mean"].fillna(-math.inf if spec.search.primary.direction == "max" else math.inf)
+    table = table.loc[order.sort_values(ascending=spec.search.primary.direction == "min").index]
+    return table.to_string(index=False)

@@ -1,0 +1,194 @@
+"""A study made concrete: its cells, its repetitions (fold x seed) and every run config it will need.
+
+``build_plan`` checks every cell's config against the cohort (folds, cancer types, modalities,
+loss weights, text encoders, the ends of every search range) before Ray starts; trials then
+only compose configs that are known to be valid. The plan is what every trial receives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modaltune.data import Cohort, CohortInvalidError, generate_cohort, validate_cohort
+from modaltune.data.synthetic import SynthConfig
+from modaltune.errors import InputError
+from modaltune.objectives import check_loss_weights
+from modaltune.train.config import TrainConfig, apply_override, validate_train_config
+from modaltune.train.run import check_config_against_cohort, ensure_label_bank
+from sweeps.cells import Cell, design_cells
+from sweeps.spec import StudyLayout, StudySpec
+
+logger = logging.getLogger(__name__)
+
+# Set by the study itself, or shared across trials (label banks are computed per text encoder,
+# fold, cancer types and width before trials start), so they cannot be tuned per trial.
+UNSEARCHABLE = ("fold", "seed", "cohorts", "text_encoder", "model.out_dim", "scaling")
+
+
+@dataclass(frozen=True)
+class Repetition:
+    """One (fold, seed) every configuration is trained on; the same list for every cell."""
+
+    index: int
+    fold: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"fold{self.fold}_seed{self.seed}"
+
+
+@dataclass
+class StudyPlan:
+    spec: StudySpec
+    study_dir: Path
+    cells: list[Cell]
+    repetitions: list[Repetition]
+
+    def cell(self, cell_id: str) -> Cell:
+        return next(c for c in self.cells if c.id == cell_id)
+
+    @property
+    def metric_names(self) -> list[str]:
+        return [m.name for m in self.spec.search.metrics]
+
+    @property
+    def factor_names(self) -> list[str]:
+        return list(self.spec.factors)
+
+    @property
+    def param_names(self) -> list[str]:
+        return list(self.spec.search.params)
+
+    def train_config(self, cell: Cell, params: dict[str, Any], repetition: Repetition) -> TrainConfig:
+        """The run config of ``cell`` with tuned ``params`` on one repetition."""
+        return validate_train_config(self.raw_train_config(cell, params, repetition), source=f"study {self.spec.name}, cell {cell.id}")
+
+    def raw_train_config(self, cell: Cell, params: dict[str, Any], repetition: Repetition) -> dict[str, Any]:
+        spec = self.spec
+        raw = json.loads(json.dumps(spec.train))
+        if spec.cohorts is not None:
+            raw["cohorts"] = spec.cohorts
+        if spec.tasks:
+            raw["loss_weights"] = dict(spec.tasks)
+        for override in cell.overrides:
+            _merge(raw, override, replace=("loss_weights",))
+        if "loss_weights" in raw and spec.tasks:
+            raw["loss_weights"] = dict(spec.tasks) | raw["loss_weights"]
+        for key, value in params.items():
+            apply_override(raw, f"{key}={json.dumps(value)}")
+        resources = spec.resources
+        raw["scaling"] = {
+            "num_workers": resources.num_workers,
+            "cpus_per_worker": resources.cpus_per_worker,
+            "use_gpu": resources.use_gpu,
+            **({"gpus_per_worker": resources.gpus_per_worker} if resources.use_gpu else {}),
+        }
+        raw["fold"], raw["seed"] = repetition.fold, repetition.seed
+        return raw
+
+    def label_bank_path(self, config: TrainConfig) -> Path:
+        """Shared by every trial whose bank inputs are equal: text encoder, fold, cancer types, width."""
+        key = [config.text_encoder, config.fold, sorted(config.cohorts) if config.cohorts else None, config.model.out_dim]
+        digest = hashlib.sha1(json.dumps(key).encode()).hexdigest()[:12]
+        slug = "".join(c if c.isalnum() else "-" for c in config.text_encoder)[:40]
+        return StudyLayout(self.study_dir).label_banks / f"{slug}-fold{config.fold}-{digest}.npz"
+
+    def run_dir(self, trial_id: str, repetition: Repetition) -> Path:
+        return StudyLayout(self.study_dir).runs / trial_id / repetition.name
+
+    def predictions_dir(self, trial_id: str, repetition: Repetition) -> Path:
+        return StudyLayout(self.study_dir).predictions / trial_id / repetition.name
+
+
+def build_plan(spec: StudySpec, study_dir: Path) -> StudyPlan:
+    """Validate the cohort and every config the study will run; generate a synthetic cohort if asked."""
+    ensure_cohort(spec)
+    report = validate_cohort(spec.cohort)
+    if not report.ok:
+        raise CohortInvalidError(report)
+    cohort = Cohort(spec.cohort)
+    cells = design_cells(spec.factors, spec.design)
+    repetitions = [
+        Repetition(index, fold, seed) for index, (seed, fold) in enumerate(itertools.product(spec.seeds, spec.fold_indices))
+    ]
+    plan = StudyPlan(spec=spec, study_dir=study_dir, cells=cells, repetitions=repetitions)
+    _check_search_keys(spec)
+    for cell in cells:
+        for params in _corner_params(spec):
+            for repetition in repetitions:
+                config = plan.train_config(cell, params, repetition)
+                try:
+                    check_config_against_cohort(config, cohort)
+                    check_loss_weights(config.objective, config.loss_weights)
+                except InputError as exc:
+                    raise InputError(f"study {spec.name}, cell {cell.id} {cell.levels}: {exc}") from exc
+    return plan
+
+
+def prepare_label_banks(plan: StudyPlan) -> list[Path]:
+    """Compute every label bank the study needs once, before any trial starts."""
+    cohort = Cohort(plan.spec.cohort)
+    first_params = _corner_params(plan.spec)[0]
+    paths: dict[Path, TrainConfig] = {}
+    for cell in plan.cells:
+        for repetition in plan.repetitions:
+            config = plan.train_config(cell, first_params, repetition)
+            paths.setdefault(plan.label_bank_path(config), config)
+    for path, config in paths.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_label_bank(cohort, config, path)
+    logger.info("label banks ready: %d (text encoder x fold x cancer types)", len(paths))
+    return list(paths)
+
+
+def ensure_cohort(spec: StudySpec) -> None:
+    """Generate the spec's synthetic cohort when it names one and the folder does not exist yet."""
+    if spec.cohort.exists():
+        return
+    if spec.synthetic is None:
+        raise InputError(f"cohort: {spec.cohort} does not exist (and the study has no 'synthetic' section to generate it)")
+    settings = dict(spec.synthetic)
+    if "cohorts" in settings:
+        settings["cohorts"] = tuple(settings["cohorts"])
+    try:
+        config = SynthConfig(**settings)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"synthetic: {exc}") from exc
+    logger.info("generating the synthetic cohort at %s", spec.cohort)
+    generate_cohort(spec.cohort, config)
+
+
+def _check_search_keys(spec: StudySpec) -> None:
+    set_by_factors = {"adapter_depth": "model.adapter_depth", "modalities": "model.modalities", "loss_weights": "loss_weights"}
+    for key in spec.search.params:
+        blocked = next((u for u in UNSEARCHABLE if key == u or key.startswith(u + ".")), None)
+        if blocked:
+            raise InputError(f"search.params.{key}: cannot be tuned per trial; the study sets '{blocked}' (use factors, folds, seeds or resources)")
+        for factor, target in set_by_factors.items():
+            if factor in spec.factors and (key == target or key.startswith(target + ".")):
+                raise InputError(f"search.params.{key}: conflicts with factor '{factor}', which sets it")
+
+
+def _corner_params(spec: StudySpec) -> list[dict[str, Any]]:
+    """Param sets that together visit every end of every range (others at their first value)."""
+    params = spec.search.params
+    base = {key: dist.corners()[0] for key, dist in params.items()}
+    sets = [base]
+    for key, dist in params.items():
+        sets += [base | {key: value} for value in dist.corners()[1:]]
+    return sets
+
+
+def _merge(target: dict[str, Any], override: dict[str, Any], replace: tuple[str, ...] = ()) -> None:
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict) and key not in replace:
+            _merge(target[key], value)
+        else:
+            target[key] = json.loads(json.dumps(value))

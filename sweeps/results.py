@@ -1,0 +1,121 @@
+"""The study's tables, written by the Tune driver as results arrive.
+
+``results.parquet``: one row per trial x repetition (fold, seed) x epoch, with the cell's
+factor levels, the tuned hyperparameters, every metric, timing and resources. Rows travel to the
+driver through Tune's own result channel, so this works unchanged on a multi-node cluster. The
+file is rewritten atomically (temp file + rename), at most every ``flush_every_s`` seconds and
+at every trial end, so readers always see a whole table; rows are keyed, so a resumed study
+that re-reports an epoch replaces the row instead of duplicating it.
+
+``trials.parquet``: one row per trial: cell, levels, hyperparameters, status (finished,
+stopped early, error with its message) and its final cross-validated scores.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+from ray.tune import Callback
+
+from modaltune.atomic import write_parquet_atomic
+from sweeps.plan import StudyPlan
+from sweeps.searcher import CELL_KEY, DONE_KEY, KIND_KEY, cv_key
+from sweeps.spec import StudyLayout
+
+logger = logging.getLogger(__name__)
+
+ROW_KEY = ("trial_id", "fold", "seed", "epoch")
+# Tune's bookkeeping that says nothing about the model.
+_DROPPED = {"config", "done", "trial_id", "date", "experiment_tag", "checkpoint_dir_name", "should_checkpoint", "checkpoint_path", KIND_KEY}
+
+
+class ResultsWriter(Callback):
+    def __init__(self, plan: StudyPlan, flush_every_s: float = 5.0) -> None:
+        self.plan = plan
+        self.flush_every_s = flush_every_s
+        self._rows: dict[tuple, dict[str, Any]] = {}
+        self._last_flush = 0.0
+
+    @property
+    def results_path(self) -> Path:
+        return StudyLayout(self.plan.study_dir).results
+
+    def setup(self, **info: Any) -> None:
+        """On a resumed study, start from the rows already on disk."""
+        if self.results_path.exists():
+            for row in pd.read_parquet(self.results_path).to_dict("records"):
+                self._rows[tuple(row[k] for k in ROW_KEY)] = row
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if result.get(KIND_KEY) != "epoch":
+            return
+        row = self.epoch_row(trial.trial_id, trial.config, result)
+        self._rows[tuple(row[k] for k in ROW_KEY)] = row
+        if time.monotonic() - self._last_flush >= self.flush_every_s:
+            self.flush()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.flush(trials)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.flush(trials)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.flush(trials)
+
+    def epoch_row(self, trial_id: str, config: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+        resources = self.plan.spec.resources
+        row: dict[str, Any] = {"study": self.plan.spec.name, "trial_id": trial_id, CELL_KEY: config[CELL_KEY]}
+        row |= {name: config.get(name) for name in self.plan.factor_names}
+        row |= {name: config.get(name) for name in self.plan.param_names}
+        row |= {
+            key: value for key, value in result.items()
+            if key not in _DROPPED and key not in row and isinstance(value, (int, float, str, bool)) and value is not None
+        }
+        row |= {"num_workers": resources.num_workers, "cpus_per_worker": resources.cpus_per_worker, "gpus_per_worker": resources.gpus_per_worker}
+        return row
+
+    def flush(self, trials: list | None = None) -> None:
+        if self._rows:
+            frame = pd.DataFrame(list(self._rows.values())).sort_values(list(ROW_KEY), kind="stable")
+            write_parquet_atomic(self.results_path, pa.Table.from_pandas(frame, preserve_index=False))
+        if trials is not None:
+            write_parquet_atomic(StudyLayout(self.plan.study_dir).trials, pa.Table.from_pandas(trial_table(self.plan, trials), preserve_index=False))
+        self._last_flush = time.monotonic()
+
+
+def trial_table(plan: StudyPlan, trials: list) -> pd.DataFrame:
+    """One row per trial; ``state`` is finished, stopped_early, error, running or pending."""
+    rows = []
+    for trial in trials:
+        last = trial.last_result or {}
+        done = int(last.get(DONE_KEY) or 0)
+        row: dict[str, Any] = {"trial_id": trial.trial_id, CELL_KEY: trial.config.get(CELL_KEY)}
+        row |= {name: trial.config.get(name) for name in plan.factor_names}
+        row |= {name: trial.config.get(name) for name in plan.param_names}
+        row |= {"state": _state(trial.status, done, len(plan.repetitions)), DONE_KEY: done, "error": _error(trial)}
+        row |= {cv_key(m): (float(last[cv_key(m)]) if last.get(KIND_KEY) == "repetition" else math.nan) for m in plan.metric_names}
+        row["time_total_s"] = float(last.get("time_total_s", math.nan))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _state(status: str, done: int, total: int) -> str:
+    if status == "ERROR":
+        return "error"
+    if status == "TERMINATED":
+        return "finished" if done >= total else "stopped_early"
+    return status.lower()
+
+
+def _error(trial: Any) -> str | None:
+    if trial.status != "ERROR":
+        return None
+    error = trial.get_error()
+    return str(error).strip().splitlines()[-1][:500] if error else "unknown error"

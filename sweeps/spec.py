@@ -1,0 +1,263 @@
+"""The study spec: one YAML file that says what a study compares, how it tunes and on what.
+
+Everything is validated here, before Ray starts: unknown keys, factor levels, search
+distributions, samplers and schedulers are errors that name their key, so a typo never costs a
+cluster-hour. Paths in the spec are relative to the spec file, so the same file works from the
+repository on a laptop and from the mounted repository on a cluster head node.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from modaltune.errors import InputError, describe_validation_error
+
+FACTORS = ("adapter_depth", "llm", "modalities", "loss_weights", "slide_encoder", "cohorts")
+METRICS = {"c_index": "max", "balanced_accuracy": "max", "macro_auc": "max", "loss": "min"}
+SAMPLERS = ("tpe", "random", "grid", "cmaes", "nsga2")
+SCHEDULERS = ("asha", "median", "none", "pbt")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Distribution(_Strict):
+    """One tuned hyperparameter: ``loguniform``/``uniform`` (low, high), ``int`` (low, high,
+    step, log) or ``categorical`` (choices)."""
+
+    type: Literal["loguniform", "uniform", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    step: int | None = Field(default=None, ge=1)
+    log: bool = False
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _well_formed(self) -> Distribution:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("categorical needs a non-empty 'choices' list")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError(f"{self.type} needs 'low' and 'high'")
+        if not (math.isfinite(self.low) and math.isfinite(self.high)) or self.low >= self.high:
+            raise ValueError(f"needs finite low < high, got low={self.low}, high={self.high}")
+        if (self.type == "loguniform" or self.log) and self.low <= 0:
+            raise ValueError(f"a log-scale range needs low > 0, got {self.low}")
+        if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
+            raise ValueError("int needs integer low and high")
+        return self
+
+    def corners(self) -> list[Any]:
+        """Values that must all make a valid run config: both ends, or every choice."""
+        if self.type == "categorical":
+            return list(self.choices or [])
+        if self.type == "int":
+            return [int(self.low or 0), int(self.high or 0)]
+        return [self.low, self.high]
+
+
+class MetricGoal(_Strict):
+    name: str
+    mode: Literal["max", "min"] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in METRICS:
+            raise ValueError(f"unknown metric {name!r}; choose from {list(METRICS)}")
+        return name
+
+    @property
+    def direction(self) -> str:
+        return self.mode or METRICS[self.name]
+
+
+class SearchSpec(_Strict):
+    """The nuisance hyperparameters tuned inside every cell, each cell with the same budget."""
+
+    trials_per_cell: int = Field(default=1, ge=1)
+    sampler: Literal["tpe", "random", "grid", "cmaes", "nsga2"] = "tpe"
+    seed: int = 0
+    metrics: list[MetricGoal] = Field(default_factory=lambda: [MetricGoal(name="c_index")], min_length=1, max_length=3)
+    params: dict[str, Distribution] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _sampler_fits(self) -> SearchSpec:
+        if self.sampler == "grid" and any(d.type != "categorical" for d in self.params.values()):
+            raise ValueError("sampler 'grid' needs every param to be categorical")
+        if self.sampler == "nsga2" and len(self.metrics) < 2:
+            raise ValueError("sampler 'nsga2' is multi-objective: give two or more metrics")
+        if self.sampler == "cmaes" and len(self.metrics) > 1:
+            raise ValueError("sampler 'cmaes' is single-objective: give one metric (or use 'nsga2' / 'tpe')")
+        names = [m.name for m in self.metrics]
+        if len(set(names)) != len(names):
+            raise ValueError(f"metrics repeat a name: {names}")
+        return self
+
+    @property
+    def primary(self) -> MetricGoal:
+        return self.metrics[0]
+
+
+class SchedulerSpec(_Strict):
+    """Early stopping between repetitions (folds x seeds) of a trial; see sweeps/searcher.py."""
+
+    type: Literal["asha", "median", "none", "pbt"] = "asha"
+    grace_period: int = Field(default=1, ge=1)
+    reduction_factor: float = Field(default=2.0, gt=1)
+    min_samples_required: int = Field(default=3, ge=1)
+
+    @field_validator("type")
+    @classmethod
+    def _not_pbt(cls, kind: str) -> str:
+        if kind == "pbt":
+            raise ValueError(
+                "pbt mutates hyperparameters inside running trials and Ray Tune refuses it together with a "
+                "search algorithm; studies tune with Optuna per cell, so use 'asha', 'median' or 'none'"
+            )
+        return kind
+
+
+class ResourcesSpec(_Strict):
+    """Per-trial resources: each trial is a Ray Train run of ``num_workers`` workers."""
+
+    num_workers: int = Field(default=1, ge=1)
+    cpus_per_worker: float = Field(default=0.5, gt=0)
+    gpus_per_worker: float = Field(default=0.0, ge=0)
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus_per_worker > 0
+
+
+class DesignSpec(_Strict):
+    """How ablation cells are chosen: every combination, one factor at a time, or a sample."""
+
+    type: Literal["crossed", "one_at_a_time", "sampled"] = "crossed"
+    cells: int | None = Field(default=None, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _sampled_has_size(self) -> DesignSpec:
+        if (self.type == "sampled") != (self.cells is not None):
+            raise ValueError("'cells' is required for type 'sampled' and only allowed there")
+        return self
+
+
+class StudySpec(_Strict):
+    name: str
+    cohort: Path
+    synthetic: dict[str, Any] | None = None
+    cohorts: list[str] | None = None
+    tasks: dict[str, float] = Field(default_factory=dict)
+    folds: int | list[int] = 2
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    train: dict[str, Any] = Field(default_factory=dict)
+    factors: dict[str, list[Any]] = Field(default_factory=dict)
+    design: DesignSpec = Field(default_factory=DesignSpec)
+    search: SearchSpec = Field(default_factory=SearchSpec)
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    max_concurrent: int = Field(default=2, ge=1)
+    max_failures: int = Field(default=0, ge=0)
+    storage: str | None = None
+
+    @field_validator("design", mode="before")
+    @classmethod
+    def _design_shorthand(cls, value: Any) -> Any:
+        return {"type": value} if isinstance(value, str) else value
+
+    @field_validator("scheduler", mode="before")
+    @classmethod
+    def _scheduler_shorthand(cls, value: Any) -> Any:
+        return {"type": value} if isinstance(value, str) else value
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        if not name or not all(c.isalnum() or c in "-_." for c in name):
+            raise ValueError(f"must be letters, digits, '-', '_' or '.', got {name!r}")
+        return name
+
+    @field_validator("folds")
+    @classmethod
+    def _folds(cls, folds: int | list[int]) -> int | list[int]:
+        if isinstance(folds, int) and folds < 1:
+            raise ValueError("needs at least one fold")
+        if isinstance(folds, list) and (not folds or len(set(folds)) != len(folds) or min(folds) < 0):
+            raise ValueError(f"needs distinct fold indices >= 0, got {folds}")
+        return folds
+
+    @field_validator("factors")
+    @classmethod
+    def _factors(cls, factors: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for name, levels in factors.items():
+            if name not in FACTORS:
+                raise ValueError(f"unknown factor {name!r}; choose from {list(FACTORS)}")
+            if not levels:
+                raise ValueError(f"factor {name!r} needs at least one level")
+        return factors
+
+    @property
+    def fold_indices(self) -> list[int]:
+        return list(range(self.folds)) if isinstance(self.folds, int) else list(self.folds)
+
+
+def load_study_spec(path: str | os.PathLike[str]) -> StudySpec:
+    """Parse and validate the spec at ``path``; relative paths become relative to its folder."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise InputError(f"{path}: study spec not found") from exc
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: a study spec must be a mapping of keys")
+    raw.setdefault("name", path.stem)
+    try:
+        spec = StudySpec.model_validate(raw)
+    except ValidationError as exc:
+        raise InputError(f"{path}: {describe_validation_error(exc)}") from exc
+    if not spec.cohort.is_absolute():
+        spec.cohort = (path.parent / spec.cohort).resolve()
+    return spec
+
+
+class StudyLayout:
+    """Where a study keeps its files, under ``STORAGE/NAME``; shared by the sweep and the analysis."""
+
+    def __init__(self, study_dir: str | os.PathLike[str]) -> None:
+        self.root = Path(study_dir)
+
+    @property
+    def spec(self) -> Path:
+        return self.root / "study.yaml"  # the spec as run, with absolute paths
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results.parquet"
+
+    @property
+    def trials(self) -> Path:
+        return self.root / "trials.parquet"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "trials"
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / "predictions"
+
+    @property
+    def label_banks(self) -> Path:
+        return self.root / "label_banks"

@@ -1,0 +1,101 @@
+"""Running a study: validate, prepare shared artefacts, then one Ray Tune ``Tuner`` over all cells.
+
+Order matters: the spec, the cohort and every run config are checked first and nothing is
+written on bad input; label banks are computed once; only then does Ray start. A study folder
+is ``STORAGE/NAME``; ``resume=True`` continues it with ``Tuner.restore`` (finished trials are
+kept, unfinished ones restart and skip the repetitions they finished, and the per-cell Optuna
+studies continue from their saved state).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from ray import tune
+from ray.tune import CLIReporter, FailureConfig, RunConfig, TuneConfig, Tuner
+from ray.tune.experiment import Trial
+
+from modaltune.atomic import write_text_atomic
+from modaltune.errors import InputError
+from modaltune.train import ray_session
+from sweeps.plan import StudyPlan, build_plan, prepare_label_banks
+from sweeps.results import ResultsWriter
+from sweeps.schedulers import make_scheduler
+from sweeps.searcher import CELL_KEY, DONE_KEY, CellSearcher, cv_key
+from sweeps.spec import StudyLayout, StudySpec
+from sweeps.trial import run_trial
+
+logger = logging.getLogger(__name__)
+
+# A trial's own process only waits on its Ray Train run, whose workers hold the real resources.
+TRIAL_DRIVER_RESOURCES = {"cpu": 0.05}
+
+
+@dataclass
+class StudyOutcome:
+    study_dir: Path
+    trials: int
+    errors: int
+
+
+def run_study(spec: StudySpec, storage: Path, *, resume: bool = False, address: str | None = None) -> StudyOutcome:
+    """Run (or with ``resume`` continue) the study into ``storage / spec.name``."""
+    storage = storage.resolve()
+    layout = StudyLayout(storage / spec.name)
+    started_before = Tuner.can_restore(str(layout.root)) if layout.root.exists() else False
+    if resume and not started_before:
+        raise InputError(f"--resume: there is no study to continue at {layout.root}")
+    if not resume and started_before:
+        raise InputError(f"{layout.root} already holds study '{spec.name}': pass --resume to continue it, or choose another --storage")
+    plan = build_plan(spec, layout.root)
+
+    layout.root.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(layout.spec, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    prepare_label_banks(plan)
+    ray_session.connect(address, use_gpu=spec.resources.use_gpu)
+
+    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), TRIAL_DRIVER_RESOURCES)
+    if resume:
+        logger.info("resuming study %s from %s", spec.name, layout.root)
+        tuner = Tuner.restore(str(layout.root), trainable=trainable, resume_unfinished=True, resume_errored=False)
+    else:
+        tuner = Tuner(trainable, tune_config=_tune_config(plan), run_config=_run_config(plan, storage))
+    grid = tuner.fit()
+    errors = sum(1 for result in grid if result.error is not None)
+    return StudyOutcome(study_dir=layout.root, trials=len(grid), errors=errors)
+
+
+def _tune_config(plan: StudyPlan) -> TuneConfig:
+    search = plan.spec.search
+    searcher = CellSearcher({cell.id: cell.levels for cell in plan.cells}, search, len(plan.repetitions))
+    return TuneConfig(
+        search_alg=searcher,
+        scheduler=make_scheduler(plan),
+        num_samples=len(plan.cells) * search.trials_per_cell,
+        max_concurrent_trials=plan.spec.max_concurrent,
+        trial_dirname_creator=trial_dirname,
+    )
+
+
+def _run_config(plan: StudyPlan, storage: Path) -> RunConfig:
+    reporter = CLIReporter(
+        parameter_columns=[CELL_KEY, *plan.factor_names, *plan.param_names],
+        metric_columns={DONE_KEY: "reps", "epoch": "epoch", **{cv_key(m): m for m in plan.metric_names}},
+        max_report_frequency=30,
+    )
+    return RunConfig(
+        storage_path=str(storage),
+        name=plan.spec.name,
+        callbacks=[ResultsWriter(plan)],
+        failure_config=FailureConfig(max_failures=plan.spec.max_failures),
+        progress_reporter=reporter,
+        verbose=1,
+    )
+
+
+def trial_dirname(trial: Trial) -> str:
+    """Tune's folder of a trial, named after its cell so a listing reads like the design."""
+    return f"{trial.config[CELL_KEY]}_{trial.trial_id}"

@@ -1,0 +1,74 @@
+"""The nested searcher: equal budgets per cell, pruned trials reach Optuna as pruned, state survives a save."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from optuna.trial import TrialState
+from ray.tune.search import Searcher
+
+from sweeps.searcher import DONE_KEY, KIND_KEY, CellSearcher
+from sweeps.spec import SearchSpec
+
+SEARCH = SearchSpec.model_validate(
+    {"trials_per_cell": 3, "seed": 5, "params": {"optim.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}}
+)
+CELLS = {"c000": {"modalities": "wsi"}, "c001": {"modalities": "wsi+rna"}}
+
+
+def _repetition(done: int, value: float) -> dict:
+    return {KIND_KEY: "repetition", DONE_KEY: done, "cv_c_index": value}
+
+
+def test_round_robin_equal_budget_then_finished() -> None:
+    searcher = CellSearcher(CELLS, SEARCH, repetitions=2)
+    suggestions = [searcher.suggest(f"t{i}") for i in range(6)]
+    assert [s["cell"] for s in suggestions] == ["c000", "c001"] * 3
+    assert all(s["modalities"] == CELLS[s["cell"]]["modalities"] and 1e-4 <= s["optim.lr"] <= 1e-2 for s in suggestions)
+    # Same sampler seed in every cell: paired first proposals.
+    assert suggestions[0]["optim.lr"] == suggestions[1]["optim.lr"]
+    assert searcher.suggest("t6") == Searcher.FINISHED
+
+
+def test_stopped_trials_are_pruned_with_their_fold_values(tmp_path: Path) -> None:
+    searcher = CellSearcher(CELLS, SEARCH, repetitions=2)
+    for i in range(3):
+        searcher.suggest(f"t{i}")  # t0 -> c000, t1 -> c001, t2 -> c000
+    # t0 finishes both repetitions; t2 is stopped after the first; t1 errors.
+    searcher.on_trial_result("t0", {KIND_KEY: "epoch", DONE_KEY: 0, "cv_c_index": 0.5})  # epochs are not intermediate values
+    searcher.on_trial_result("t0", _repetition(1, 0.62))
+    searcher.on_trial_result("t0", _repetition(2, 0.64))
+    searcher.on_trial_complete("t0", _repetition(2, 0.64))
+    searcher.on_trial_result("t2", _repetition(1, 0.55))
+    searcher.on_trial_complete("t2", _repetition(1, 0.55))
+    searcher.on_trial_complete("t1", None, error=True)
+
+    studies = searcher.studies()
+    done = {t.number: t for t in studies["c000"].trials}
+    assert done[0].state == TrialState.COMPLETE and done[0].value == 0.64
+    assert done[0].intermediate_values == {1: 0.62, 2: 0.64}
+    assert done[1].state == TrialState.PRUNED and done[1].intermediate_values == {1: 0.55}
+    assert studies["c001"].trials[0].state == TrialState.FAIL
+
+    # The whole state, Optuna studies included, survives a save and restore (Tuner.restore path).
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    fresh = CellSearcher(CELLS, SEARCH, repetitions=2)
+    fresh.restore(str(tmp_path / "searcher.pkl"))
+    assert [t.state for t in fresh.studies()["c000"].trials] == [TrialState.COMPLETE, TrialState.PRUNED]
+    assert [fresh.suggest(f"t{i}")["cell"] for i in range(3, 6)] == ["c001", "c000", "c001"]
+    assert fresh.suggest("t6") == Searcher.FINISHED
+
+
+def test_multi_objective_cells_use_nsga2() -> None:
+    search = SearchSpec.model_validate(
+        {
+            "trials_per_cell": 2, "sampler": "nsga2",
+            "metrics": [{"name": "c_index"}, {"name": "balanced_accuracy"}],
+            "params": {"optim.weight_decay": {"type": "uniform", "low": 0.0, "high": 0.1}},
+        }
+    )
+    searcher = CellSearcher({"c000": {}}, search, repetitions=1)
+    searcher.suggest("a")
+    searcher.on_trial_complete("a", {KIND_KEY: "repetition", DONE_KEY: 1, "cv_c_index": 0.6, "cv_balanced_accuracy": 0.8})
+    trial = searcher.studies()["c000"].trials[0]
+    assert trial.state == TrialState.COMPLETE and trial.values == [0.6, 0.8]

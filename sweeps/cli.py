@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(trials):
         print("\n" + format_summary(cell_summary(spec, results, trials), spec))
     print(f"\nresults: {outcome.study_dir / 'results.parquet'}\ntrials:  {outcome.study_dir / 'trials.parquet'}")
+    if outcome.unfinished:
+        print(f"study interrupted: {outcome.unfinished} trials unfinished; continue it with --resume", file=sys.stderr)
+        return 130
     if outcome.errors:
         print(f"{outcome.errors} of {outcome.trials} trials failed; see trials.parquet", file=sys.stderr)
         return 1

@@ -31,6 +31,8 @@ from sweeps.spec import StudyLayout
 logger = logging.getLogger(__name__)
 
 ROW_KEY = ("trial_id", "fold", "seed", "epoch")
+COMPLETED_STATES = ("finished", "stopped_early")
+UNFINISHED_STATES = ("interrupted", "running", "pending", "paused")
 # Tune's bookkeeping that says nothing about the model.
 _DROPPED = {"config", "done", "trial_id", "date", "experiment_tag", "checkpoint_dir_name", "should_checkpoint", "checkpoint_path", KIND_KEY}
 
@@ -40,6 +42,7 @@ class ResultsWriter(Callback):
         self.plan = plan
         self.flush_every_s = flush_every_s
         self._rows: dict[tuple, dict[str, Any]] = {}
+        self._completed: set[str] = set()  # trials Tune completed (finished or stopped by the scheduler)
         self._last_flush = 0.0
 
     @property
@@ -51,6 +54,10 @@ class ResultsWriter(Callback):
         if self.results_path.exists():
             for row in pd.read_parquet(self.results_path).to_dict("records"):
                 self._rows[tuple(row[k] for k in ROW_KEY)] = row
+        trials_path = StudyLayout(self.plan.study_dir).trials
+        if trials_path.exists():
+            previous = pd.read_parquet(trials_path)
+            self._completed |= set(previous.loc[previous["state"].isin(COMPLETED_STATES), "trial_id"])
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if result.get(KIND_KEY) != "epoch":
@@ -61,6 +68,7 @@ class ResultsWriter(Callback):
             self.flush()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._completed.add(trial.trial_id)
         self.flush(trials)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -86,12 +94,16 @@ class ResultsWriter(Callback):
             frame = pd.DataFrame(list(self._rows.values())).sort_values(list(ROW_KEY), kind="stable")
             write_parquet_atomic(self.results_path, pa.Table.from_pandas(frame, preserve_index=False))
         if trials is not None:
-            write_parquet_atomic(StudyLayout(self.plan.study_dir).trials, pa.Table.from_pandas(trial_table(self.plan, trials), preserve_index=False))
+            table = trial_table(self.plan, trials, self._completed)
+            write_parquet_atomic(StudyLayout(self.plan.study_dir).trials, pa.Table.from_pandas(table, preserve_index=False))
         self._last_flush = time.monotonic()
 
 
-def trial_table(plan: StudyPlan, trials: list) -> pd.DataFrame:
-    """One row per trial; ``state`` is finished, stopped_early, error, running or pending."""
+def trial_table(plan: StudyPlan, trials: list, completed: set[str]) -> pd.DataFrame:
+    """One row per trial; ``state`` is finished, stopped_early, error, interrupted, running or pending.
+
+    Tune marks trials it stopped because the driver was interrupted TERMINATED too, but only
+    trials it completed (``completed``) went through ``on_trial_complete``."""
     rows = []
     for trial in trials:
         last = trial.last_result or {}
@@ -99,19 +111,20 @@ def trial_table(plan: StudyPlan, trials: list) -> pd.DataFrame:
         row: dict[str, Any] = {"trial_id": trial.trial_id, CELL_KEY: trial.config.get(CELL_KEY)}
         row |= {name: trial.config.get(name) for name in plan.factor_names}
         row |= {name: trial.config.get(name) for name in plan.param_names}
-        row |= {"state": _state(trial.status, done, len(plan.repetitions)), DONE_KEY: done, "error": _error(trial)}
+        state = _state(trial.status, trial.trial_id in completed, done, len(plan.repetitions))
+        row |= {"state": state, DONE_KEY: done, "error": _error(trial)}
         row |= {cv_key(m): (float(last[cv_key(m)]) if last.get(KIND_KEY) == "repetition" else math.nan) for m in plan.metric_names}
         row["time_total_s"] = float(last.get("time_total_s", math.nan))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _state(status: str, done: int, total: int) -> str:
+def _state(status: str, completed: bool, done: int, total: int) -> str:
     if status == "ERROR":
         return "error"
-    if status == "TERMINATED":
+    if completed:
         return "finished" if done >= total else "stopped_early"
-    return status.lower()
+    return "interrupted" if status == "TERMINATED" else status.lower()
 
 
 def _error(trial: Any) -> str | None:

@@ -72,16 +72,25 @@ class CellOptunaSearch(OptunaSearch):
             sampler=make_sampler(search),
         )
         self.repetitions = repetitions
+        self._reported_steps: dict[str, set[int]] = {}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """Per-repetition running means become Optuna intermediate values (single objective)."""
         if result.get(KIND_KEY) != "repetition" or isinstance(self.metric, list) or trial_id in self._completed_trials:
             return
-        self._ot_trials[trial_id].report(float(result[self.metric]), step=int(result[DONE_KEY]))
+        step = int(result[DONE_KEY])
+        reported = self._reported_steps.setdefault(trial_id, set())
+        if step not in reported:
+            self._ot_trials[trial_id].report(float(result[self.metric]), step=step)
+            reported.add(step)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
+        if result is not None:
+            # When the scheduler stops a trial, Tune completes it without passing that last result
+            # through on_trial_result: record it here, or a pruned trial would lose its evidence.
+            self.on_trial_result(trial_id, result)
         ot_trial = self._ot_trials[trial_id]
         finished = result is not None and result.get(DONE_KEY) == self.repetitions
         if error:

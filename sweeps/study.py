@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import yaml
 from ray import tune
 from ray.tune import CLIReporter, FailureConfig, RunConfig, TuneConfig, Tuner
@@ -22,7 +23,7 @@ from modaltune.atomic import write_text_atomic
 from modaltune.errors import InputError
 from modaltune.train import ray_session
 from sweeps.plan import StudyPlan, build_plan, prepare_label_banks
-from sweeps.results import ResultsWriter
+from sweeps.results import UNFINISHED_STATES, ResultsWriter
 from sweeps.schedulers import make_scheduler
 from sweeps.searcher import CELL_KEY, DONE_KEY, CellSearcher, cv_key
 from sweeps.spec import StudyLayout, StudySpec
@@ -39,6 +40,7 @@ class StudyOutcome:
     study_dir: Path
     trials: int
     errors: int
+    unfinished: int  # > 0 when the driver was interrupted: continue with resume
 
 
 def run_study(spec: StudySpec, storage: Path, *, resume: bool = False, address: str | None = None) -> StudyOutcome:
@@ -63,9 +65,12 @@ def run_study(spec: StudySpec, storage: Path, *, resume: bool = False, address: 
         tuner = Tuner.restore(str(layout.root), trainable=trainable, resume_unfinished=True, resume_errored=False)
     else:
         tuner = Tuner(trainable, tune_config=_tune_config(plan), run_config=_run_config(plan, storage))
-    grid = tuner.fit()
-    errors = sum(1 for result in grid if result.error is not None)
-    return StudyOutcome(study_dir=layout.root, trials=len(grid), errors=errors)
+    tuner.fit()
+    states = pd.read_parquet(layout.trials)["state"] if layout.trials.exists() else pd.Series(dtype=str)
+    return StudyOutcome(
+        study_dir=layout.root, trials=len(states), errors=int((states == "error").sum()),
+        unfinished=int(states.isin(UNFINISHED_STATES).sum()),
+    )
 
 
 def _tune_config(plan: StudyPlan) -> TuneConfig:

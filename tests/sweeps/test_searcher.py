@@ -39,8 +39,7 @@ def test_stopped_trials_are_pruned_with_their_fold_values(tmp_path: Path) -> Non
     searcher.on_trial_result("t0", _repetition(1, 0.62))
     searcher.on_trial_result("t0", _repetition(2, 0.64))
     searcher.on_trial_complete("t0", _repetition(2, 0.64))
-    searcher.on_trial_result("t2", _repetition(1, 0.55))
-    searcher.on_trial_complete("t2", _repetition(1, 0.55))
+    searcher.on_trial_complete("t2", _repetition(1, 0.55))  # a scheduler STOP skips on_trial_result
     searcher.on_trial_complete("t1", None, error=True)
 
     studies = searcher.studies()

@@ -23,12 +23,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
 
+# The demo study (sweeps/studies/demo.yaml) on an embedded Ray; it generates its synthetic
+# cohort under runs/cohorts/ on first use and ends by printing the headline table and paths.
 demo: install
 	rm -rf $(DEMO_DIR)
-	$(BIN)/modaltune synth $(DEMO_DIR)/cohort --cohorts BRCA,NSCLC,RCC,GBMLGG --slides-per-cohort 60 \
-		--feature-dim 64 --min-tiles 50 --max-tiles 800 --seed 0
-	$(BIN)/modaltune validate $(DEMO_DIR)/cohort
-	$(BIN)/modaltune train --cohort $(DEMO_DIR)/cohort --output $(DEMO_DIR)/train
+	$(BIN)/python sweeps/ablation.py --study sweeps/studies/demo.yaml --storage $(DEMO_DIR)
 
 test: install
 	$(BIN)/python -m pytest -q tests

@@ -13,10 +13,9 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from modaltune.errors import InputError, describe_validation_error
+from modaltune.errors import InputError, describe_validation_error, read_yaml_mapping
 
 FACTORS = ("adapter_depth", "llm", "modalities", "loss_weights", "slide_encoder", "cohorts")
 METRICS = {"c_index": "max", "balanced_accuracy": "max", "macro_auc": "max", "loss": "min"}
@@ -214,14 +213,7 @@ class StudySpec(_Strict):
 def load_study_spec(path: str | os.PathLike[str]) -> StudySpec:
     """Parse and validate the spec at ``path``; relative paths become relative to its folder."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise InputError(f"{path}: study spec not found") from exc
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise InputError(f"{path}: a study spec must be a mapping of keys")
+    raw = read_yaml_mapping(path, "study spec")
     raw.setdefault("name", path.stem)
     try:
         spec = StudySpec.model_validate(raw)

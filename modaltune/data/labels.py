@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from modaltune.atomic import write_text_atomic
-from modaltune.errors import InputError, describe_validation_error
+from modaltune.errors import InputError, describe_validation_error, read_yaml_mapping
 from modaltune.data.tcga import TCGA_COHORTS
 
 
@@ -78,12 +78,7 @@ class LabelsFileError(InputError):
 
 def load_labels(path: str | os.PathLike[str]) -> LabelSpec:
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise LabelsFileError(f"{path}: file not found") from exc
-    except yaml.YAMLError as exc:
-        raise LabelsFileError(f"{path}: not valid YAML: {exc}") from exc
+    raw = read_yaml_mapping(path, "labels file", LabelsFileError)
     try:
         return LabelSpec.model_validate(raw)
     except ValidationError as exc:

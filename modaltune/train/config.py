@@ -9,14 +9,13 @@ silently falls back to a default.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from modaltune.data.clinical import CLINICAL_VECTOR_SIZE
-from modaltune.errors import InputError, describe_validation_error
+from modaltune.errors import InputError, describe_validation_error, read_yaml_mapping
 from modaltune.models import MODALITIES, ModalTuneConfig, SlideEncoderConfig
 from modaltune.objectives import OBJECTIVES
 from modaltune.text.encoders import parse_text_encoder_spec
@@ -160,15 +159,7 @@ def load_train_config(path: str | os.PathLike[str] | None = None, overrides: lis
     """The config at ``path`` (or the CPU default), with ``key.sub=value`` overrides applied."""
     raw: dict[str, Any] = _deep_copy(CPU_DEFAULT)
     if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except FileNotFoundError as exc:
-            raise InputError(f"{path}: config file not found") from exc
-        except yaml.YAMLError as exc:
-            raise InputError(f"{path}: not valid YAML: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise InputError(f"{path}: the config must be a mapping of sections")
-        raw = loaded
+        raw = read_yaml_mapping(path, "config file")
     for item in overrides or []:
         apply_override(raw, item)
     return validate_train_config(raw, source=str(path) if path else "default config")

@@ -2,7 +2,8 @@
 
 Locally this starts an embedded Ray; with ``--address auto`` (or ``RAY_ADDRESS``) it joins a
 running cluster. Without ``--study`` it runs the study named by ``MODALTUNE_STUDY``, else the
-demo study. Exit codes: 0 all trials ran, 1 some trials failed, 2 bad input (nothing started).
+demo study. Exit codes: 0 all trials finished, 1 some trials failed, 2 bad input (nothing
+started, nothing written), 3 storage unwritable or full (state kept; --resume), 130 interrupted.
 """
 
 from __future__ import annotations

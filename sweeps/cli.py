@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from analysis.summary import cell_summary, format_summary, load_study
     from sweeps.spec import load_study_spec
+    from sweeps.storage import StorageError
     from sweeps.study import run_study
 
     study = args.study or os.environ.get("MODALTUNE_STUDY") or str(DEMO_STUDY)
@@ -42,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (StorageError, OSError) as exc:  # full or unwritable storage: what was written is kept
+        print(f"error: {exc}\nwhat was written is kept; fix the storage, then run again with --resume", file=sys.stderr)
+        return 3
 
     spec, results, trials = load_study(outcome.study_dir)
     if len(trials):

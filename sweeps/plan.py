@@ -100,8 +100,11 @@ class StudyPlan:
         slug = "".join(c if c.isalnum() else "-" for c in config.text_encoder)[:40]
         return StudyLayout(self.study_dir).label_banks / f"{slug}-fold{config.fold}-{digest}.npz"
 
+    def trial_dir(self, trial_id: str) -> Path:
+        return StudyLayout(self.study_dir).runs / trial_id
+
     def run_dir(self, trial_id: str, repetition: Repetition) -> Path:
-        return StudyLayout(self.study_dir).runs / trial_id / repetition.name
+        return self.trial_dir(trial_id) / repetition.name
 
     def predictions_dir(self, trial_id: str, repetition: Repetition) -> Path:
         return StudyLayout(self.study_dir).predictions / trial_id / repetition.name

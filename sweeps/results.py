@@ -13,6 +13,7 @@ stopped early, error with its message) and its final cross-validated scores.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -27,6 +28,7 @@ from modaltune.atomic import write_parquet_atomic
 from sweeps.plan import StudyPlan
 from sweeps.searcher import CELL_KEY, DONE_KEY, KIND_KEY, cv_key
 from sweeps.spec import StudyLayout
+from sweeps.trial import TRIAL_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +52,13 @@ class ResultsWriter(Callback):
         return StudyLayout(self.plan.study_dir).results
 
     def setup(self, **info: Any) -> None:
-        """On a resumed study, start from the rows already on disk."""
+        """On a resumed study, start from the rows already on disk, and add any the driver had
+        not written when it died: every run folder keeps its own per-epoch metrics."""
         if self.results_path.exists():
             for row in pd.read_parquet(self.results_path).to_dict("records"):
                 self._rows[tuple(row[k] for k in ROW_KEY)] = row
+        for row in self.recover_rows():
+            self._rows.setdefault(tuple(row[k] for k in ROW_KEY), row)
         trials_path = StudyLayout(self.plan.study_dir).trials
         if trials_path.exists():
             previous = pd.read_parquet(trials_path)
@@ -76,6 +81,19 @@ class ResultsWriter(Callback):
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.flush(trials)
+
+    def recover_rows(self) -> list[dict[str, Any]]:
+        """Epoch rows rebuilt from ``trials/TRIAL/trial.json`` and each run's ``metrics.parquet``
+        (metrics and levels; Tune's timing columns are missing for these rows)."""
+        rows = []
+        for trial_file in sorted(StudyLayout(self.plan.study_dir).runs.glob(f"*/{TRIAL_FILE}")):
+            trial = json.loads(trial_file.read_text(encoding="utf-8"))
+            for repetition in self.plan.repetitions:
+                metrics = trial_file.parent / repetition.name / "metrics.parquet"
+                if metrics.exists():
+                    tags = {"fold": repetition.fold, "seed": repetition.seed, "repetition": repetition.index}
+                    rows += [self.epoch_row(trial["trial_id"], trial["config"], record | tags) for record in pd.read_parquet(metrics).to_dict("records")]
+        return rows
 
     def epoch_row(self, trial_id: str, config: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
         resources = self.plan.spec.resources

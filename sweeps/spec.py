@@ -168,6 +168,7 @@ class StudySpec(_Strict):
     max_concurrent: int = Field(default=2, ge=1)
     max_failures: int = Field(default=0, ge=0)
     storage: str | None = None
+    min_free_mb: float = Field(default=100.0, ge=0)  # the study stops (resumable) below this much free storage
 
     @field_validator("design", mode="before")
     @classmethod

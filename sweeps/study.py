@@ -27,6 +27,7 @@ from sweeps.results import UNFINISHED_STATES, ResultsWriter
 from sweeps.schedulers import make_scheduler
 from sweeps.searcher import CELL_KEY, DONE_KEY, CellSearcher, cv_key
 from sweeps.spec import StudyLayout, StudySpec
+from sweeps.storage import StorageError, StorageGuard, check_storage, free_mb
 from sweeps.trial import run_trial
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ def run_study(spec: StudySpec, storage: Path, *, resume: bool = False, address: 
     if not resume and started_before:
         raise InputError(f"{layout.root} already holds study '{spec.name}': pass --resume to continue it, or choose another --storage")
     plan = build_plan(spec, layout.root)
+    check_storage(storage, spec.min_free_mb)
 
     layout.root.mkdir(parents=True, exist_ok=True)
     write_text_atomic(layout.spec, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
@@ -62,15 +64,23 @@ def run_study(spec: StudySpec, storage: Path, *, resume: bool = False, address: 
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), TRIAL_DRIVER_RESOURCES)
     if resume:
         logger.info("resuming study %s from %s", spec.name, layout.root)
-        tuner = Tuner.restore(str(layout.root), trainable=trainable, resume_unfinished=True, resume_errored=False)
+        # Errored trials resume too: what errors a trial mid-study (a full disk, a node lost more
+        # often than max_failures) is what resume is for; a config that always fails fails fast again.
+        tuner = Tuner.restore(str(layout.root), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         tuner = Tuner(trainable, tune_config=_tune_config(plan), run_config=_run_config(plan, storage))
     tuner.fit()
     states = pd.read_parquet(layout.trials)["state"] if layout.trials.exists() else pd.Series(dtype=str)
-    return StudyOutcome(
+    outcome = StudyOutcome(
         study_dir=layout.root, trials=len(states), errors=int((states == "error").sum()),
         unfinished=int(states.isin(UNFINISHED_STATES).sum()),
     )
+    if outcome.unfinished and free_mb(storage) < spec.min_free_mb:  # the StorageGuard stopped it
+        raise StorageError(
+            f"storage {storage} has {free_mb(storage):.0f} MB free (< min_free_mb={spec.min_free_mb:g}): the study was "
+            f"stopped with {outcome.unfinished} trials unfinished and its state saved"
+        )
+    return outcome
 
 
 def _tune_config(plan: StudyPlan) -> TuneConfig:
@@ -96,6 +106,7 @@ def _run_config(plan: StudyPlan, storage: Path) -> RunConfig:
         name=plan.spec.name,
         callbacks=[ResultsWriter(plan)],
         failure_config=FailureConfig(max_failures=plan.spec.max_failures),
+        stop=StorageGuard(storage, plan.spec.min_free_mb),
         progress_reporter=reporter,
         verbose=1,
     )

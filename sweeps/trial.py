@@ -30,6 +30,7 @@ from sweeps.plan import Repetition, StudyPlan
 from sweeps.searcher import CELL_KEY, DONE_KEY, KIND_KEY, cv_key
 
 MARKER = "repetition.json"
+TRIAL_FILE = "trial.json"  # the trial's config, so its rows can be rebuilt from disk (sweeps/results.py)
 
 
 class EpochForwarder(TuneReportCallback):
@@ -56,6 +57,7 @@ class EpochForwarder(TuneReportCallback):
 def run_trial(config: dict[str, Any], plan: StudyPlan) -> None:
     """The Tune trainable (wrapped with ``tune.with_parameters(run_trial, plan=plan)``)."""
     trial_id = tune.get_context().get_trial_id()
+    write_json_atomic(plan.trial_dir(trial_id) / TRIAL_FILE, {"trial_id": trial_id, "config": config})
     cell = plan.cell(config[CELL_KEY])
     params = {key: config[key] for key in plan.param_names}
     finished: list[dict[str, float]] = []

@@ -47,6 +47,9 @@ def check_config_against_cohort(config: TrainConfig, cohort: Cohort) -> None:
         raise InputError(f"cohorts: {unknown} are not in the cohort (it has {cohort.cohort_names})")
     if "rna" in config.model.modalities and not cohort.has_rna:
         raise InputError(f"model.modalities includes 'rna' but {cohort.layout.rna} does not exist")
+    checkpoint = config.model.encoder_checkpoint
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise InputError(f"model.encoder_checkpoint: {checkpoint} does not exist")
     resolve_precision(config)
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
 import tempfile
 import time
 import warnings
@@ -24,7 +26,7 @@ import ray.train
 import torch
 import torch.distributed as dist
 
-from modaltune.atomic import write_parquet_atomic
+from modaltune.atomic import write_json_atomic, write_parquet_atomic
 from modaltune.data import Cohort
 from modaltune.models import ModalTuneModel
 from modaltune.objectives import CaseBatch, DistillObjective, build_objective
@@ -49,6 +51,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     logging.getLogger("modaltune").setLevel(logging.INFO)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
+    if paths.get("output"):
+        _record_worker(Path(paths["output"]), rank)
     torch.set_num_threads(max(1, int(round(config.scaling.cpus_per_worker))))
     device = ray.train.torch.get_device()
 
@@ -102,6 +106,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             break
     if writer is not None:
         writer.close()
+
+
+def _record_worker(output: Path, rank: int) -> None:
+    """``workers/rank<r>.json``: which process on which host runs this rank now (rewritten when
+    Ray Train restarts a worker), for operators chasing a stuck or dying run."""
+    write_json_atomic(output / "workers" / f"rank{rank}.json", {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()})
 
 
 def _frozen_checksum(module: TrainModule, built: BuiltEngine) -> float:

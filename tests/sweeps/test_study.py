@@ -1,66 +1,31 @@
-"""Whole studies through the real CLI on an embedded Ray: the shipped smoke study, and a resume.
-
-Each study runs ``sweeps/ablation.py`` in its own process group (its own embedded Ray), which
-the test ends by pid if it overruns; nothing else on the machine is touched.
-"""
+"""Whole studies through the real CLI on an embedded Ray: the shipped smoke study, and a resume."""
 
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pytest
 import yaml
 from optuna.trial import TrialState
 
 from sweeps.searcher import CellSearcher
-
-REPO = Path(__file__).resolve().parents[2]
-ABLATION = REPO / "sweeps" / "ablation.py"
+from tests.studyproc import finish_study, markers, start_study, write_spec
 
 
 def _spec(tmp_path: Path, name: str, edits: dict[str, Any]) -> Path:
-    raw = yaml.safe_load((REPO / "sweeps" / "studies" / "smoke.yaml").read_text(encoding="utf-8"))
-    raw |= {"name": name, "cohort": str(tmp_path / "cohort")} | edits
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    return path
-
-
-def _start(spec: Path, storage: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(ABLATION), "--study", str(spec), "--storage", str(storage), *extra],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )
-
-
-def _finish(process: subprocess.Popen, timeout: float) -> tuple[int, str]:
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)  # the group this test started, and only it
-        output, _ = process.communicate()
-        pytest.fail(f"study did not finish in {timeout} s:\n{output[-4000:]}")
-    return process.returncode, output
-
-
-def _markers(study: Path) -> dict[str, float]:
-    return {str(p.relative_to(study)): p.stat().st_mtime_ns for p in (study / "trials").glob("*/*/repetition.json")}
+    return write_spec(tmp_path / f"{name}.yaml", "smoke", {"cohort": str(tmp_path / "cohort")} | edits)
 
 
 def test_smoke_study_end_to_end(tmp_path: Path) -> None:
     """2 adapter depths x 2 modality sets x 2 text encoders, 2 folds: every cell x fold, sane
     metrics, and the planted RNA effect recovered in the direction truth.json gives."""
     spec = _spec(tmp_path, "smoke", {})
-    code, output = _finish(_start(spec, tmp_path / "studies"), timeout=900)
+    code, output = finish_study(start_study(spec, tmp_path / "studies"), timeout=900)
     assert code == 0, output[-4000:]
     study = tmp_path / "studies" / "smoke"
     assert "results:" in output and "c_index" in output
@@ -105,22 +70,22 @@ def test_interrupted_study_resumes_without_rerunning(tmp_path: Path) -> None:
     spec = _spec(tmp_path, "race", edits)
     storage = tmp_path / "studies"
     study = storage / "race"
-    first = _start(spec, storage)
+    first = start_study(spec, storage)
     deadline = time.monotonic() + 600
-    while len(_markers(study)) < 2 and first.poll() is None and time.monotonic() < deadline:
+    while len(markers(study)) < 2 and first.poll() is None and time.monotonic() < deadline:
         time.sleep(2)
     assert first.poll() is None, "the study ended before it could be interrupted"
     first.send_signal(signal.SIGINT)
-    code, output = _finish(first, timeout=180)
+    code, output = finish_study(first, timeout=180)
     assert code == 130, output[-4000:]
     assert "--resume" in output
-    before = _markers(study)
+    before = markers(study)
     interrupted = pd.read_parquet(study / "trials.parquet")
     assert (interrupted["state"] != "finished").any()
 
-    code, output = _finish(_start(spec, storage, "--resume"), timeout=900)
+    code, output = finish_study(start_study(spec, storage, "--resume"), timeout=900)
     assert code == 0, output[-4000:]
-    after = _markers(study)
+    after = markers(study)
     assert all(after[name] == stamp for name, stamp in before.items()), "a finished repetition ran again"
 
     trials = pd.read_parquet(study / "trials.parquet")

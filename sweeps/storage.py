@@ -1,0 +1,64 @@
+"""The study's storage: writable and with room to spare, checked before and during a study.
+
+A study that fills its disk half-way through a checkpoint leaves torn files behind; so the
+driver checks the storage before anything starts and a ``StorageGuard`` stops the whole study
+while ``min_free_mb`` are still free, with Tune's state saved, so ``--resume`` continues once
+space is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from ray.tune.stopper import Stopper
+
+logger = logging.getLogger(__name__)
+
+
+class StorageError(RuntimeError):
+    """The study's storage is unwritable or (nearly) full; the message says which and how much."""
+
+
+def free_mb(path: Path) -> float:
+    return shutil.disk_usage(path).free / 2**20
+
+
+def check_storage(storage: Path, min_free_mb: float) -> None:
+    """Raise ``StorageError`` unless ``storage`` can be written and has ``min_free_mb`` free."""
+    try:
+        storage.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=storage, prefix=".modaltune-probe-"):
+            pass
+    except OSError as exc:
+        raise StorageError(f"storage {storage} is not writable: {exc.strerror or exc}") from exc
+    available = free_mb(storage)
+    if available < min_free_mb:
+        raise StorageError(f"storage {storage} has {available:.0f} MB free, less than min_free_mb={min_free_mb:g}")
+
+
+class StorageGuard(Stopper):
+    """Stops every trial once the storage has less than ``min_free_mb`` free (checked every
+    ``every_s`` seconds); trials resume from their checkpoints with ``--resume``."""
+
+    def __init__(self, storage: Path, min_free_mb: float, every_s: float = 5.0) -> None:
+        self.storage = storage
+        self.min_free_mb = min_free_mb
+        self.every_s = every_s
+        self._checked = 0.0
+        self.tripped = False
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return self.stop_all()
+
+    def stop_all(self) -> bool:
+        if not self.tripped and time.monotonic() - self._checked >= self.every_s:
+            self._checked = time.monotonic()
+            available = free_mb(self.storage)
+            if available < self.min_free_mb:
+                logger.error("storage %s has %.0f MB free (< %g): stopping the study", self.storage, available, self.min_free_mb)
+                self.tripped = True
+        return self.tripped

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -41,8 +42,13 @@ def check_storage(storage: Path, min_free_mb: float) -> None:
 
 
 class StorageGuard(Stopper):
-    """Stops every trial once the storage has less than ``min_free_mb`` free (checked every
-    ``every_s`` seconds); trials resume from their checkpoints with ``--resume``."""
+    """Interrupts the study, as Ctrl-C would, once the storage has less than ``min_free_mb``
+    free (checked at most every ``every_s`` seconds).
+
+    Why a signal and not ``stop_all() -> True``: Tune terminates the trials a stopper stops and
+    saves them as TERMINATED, which ``Tuner.restore`` never resumes; on SIGINT it saves the
+    experiment with its trials still running, which is exactly what ``--resume`` continues.
+    """
 
     def __init__(self, storage: Path, min_free_mb: float, every_s: float = 5.0) -> None:
         self.storage = storage
@@ -52,13 +58,19 @@ class StorageGuard(Stopper):
         self.tripped = False
 
     def __call__(self, trial_id: str, result: dict) -> bool:
-        return self.stop_all()
+        self._check()
+        return False
 
     def stop_all(self) -> bool:
-        if not self.tripped and time.monotonic() - self._checked >= self.every_s:
-            self._checked = time.monotonic()
-            available = free_mb(self.storage)
-            if available < self.min_free_mb:
-                logger.error("storage %s has %.0f MB free (< %g): stopping the study", self.storage, available, self.min_free_mb)
-                self.tripped = True
-        return self.tripped
+        self._check()
+        return False
+
+    def _check(self) -> None:
+        if self.tripped or time.monotonic() - self._checked < self.every_s:
+            return
+        self._checked = time.monotonic()
+        available = free_mb(self.storage)
+        if available < self.min_free_mb:
+            logger.error("storage %s has %.0f MB free (< %g): interrupting the study", self.storage, available, self.min_free_mb)
+            self.tripped = True
+            signal.raise_signal(signal.SIGINT)  # Tune's own handler: save state, stop, resumable

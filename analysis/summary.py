@@ -31,21 +31,27 @@ def final_epochs(results: pd.DataFrame) -> pd.DataFrame:
     return ordered.groupby(["trial_id", "fold", "seed"], as_index=False).tail(1)
 
 
+def best_trials(spec: StudySpec, trials: pd.DataFrame) -> dict[str, str]:
+    """Each cell's best finished trial by the study's primary cross-validated metric."""
+    primary = spec.search.primary
+    column = f"cv_{primary.name}"
+    done = trials[(trials["state"] == "finished") & trials[column].notna()]
+    ordered = done.sort_values(column, ascending=primary.direction == "min", kind="stable")
+    return dict(ordered.groupby("cell")["trial_id"].first())
+
+
 def cell_summary(spec: StudySpec, results: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     """One row per cell: levels, trial counts, best trial and mean/std of each metric over repetitions."""
-    primary = spec.search.primary
     factors = list(spec.factors)
     metrics = [m.name for m in spec.search.metrics] + [m for m in ("c_index", "balanced_accuracy") if m not in [g.name for g in spec.search.metrics]]
     finals = final_epochs(results) if len(results) else results
+    best_of = best_trials(spec, trials)
     rows = []
     for cell, group in trials.groupby("cell", sort=True):
         row: dict[str, object] = {"cell": cell, **{f: group[f].iloc[0] for f in factors}}
         states = group["state"].value_counts()
         row |= {"trials": len(group), "finished": int(states.get("finished", 0)), "stopped": int(states.get("stopped_early", 0)), "errors": int(states.get("error", 0))}
-        done = group[(group["state"] == "finished") & group[f"cv_{primary.name}"].notna()]
-        best = None
-        if len(done):
-            best = done.sort_values(f"cv_{primary.name}", ascending=primary.direction == "min").iloc[0]["trial_id"]
+        best = best_of.get(cell)
         row["best_trial"] = best
         scored = finals[finals["trial_id"] == best] if best is not None else finals.iloc[0:0]
         row["repetitions"] = len(scored)

@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one "study created" line per cell otherwise
 
+    from analysis.ablation import compare_to_reference, format_comparisons, repetition_scores
     from analysis.summary import cell_summary, format_summary, load_study
+    from modaltune.data.layout import CohortLayout, read_manifest
     from sweeps.spec import load_study_spec
     from sweeps.storage import StorageError
     from sweeps.study import run_study
@@ -50,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     spec, results, trials = load_study(outcome.study_dir)
     if len(trials):
         print("\n" + format_summary(cell_summary(spec, results, trials), spec))
+    if len(results) and spec.factors:
+        primary = spec.search.primary.name
+        n_folds = read_manifest(CohortLayout(spec.cohort)).n_folds
+        comparisons = compare_to_reference(spec, repetition_scores(spec, results, trials), primary, n_folds)
+        print(f"\n{primary}: each level vs the reference, paired over folds x seeds (Holm-adjusted p)")
+        print(format_comparisons(comparisons))
     print(f"\nresults: {outcome.study_dir / 'results.parquet'}\ntrials:  {outcome.study_dir / 'trials.parquet'}")
     if outcome.unfinished:
         print(f"study interrupted: {outcome.unfinished} trials unfinished; continue it with --resume", file=sys.stderr)

@@ -1,0 +1,105 @@
+"""Ablation tables and paired tests on synthetic study tables with known effects."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from analysis.ablation import compare_to_reference, corrected_resampled_ttest, level_table, repetition_scores
+from analysis.summary import cell_summary
+from sweeps.cells import design_cells
+from sweeps.spec import StudySpec
+
+FOLDS, SEEDS, EPOCHS = 5, [0, 1], 3
+RNA_EFFECT = 0.08  # planted: RNA adds 0.08 C-index; adapter depth does nothing
+
+
+def _spec(design: str) -> StudySpec:
+    return StudySpec.model_validate(
+        {
+            "name": "known", "cohort": "/nowhere", "folds": FOLDS, "seeds": SEEDS, "design": design,
+            "factors": {"modalities": [["wsi"], ["wsi", "rna"]], "adapter_depth": [1, 2]},
+            "search": {"trials_per_cell": 2, "params": {"optim.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}},
+        }
+    )
+
+
+def _tables(spec: StudySpec, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per cell two trials: a good finished one and a worse one (stopped early in half the cells)."""
+    rng = np.random.default_rng(seed)
+    results, trials = [], []
+    fold_effect = {f: rng.normal(0, 0.03) for f in range(FOLDS)}  # shared by every cell: pairing removes it
+    for number, cell in enumerate(design_cells(spec.factors, spec.design)):
+        rna = RNA_EFFECT if cell.levels["modalities"] == "wsi+rna" else 0.0
+        for k, penalty in enumerate((0.0, 0.05)):
+            trial_id = f"{cell.id}_{k}"
+            state = "stopped_early" if k == 1 and number % 2 else "finished"
+            values = []
+            for fold, seed in itertools.product(range(FOLDS), SEEDS):
+                value = 0.60 + rna - penalty + fold_effect[fold] + rng.normal(0, 0.01)
+                values.append(value)
+                for epoch in range(EPOCHS):
+                    late = epoch == EPOCHS - 1
+                    results.append(
+                        {
+                            "trial_id": trial_id, "cell": cell.id, **cell.levels, "fold": fold, "seed": seed, "epoch": epoch,
+                            "val_c_index": value if late else 0.5, "val_BRCA/c_index": value + 0.01 if late else 0.5,
+                            "val_balanced_accuracy": 0.8,
+                        }
+                    )
+            trials.append({"trial_id": trial_id, "cell": cell.id, **cell.levels, "state": state, "cv_c_index": float(np.mean(values))})
+    return pd.DataFrame(results), pd.DataFrame(trials)
+
+
+def test_scores_use_each_cells_best_finished_trial_and_its_last_epoch() -> None:
+    spec = _spec("crossed")
+    results, trials = _tables(spec)
+    scores = repetition_scores(spec, results, trials)
+    assert set(scores["trial_id"]) == {f"c00{i}_0" for i in range(4)}
+    assert len(scores) == 4 * FOLDS * len(SEEDS) and (scores["epoch"] == EPOCHS - 1).all()
+    summary = cell_summary(spec, results, trials).set_index("cell")
+    assert summary.loc["c000", "best_trial"] == "c000_0" and summary.loc["c001", "stopped"] == 1
+
+
+@pytest.mark.parametrize("design", ["crossed", "one_at_a_time"])
+def test_planted_effect_is_found_and_the_null_factor_is_not(design: str) -> None:
+    spec = _spec(design)
+    results, trials = _tables(spec)
+    scores = repetition_scores(spec, results, trials)
+
+    table = level_table(spec, scores, "c_index").set_index(["factor", "level"])
+    rna, wsi = table.loc[("modalities", "wsi+rna")], table.loc[("modalities", "wsi")]
+    assert rna["overall_mean"] - wsi["overall_mean"] == pytest.approx(RNA_EFFECT, abs=0.01)
+    assert rna["overall_n"] == FOLDS * len(SEEDS) and rna["overall_ci_low"] < rna["overall_mean"] < rna["overall_ci_high"]
+    assert rna["BRCA_mean"] == pytest.approx(rna["overall_mean"] + 0.01)
+
+    tests = compare_to_reference(spec, scores, "c_index", n_folds=FOLDS).set_index("factor")
+    assert tests.loc["modalities", "difference"] == pytest.approx(RNA_EFFECT, abs=0.01)
+    assert tests.loc["modalities", "corrected_t_p_holm"] < 0.01 and tests.loc["modalities", "wilcoxon_p_holm"] < 0.01
+    assert tests.loc["adapter_depth", "corrected_t_p_holm"] > 0.05
+    pairs = FOLDS * len(SEEDS) * (2 if design == "crossed" else 1)  # crossed: paired within the other factor's levels too
+    assert tests.loc["modalities", "pairs"] == pairs
+
+
+def test_corrected_t_test_is_wider_than_the_plain_paired_t_test() -> None:
+    differences = np.array([0.02, 0.03, 0.01, 0.04, 0.02, 0.03, 0.02, 0.01, 0.03, 0.02])
+    plain = stats.ttest_1samp(differences, 0.0).pvalue
+    corrected = corrected_resampled_ttest(differences, test_train_ratio=1 / 4)
+    assert plain < corrected < 1
+    # With no train/test overlap correction it is the plain paired t-test.
+    assert corrected_resampled_ttest(differences, 0.0) == pytest.approx(plain)
+    assert math.isnan(corrected_resampled_ttest(np.array([0.1]), 0.25))
+
+
+def test_untestable_comparisons_are_missing_with_a_reason() -> None:
+    spec = _spec("one_at_a_time")
+    results, trials = _tables(spec)
+    one_repetition = results[(results["fold"] == 0) & (results["seed"] == 0)]
+    tests = compare_to_reference(spec, repetition_scores(spec, one_repetition, trials), "c_index", n_folds=FOLDS)
+    assert tests["corrected_t_p"].isna().all() and tests["corrected_t_p_holm"].isna().all()
+    assert (tests["note"] != "").all()

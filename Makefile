@@ -35,6 +35,7 @@ test: install
 # On demand only, never in CI: each benchmark prints its ratios and a `BENCH name ...` line.
 bench: install
 	$(BIN)/python benchmarks/bench_io.py
+	$(BIN)/python benchmarks/bench_sweep.py
 
 clean:
 	rm -rf $(VENV) runs

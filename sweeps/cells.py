@@ -31,10 +31,6 @@ class Cell:
     levels: dict[str, str] = field(default_factory=dict)  # factor -> level label
     overrides: tuple[dict[str, Any], ...] = ()
 
-    @property
-    def is_reference(self) -> bool:
-        return self.id == "c000"
-
 
 def factor_level(factor: str, value: Any) -> Level:
     """The label and run-config override of one level of ``factor``."""

@@ -30,7 +30,7 @@ class PerCellScheduler(FIFOScheduler):
     def __init__(self, make: Callable[[], TrialScheduler], metric: str, mode: str) -> None:
         super().__init__()
         self._make = make
-        self._metric, self._mode = metric, mode
+        self._metric, self._mode = metric, mode  # TrialScheduler.metric: Tune checks results carry it
         self._cells: dict[str, TrialScheduler] = {}
 
     def _of(self, trial: Trial) -> TrialScheduler:

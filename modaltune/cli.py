@@ -1,4 +1,4 @@
-"""``modaltune`` command line: cohort tools now, training and analysis as they land.
+"""``modaltune`` command line: cohort tools, training, and a study's analysis, model selection and prediction.
 
 Exit codes: 0 success, 2 bad input (with every problem printed), 1 anything else.
 """
@@ -88,6 +88,42 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_optuna() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one "study created" line per rebuilt study otherwise
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from analysis.report import analyze_study
+
+    _quiet_optuna()
+    print(analyze_study(args.study_dir, metric=args.metric, n_boot=args.bootstrap).console_text())
+    return 0
+
+
+def _cmd_select(args: argparse.Namespace) -> int:
+    from analysis.export import select_and_export
+
+    _quiet_optuna()
+    selection, path = select_and_export(args.study_dir, metric=args.metric)
+    row = selection.row
+    print(selection.candidates.head(10).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"\nselected trial {selection.trial_id} (cell {row['cell']}): {selection.metric} {row['mean']:.4f} ± {row['se']:.4f} (SE), "
+          f"{int(row['trainable_params']):,} trainable parameters; best was {selection.best_trial_id}")
+    print(f"exported to {path} (model card: {path / 'MODEL_CARD.md'})")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from modaltune.predict import predict_cohort, write_predictions
+
+    frame = predict_cohort(args.model_dir, args.cohort, progress=_bar("fold models", "model"))
+    path = write_predictions(frame, args.out)
+    print(f"{len(frame)} cases -> {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modaltune", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
@@ -130,6 +166,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
     train.add_argument("--resume-from", help="a checkpoint folder to start from")
     train.set_defaults(run=_cmd_train)
+
+    analyze = commands.add_parser("analyze", help="write a study's report (tables, tests, survival analysis, plots) and print its headline")
+    analyze.add_argument("study_dir", type=Path, help="STORAGE/STUDY folder of a study")
+    analyze.add_argument("--metric", help="metric to compare and select by (default: the study's primary metric)")
+    analyze.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the C-index intervals")
+    analyze.set_defaults(run=_cmd_analyze)
+
+    select = commands.add_parser("select", help="pick the model (1-SE rule) and export it to STUDY/best/")
+    select.add_argument("study_dir", type=Path, help="STORAGE/STUDY folder of a study")
+    select.add_argument("--metric", help="metric to select by (default: the study's primary metric)")
+    select.set_defaults(run=_cmd_select)
+
+    predict = commands.add_parser("predict", help="risk and subtype for a cohort's cases from an exported model")
+    predict.add_argument("model_dir", type=Path, help="an exported model folder (STUDY/best)")
+    predict.add_argument("--cohort", type=Path, required=True, help="cohort folder with the slides to predict")
+    predict.add_argument("--out", type=Path, required=True, help="predictions file (.parquet)")
+    predict.set_defaults(run=_cmd_predict)
     return parser
 
 

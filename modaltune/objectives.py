@@ -122,6 +122,15 @@ class Objective(nn.Module, ABC):
             predictions=self.head_predictions(outputs, batch),
         )
 
+    def predict_case(self, model: ModalTuneModel, batch: CaseBatch) -> CaseOutputs:
+        """Task embeddings and head predictions without a loss: for cases with no text targets."""
+        outputs = self._outputs(model, batch)
+        return CaseOutputs(
+            loss=math.nan,
+            embeddings={task: out[0].float().cpu().numpy() for task, out in outputs.items()},
+            predictions=self.head_predictions(outputs, batch),
+        )
+
     def head_predictions(self, outputs: dict[str, torch.Tensor], batch: CaseBatch) -> tuple[float, np.ndarray] | None:
         """(risk, class probabilities in labels.yaml order), or None where probes predict instead."""
         return None

@@ -28,9 +28,6 @@ def main(argv: list[str] | None = None) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one "study created" line per cell otherwise
 
-    from analysis.ablation import compare_to_reference, format_comparisons, repetition_scores
-    from analysis.summary import cell_summary, format_summary, load_study
-    from modaltune.data.layout import CohortLayout, read_manifest
     from sweeps.spec import load_study_spec
     from sweeps.storage import StorageError
     from sweeps.study import run_study
@@ -49,15 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}\nwhat was written is kept; fix the storage, then run again with --resume", file=sys.stderr)
         return 3
 
-    spec, results, trials = load_study(outcome.study_dir)
-    if len(trials):
-        print("\n" + format_summary(cell_summary(spec, results, trials), spec))
-    if len(results) and spec.factors:
-        primary = spec.search.primary.name
-        n_folds = read_manifest(CohortLayout(spec.cohort)).n_folds
-        comparisons = compare_to_reference(spec, repetition_scores(spec, results, trials), primary, n_folds)
-        print(f"\n{primary}: each level vs the reference, paired over folds x seeds (Holm-adjusted p)")
-        print(format_comparisons(comparisons))
+    if not outcome.unfinished:  # an interrupted study is analysed when it is finished
+        _conclude(outcome.study_dir)
     print(f"\nresults: {outcome.study_dir / 'results.parquet'}\ntrials:  {outcome.study_dir / 'trials.parquet'}")
     if outcome.unfinished:
         print(f"study interrupted: {outcome.unfinished} trials unfinished; continue it with --resume", file=sys.stderr)
@@ -66,3 +56,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{outcome.errors} of {outcome.trials} trials failed; see trials.parquet", file=sys.stderr)
         return 1
     return 0
+
+
+def _conclude(study_dir: Path) -> None:
+    """The study's report and its selected model, as ``modaltune analyze`` and ``select`` make them.
+
+    An analysis that cannot run (nothing finished yet) is reported, not fatal: the study's own
+    results stand, and ``modaltune analyze`` can be run again later.
+    """
+    from analysis.export import select_and_export
+    from analysis.report import analyze_study
+
+    try:
+        print("\n" + analyze_study(study_dir).console_text())
+        _, best = select_and_export(study_dir)
+        print(f"selected model exported to {best}")
+    except (InputError, OSError) as exc:
+        print(f"no report or model: {exc}; run `modaltune analyze {study_dir}` once fixed", file=sys.stderr)

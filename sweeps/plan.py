@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 # Set by the study itself, or shared across trials (label banks are computed per text encoder,
 # fold, cancer types and width before trials start), so they cannot be tuned per trial.
-UNSEARCHABLE = ("fold", "seed", "cohorts", "text_encoder", "model.out_dim", "scaling")
+UNSEARCHABLE = ("fold", "test_fold", "seed", "cohorts", "text_encoder", "model.out_dim", "scaling")
 
 
 @dataclass(frozen=True)
@@ -90,12 +90,14 @@ class StudyPlan:
             "use_gpu": resources.use_gpu,
             **({"gpus_per_worker": resources.gpus_per_worker} if resources.use_gpu else {}),
         }
-        raw["fold"], raw["seed"] = repetition.fold, repetition.seed
+        raw["fold"], raw["seed"], raw["test_fold"] = repetition.fold, repetition.seed, self.spec.test_fold
         return raw
 
     def label_bank_path(self, config: TrainConfig) -> Path:
         """Shared by every trial whose bank inputs are equal: text encoder, fold, cancer types, width."""
         key = [config.text_encoder, config.fold, sorted(config.cohorts) if config.cohorts else None, config.model.out_dim]
+        if config.test_fold is not None:  # the bank is built from training cases; keeps old keys stable
+            key.append(config.test_fold)
         digest = hashlib.sha1(json.dumps(key).encode()).hexdigest()[:12]
         slug = "".join(c if c.isalnum() else "-" for c in config.text_encoder)[:40]
         return StudyLayout(self.study_dir).label_banks / f"{slug}-fold{config.fold}-{digest}.npz"

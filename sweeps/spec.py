@@ -158,6 +158,7 @@ class StudySpec(_Strict):
     cohorts: list[str] | None = None
     tasks: dict[str, float] = Field(default_factory=dict)
     folds: int | list[int] = 2
+    test_fold: int | None = Field(default=None, ge=0)  # held out of every repetition: an unbiased test of the selected model
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     train: dict[str, Any] = Field(default_factory=dict)
     factors: dict[str, list[Any]] = Field(default_factory=dict)
@@ -206,9 +207,18 @@ class StudySpec(_Strict):
                 raise ValueError(f"factor {name!r} needs at least one level")
         return factors
 
+    @model_validator(mode="after")
+    def _test_fold_held_out(self) -> "StudySpec":
+        if isinstance(self.folds, list) and self.test_fold in self.folds:
+            raise ValueError(f"test_fold {self.test_fold} is also one of the validation folds {self.folds}")
+        return self
+
     @property
     def fold_indices(self) -> list[int]:
-        return list(range(self.folds)) if isinstance(self.folds, int) else list(self.folds)
+        """The validation folds: ``folds`` as listed, or the first ``folds`` that are not the test fold."""
+        if isinstance(self.folds, list):
+            return list(self.folds)
+        return [f for f in range(self.folds + 1) if f != self.test_fold][: self.folds]
 
 
 def load_study_spec(path: str | os.PathLike[str]) -> StudySpec:
@@ -254,3 +264,15 @@ class StudyLayout:
     @property
     def label_banks(self) -> Path:
         return self.root / "label_banks"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def best(self) -> Path:
+        return self.root / "best"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"

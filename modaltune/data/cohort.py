@@ -90,12 +90,24 @@ class Cohort:
             mask &= self._cases["cohort"].isin(list(cohorts))
         return list(self._cases.index[mask])
 
-    def split(self, validation_fold: int, cohorts: Iterable[str] | None = None) -> tuple[list[str], list[str]]:
-        """(training cases, validation cases) for one cross-validation fold."""
-        if not 0 <= validation_fold < self.manifest.n_folds:
-            raise InputError(f"validation_fold must be in 0..{self.manifest.n_folds - 1}, got {validation_fold}")
-        training = [f for f in range(self.manifest.n_folds) if f != validation_fold]
+    def split(
+        self, validation_fold: int, cohorts: Iterable[str] | None = None, test_fold: int | None = None
+    ) -> tuple[list[str], list[str]]:
+        """(training cases, validation cases) for one cross-validation fold.
+
+        ``test_fold`` is held out of every split (a test set no model selection has seen).
+        """
+        for name, fold in (("validation_fold", validation_fold), ("test_fold", test_fold)):
+            if fold is not None and not 0 <= fold < self.manifest.n_folds:
+                raise InputError(f"{name} must be in 0..{self.manifest.n_folds - 1}, got {fold}")
+        if test_fold == validation_fold:
+            raise InputError(f"test_fold {test_fold} is also the validation fold")
+        training = [f for f in range(self.manifest.n_folds) if f not in (validation_fold, test_fold)]
         return self.cases(training, cohorts), self.cases([validation_fold], cohorts)
+
+    def test_cases(self, test_fold: int | None, cohorts: Iterable[str] | None = None) -> list[str]:
+        """The held-out test fold's cases; none without a test fold."""
+        return [] if test_fold is None else self.cases([test_fold], cohorts)
 
     def record(self, case_id: str) -> CaseRecord:
         try:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import zlib
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -30,10 +31,16 @@ class CaseBatcher:
     """Builds ``CaseBatch`` objects for one fold: reads tiles on demand, caps them at random."""
 
     def __init__(
-        self, cohort: Cohort, bank: LabelBank, training_cases: Sequence[str], *, use_rna: bool, max_tiles: int | None = None
+        self, cohort: Cohort, bank: LabelBank, training_cases: Sequence[str], *, use_rna: bool, max_tiles: int | None = None,
+        rna_normalizer: RnaNormalizer | None = None,
     ) -> None:
+        """``rna_normalizer`` (a trained model's, when predicting on another cohort) replaces the
+        one fitted on ``training_cases``."""
         self.cohort, self.bank, self.max_tiles = cohort, bank, max_tiles
-        self.rna_normalizer = RnaNormalizer.fit(cohort.rna_matrix(training_cases)) if use_rna else None
+        if rna_normalizer is None and use_rna:
+            rna_normalizer = RnaNormalizer.fit(cohort.rna_matrix(training_cases))
+        self.rna_normalizer = rna_normalizer if use_rna else None
+        self._bank_rows = {case: i for i, case in enumerate(bank.case_ids)}
 
     def batch(self, case_id: str, rng: np.random.Generator | None = None) -> CaseBatch:
         sample = self.cohort.sample(case_id, self.max_tiles, rng)
@@ -48,9 +55,28 @@ class CaseBatcher:
             coords=torch.from_numpy(sample.coords.astype(np.int64)).unsqueeze(0),
             rna=rna,
             clinical=torch.from_numpy(sample.clinical).unsqueeze(0),
-            targets=torch.from_numpy(np.asarray(self.bank.targets_of(case_id))),
+            targets=torch.from_numpy(self._targets(case_id)),
             subtype_index=self.cohort.labels.subtypes_of(record.cohort).index(record.subtype),
             survival_bin=self.bank.bins.bin_of(record.time),
             event=record.event,
             time=record.time,
         )
+
+    def _targets(self, case_id: str) -> np.ndarray:
+        """The case's text targets; zeros for a case the bank has never seen (new slides at
+        prediction time, where no loss is computed)."""
+        row = self._bank_rows.get(case_id)
+        if row is None:
+            return np.zeros(self.bank.case_targets.shape[1:], dtype=self.bank.case_targets.dtype)
+        return np.asarray(self.bank.case_targets[row])
+
+
+def seeded_batches(batcher: CaseBatcher, seed: int, epoch: int | str, device: torch.device, dtype: torch.dtype) -> Callable[[str], CaseBatch]:
+    """Case -> batch on device, its tile subsample seeded by (seed, epoch, case): the same tiles
+    for a case wherever and whenever it is drawn (``epoch="evaluation"`` for evaluation)."""
+
+    def make(case_id: str) -> CaseBatch:
+        rng = np.random.default_rng([seed, zlib.crc32(str(epoch).encode()), zlib.crc32(case_id.encode())])
+        return batcher.batch(case_id, rng).to(device, dtype)
+
+    return make

@@ -116,6 +116,7 @@ class TrainConfig(_Section):
 
     seed: int = 0
     fold: int = Field(default=0, ge=0)
+    test_fold: int | None = Field(default=None, ge=0)  # held out of training and validation; predicted at the end
     cohorts: list[str] | None = None
     objective: str = "distill"
     loss_weights: dict[str, float] = Field(default_factory=dict)

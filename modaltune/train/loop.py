@@ -95,8 +95,11 @@ def train_epoch(
 
 
 @torch.no_grad()
-def collect_case_outputs(module: TrainModule, batches: Callable[[str], CaseBatch], case_ids: Sequence[str]) -> list[dict]:
-    """Per case: labels, validation loss, task embeddings and (supervised) head predictions."""
+def collect_case_outputs(
+    module: TrainModule, batches: Callable[[str], CaseBatch], case_ids: Sequence[str], with_loss: bool = True
+) -> list[dict]:
+    """Per case: labels, validation loss (NaN without ``with_loss``: new cases have no text
+    targets), task embeddings and (supervised) head predictions."""
     was_training = module.training
     module.eval()
     try:
@@ -104,7 +107,7 @@ def collect_case_outputs(module: TrainModule, batches: Callable[[str], CaseBatch
         rows = []
         for case_id in case_ids:
             batch = batches(case_id)
-            outputs = objective.evaluate_case(model, batch)
+            outputs = objective.evaluate_case(model, batch) if with_loss else objective.predict_case(model, batch)
             row = {
                 "case_id": case_id, "cohort": batch.cohort, "subtype_index": batch.subtype_index, "time": batch.time,
                 "event": batch.event, "loss": outputs.loss, "embeddings": outputs.embeddings,
@@ -120,25 +123,33 @@ def collect_case_outputs(module: TrainModule, batches: Callable[[str], CaseBatch
 def score_case_outputs(
     objective: Objective, train_rows: Sequence[dict], val_rows: Sequence[dict], classes_of: dict[str, list[str]]
 ) -> tuple[dict[str, float], pd.DataFrame]:
-    """Validation loss, metrics per cohort and overall, and per-case predictions.
+    """Validation loss, metrics per cohort and overall, and per-case predictions (``predict_cases``)."""
+    predictions = predict_cases(objective, train_rows, val_rows, classes_of)
+    losses = [r["loss"] for r in val_rows]
+    metrics = {"loss": float(np.mean(losses)) if losses else math.nan} | evaluate_predictions(predictions, classes_of)
+    return metrics, predictions
+
+
+def predict_cases(
+    objective: Objective, train_rows: Sequence[dict], rows: Sequence[dict], classes_of: dict[str, list[str]]
+) -> pd.DataFrame:
+    """Per-case risk, subtype and task embeddings of ``rows`` (outputs of ``collect_case_outputs``).
 
     ``distill`` fits its probes on the training rows' embeddings (as the paper);
     ``supervised`` reads predictions from its heads and ignores ``train_rows``.
     """
-    predictions = _cases_frame(val_rows, classes_of)
+    predictions = _cases_frame(rows, classes_of)
     if isinstance(objective, SupervisedObjective):
-        predictions["risk"] = [r["risk"] for r in val_rows]
-        predictions["class_probabilities"] = [r["class_probabilities"] for r in val_rows]
+        predictions["risk"] = [r["risk"] for r in rows]
+        predictions["class_probabilities"] = [r["class_probabilities"] for r in rows]
         predictions["predicted_subtype"] = [
-            classes_of[r["cohort"]][int(np.argmax(r["class_probabilities"]))] for r in val_rows
+            classes_of[r["cohort"]][int(np.argmax(r["class_probabilities"]))] for r in rows
         ]
     else:
-        predictions = _probe(_cases_frame(train_rows, classes_of), train_rows, predictions, val_rows, classes_of)
+        predictions = _probe(_cases_frame(train_rows, classes_of), train_rows, predictions, rows, classes_of)
     for task in objective.tasks:
-        predictions[f"embedding_{task}"] = [r["embeddings"][task] for r in val_rows]
-    losses = [r["loss"] for r in val_rows]
-    metrics = {"loss": float(np.mean(losses)) if losses else math.nan} | evaluate_predictions(predictions, classes_of)
-    return metrics, predictions
+        predictions[f"embedding_{task}"] = [r["embeddings"][task] for r in rows]
+    return predictions
 
 
 def evaluate(

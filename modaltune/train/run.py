@@ -40,8 +40,11 @@ class TrainingOutcome:
 
 def check_config_against_cohort(config: TrainConfig, cohort: Cohort) -> None:
     """The parts of a config that only make sense for a given cohort."""
-    if config.fold >= cohort.manifest.n_folds:
-        raise InputError(f"fold: {config.fold} but the cohort has folds 0..{cohort.manifest.n_folds - 1}")
+    for name, fold in (("fold", config.fold), ("test_fold", config.test_fold)):
+        if fold is not None and fold >= cohort.manifest.n_folds:
+            raise InputError(f"{name}: {fold} but the cohort has folds 0..{cohort.manifest.n_folds - 1}")
+    if config.test_fold == config.fold:
+        raise InputError(f"test_fold: {config.test_fold} is also the validation fold")
     unknown = sorted(set(config.cohorts or []) - set(cohort.cohort_names))
     if unknown:
         raise InputError(f"cohorts: {unknown} are not in the cohort (it has {cohort.cohort_names})")
@@ -56,7 +59,7 @@ def check_config_against_cohort(config: TrainConfig, cohort: Cohort) -> None:
 def ensure_label_bank(cohort: Cohort, config: TrainConfig, path: Path) -> Path:
     """The label bank of (text encoder, fold), computed once and reused by every run that needs it."""
     if not path.exists():
-        train_ids, _ = cohort.split(config.fold, config.cohorts)
+        train_ids, _ = cohort.split(config.fold, config.cohorts, config.test_fold)
         encoder = build_text_encoder(config.text_encoder, cohort.labels)
         cache = TextEmbeddingCache(cohort.layout.cache_dir / "text_embeddings")
         build_label_bank(cohort, encoder, train_ids, out_dim=config.model.out_dim, cache=cache).save(path)

@@ -15,7 +15,6 @@ import socket
 import tempfile
 import time
 import warnings
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,13 +28,13 @@ import torch.distributed as dist
 from modaltune.atomic import write_json_atomic, write_parquet_atomic
 from modaltune.data import Cohort
 from modaltune.models import ModalTuneModel
-from modaltune.objectives import CaseBatch, DistillObjective, build_objective
+from modaltune.objectives import DistillObjective, build_objective
 from modaltune.text import LabelBank
-from modaltune.train.batches import CaseBatcher
+from modaltune.train.batches import CaseBatcher, seeded_batches
 from modaltune.train.checkpoints import TrainState, directory_bytes, load_checkpoint, save_checkpoint
 from modaltune.train.config import TrainConfig
 from modaltune.train.engines import BuiltEngine, build_engine
-from modaltune.train.loop import TrainModule, collect_case_outputs, score_case_outputs, train_epoch
+from modaltune.train.loop import TrainModule, collect_case_outputs, predict_cases, score_case_outputs, train_epoch
 from modaltune.train.records import upsert_epoch_rows
 
 logger = logging.getLogger(__name__)
@@ -57,7 +56,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
 
     cohort = Cohort(paths["cohort"])
-    train_ids, val_ids = cohort.split(config.fold, config.cohorts)
+    train_ids, val_ids = cohort.split(config.fold, config.cohorts, config.test_fold)
     bank = LabelBank.load(paths["label_bank"])
     model_config = config.model.build(tuple(cohort.rna_group_sizes), cohort.manifest.feature_dim)
     torch.manual_seed(config.model.encoder_init_seed)  # identical random-init SLFM everywhere
@@ -85,16 +84,21 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         order = [train_ids[i] for i in np.random.default_rng([config.seed, epoch]).permutation(len(train_ids))]
         shard = order[rank::world][:steps_per_epoch]  # equal steps on every rank
         module.train()
-        losses = _mean_across_ranks(train_epoch(built.engine, _batches(batcher, built, device, config.seed, epoch), shard))
+        losses = _mean_across_ranks(train_epoch(built.engine, seeded_batches(batcher, config.seed, epoch, device, built.dtype), shard))
         metrics: dict[str, Any] = {"epoch": epoch, **{f"train_{k}": v for k, v in losses.items()}}
         metrics |= {"lr": built.lr(), "grad_norm": built.grad_norm()}
-        if (epoch + 1) % config.evaluate_every == 0 or epoch + 1 == config.optim.epochs:
-            scores, predictions = _evaluate(module, batcher, built, device, config, train_ids, val_ids, classes_of, rank, world)
+        final = epoch + 1 == config.optim.epochs
+        if (epoch + 1) % config.evaluate_every == 0 or final:
+            outputs = _Outputs(module, batcher, built, device, config, classes_of, rank, world)
+            scores, predictions = outputs.score(train_ids, val_ids)
             metrics |= {f"val_{k}": v for k, v in scores.items()}
             stop = _early_stopping(state, config, epoch, metrics)
-            if rank == 0 and (paths.get("predictions") or paths.get("output")):
-                directory = Path(paths.get("predictions") or Path(paths["output"]) / "predictions")
-                _write_predictions(directory, epoch, predictions, {"fold": config.fold, "seed": config.seed, **paths.get("tags", {})})
+            directory = _predictions_dir(paths)
+            tags = {"fold": config.fold, "seed": config.seed, **paths.get("tags", {})}
+            if rank == 0 and directory is not None:
+                _write_predictions(directory / f"epoch_{epoch:03d}.parquet", epoch, predictions, tags)
+            if directory is not None and (final or stop):
+                _write_final_predictions(outputs, directory, epoch, tags, train_ids, cohort.test_cases(config.test_fold, config.cohorts))
         else:
             stop = False
         state.epoch = epoch
@@ -120,16 +124,6 @@ def _frozen_checksum(module: TrainModule, built: BuiltEngine) -> float:
     if built.backend == "deepspeed" and built.engine.zero_optimization_stage() == 3:  # type: ignore[attr-defined]
         return math.nan
     return float(sum(p.detach().double().sum() for p in module.model.frozen_parameters()))
-
-
-def _batches(batcher: CaseBatcher, built: BuiltEngine, device: torch.device, seed: int, epoch: int | str):
-    """Case -> batch on device, its tile subsample seeded by (seed, epoch, case)."""
-
-    def make(case_id: str) -> CaseBatch:
-        rng = np.random.default_rng([seed, zlib.crc32(str(epoch).encode()), zlib.crc32(case_id.encode())])
-        return batcher.batch(case_id, rng).to(device, built.dtype)
-
-    return make
 
 
 def _mean_across_ranks(values: dict[str, float]) -> dict[str, float]:
@@ -161,22 +155,64 @@ def _gathered(rows: list[dict], world: int) -> list[dict]:
     return list(unique.values())
 
 
-def _evaluate(
-    module: TrainModule, batcher: CaseBatcher, built: BuiltEngine, device: torch.device, config: TrainConfig,
-    train_ids: Sequence[str], val_ids: Sequence[str], classes_of: dict[str, list[str]], rank: int, world: int,
-) -> tuple[dict[str, float], pd.DataFrame]:
-    """Every rank embeds its shard; rank 0 scores; the metrics are broadcast to all ranks."""
-    batches = _batches(batcher, built, device, config.seed, "evaluation")
-    val_rows = _gathered(collect_case_outputs(module, batches, _padded_shard(val_ids, rank, world)), world)
-    train_rows: list[dict] = []
-    if isinstance(module.objective, DistillObjective):
-        train_rows = _gathered(collect_case_outputs(module, batches, _padded_shard(train_ids, rank, world)), world)
-    result: list[Any] = [None]
-    if rank == 0:
-        result[0] = score_case_outputs(module.objective, train_rows, val_rows, classes_of)
-    if world > 1:
-        dist.broadcast_object_list(result, src=0)
-    return result[0]
+class _Outputs:
+    """Case outputs of the model as it is now: every rank embeds its shard, rank 0 predicts.
+
+    Training cases' outputs are collected once and reused: ``distill`` fits its probes on them,
+    and the final epoch's training-set risks fix the risk-group cutoffs of the analysis.
+    """
+
+    def __init__(
+        self, module: TrainModule, batcher: CaseBatcher, built: BuiltEngine, device: torch.device, config: TrainConfig,
+        classes_of: dict[str, list[str]], rank: int, world: int,
+    ) -> None:
+        self.module, self.classes_of, self.rank, self.world = module, classes_of, rank, world
+        self.batches = seeded_batches(batcher, config.seed, "evaluation", device, built.dtype)
+        self._train_rows: list[dict] | None = None
+
+    def rows(self, ids: Sequence[str]) -> list[dict]:
+        return _gathered(collect_case_outputs(self.module, self.batches, _padded_shard(ids, self.rank, self.world)), self.world)
+
+    def train_rows(self, train_ids: Sequence[str]) -> list[dict]:
+        if self._train_rows is None:
+            self._train_rows = self.rows(train_ids)
+        return self._train_rows
+
+    def score(self, train_ids: Sequence[str], val_ids: Sequence[str]) -> tuple[dict[str, float], pd.DataFrame]:
+        """Validation metrics and predictions; rank 0 scores, and the metrics reach every rank."""
+        val_rows = self.rows(val_ids)
+        train_rows = self.train_rows(train_ids) if isinstance(self.module.objective, DistillObjective) else []
+        result: list[Any] = [None]
+        if self.rank == 0:
+            result[0] = score_case_outputs(self.module.objective, train_rows, val_rows, self.classes_of)
+        if self.world > 1:
+            dist.broadcast_object_list(result, src=0)
+        return result[0]
+
+    def predict(self, train_ids: Sequence[str], ids: Sequence[str]) -> pd.DataFrame | None:
+        """Predictions for ``ids`` on rank 0 (None elsewhere); every rank must call it."""
+        rows = self.rows(ids)
+        train_rows = self.train_rows(train_ids) if isinstance(self.module.objective, DistillObjective) else []
+        return predict_cases(self.module.objective, train_rows, rows, self.classes_of) if self.rank == 0 else None
+
+
+def _predictions_dir(paths: dict[str, Any]) -> Path | None:
+    if paths.get("predictions"):
+        return Path(paths["predictions"])
+    return Path(paths["output"]) / "predictions" if paths.get("output") else None
+
+
+def _write_final_predictions(
+    outputs: _Outputs, directory: Path, epoch: int, tags: dict[str, Any], train_ids: Sequence[str], test_ids: Sequence[str]
+) -> None:
+    """The last epoch's training-set predictions (risk cutoffs, censoring, probe refits at
+    predict time) and, with a held-out test fold, its test-set predictions."""
+    for split, ids in (("train", train_ids), ("test", test_ids)):
+        if not ids:
+            continue
+        frame = outputs.predict(train_ids, ids)
+        if frame is not None:
+            _write_predictions(directory / f"epoch_{epoch:03d}_{split}.parquet", epoch, frame, tags)
 
 
 def _early_stopping(state: TrainState, config: TrainConfig, epoch: int, metrics: dict[str, Any]) -> bool:
@@ -235,12 +271,12 @@ def _write_scalars(writer: Any, metrics: dict[str, Any]) -> None:
     writer.flush()
 
 
-def _write_predictions(directory: Path, epoch: int, predictions: pd.DataFrame, tags: dict[str, Any]) -> None:
-    """One file per epoch; ``tags`` (fold, seed, and a sweep's trial id) become columns."""
+def _write_predictions(path: Path, epoch: int, predictions: pd.DataFrame, tags: dict[str, Any]) -> None:
+    """One file per epoch and split; ``tags`` (fold, seed, and a sweep's trial id) become columns."""
     frame = predictions.assign(epoch=epoch, **tags)
     for column in frame.columns:
         if column.startswith("embedding_") or column == "class_probabilities":
             frame[column] = [np.asarray(v, dtype=np.float32).tolist() for v in frame[column]]
     import pyarrow as pa
 
-    write_parquet_atomic(directory / f"epoch_{epoch:03d}.parquet", pa.Table.from_pandas(frame, preserve_index=False))
+    write_parquet_atomic(path, pa.Table.from_pandas(frame, preserve_index=False))

@@ -126,7 +126,7 @@ def test_killed_driver_resumes_with_nothing_lost_or_repeated(cohort: Path, tmp_p
     results = pd.read_parquet(study / "results.parquet")
     assert not results.duplicated(ROW_KEY).any()
     assert len(results) == 3 * 2 * EPOCHS  # every trial x fold x epoch, once
-    predictions = list((study / "predictions").glob("*/*/epoch_*.parquet"))
+    predictions = list((study / "predictions").glob("*/*/epoch_???.parquet"))
     assert len(predictions) == 3 * 2 * EPOCHS and all(len(pd.read_parquet(p)) for p in predictions)
 
 

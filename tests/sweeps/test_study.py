@@ -45,7 +45,7 @@ def test_smoke_study_end_to_end(tmp_path: Path) -> None:
     # Label banks: one per text encoder x fold, computed before the trials.
     assert len(list((study / "label_banks").glob("*.npz"))) == 2 * 2
     # Per-slide predictions of every trial x repetition x epoch, tagged with their trial.
-    predictions = sorted((study / "predictions").glob("*/*/epoch_*.parquet"))
+    predictions = sorted((study / "predictions").glob("*/*/epoch_???.parquet"))
     assert len(predictions) == 8 * 2 * epochs
     frame = pd.read_parquet(predictions[0])
     assert {"case_id", "risk", "trial_id", "fold", "seed", "epoch"} <= set(frame.columns)

@@ -1,0 +1,289 @@
+"""``modaltune analyze``: a study's results turned into ``report/report.md``, a self-contained
+``report/report.html`` (figures embedded) and the figures as PNG.
+
+Each section is computed by its own module (ablation tables and paired tests, model selection,
+survival analysis, tuning, cost); this one only lays them out.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import markdown
+import pandas as pd
+
+from analysis import plots
+from analysis.ablation import compare_to_reference, format_comparisons, level_table, reference_levels, repetition_scores
+from analysis.cost import cost_table
+from analysis.hparams import write_hparams
+from analysis.predictions import RepetitionPredictions, trial_predictions
+from analysis.selection import OPTIMISM_NOTE, Selection, held_out_metrics, select_model
+from analysis.summary import cell_summary, final_epochs, format_summary, load_study
+from analysis.survival import bootstrap_c_index, ipcw_metrics, logrank_by_cohort, pooled_out_of_fold, risk_groups, summarise_ipcw
+from analysis.tuning import param_importances, pareto_front
+from modaltune.atomic import write_text_atomic
+from modaltune.errors import InputError
+from sweeps.spec import StudyLayout, StudySpec
+
+logger = logging.getLogger(__name__)
+
+TABLE_METRICS = ("c_index", "balanced_accuracy", "macro_auc")
+@dataclass(frozen=True)
+class Report:
+    directory: Path
+    markdown: Path
+    html: Path
+    figures: list[Path]
+    headline: str
+    comparisons: str
+    selection: Selection | None
+
+    def console_text(self) -> str:
+        """What the command line prints: the headline table, the paired comparisons, where the report is."""
+        parts = [self.headline]
+        if self.comparisons:
+            parts.append(self.comparisons)
+        if self.selection is not None:
+            row = self.selection.row
+            parts.append(f"selected (1-SE rule on {self.selection.metric}): trial {self.selection.trial_id}, cell {row['cell']}, {row['mean']:.4f} ± {row['se']:.4f} (SE)")
+        parts.append(f"report: {self.html}")
+        return "\n\n".join(parts)
+
+
+def analyze_study(study_dir: str | Path, metric: str | None = None, n_boot: int = 1000) -> Report:
+    """Write the report of the study in ``study_dir``; see the module docstring."""
+    study_dir = Path(study_dir)
+    if not StudyLayout(study_dir).spec.exists():
+        raise InputError(f"{study_dir}: not a study folder (no study.yaml)")
+    spec, results, trials = load_study(study_dir)
+    if results.empty or trials.empty:
+        raise InputError(f"{study_dir}: the study has no results yet")
+    metric = metric or spec.search.primary.name
+    out = StudyLayout(study_dir).report
+    out.mkdir(parents=True, exist_ok=True)
+    builder = _ReportBuilder(out)
+    headline = format_summary(cell_summary(spec, results, trials), spec)
+
+    builder.text(f"# Study `{spec.name}`\n")
+    states = trials["state"].value_counts().to_dict()
+    builder.text(
+        f"Cohort `{spec.cohort}`; design `{spec.design.type}`; {len(trials)} trials "
+        f"({', '.join(f'{n} {s}' for s, n in sorted(states.items()))}); repetitions: folds {spec.fold_indices} x seeds {spec.seeds}"
+        + (f"; held-out test fold {spec.test_fold}." if spec.test_fold is not None else "; no held-out test fold.")
+    )
+    builder.text("\n## Headline: each cell's best configuration\n")
+    builder.text("Mean ± std over repetitions of the final-epoch validation metrics of each cell's best finished trial.\n")
+    builder.text("```\n" + headline + "\n```")
+    comparisons = ""
+    if spec.factors:
+        comparisons = _ablation_sections(builder, spec, results, trials, metric, _n_folds(spec))
+    selection = _selection_section(builder, study_dir, spec, results, trials, metric, n_boot)
+    _tuning_section(builder, spec, results, trials, metric)
+    builder.text("\n## Cost\n")
+    builder.text("Reserved resources x wall time per cell (what a cluster bills).\n")
+    builder.table(cost_table(spec, results, trials))
+    hparams = write_hparams(study_dir, spec, results, trials)
+    builder.text(f"\n## TensorBoard\n\nHParams view of every trial: `tensorboard --logdir {hparams.parent}`; per-epoch curves of every run: `tensorboard --logdir {StudyLayout(study_dir).runs}`.")
+    report = builder.write(spec.name, headline, comparisons, selection)
+    logger.info("report written to %s", report.html)
+    return report
+
+
+def _n_folds(spec: StudySpec) -> int:
+    from modaltune.data.layout import CohortLayout, read_manifest
+
+    return read_manifest(CohortLayout(spec.cohort)).n_folds
+
+
+class _ReportBuilder:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.parts: list[str] = []
+        self.figures: list[Path] = []
+
+    def text(self, text: str) -> None:
+        self.parts.append(text)
+
+    def table(self, frame: pd.DataFrame, floatfmt: str = ".3g") -> None:
+        self.parts.append(frame.to_markdown(index=False, floatfmt=floatfmt) + "\n")
+
+    def figure(self, draw: Callable[[Path], Path], name: str, caption: str) -> None:
+        path = draw(self.directory / name)
+        self.figures.append(path)
+        self.parts.append(f"![{caption}]({path.name})\n")
+
+    def write(self, title: str, headline: str, comparisons: str, selection: Selection | None) -> Report:
+        body = "\n".join(self.parts) + "\n"
+        md_path = self.directory / "report.md"
+        write_text_atomic(md_path, body)
+        html_path = self.directory / "report.html"
+        write_text_atomic(html_path, _html(title, body, self.directory))
+        return Report(self.directory, md_path, html_path, self.figures, headline, comparisons, selection)
+
+
+def _html(title: str, body: str, directory: Path) -> str:
+    """Markdown to HTML with every PNG inlined as a data URI, so the file travels alone."""
+    content = markdown.markdown(body, extensions=["tables", "fenced_code"])
+
+    def inline(match: re.Match[str]) -> str:
+        data = base64.b64encode((directory / match.group(1)).read_bytes()).decode("ascii")
+        return f'src="data:image/png;base64,{data}"'
+
+    content = re.sub(r'src="([^"/]+\.png)"', inline, content)
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+        "th{background:#f3f3f3}pre{background:#f7f7f7;padding:0.8em;overflow-x:auto}img{max-width:100%}"
+    )
+    return f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title><style>{style}</style></head>\n<body>\n{content}\n</body></html>\n'
+
+
+def _fmt(mean: float, std: float, low: float, high: float) -> str:
+    if math.isnan(mean):
+        return "n/a"
+    text = f"{mean:.3f}" + ("" if math.isnan(std) else f" ± {std:.3f}")
+    return text + ("" if math.isnan(low) else f" [{low:.3f}, {high:.3f}]")
+
+
+def _ablation_sections(builder: _ReportBuilder, spec: StudySpec, results: pd.DataFrame, trials: pd.DataFrame, metric: str, n_folds: int) -> str:
+    """The ablation tables and paired tests; returns the primary metric's comparisons as plain text."""
+    scores = repetition_scores(spec, results, trials)
+    references = reference_levels(spec)
+    builder.text("\n## Ablation tables\n")
+    builder.text(
+        "One row per level of each factor; per cancer type and overall: mean ± std over folds x seeds of the "
+        "final-epoch validation metric, [95% t-interval of the mean]. Reference levels are marked *.\n"
+    )
+    for name in TABLE_METRICS:
+        if f"val_{name}" not in scores.columns:
+            continue
+        levels = level_table(spec, scores, name)
+        groups = [c[: -len("_mean")] for c in levels.columns if c.endswith("_mean")]
+        shown = pd.DataFrame({"factor": levels["factor"], "level": [
+            f"{lv}*" if references[f] == lv else lv for f, lv in zip(levels["factor"], levels["level"])
+        ]})
+        for group in groups:
+            shown[group] = [
+                _fmt(*values) for values in zip(levels[f"{group}_mean"], levels[f"{group}_std"], levels[f"{group}_ci_low"], levels[f"{group}_ci_high"])
+            ]
+        builder.text(f"\n### {name}\n")
+        builder.table(shown)
+        if name in (metric, "balanced_accuracy"):
+            builder.figure(lambda p, lv=levels, n=name: plots.ablation_plot(lv, n, p), f"ablation_{name}.png", f"ablation: {name}")
+    builder.text("\n## Statistics: each level against its reference\n")
+    builder.text(
+        "Paired over the same folds and seeds: the corrected resampled t-test (Nadeau & Bengio), which accounts for "
+        "overlapping training sets in cross-validation, and the Wilcoxon signed-rank test; p-values Holm-adjusted "
+        "across all comparisons of a metric. With few repetitions the tests have little power: read the differences.\n"
+    )
+    console = ""
+    for name in dict.fromkeys((metric, "balanced_accuracy")):
+        if f"val_{name}" in scores.columns:
+            comparisons = compare_to_reference(spec, scores, name, n_folds)
+            builder.text(f"\n### {name}\n")
+            builder.table(comparisons[["factor", "level", "reference", "pairs", "difference", "corrected_t_p_holm", "wilcoxon_p_holm", "note"]])
+            if name == metric:
+                console = f"{name}: each level vs the reference, paired over folds x seeds (Holm-adjusted p)\n{format_comparisons(comparisons)}"
+    return console
+
+
+def _selection_section(
+    builder: _ReportBuilder, study_dir: Path, spec: StudySpec, results: pd.DataFrame, trials: pd.DataFrame, metric: str, n_boot: int
+) -> Selection | None:
+    builder.text("\n## Model selection\n")
+    try:
+        selection = select_model(study_dir, spec, results, trials, metric)
+    except InputError as exc:
+        builder.text(f"No model selected: {exc}.")
+        return None
+    row = selection.row
+    builder.text(
+        f"Rule: best mean validation {metric} over repetitions, then the one-standard-error rule: of the trials "
+        f"within one SE of the best ({selection.best_trial_id}, bar {selection.bar:.4f}), the one with the fewest "
+        f"trainable parameters. **Selected: trial `{selection.trial_id}`** (cell {row['cell']}: "
+        + ", ".join(f"{f} = {row[f]}" for f in spec.factors)
+        + f"), {metric} {row['mean']:.4f} ± {row['se']:.4f} (SE, n = {int(row['n'])}), {int(row['trainable_params']):,} trainable parameters.\n"
+    )
+    builder.text(f"> {OPTIMISM_NOTE} It was chosen among {len(selection.candidates)} candidates.\n")
+    columns = ["trial_id", "cell", *spec.factors, *[p for p in spec.search.params if p in selection.candidates.columns], "mean", "se", "n", "trainable_params", "within_1se", "selected"]
+    builder.table(selection.candidates[columns].head(15), floatfmt=".4g")
+    finals = final_epochs(results)
+    repetitions = trial_predictions(study_dir, selection.trial_id, finals[finals["trial_id"] == selection.trial_id])
+    _test_section(builder, spec, held_out_metrics(spec, repetitions))
+    _survival_section(builder, repetitions, n_boot)
+    return selection
+
+
+def _test_section(builder: _ReportBuilder, spec: StudySpec, test: pd.DataFrame | None) -> None:
+    builder.text("\n### Held-out test fold\n")
+    if test is None:
+        builder.text("No held-out test fold is configured, so there is no unbiased estimate of the selected model; set `test_fold` in the study spec.")
+        return
+    metrics = [c for c in test.columns if c not in ("fold", "seed")]
+    summary = {m: f"{test[m].mean():.3f} ± {test[m].std(ddof=1):.3f}" if len(test) > 1 else f"{test[m].mean():.3f}" for m in metrics}
+    builder.text(
+        f"Fold {spec.test_fold} was never trained on, validated on or selected with. Each of the selected configuration's "
+        f"{len(test)} fold models scored on it (mean ± std over models):\n"
+    )
+    builder.table(pd.DataFrame([summary]))
+
+
+def _survival_section(builder: _ReportBuilder, repetitions: list[RepetitionPredictions], n_boot: int) -> None:
+    builder.text("\n### Survival analysis of the selected model (out-of-fold)\n")
+    pooled = pooled_out_of_fold(repetitions)
+    builder.text(
+        f"Harrell's C-index (lifelines) on the pooled out-of-fold predictions, each fold's risks standardised by its "
+        f"training-set risks; 95% percentile bootstrap intervals over {n_boot} resamples of cases within each cancer type.\n"
+    )
+    builder.table(bootstrap_c_index(pooled, n_boot=n_boot))
+    groups = risk_groups(repetitions)
+    if groups.empty:
+        builder.text("Kaplan–Meier risk groups: not available, the runs saved no training-set predictions to fix the cutoffs on.")
+    else:
+        logrank = logrank_by_cohort(groups)
+        builder.text(
+            "\nKaplan–Meier curves of high- and low-risk validation cases (first seed); each fold's cutoff is the median "
+            "risk of that fold's *training* cases, never of the cases shown. Log-rank test (lifelines).\n"
+        )
+        builder.table(logrank)
+        builder.figure(lambda p: plots.kaplan_meier_plot(groups, logrank, p), "kaplan_meier.png", "Kaplan-Meier curves by risk group")
+    per_repetition = ipcw_metrics(repetitions)
+    builder.text(
+        "\nUno's IPCW C-index, mean cumulative/dynamic time-dependent AUC and integrated Brier score (scikit-survival), "
+        "censoring estimated on each fold's training cases, at the validation death times between their 10th and 80th "
+        "percentiles; the Brier score's survival curves come from a Breslow baseline fitted on the training risks. "
+        "Mean ± std over repetitions; n/a with the reason where a value cannot be computed.\n"
+    )
+    summary = summarise_ipcw(per_repetition)
+    shown = pd.DataFrame({"cohort": summary["cohort"], "repetitions": summary["repetitions"]})
+    for name in ("uno_c", "td_auc", "ibs"):
+        shown[name] = [_fmt(m, s, math.nan, math.nan) for m, s in zip(summary[f"{name}_mean"], summary[f"{name}_std"])]
+    shown["note"] = summary["note"]
+    builder.table(shown)
+
+
+def _tuning_section(builder: _ReportBuilder, spec: StudySpec, results: pd.DataFrame, trials: pd.DataFrame, metric: str) -> None:
+    builder.text("\n## What the search learned\n")
+    importances, note = param_importances(spec, results, trials, metric)
+    builder.text(f"\n### Hyperparameter importance ({metric})\n\n{note}.\n")
+    if not importances.empty:
+        builder.table(importances)
+        builder.figure(lambda p: plots.importance_plot(importances, p), "importance.png", "hyperparameter importance")
+    metrics = ("c_index", "balanced_accuracy")
+    front = pareto_front(spec, results, trials, metrics)
+    builder.text("\n### Pareto front: C-index vs balanced accuracy\n")
+    if front.empty:
+        builder.text("No finished trial has both metrics.")
+        return
+    builder.text("Finished trials' means over repetitions; the front holds the trials no other trial beats on both.\n")
+    builder.table(front[front["pareto"]].drop(columns=["pareto"]).sort_values(metrics[0], ascending=False), floatfmt=".4g")
+    builder.figure(lambda p: plots.pareto_plot(front, metrics, p), "pareto.png", "Pareto front")
+
+
+

@@ -1,0 +1,119 @@
+"""Automated model selection: the best configuration by mean validation score over folds x seeds,
+then the one-standard-error rule towards the smaller adapter.
+
+Candidates are finished trials that completed every repetition. Each candidate's score is the
+mean over repetitions of its final-epoch validation metric, and its standard error the std over
+repetitions / sqrt(n). The best candidate sets a bar one standard error below its mean (above it
+for a metric to minimise); of the candidates that clear the bar, the one with the fewest
+trainable parameters (adapters, modality encoders, heads: the saved adapter-only weights) is
+selected, ties broken by score. Scores within one SE of the best are noise at this sample size,
+and the smaller model is the safer bet (Hastie, Tibshirani & Friedman, ESL 7.10).
+
+Out-of-fold scores of the selected model are optimistic: the same folds chose it. Only a held-out
+test fold (``test_fold`` in the study spec) or nested cross-validation gives an unbiased estimate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from analysis.predictions import RepetitionPredictions
+from analysis.summary import final_epochs
+from modaltune.data import Cohort
+from modaltune.errors import InputError
+from modaltune.metrics import evaluate_predictions
+from sweeps.spec import StudyLayout, StudySpec
+
+OPTIMISM_NOTE = (
+    "Out-of-fold scores of the selected model are optimistic: the same folds that score it also chose it. "
+    "Only a held-out test fold (`test_fold` in the study spec) or nested cross-validation estimates how it "
+    "will do on new patients."
+)
+ADAPTER_FILE = "adapter.pt"
+STATE_FILE = "train_state.json"
+
+
+@dataclass(frozen=True)
+class Selection:
+    metric: str
+    direction: str
+    trial_id: str
+    best_trial_id: str
+    bar: float
+    candidates: pd.DataFrame  # one row per candidate trial: levels, mean, se, n, trainable_params, within_1se, selected
+
+    @property
+    def row(self) -> pd.Series:
+        return self.candidates.set_index("trial_id").loc[self.trial_id]
+
+
+def final_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint of a repetition's last epoch (Ray Train keeps every epoch's)."""
+    checkpoints = [p for p in (run_dir / "train").glob("checkpoint_*") if (p / STATE_FILE).exists()]
+    if not checkpoints:
+        raise FileNotFoundError(f"{run_dir / 'train'}: no checkpoint with {STATE_FILE}")
+    return max(checkpoints, key=lambda p: json.loads((p / STATE_FILE).read_text(encoding="utf-8"))["epoch"])
+
+
+def trainable_parameters(study_dir: Path, trial_id: str, fold: int, seed: int) -> int:
+    """Number of trained weights of one trial, read from its adapter-only checkpoint."""
+    checkpoint = final_checkpoint(StudyLayout(study_dir).runs / trial_id / f"fold{fold}_seed{seed}")
+    weights = torch.load(checkpoint / ADAPTER_FILE, weights_only=True, map_location="cpu")
+    return int(sum(t.numel() for t in weights.values()))
+
+
+def candidate_scores(spec: StudySpec, results: pd.DataFrame, trials: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Finished trials that ran every repetition: mean, SE and n of the metric over repetitions."""
+    column = f"val_{metric}"
+    if column not in results.columns:
+        raise InputError(f"metric {metric!r}: results.parquet has no column {column!r}")
+    n_repetitions = len(spec.fold_indices) * len(spec.seeds)
+    finished = set(trials.loc[trials["state"] == "finished", "trial_id"])
+    finals = final_epochs(results)
+    finals = finals[finals["trial_id"].isin(finished)]
+    grouped = finals.groupby("trial_id")[column]
+    table = pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=1), "n": grouped.count()}).reset_index()
+    table["se"] = table["std"] / table["n"].pow(0.5)
+    table = table[table["n"] == n_repetitions]
+    levels = trials.set_index("trial_id")[["cell", *spec.factors, *[c for c in trials.columns if c in spec.search.params]]]
+    return table.join(levels, on="trial_id")
+
+
+def select_model(study_dir: str | Path, spec: StudySpec, results: pd.DataFrame, trials: pd.DataFrame, metric: str | None = None) -> Selection:
+    """Apply the one-standard-error rule (see the module docstring)."""
+    primary = spec.search.primary
+    metric = metric or primary.name
+    direction = next((m.direction for m in spec.search.metrics if m.name == metric), "max" if metric != "loss" else "min")
+    table = candidate_scores(spec, results, trials, metric).dropna(subset=["mean"])
+    if table.empty:
+        raise InputError(f"{study_dir}: no finished trial has a {metric!r} score on every repetition; nothing to select")
+    sign = 1 if direction == "max" else -1
+    best = table.loc[(sign * table["mean"]).idxmax()]
+    se = best["se"] if not math.isnan(best["se"]) else 0.0
+    bar = float(best["mean"] - sign * se)
+    table["trainable_params"] = [
+        trainable_parameters(Path(study_dir), trial, spec.fold_indices[0], spec.seeds[0]) for trial in table["trial_id"]
+    ]
+    table["within_1se"] = sign * table["mean"] >= sign * bar - 1e-12
+    eligible = table[table["within_1se"]].assign(order=lambda f: -sign * f["mean"])
+    chosen = eligible.sort_values(["trainable_params", "order", "trial_id"]).iloc[0]["trial_id"]
+    table["selected"] = table["trial_id"] == chosen
+    ordered = table.sort_values("mean", ascending=direction == "min").reset_index(drop=True)
+    return Selection(metric, direction, str(chosen), str(best["trial_id"]), bar, ordered)
+
+
+def held_out_metrics(spec: StudySpec, repetitions: list[RepetitionPredictions]) -> pd.DataFrame | None:
+    """Each fold model's metrics on the held-out test fold; None without one."""
+    tested = [rep for rep in repetitions if rep.test is not None]
+    if spec.test_fold is None or not tested:
+        return None
+    labels = Cohort(spec.cohort).labels
+    classes_of = {name: labels.subtypes_of(name) for name in labels.cohorts}
+    return pd.DataFrame([{"fold": rep.fold, "seed": rep.seed, **evaluate_predictions(rep.test, classes_of)} for rep in tested])
+

@@ -1,0 +1,188 @@
+"""``modaltune predict``: risk and subtype for new slides from an exported model (``STUDY/best/``).
+
+An exported model is the selected configuration's fold models (one per repetition), each an
+adapter-only checkpoint on top of the same frozen slide encoder, plus what it needs to read a
+new cohort exactly as it was trained: its label bank, the training split's RNA normalisation
+and, for the ``distill`` objective, the training cases' embeddings its probes are refitted on.
+Predictions are the members' mean: risks are first standardised by each member's training-set
+risks (fold models' risks are on different scales), class probabilities are averaged, and a
+case is ``high`` risk when most members put it above their training-set median risk.
+
+Layout of an exported model folder::
+
+    model.json                    format, feature width, gene groups, classes per cancer type, members
+    models/<member>/adapter.pt    trained weights (adapters, modality encoders, heads)
+    models/<member>/train_config.json, label_bank.npz, train_cases.parquet, rna_normalizer.npz
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+
+from modaltune.atomic import write_parquet_atomic
+from modaltune.data import Cohort
+from modaltune.errors import InputError
+from modaltune.models import ModalTuneModel
+from modaltune.objectives import DistillObjective, build_objective
+from modaltune.text import LabelBank
+from modaltune.train.batches import CaseBatcher, RnaNormalizer, seeded_batches
+from modaltune.train.config import TrainConfig
+from modaltune.train.loop import TrainModule, collect_case_outputs, predict_cases
+
+logger = logging.getLogger(__name__)
+
+FORMAT = 1
+MODEL_FILE = "model.json"
+MEMBERS_DIR = "models"
+ADAPTER = "adapter.pt"
+CONFIG = "train_config.json"
+LABEL_BANK = "label_bank.npz"
+TRAIN_CASES = "train_cases.parquet"
+RNA_NORMALIZER = "rna_normalizer.npz"
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    """``model.json`` of an exported model folder."""
+
+    root: Path
+    feature_dim: int
+    gene_groups: dict[str, list[str]] | None
+    classes: dict[str, list[str]]
+    members: list[str]
+
+    @classmethod
+    def open(cls, root: str | Path) -> "ExportedModel":
+        root = Path(root)
+        path = root / MODEL_FILE
+        if not path.is_file():
+            raise InputError(f"{path}: not found (is {root} a model exported by `modaltune select`?)")
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        if meta.get("format") != FORMAT:
+            raise InputError(f"{path}: format {meta.get('format')!r}, this version reads format {FORMAT}")
+        for member in meta["members"]:
+            for name in (ADAPTER, CONFIG, LABEL_BANK, TRAIN_CASES):
+                if not (root / MEMBERS_DIR / member / name).is_file():
+                    raise InputError(f"{root / MEMBERS_DIR / member / name}: missing from the exported model")
+        return cls(root, int(meta["feature_dim"]), meta.get("gene_groups"), meta["classes"], list(meta["members"]))
+
+    def member_dir(self, member: str) -> Path:
+        return self.root / MEMBERS_DIR / member
+
+
+def check_cohort(model: ExportedModel, cohort: Cohort) -> None:
+    """Everything about a new cohort the model depends on, before any slide is read."""
+    where = cohort.layout.root
+    if cohort.manifest.feature_dim != model.feature_dim:
+        raise InputError(f"{where}: tile features are {cohort.manifest.feature_dim}-d, the model was trained on {model.feature_dim}-d")
+    if model.gene_groups is not None:
+        if not cohort.has_rna:
+            raise InputError(f"{where}: the model uses RNA but {cohort.layout.rna} does not exist")
+        if cohort.gene_groups != model.gene_groups:
+            raise InputError(f"{cohort.layout.gene_groups}: gene groups differ from the ones the model was trained with")
+    for name in cohort.cohort_names:
+        if name not in model.classes:
+            raise InputError(f"{where}: cancer type {name!r} was not trained on (the model knows {sorted(model.classes)})")
+        if cohort.labels.subtypes_of(name) != model.classes[name]:
+            raise InputError(
+                f"{cohort.layout.labels}: subtypes of {name} are {cohort.labels.subtypes_of(name)}, the model's are {model.classes[name]}"
+            )
+
+
+def predict_cohort(
+    model_dir: str | Path, cohort_dir: str | Path, case_ids: list[str] | None = None,
+    progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
+) -> pd.DataFrame:
+    """One row per case: ``risk`` (member mean, training-standardised), ``risk_sd``, ``risk_group``,
+    ``predicted_subtype``, ``class_probabilities`` and ``models``."""
+    model = ExportedModel.open(model_dir)
+    cohort = Cohort(cohort_dir)
+    check_cohort(model, cohort)
+    ids = case_ids if case_ids is not None else cohort.case_ids
+    members = progress(model.members) if progress else model.members
+    per_member = [_predict_member(model.member_dir(member), cohort, ids, model.classes) for member in members]
+    return ensemble(per_member, model.classes)
+
+
+def _predict_member(directory: Path, cohort: Cohort, ids: list[str], classes_of: dict[str, list[str]]) -> pd.DataFrame:
+    """One fold model's predictions, with ``risk_z`` and ``above_median`` against its training risks."""
+    loop_config = json.loads((directory / CONFIG).read_text(encoding="utf-8"))
+    config = TrainConfig.model_validate(loop_config["train"])
+    bank = LabelBank.load(directory / LABEL_BANK)
+    use_rna = "rna" in config.model.modalities
+    group_sizes = tuple(cohort.rna_group_sizes) if use_rna else ()
+    torch.manual_seed(config.model.encoder_init_seed)  # as the training worker: the same random-init SLFM without a checkpoint
+    model = ModalTuneModel(config.model.build(group_sizes, cohort.manifest.feature_dim))
+    torch.manual_seed(config.seed)
+    module = TrainModule(model, build_objective(config.objective, bank, config.loss_weights))
+    weights = torch.load(directory / ADAPTER, weights_only=True, map_location="cpu")
+    trainable = {name: p for name, p in module.named_parameters() if p.requires_grad}
+    if set(weights) != set(trainable):
+        raise InputError(f"{directory / ADAPTER}: weights do not match the model its config builds ({sorted(set(weights) ^ set(trainable))[:3]} ...)")
+    with torch.no_grad():
+        for name, param in trainable.items():
+            param.copy_(weights[name].to(param.dtype))
+    normalizer = None
+    if use_rna:
+        stored = np.load(directory / RNA_NORMALIZER)
+        normalizer = RnaNormalizer(stored["mean"], stored["std"])
+    batcher = CaseBatcher(cohort, bank, [], use_rna=use_rna, max_tiles=config.max_tiles, rna_normalizer=normalizer)
+    module.eval()
+    batches = seeded_batches(batcher, config.seed, "evaluation", torch.device("cpu"), torch.float32)
+    rows = collect_case_outputs(module, batches, ids, with_loss=False)
+    train_cases = pd.read_parquet(directory / TRAIN_CASES)
+    train_rows = _rows_from_frame(train_cases, classes_of) if isinstance(module.objective, DistillObjective) else []
+    predictions = predict_cases(module.objective, train_rows, rows, classes_of)
+    stats = train_cases.groupby("cohort")["risk"].agg(["mean", "std", "median"])
+    scale = stats["std"].where(stats["std"] > 0, 1.0)
+    by_cohort = predictions["cohort"]
+    return predictions.assign(
+        risk_z=(predictions["risk"] - by_cohort.map(stats["mean"])) / by_cohort.map(scale),
+        above_median=predictions["risk"] > by_cohort.map(stats["median"]),
+    )
+
+
+def _rows_from_frame(frame: pd.DataFrame, classes_of: dict[str, list[str]]) -> list[dict]:
+    """Saved training cases back into ``collect_case_outputs`` rows (for refitting probes)."""
+    tasks = [c.removeprefix("embedding_") for c in frame.columns if c.startswith("embedding_")]
+    return [
+        {
+            "case_id": r["case_id"], "cohort": r["cohort"], "subtype_index": classes_of[r["cohort"]].index(r["subtype"]),
+            "time": r["time"], "event": r["event"], "embeddings": {t: np.asarray(r[f"embedding_{t}"], dtype=np.float32) for t in tasks},
+        }
+        for r in frame.to_dict("records")
+    ]
+
+
+def ensemble(per_member: list[pd.DataFrame], classes_of: dict[str, list[str]]) -> pd.DataFrame:
+    """The members' predictions combined per case (see the module docstring)."""
+    stacked = pd.concat([p.assign(member=i) for i, p in enumerate(per_member)], ignore_index=True)
+    rows = []
+    for (case_id, cohort), group in stacked.groupby(["case_id", "cohort"], sort=True):
+        probabilities = np.mean(np.stack(group["class_probabilities"].to_numpy()), axis=0)
+        rows.append({
+            "case_id": case_id, "cohort": cohort,
+            "risk": float(group["risk_z"].mean()),
+            "risk_sd": float(group["risk_z"].std(ddof=1)) if len(group) > 1 else float("nan"),
+            "risk_group": "high" if group["above_median"].mean() > 0.5 else "low",
+            "predicted_subtype": classes_of[cohort][int(np.argmax(probabilities))],
+            "class_probabilities": probabilities.astype(np.float32).tolist(),
+            "models": len(group),
+        })
+    return pd.DataFrame(rows)
+
+
+def write_predictions(frame: pd.DataFrame, path: str | Path) -> Path:
+    path = Path(path)
+    write_parquet_atomic(path, pa.Table.from_pandas(frame, preserve_index=False))
+    return path

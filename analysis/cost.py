@@ -13,11 +13,10 @@ from sweeps.spec import StudySpec
 
 def cost_table(spec: StudySpec, results: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     """One row per cell and a ``total`` row: trial counts by state, wall hours, CPU- and GPU-hours."""
-    resources = results.groupby("trial_id")[["num_workers", "cpus_per_worker", "gpus_per_worker"]].first() if len(results) else None
     frame = trials.copy()
     wall_h = frame["time_total_s"].fillna(0.0) / 3600.0
-    workers = frame["trial_id"].map(resources["num_workers"]).fillna(spec.resources.num_workers) if resources is not None else spec.resources.num_workers
-    cpus = frame["trial_id"].map(resources["cpus_per_worker"]).fillna(spec.resources.cpus_per_worker) if resources is not None else spec.resources.cpus_per_worker
+    workers = _per_trial(results, frame, "num_workers", spec.resources.num_workers)
+    cpus = _per_trial(results, frame, "cpus_per_worker", spec.resources.cpus_per_worker)
     gpus = spec.resources.gpus_per_worker if spec.resources.use_gpu else 0.0
     frame = frame.assign(wall_hours=wall_h, cpu_hours=wall_h * workers * cpus, gpu_hours=wall_h * workers * gpus)
     for state in ("finished", "stopped_early", "error", "interrupted"):
@@ -28,3 +27,10 @@ def cost_table(spec: StudySpec, results: pd.DataFrame, trials: pd.DataFrame) -> 
     table = levels.join(table).reset_index()
     total = table[["trials", *columns]].sum().to_frame().T.assign(cell="total", **{f: "" for f in spec.factors})
     return pd.concat([table, total], ignore_index=True).astype({c: int for c in ["trials", "finished", "stopped_early", "error", "interrupted"]})
+
+
+def _per_trial(results: pd.DataFrame, trials: pd.DataFrame, column: str, default: float) -> pd.Series:
+    """A resource each trial ran with, as recorded in its result rows; the spec's where none are."""
+    if column not in results.columns:
+        return pd.Series(default, index=trials.index)
+    return trials["trial_id"].map(results.groupby("trial_id")[column].first()).fillna(default)

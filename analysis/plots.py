@@ -24,8 +24,9 @@ def _save(figure: plt.Figure, path: Path) -> Path:
 
 
 def ablation_plot(levels: pd.DataFrame, metric: str, path: Path) -> Path:
-    """One panel per factor: the mean over repetitions per level with its 95% CI."""
-    factors = list(dict.fromkeys(levels["factor"]))
+    """One panel per factor with two or more levels: the mean over repetitions per level with its 95% CI."""
+    counts = levels["factor"].value_counts()
+    factors = [f for f in dict.fromkeys(levels["factor"]) if counts[f] > 1]
     figure, axes = plt.subplots(1, len(factors), figsize=(3.2 * len(factors) + 0.8, 3.2), squeeze=False)
     for axis, factor in zip(axes[0], factors):
         rows = levels[levels["factor"] == factor]

@@ -174,7 +174,7 @@ def _ablation_sections(builder: _ReportBuilder, spec: StudySpec, results: pd.Dat
             ]
         builder.text(f"\n### {name}\n")
         builder.table(shown)
-        if name in (metric, "balanced_accuracy"):
+        if name in (metric, "balanced_accuracy") and levels["factor"].duplicated().any():
             builder.figure(lambda p, lv=levels, n=name: plots.ablation_plot(lv, n, p), f"ablation_{name}.png", f"ablation: {name}")
     builder.text("\n## Statistics: each level against its reference\n")
     builder.text(
@@ -214,7 +214,11 @@ def _selection_section(
     columns = ["trial_id", "cell", *spec.factors, *[p for p in spec.search.params if p in selection.candidates.columns], "mean", "se", "n", "trainable_params", "within_1se", "selected"]
     builder.table(selection.candidates[columns].head(15), floatfmt=".4g")
     finals = final_epochs(results)
-    repetitions = trial_predictions(study_dir, selection.trial_id, finals[finals["trial_id"] == selection.trial_id])
+    try:
+        repetitions = trial_predictions(study_dir, selection.trial_id, finals[finals["trial_id"] == selection.trial_id])
+    except FileNotFoundError as exc:
+        builder.text(f"No held-out or survival analysis of the selected model: {exc}.")
+        return selection
     _test_section(builder, spec, held_out_metrics(spec, repetitions))
     _survival_section(builder, repetitions, n_boot)
     return selection

@@ -86,26 +86,32 @@ def candidate_scores(spec: StudySpec, results: pd.DataFrame, trials: pd.DataFram
 
 
 def select_model(study_dir: str | Path, spec: StudySpec, results: pd.DataFrame, trials: pd.DataFrame, metric: str | None = None) -> Selection:
-    """Apply the one-standard-error rule (see the module docstring)."""
-    primary = spec.search.primary
-    metric = metric or primary.name
-    direction = next((m.direction for m in spec.search.metrics if m.name == metric), "max" if metric != "loss" else "min")
+    """Score the study's candidates and apply the one-standard-error rule (see the module docstring)."""
+    metric = metric or spec.search.primary.name
+    direction = next((m.direction for m in spec.search.metrics if m.name == metric), "min" if metric == "loss" else "max")
     table = candidate_scores(spec, results, trials, metric).dropna(subset=["mean"])
     if table.empty:
         raise InputError(f"{study_dir}: no finished trial has a {metric!r} score on every repetition; nothing to select")
-    sign = 1 if direction == "max" else -1
-    best = table.loc[(sign * table["mean"]).idxmax()]
-    se = best["se"] if not math.isnan(best["se"]) else 0.0
-    bar = float(best["mean"] - sign * se)
     table["trainable_params"] = [
         trainable_parameters(Path(study_dir), trial, spec.fold_indices[0], spec.seeds[0]) for trial in table["trial_id"]
     ]
+    return one_standard_error_rule(table, metric, direction)
+
+
+def one_standard_error_rule(table: pd.DataFrame, metric: str, direction: str) -> Selection:
+    """``table``: trial_id, mean, se, trainable_params per candidate. The fewest-parameter candidate
+    within one SE of the best (a missing SE, from one repetition, counts as 0)."""
+    sign = 1 if direction == "max" else -1
+    table = table.copy()
+    best = table.loc[(sign * table["mean"]).idxmax()]
+    se = 0.0 if math.isnan(best["se"]) else float(best["se"])
+    bar = float(best["mean"] - sign * se)
     table["within_1se"] = sign * table["mean"] >= sign * bar - 1e-12
     eligible = table[table["within_1se"]].assign(order=lambda f: -sign * f["mean"])
-    chosen = eligible.sort_values(["trainable_params", "order", "trial_id"]).iloc[0]["trial_id"]
+    chosen = str(eligible.sort_values(["trainable_params", "order", "trial_id"]).iloc[0]["trial_id"])
     table["selected"] = table["trial_id"] == chosen
     ordered = table.sort_values("mean", ascending=direction == "min").reset_index(drop=True)
-    return Selection(metric, direction, str(chosen), str(best["trial_id"]), bar, ordered)
+    return Selection(metric, direction, chosen, str(best["trial_id"]), bar, ordered)
 
 
 def held_out_metrics(spec: StudySpec, repetitions: list[RepetitionPredictions]) -> pd.DataFrame | None:

@@ -110,11 +110,11 @@ def predict_cohort(
     check_cohort(model, cohort)
     ids = case_ids if case_ids is not None else cohort.case_ids
     members = progress(model.members) if progress else model.members
-    per_member = [_predict_member(model.member_dir(member), cohort, ids, model.classes) for member in members]
+    per_member = [predict_member(model.member_dir(member), cohort, ids, model.classes) for member in members]
     return ensemble(per_member, model.classes)
 
 
-def _predict_member(directory: Path, cohort: Cohort, ids: list[str], classes_of: dict[str, list[str]]) -> pd.DataFrame:
+def predict_member(directory: Path, cohort: Cohort, ids: list[str], classes_of: dict[str, list[str]]) -> pd.DataFrame:
     """One fold model's predictions, with ``risk_z`` and ``above_median`` against its training risks."""
     loop_config = json.loads((directory / CONFIG).read_text(encoding="utf-8"))
     config = TrainConfig.model_validate(loop_config["train"])

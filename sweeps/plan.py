@@ -154,8 +154,10 @@ def prepare_label_banks(plan: StudyPlan) -> list[Path]:
 
 
 def ensure_cohort(spec: StudySpec) -> None:
-    """Generate the spec's synthetic cohort when it names one and the folder does not exist yet."""
+    """Generate the spec's synthetic cohort when it names one and the folder does not exist yet;
+    refuse an existing one that was generated with other settings (stale results otherwise)."""
     if spec.cohort.exists():
+        _check_generated_with(spec)
         return
     if spec.synthetic is None:
         raise InputError(f"cohort: {spec.cohort} does not exist (and the study has no 'synthetic' section to generate it)")
@@ -168,6 +170,19 @@ def ensure_cohort(spec: StudySpec) -> None:
         raise InputError(f"synthetic: {exc}") from exc
     logger.info("generating the synthetic cohort at %s", spec.cohort)
     generate_cohort(spec.cohort, config)
+
+
+def _check_generated_with(spec: StudySpec) -> None:
+    truth = spec.cohort / "truth.json"
+    if spec.synthetic is None or not truth.exists():
+        return
+    generated = json.loads(truth.read_text(encoding="utf-8")).get("config", {})
+    for key, value in spec.synthetic.items():
+        if key in generated and generated[key] != value:
+            raise InputError(
+                f"synthetic.{key}: {value!r}, but {spec.cohort} was generated with {generated[key]!r}; "
+                "delete that folder to regenerate it, or point 'cohort' elsewhere"
+            )
 
 
 def _check_search_keys(spec: StudySpec) -> None:

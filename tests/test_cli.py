@@ -51,3 +51,13 @@ def test_train_checks_the_config_against_the_cohort(small_cohort: Path, tmp_path
     assert "fold: 9 but the cohort has folds 0..3" in capsys.readouterr().err
     assert main(["train", "--cohort", str(small_cohort), "--output", str(tmp_path / "r"), "--set", "cohorts=[LUAD]"]) == 2
     assert "cohorts: ['LUAD'] are not in the cohort" in capsys.readouterr().err
+
+
+def test_analysis_commands_name_what_is_not_a_study_or_a_model(tmp_path: Path, capsys) -> None:
+    assert main(["analyze", str(tmp_path)]) == 2
+    assert f"{tmp_path}: not a study folder" in capsys.readouterr().err
+    assert main(["select", str(tmp_path)]) == 2
+    assert f"{tmp_path}: not a study folder" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path), "--cohort", str(tmp_path), "--out", str(tmp_path / "p.parquet")]) == 2
+    assert f"{tmp_path / 'model.json'}: not found" in capsys.readouterr().err
+    assert not (tmp_path / "p.parquet").exists()

@@ -35,6 +35,16 @@ def test_splits_are_case_level_and_cover_every_case(small_cohort: Path) -> None:
     assert set(cohort.cases(cohorts=["RCC"])) == set(cohort.slides["case_id"][cohort.slides["cohort"] == "RCC"])
 
 
+def test_a_test_fold_is_in_no_training_or_validation_split(small_cohort: Path) -> None:
+    cohort = Cohort(small_cohort)
+    test = set(cohort.test_cases(2))
+    train, val = cohort.split(0, test_fold=2)
+    assert test and not test & (set(train) | set(val))
+    assert set(train) | set(val) | test == set(cohort.case_ids)
+    with pytest.raises(InputError, match="also the validation fold"):
+        cohort.split(2, test_fold=2)
+
+
 def test_sample_concatenates_slides_and_caps_tiles(small_cohort: Path) -> None:
     cohort = Cohort(small_cohort)
     multi = next(c for c in cohort.case_ids if len(cohort.record(c).slide_ids) > 1)

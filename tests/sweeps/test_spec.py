@@ -11,7 +11,7 @@ import yaml
 
 from modaltune.errors import InputError
 from sweeps.cells import design_cells
-from sweeps.plan import build_plan
+from sweeps.plan import build_plan, ensure_cohort
 from sweeps.spec import DesignSpec, load_study_spec
 from sweeps.study import run_study
 
@@ -66,6 +66,7 @@ SPEC_MISTAKES = [
     ("resources/cpus_per_worker", 0, "resources.cpus_per_worker"),
     ("max_concurent", 3, "max_concurent"),
     ("name", "my study", "name"),
+    ("test_fold", -1, "test_fold"),
 ]
 
 
@@ -89,6 +90,7 @@ PLAN_MISTAKES = [
     ("search/params/model.adapter_depth", {"type": "int", "low": 1, "high": 2}, "conflicts with factor 'adapter_depth'"),
     ("search/params/optim.epochs", {"type": "int", "low": 0, "high": 3}, "optim.epochs"),
     ("train/engine/precision", "fp16", "fp16"),
+    ("test_fold", 9, "test_fold: 9"),
 ]
 
 
@@ -140,6 +142,25 @@ def test_plan_composes_configs_per_cell_and_repetition(small_cohort: Path, tmp_p
     # One label bank per (text encoder, fold), shared by every cell.
     banks = {plan.label_bank_path(plan.train_config(c, {}, r)) for c in plan.cells for r in plan.repetitions}
     assert len(banks) == 2
+
+
+def test_a_test_fold_is_held_out_of_every_repetition(small_cohort: Path, tmp_path: Path) -> None:
+    spec = load_study_spec(_write(tmp_path, _edit(_base(small_cohort), "test_fold", 0)))
+    plan = build_plan(spec, tmp_path / "studies" / spec.name)
+    assert [r.fold for r in plan.repetitions] == [1, 2]
+    config = plan.train_config(plan.cells[0], {}, plan.repetitions[0])
+    assert config.test_fold == 0
+    with pytest.raises(InputError, match="test_fold 0 is also one of the validation folds"):
+        load_study_spec(_write(tmp_path, _edit(_edit(_base(small_cohort), "test_fold", 0), "folds", [0, 1])))
+
+
+def test_an_existing_synthetic_cohort_made_with_other_settings_is_refused(tmp_path: Path) -> None:
+    raw = _base(tmp_path / "cohort") | {"synthetic": {"cohorts": ["NSCLC"], "slides_per_cohort": 12, "feature_dim": 8, "min_tiles": 4, "max_tiles": 8, "n_folds": 2}}
+    spec = load_study_spec(_write(tmp_path, raw))
+    ensure_cohort(spec)
+    changed = load_study_spec(_write(tmp_path, _edit(raw, "synthetic/feature_dim", 16)))
+    with pytest.raises(InputError, match="synthetic.feature_dim: 16, but .* was generated with 8"):
+        ensure_cohort(changed)
 
 
 def test_designs_crossed_one_at_a_time_and_sampled() -> None:

@@ -5,15 +5,26 @@ from __future__ import annotations
 import json
 import pickle
 import signal
+import subprocess
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import matplotlib.image
+import numpy as np
 import pandas as pd
+import pytest
 import yaml
 from optuna.trial import TrialState
+from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
+from modaltune.cli import main as cli_main
+from modaltune.data import Cohort
+from modaltune.predict import ExportedModel, predict_member
 from sweeps.searcher import CellSearcher
+from tests.browser import loaded_images, screenshot
 from tests.studyproc import finish_study, markers, start_study, write_spec
 
 
@@ -21,13 +32,29 @@ def _spec(tmp_path: Path, name: str, edits: dict[str, Any]) -> Path:
     return write_spec(tmp_path / f"{name}.yaml", "smoke", {"cohort": str(tmp_path / "cohort")} | edits)
 
 
-def test_smoke_study_end_to_end(tmp_path: Path) -> None:
+@dataclass(frozen=True)
+class Smoke:
+    root: Path
+    spec: Path
+    study: Path
+    code: int
+    output: str
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> Smoke:
+    """The shipped smoke study, run once for this module (it ends with its report and model)."""
+    root = tmp_path_factory.mktemp("smoke")
+    spec = _spec(root, "smoke", {})
+    code, output = finish_study(start_study(spec, root / "studies"), timeout=900)
+    return Smoke(root, spec, root / "studies" / "smoke", code, output)
+
+
+def test_smoke_study_end_to_end(smoke: Smoke) -> None:
     """2 adapter depths x 2 modality sets x 2 text encoders, 2 folds: every cell x fold, sane
     metrics, and the planted RNA effect recovered in the direction truth.json gives."""
-    spec = _spec(tmp_path, "smoke", {})
-    code, output = finish_study(start_study(spec, tmp_path / "studies"), timeout=900)
+    tmp_path, spec, study, code, output = smoke.root, smoke.spec, smoke.study, smoke.code, smoke.output
     assert code == 0, output[-4000:]
-    study = tmp_path / "studies" / "smoke"
     assert "results:" in output and "c_index" in output
 
     trials = pd.read_parquet(study / "trials.parquet")
@@ -58,6 +85,77 @@ def test_smoke_study_end_to_end(tmp_path: Path) -> None:
     assert by_modality["wsi+rna"] > by_modality["wsi"], by_modality
 
 
+def _report_table(report: str, section: str, factor: str) -> dict[str, float]:
+    """Overall means of one factor's rows in one metric's ablation table of report.md."""
+    table = report.split("## Ablation tables", 1)[1].split(f"### {section}\n", 1)[1].split("\n\n", 1)[0]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines() if line.startswith(f"| {factor} ")]
+    return {level.rstrip("*"): float(overall.split()[0]) for _, level, overall, *_ in rows}
+
+
+def test_report_recovers_the_planted_rna_effect(smoke: Smoke) -> None:
+    """The study ends with its report; its modality ablation shows RNA helping, as truth.json says."""
+    assert smoke.code == 0, smoke.output[-4000:]
+    report_dir = smoke.study / "report"
+    assert f"report: {report_dir / 'report.html'}" in smoke.output
+    report = (report_dir / "report.md").read_text()
+    truth = json.loads((smoke.root / "cohort" / "truth.json").read_text())
+    modalities = _report_table(report, "c_index", "modalities")
+    assert np.sign(modalities["wsi+rna"] - modalities["wsi"]) == np.sign(truth["expected"]["rna_adds_c_index_over_wsi"]), modalities
+    for section in ("## Statistics", "## Model selection", "### Held-out test fold", "Log-rank", "Uno's IPCW", "## Cost", "## TensorBoard"):
+        assert section in report, section
+    for figure in ("ablation_c_index.png", "kaplan_meier.png", "pareto.png"):
+        assert (report_dir / figure).stat().st_size > 5000, figure
+
+
+def test_report_renders_with_its_images_in_headless_chromium(smoke: Smoke, tmp_path: Path) -> None:
+    html = smoke.study / "report" / "report.html"
+    decoded, total = loaded_images(html, tmp_path)
+    assert total >= 4 and decoded == total, (decoded, total)
+    image = matplotlib.image.imread(screenshot(html, tmp_path / "report.png"))
+    bars = np.all(np.abs(image[..., :3] - np.array([0x4C, 0x72, 0xB0]) / 255) < 0.02, axis=-1)  # the ablation bars' blue
+    assert bars.sum() > 1000, "the ablation figure is not on the rendered page"
+
+
+def test_tensorboard_hparams_view_has_every_trial(smoke: Smoke) -> None:
+    multiplexer = EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(smoke.study / "tensorboard" / "hparams"))
+    multiplexer.Reload()
+    runs = multiplexer.PluginRunToTagToContent("hparams")
+    trials = pd.read_parquet(smoke.study / "trials.parquet")
+    assert set(trials["trial_id"]) <= set(runs), sorted(runs)
+
+
+def test_selected_model_is_exported_and_predicts_like_it_validated(smoke: Smoke, tmp_path: Path) -> None:
+    """``best/`` reproduces, for each fold model, the validation predictions the study recorded,
+    and ``modaltune predict`` scores every case of a cohort."""
+    best = smoke.study / "best"
+    selection = json.loads((best / "selection.json").read_text())
+    assert (best / "MODEL_CARD.md").exists() and selection["rule"].startswith("one standard error")
+    model = ExportedModel.open(best)
+    cohort = Cohort(smoke.root / "cohort")
+    for member in model.members:
+        recorded = sorted((smoke.study / "predictions" / selection["trial_id"] / member).glob("epoch_???.parquet"))[-1]
+        validation = pd.read_parquet(recorded)
+        again = predict_member(model.member_dir(member), cohort, list(validation["case_id"]), model.classes)
+        assert np.allclose(again["risk"], validation["risk"], atol=1e-5)
+        assert list(again["predicted_subtype"]) == list(validation["predicted_subtype"])
+
+    out = tmp_path / "predictions.parquet"
+    done = subprocess.run([sys.executable, "-m", "modaltune.cli", "predict", str(best), "--cohort", str(smoke.root / "cohort"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    predictions = pd.read_parquet(out)
+    assert sorted(predictions["case_id"]) == cohort.case_ids
+    assert predictions["risk"].notna().all() and set(predictions["risk_group"]) == {"high", "low"}
+    assert np.allclose([sum(p) for p in predictions["class_probabilities"]], 1.0, atol=1e-4)
+
+    # A cohort from another feature extractor is refused before any slide is read.
+    other = tmp_path / "other"
+    assert cli_main(["synth", str(other), "--cohorts", "NSCLC", "--slides-per-cohort", "6", "--feature-dim", "16",
+                     "--min-tiles", "4", "--max-tiles", "8", "--genes", "20", "--pathways", "2", "--folds", "2"]) == 0
+    assert cli_main(["predict", str(best), "--cohort", str(other), "--out", str(tmp_path / "other.parquet")]) == 2
+
+
 def test_interrupted_study_resumes_without_rerunning(tmp_path: Path) -> None:
     """SIGINT mid-study, then --resume: every trial of the budget exactly once, finished
     repetitions untouched, no duplicated rows, and the Optuna study continued (pruned included)."""
@@ -66,6 +164,7 @@ def test_interrupted_study_resumes_without_rerunning(tmp_path: Path) -> None:
         "search": {"trials_per_cell": 4, "params": {"optim.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}},
         "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
         "max_concurrent": 2,
+        "test_fold": 2,
     }
     spec = _spec(tmp_path, "race", edits)
     storage = tmp_path / "studies"
@@ -105,3 +204,9 @@ def test_interrupted_study_resumes_without_rerunning(tmp_path: Path) -> None:
     assert sum(t.state == TrialState.PRUNED for t in optuna_trials) == len(stopped)
     assert all(t.intermediate_values for t in optuna_trials)
     assert pickle.dumps(searcher)  # the state Tune saves is whole
+
+    # Finished, it was analysed: the selected model is scored on the held-out fold it never saw.
+    selection = json.loads((study / "best" / "selection.json").read_text())
+    assert selection["test_fold"] == 2 and 0.0 <= selection["test"]["c_index"] <= 1.0
+    report = (study / "report" / "report.md").read_text()
+    assert "Fold 2 was never trained on" in report

@@ -42,9 +42,17 @@ def choose_storage(arg: str | None, spec_storage: str | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sweeps/ablation.py", description="Run a ModalTune ablation study with Ray Tune + Optuna.")
     parser.add_argument("--study", help="study spec (YAML); default: $MODALTUNE_STUDY, else the demo study")
-    parser.add_argument("--storage", help="folder that holds studies, shared by every node on a cluster; default: $MODALTUNE_STORAGE, else the spec's 'storage', else runs/studies")
+    parser.add_argument(
+        "--storage",
+        help="folder that holds studies, shared by every node on a cluster; "
+        "default: $MODALTUNE_STORAGE, else the spec's 'storage', else runs/studies",
+    )
     parser.add_argument("--resume", action="store_true", help="continue the interrupted study in the storage folder")
-    parser.add_argument("--address", help="Ray cluster to join ('auto' on a cluster node, 'local' for an embedded Ray); default: $RAY_ADDRESS, else the cluster started on this node, else an embedded Ray")
+    parser.add_argument(
+        "--address",
+        help="Ray cluster to join ('auto' on a cluster node, 'local' for an embedded Ray); "
+        "default: $RAY_ADDRESS, else the cluster `ray start` started on this node, else an embedded Ray",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Tune's classic reporter shows our factor and metric columns; the new one ignores them.

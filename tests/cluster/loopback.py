@@ -82,6 +82,10 @@ class User:
             return 124, output + f"\n[killed after {timeout} s]"
         return process.returncode, output
 
+    def can(self, test: str, path: Path) -> bool:
+        """``test TEST PATH`` as this user, e.g. ``can("-r", file)``."""
+        return self.run(["test", test, str(path)], cwd=Path("/"), timeout=10)[0] == 0
+
     def mkdir(self, relative: str, mode: int = 0o755) -> Path:
         path = self.home / relative
         path.mkdir(mode=mode, exist_ok=True)
@@ -130,15 +134,18 @@ def traversable(user: User, targets: Sequence[Path]) -> Iterator[None]:
     try:
         for target in targets:
             for folder in reversed(target.parents):
-                if folder in granted or user.run(["test", "-x", str(folder)], cwd=Path("/"), timeout=10)[0] == 0:
+                if folder in granted or user.can("-x", folder):
                     continue
-                extended = subprocess.run(["getfacl", "--skip-base", "--absolute-names", str(folder)], capture_output=True, text=True, check=True)
-                granted[folder] = bool(extended.stdout.strip())
+                acl = subprocess.run(
+                    ["getfacl", "--skip-base", "--absolute-names", str(folder)], capture_output=True, text=True, check=True,
+                )
+                granted[folder] = bool(acl.stdout.strip())
                 subprocess.run(["setfacl", "-m", f"u:{user.name}:x", str(folder)], check=True)
         yield
     finally:
         for folder, extended in granted.items():
-            subprocess.run(["setfacl", "-x", f"u:{user.name}", str(folder)] if extended else ["setfacl", "-b", str(folder)], check=False)
+            restore = ["-x", f"u:{user.name}"] if extended else ["-b"]
+            subprocess.run(["setfacl", *restore, str(folder)], check=False)
 
 
 def reset_home(user: User, leftovers: Sequence[str]) -> None:
@@ -159,7 +166,8 @@ def ssh_client(user: User, sshd_port: int) -> Path:
     key = ssh / "id_modaltune_ci"
     for path in (key, key.with_suffix(".pub")):
         path.unlink(missing_ok=True)
-    code, output = user.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "modaltune-ci test", "-f", str(key)], cwd=user.home, timeout=30)
+    keygen = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "modaltune-ci test", "-f", str(key)]
+    code, output = user.run(keygen, cwd=user.home, timeout=30)
     assert code == 0, output
     user.write(".ssh/authorized_keys", key.with_suffix(".pub").read_text(encoding="utf-8"))
     user.write(".ssh/config", f"Host 127.0.0.1\n  Port {sshd_port}\n")

@@ -66,7 +66,8 @@ def test_gpu_cluster() -> None:
     env = env_from_docker(config)
     _assert_names_a_study(env)
     mounts = [o.split()[1] for o in config["docker"]["run_options"] if o.startswith("-v ")]
-    assert any(env["MODALTUNE_STORAGE"].startswith(m.split(":")[1] + "/") for m in mounts), "storage is not on the shared mount"
+    shared = [m.split(":")[1] + "/" for m in mounts]
+    assert any(env["MODALTUNE_STORAGE"].startswith(s) for s in shared), "storage is not on the shared mount"
     assert env["RAY_AUTH_MODE"] == "token"
 
 
@@ -92,7 +93,8 @@ def test_kuberay_job() -> None:
     groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
     for group in cluster["workerGroupSpecs"]:
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
-    gpus = sorted(int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]) for g in cluster["workerGroupSpecs"])
+    limits = [g["template"]["spec"]["containers"][0]["resources"]["limits"] for g in cluster["workerGroupSpecs"]]
+    gpus = sorted(int(limit["nvidia.com/gpu"]) for limit in limits)
     assert gpus == [1, 8]
     for group in groups:
         pod = group["template"]["spec"]

@@ -70,8 +70,8 @@ def cluster_user(tmp_path: Path) -> Iterator[tuple[User, Sshd]]:
     interpreter = Path(sys.executable).resolve()
     with traversable(user, [interpreter, REPO]), Sshd(tmp_path, user) as sshd:
         for path in (interpreter, REPO / "pyproject.toml", VENV_BIN / "ray"):
-            if user.run(["test", "-r", str(path)], cwd=Path("/"), timeout=10)[0] != 0:
-                pytest.fail(f"user {user.name} cannot read {path}: the checkout and its .venv must be readable by other users")
+            if not user.can("-r", path):
+                pytest.fail(f"user {user.name} cannot read {path}: the checkout and its venv must be readable by others")
         try:
             yield user, sshd
         finally:

@@ -11,7 +11,9 @@ from sweeps.cli import DEMO_STUDY, REPO_ROOT, choose_storage, choose_study
 from sweeps.storage import storage_folder
 
 
-def test_study_comes_from_the_flag_then_the_environment_then_the_demo(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_study_comes_from_the_flag_then_the_environment_then_the_demo(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MODALTUNE_STUDY", raising=False)
     assert choose_study(None) == (DEMO_STUDY, "the default demo study")

@@ -136,9 +136,8 @@ def traversable(user: User, targets: Sequence[Path]) -> Iterator[None]:
             for folder in reversed(target.parents):
                 if folder in granted or user.can("-x", folder):
                     continue
-                acl = subprocess.run(
-                    ["getfacl", "--skip-base", "--absolute-names", str(folder)], capture_output=True, text=True, check=True,
-                )
+                getfacl = ["getfacl", "--skip-base", "--absolute-names", str(folder)]
+                acl = subprocess.run(getfacl, capture_output=True, text=True, check=True)
                 granted[folder] = bool(acl.stdout.strip())
                 subprocess.run(["setfacl", "-m", f"u:{user.name}:x", str(folder)], check=True)
         yield

@@ -71,7 +71,7 @@ def cluster_user(tmp_path: Path) -> Iterator[tuple[User, Sshd]]:
     with traversable(user, [interpreter, REPO]), Sshd(tmp_path, user) as sshd:
         for path in (interpreter, REPO / "pyproject.toml", VENV_BIN / "ray"):
             if not user.can("-r", path):
-                pytest.fail(f"user {user.name} cannot read {path}: the checkout and its venv must be readable by others")
+                pytest.fail(f"user {user.name} cannot read {path}: the checkout and its venv must be world-readable")
         try:
             yield user, sshd
         finally:

@@ -1,9 +1,10 @@
 """Run an ablation study: ``python sweeps/ablation.py --study sweeps/studies/demo.yaml [--storage DIR] [--resume]``.
 
-Locally this starts an embedded Ray; with ``--address auto`` (or ``RAY_ADDRESS``) it joins a
-running cluster. Without ``--study`` it runs the study named by ``MODALTUNE_STUDY``, else the
-demo study. Exit codes: 0 all trials finished, 1 some trials failed, 2 bad input (nothing
-started, nothing written), 3 storage unwritable or full (state kept; --resume), 130 interrupted.
+On a cluster node (``ray submit cluster/gpu.yaml sweeps/ablation.py``) it joins the cluster
+started there, with ``--address`` (or ``RAY_ADDRESS``) the one named, else it starts an embedded
+Ray. Without ``--study`` it runs the study named by ``MODALTUNE_STUDY``, else the demo study.
+Exit codes: 0 all trials finished, 1 some trials failed, 2 bad input (nothing started, nothing
+written), 3 storage unwritable or full (state kept; --resume), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -12,10 +13,14 @@ import sys
 from pathlib import Path
 
 # Run as a script, Python puts this folder first on sys.path, where module names such as
-# ``plan`` or ``results`` could shadow others; the repository root is what we want there.
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(REPO_ROOT)
+# ``plan`` or ``results`` could shadow others. In the repository its root goes there instead;
+# a copy elsewhere (``ray submit`` runs ~/ablation.py) imports the installed project.
+HERE = Path(__file__).resolve().parent
+if sys.path and Path(sys.path[0]).resolve() == HERE:
+    if (HERE.parent / "sweeps" / "cli.py").is_file():
+        sys.path[0] = str(HERE.parent)
+    else:
+        del sys.path[0]
 
 from sweeps.cli import main  # noqa: E402
 

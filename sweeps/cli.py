@@ -10,16 +10,49 @@ from pathlib import Path
 
 from modaltune.errors import InputError
 
-DEMO_STUDY = Path(__file__).resolve().parent / "studies" / "demo.yaml"
-DEFAULT_STORAGE = Path("runs") / "studies"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEMO_STUDY = REPO_ROOT / "sweeps" / "studies" / "demo.yaml"
+DEFAULT_STORAGE = "runs/studies"
+
+
+def choose_study(arg: str | None) -> tuple[Path, str]:
+    """The spec to run and where its name came from: ``--study``, ``$MODALTUNE_STUDY``, else the demo.
+
+    A relative path that does not exist from the working directory is taken relative to the
+    repository: ``ray submit`` runs a copy of the script in the home folder, and a cluster
+    config names its study as ``sweeps/studies/NAME.yaml``.
+    """
+    if arg:
+        name, source = arg, "--study"
+    elif os.environ.get("MODALTUNE_STUDY"):
+        name, source = os.environ["MODALTUNE_STUDY"], "$MODALTUNE_STUDY"
+    else:
+        name, source = str(DEMO_STUDY), "the default demo study"
+    path = Path(name).expanduser()
+    if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
+        path = REPO_ROOT / path
+    return path, source
+
+
+def choose_storage(arg: str | None, spec_storage: str | None) -> str:
+    """``--storage``, else ``$MODALTUNE_STORAGE`` (set by a cluster config), else the spec's, else runs/studies."""
+    return arg or os.environ.get("MODALTUNE_STORAGE") or spec_storage or DEFAULT_STORAGE
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sweeps/ablation.py", description="Run a ModalTune ablation study with Ray Tune + Optuna.")
     parser.add_argument("--study", help="study spec (YAML); default: $MODALTUNE_STUDY, else the demo study")
-    parser.add_argument("--storage", help="folder (or URI) that holds studies; default: the spec's 'storage', else runs/studies")
+    parser.add_argument(
+        "--storage",
+        help="folder that holds studies, shared by every node on a cluster; "
+        "default: $MODALTUNE_STORAGE, else the spec's 'storage', else runs/studies",
+    )
     parser.add_argument("--resume", action="store_true", help="continue the interrupted study in the storage folder")
-    parser.add_argument("--address", help="Ray cluster to join ('auto' on a cluster node); default: $RAY_ADDRESS, else an embedded Ray")
+    parser.add_argument(
+        "--address",
+        help="Ray cluster to join ('auto' on a cluster node, 'local' for an embedded Ray); "
+        "default: $RAY_ADDRESS, else the cluster `ray start` started on this node, else an embedded Ray",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Tune's classic reporter shows our factor and metric columns; the new one ignores them.
@@ -29,15 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one "study created" line per cell otherwise
 
     from sweeps.spec import load_study_spec
-    from sweeps.storage import StorageError
+    from sweeps.storage import StorageError, storage_folder
     from sweeps.study import run_study
 
-    study = args.study or os.environ.get("MODALTUNE_STUDY") or str(DEMO_STUDY)
-    source = "--study" if args.study else ("$MODALTUNE_STUDY" if os.environ.get("MODALTUNE_STUDY") else "the default demo study")
+    study, source = choose_study(args.study)
     print(f"study: {study} (from {source})", flush=True)
     try:
         spec = load_study_spec(study)
-        storage = Path(args.storage or spec.storage or DEFAULT_STORAGE)
+        storage = storage_folder(choose_storage(args.storage, spec.storage))
         outcome = run_study(spec, storage, resume=args.resume, address=args.address)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -17,11 +17,29 @@ from pathlib import Path
 
 from ray.tune.stopper import Stopper
 
+from modaltune.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 
 class StorageError(RuntimeError):
     """The study's storage is unwritable or (nearly) full; the message says which and how much."""
+
+
+def storage_folder(value: str) -> Path:
+    """The study storage as a folder; an object-store URI (``s3://``, ``gs://``) is refused.
+
+    Why not a URI: every Ray Train worker writes its run folder (checkpoints, metrics,
+    predictions) and the driver rewrites ``results.parquet`` with temp-file-and-rename, all
+    through the file system. On a cluster the folder must be one every node mounts (NFS, EFS,
+    FSx); that is what makes results and checkpoints survive the loss of a node.
+    """
+    if "://" in value:
+        raise InputError(
+            f"storage {value!r} is a URI; a study needs a folder every node mounts (e.g. EFS or NFS at "
+            "/mnt/data/studies): its workers write checkpoints, metrics and predictions as files"
+        )
+    return Path(value).expanduser()
 
 
 def free_mb(path: Path) -> float:

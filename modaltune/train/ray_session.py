@@ -1,4 +1,11 @@
-"""Connecting to Ray: a running cluster when one is named, else an embedded local instance."""
+"""Connecting to Ray: the cluster this process was launched on, else an embedded local instance.
+
+Which one, in order: an explicit ``address`` (``"local"`` forces an embedded Ray), then
+``RAY_ADDRESS``, then the cluster ``ray start`` launched on this node (the file Ray's own
+``ray.init()`` reads; it is how a script under ``ray submit`` finds its cluster), else an
+embedded Ray. The embedded case passes ``address="local"`` so that Ray never goes looking for
+a cluster on its own: what we join is always the one this module chose and logged.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +14,12 @@ import os
 from pathlib import Path
 
 import ray
+from ray._private.services import find_bootstrap_address
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_EXTENSIONS_DIR = Path.home() / ".cache" / "modaltune" / "torch_extensions"
+LOCAL = "local"  # Ray's own name for "start a new local instance"
 
 
 def worker_env(use_gpu: bool) -> dict[str, str]:
@@ -28,21 +37,38 @@ def worker_env(use_gpu: bool) -> dict[str, str]:
     return env
 
 
-def connect(address: str | None = None, *, use_gpu: bool = False, num_cpus: int | None = None) -> None:
-    """``address`` (or ``RAY_ADDRESS``) joins a cluster; otherwise start Ray in this process.
+def cluster_address(address: str | None = None) -> str | None:
+    """The Ray cluster to join, or ``None`` for an embedded Ray (see the module docstring)."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address == LOCAL:
+        return None
+    if address:
+        return address
+    # Written by `ray start` under Ray's temp dir ($RAY_TMPDIR or $TMPDIR, else /tmp) and removed
+    # by `ray stop`; an embedded `ray.init()` never writes it.
+    return find_bootstrap_address(None)
 
+
+def connect(address: str | None = None, *, use_gpu: bool = False, num_cpus: int | None = None) -> None:
+    """Join the cluster ``cluster_address(address)`` names, else start Ray in this process.
+
+    ``num_cpus`` only sizes an embedded Ray; a cluster's nodes declare their own resources.
     Does nothing when Ray is already initialised (e.g. a sweep driver started it).
     """
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS")
     env = worker_env(use_gpu)
     os.environ.update({k: v for k, v in env.items() if k not in os.environ})
     # ERROR: Ray Train V2's placement-group cleaner warns every second that it cannot query
     # the controller's state when the dashboard is off; harmless, and it drowns the epoch lines.
     logging_config = ray.LoggingConfig(log_level="ERROR")
-    if address:
-        logger.info("connecting to the Ray cluster at %s", address)
-        ray.init(address=address, runtime_env={"env_vars": env}, logging_config=logging_config)
+    target = cluster_address(address)
+    if target:
+        logger.info("joining the Ray cluster at %s", target)
+        ray.init(address=target, runtime_env={"env_vars": env}, logging_config=logging_config)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env}, logging_config=logging_config)
+        logger.info("starting an embedded Ray in this process")
+        ray.init(
+            address=LOCAL, num_cpus=num_cpus, include_dashboard=False,
+            runtime_env={"env_vars": env}, logging_config=logging_config,
+        )

@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", type=Path, help="run config YAML (default: a small CPU run of about two minutes)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. optim.lr=1e-3")
     train.add_argument("--output", type=Path, required=True, help="run folder; re-running with it resumes")
-    train.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
+    train.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else the cluster `ray start` started on this node, else an embedded Ray; 'local' forces embedded)")
     train.add_argument("--resume-from", help="a checkpoint folder to start from")
     train.set_defaults(run=_cmd_train)
 

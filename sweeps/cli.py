@@ -1,4 +1,4 @@
-"""Command line of ``sweeps/ablation.py``: parse, run the study, print the headline table."""
+"""Command line of ``sweeps/ablation.py``: parse, run the study, print its headline, report and selected model."""
 
 from __future__ import annotations
 

@@ -33,8 +33,10 @@ test: install
 	$(BIN)/python -m pytest -q tests
 
 # On demand only, never in CI: each benchmark prints its ratios and a `BENCH name ...` line.
+# The GPU one is separate: bash benchmarks/bench_gpu.sh on a single-GPU machine.
 bench: install
 	$(BIN)/python benchmarks/bench_io.py
+	$(BIN)/python benchmarks/bench_step.py
 	$(BIN)/python benchmarks/bench_sweep.py
 
 clean:

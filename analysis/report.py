@@ -96,9 +96,10 @@ def analyze_study(study_dir: str | Path, metric: str | None = None, n_boot: int 
 
 
 def _n_folds(spec: StudySpec) -> int:
+    """Folds that take turns in training and validation (for the corrected t-test's n_test/n_train)."""
     from modaltune.data.layout import CohortLayout, read_manifest
 
-    return read_manifest(CohortLayout(spec.cohort)).n_folds
+    return read_manifest(CohortLayout(spec.cohort)).n_folds - (spec.test_fold is not None)
 
 
 class _ReportBuilder:

@@ -48,6 +48,8 @@ class CaseBatch:
     survival_bin: int
     event: int
     time: float
+    all_tiles: bool = False  # every tile of the case, in slide order (no random cap): its prefix may be cached
+    prefix: torch.Tensor | None = None  # the frozen encoder's cached output before the first adapter
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "CaseBatch":
         def move(t: torch.Tensor | None, floating: bool = True) -> torch.Tensor | None:
@@ -58,6 +60,7 @@ class CaseBatch:
         return CaseBatch(
             self.case_id, self.cohort, move(self.features), move(self.coords, floating=False), move(self.rna),
             move(self.clinical), move(self.targets), self.subtype_index, self.survival_bin, self.event, self.time,
+            self.all_tiles, move(self.prefix),
         )  # type: ignore[arg-type]
 
 
@@ -95,11 +98,12 @@ class Objective(nn.Module, ABC):
     def _outputs(self, model: ModalTuneModel, batch: CaseBatch) -> dict[str, torch.Tensor]:
         """One embedding (1, out_dim) per task of this objective.
 
-        The frozen prefix is computed once and the task passes run as one batch of
-        ``len(tasks)`` copies that differ only in their task token.
+        The frozen prefix is computed once (or comes cached with the batch) and the task passes
+        run as one batch of ``len(tasks)`` copies that differ only in their task token.
         """
         n = len(self.tasks)
-        prefix = model.encode_prefix(batch.features, batch.coords).expand(n, -1, -1)
+        prefix = batch.prefix if batch.prefix is not None else model.encode_prefix(batch.features, batch.coords)
+        prefix = prefix.expand(n, -1, -1)
         task_ids = torch.tensor([TASKS.index(t) for t in self.tasks], device=batch.features.device)
         rna = batch.rna.expand(n, -1) if batch.rna is not None else None
         outputs = model.forward_from_prefix(prefix, task_ids, rna, batch.clinical.expand(n, -1))

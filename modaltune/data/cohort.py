@@ -49,6 +49,7 @@ class CaseSample:
     coords: np.ndarray  # (N, 2) int32
     rna: np.ndarray | None  # (sum of group sizes,) float32, pathway-grouped
     clinical: np.ndarray  # (CLINICAL_VECTOR_SIZE,) float32
+    all_tiles: bool = True  # False when a random cap chose some of the tiles
 
 
 class Cohort:
@@ -143,6 +144,7 @@ class Cohort:
             coords=coords,
             rna=self.rna_vector(case_id) if self.has_rna else None,
             clinical=encode_clinical(record.clinical),
+            all_tiles=max_tiles is None or sum(s.n_tiles for s in slides) <= max_tiles,
         )
 
     @cached_property

@@ -60,6 +60,7 @@ class CaseBatcher:
             survival_bin=self.bank.bins.bin_of(record.time),
             event=record.event,
             time=record.time,
+            all_tiles=sample.all_tiles,
         )
 
     def _targets(self, case_id: str) -> np.ndarray:

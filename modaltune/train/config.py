@@ -123,6 +123,7 @@ class TrainConfig(_Section):
     text_encoder: str = "minilm"
     max_tiles: int | None = Field(default=25000, ge=1)
     evaluate_every: int = Field(default=1, ge=1)
+    prefix_cache: bool = True  # cache the frozen layers before the first adapter per case (modaltune/train/prefix_cache.py)
     model: ModelSection = Field(default_factory=ModelSection)
     optim: OptimSection = Field(default_factory=OptimSection)
     engine: EngineSection = Field(default_factory=EngineSection)

@@ -15,7 +15,7 @@ import socket
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +28,14 @@ import torch.distributed as dist
 from modaltune.atomic import write_json_atomic, write_parquet_atomic
 from modaltune.data import Cohort
 from modaltune.models import ModalTuneModel
-from modaltune.objectives import DistillObjective, build_objective
+from modaltune.objectives import CaseBatch, DistillObjective, build_objective
 from modaltune.text import LabelBank
 from modaltune.train.batches import CaseBatcher, seeded_batches
 from modaltune.train.checkpoints import TrainState, directory_bytes, load_checkpoint, save_checkpoint
 from modaltune.train.config import TrainConfig
 from modaltune.train.engines import BuiltEngine, build_engine
 from modaltune.train.loop import TrainModule, collect_case_outputs, predict_cases, score_case_outputs, train_epoch
+from modaltune.train.prefix_cache import open_prefix_cache, with_prefixes
 from modaltune.train.records import upsert_epoch_rows
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         logger.info("rank %d resumed after epoch %d", rank, state.epoch)
 
     batcher = CaseBatcher(cohort, bank, train_ids, use_rna="rna" in config.model.modalities, max_tiles=config.max_tiles)
+    zero_stage = built.engine.zero_optimization_stage() if built.backend == "deepspeed" else None  # type: ignore[attr-defined]
+    cache = open_prefix_cache(config.prefix_cache, cohort.layout.cache_dir / "prefix", model, built.dtype, zero_stage)
     classes_of = {name: cohort.labels.subtypes_of(name) for name in cohort.labels.cohorts}
     writer = _tensorboard(paths.get("tensorboard")) if rank == 0 else None
 
@@ -84,12 +87,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         order = [train_ids[i] for i in np.random.default_rng([config.seed, epoch]).permutation(len(train_ids))]
         shard = order[rank::world][:steps_per_epoch]  # equal steps on every rank
         module.train()
-        losses = _mean_across_ranks(train_epoch(built.engine, seeded_batches(batcher, config.seed, epoch, device, built.dtype), shard))
+        losses = _mean_across_ranks(train_epoch(built.engine, with_prefixes(seeded_batches(batcher, config.seed, epoch, device, built.dtype), cache), shard))
         metrics: dict[str, Any] = {"epoch": epoch, **{f"train_{k}": v for k, v in losses.items()}}
         metrics |= {"lr": built.lr(), "grad_norm": built.grad_norm()}
         final = epoch + 1 == config.optim.epochs
         if (epoch + 1) % config.evaluate_every == 0 or final:
-            outputs = _Outputs(module, batcher, built, device, config, classes_of, rank, world)
+            outputs = _Outputs(with_prefixes(seeded_batches(batcher, config.seed, "evaluation", device, built.dtype), cache), module, classes_of, rank, world)
             scores, predictions = outputs.score(train_ids, val_ids)
             metrics |= {f"val_{k}": v for k, v in scores.items()}
             stop = _early_stopping(state, config, epoch, metrics)
@@ -163,11 +166,9 @@ class _Outputs:
     """
 
     def __init__(
-        self, module: TrainModule, batcher: CaseBatcher, built: BuiltEngine, device: torch.device, config: TrainConfig,
-        classes_of: dict[str, list[str]], rank: int, world: int,
+        self, batches: Callable[[str], CaseBatch], module: TrainModule, classes_of: dict[str, list[str]], rank: int, world: int,
     ) -> None:
-        self.module, self.classes_of, self.rank, self.world = module, classes_of, rank, world
-        self.batches = seeded_batches(batcher, config.seed, "evaluation", device, built.dtype)
+        self.batches, self.module, self.classes_of, self.rank, self.world = batches, module, classes_of, rank, world
         self._train_rows: list[dict] | None = None
 
     def rows(self, ids: Sequence[str]) -> list[dict]:

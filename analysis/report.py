@@ -28,6 +28,7 @@ from analysis.summary import cell_summary, final_epochs, format_summary, load_st
 from analysis.survival import bootstrap_c_index, ipcw_metrics, logrank_by_cohort, pooled_out_of_fold, risk_groups, summarise_ipcw
 from analysis.tuning import param_importances, pareto_front
 from modaltune.atomic import write_text_atomic
+from modaltune.data.layout import CohortLayout, read_manifest
 from modaltune.errors import InputError
 from sweeps.spec import StudyLayout, StudySpec
 
@@ -51,7 +52,7 @@ class Report:
             parts.append(self.comparisons)
         if self.selection is not None:
             row = self.selection.row
-            parts.append(f"selected (1-SE rule on {self.selection.metric}): trial {self.selection.trial_id}, cell {row['cell']}, {row['mean']:.4f} ± {row['se']:.4f} (SE)")
+            parts.append(f"selected (1-SE rule on {self.selection.metric}): trial {self.selection.trial_id}, cell {row['cell']}, {self.selection.score_text}")
         parts.append(f"report: {self.html}")
         return "\n\n".join(parts)
 
@@ -97,8 +98,6 @@ def analyze_study(study_dir: str | Path, metric: str | None = None, n_boot: int 
 
 def _n_folds(spec: StudySpec) -> int:
     """Folds that take turns in training and validation (for the corrected t-test's n_test/n_train)."""
-    from modaltune.data.layout import CohortLayout, read_manifest
-
     return read_manifest(CohortLayout(spec.cohort)).n_folds - (spec.test_fold is not None)
 
 
@@ -209,7 +208,7 @@ def _selection_section(
         f"within one SE of the best ({selection.best_trial_id}, bar {selection.bar:.4f}), the one with the fewest "
         f"trainable parameters. **Selected: trial `{selection.trial_id}`** (cell {row['cell']}: "
         + ", ".join(f"{f} = {row[f]}" for f in spec.factors)
-        + f"), {metric} {row['mean']:.4f} ± {row['se']:.4f} (SE, n = {int(row['n'])}), {int(row['trainable_params']):,} trainable parameters.\n"
+        + f"), {metric} {selection.score_text}, {int(row['trainable_params']):,} trainable parameters.\n"
     )
     builder.text(f"> {OPTIMISM_NOTE} It was chosen among {len(selection.candidates)} candidates.\n")
     columns = ["trial_id", "cell", *spec.factors, *[p for p in spec.search.params if p in selection.candidates.columns], "mean", "se", "n", "trainable_params", "within_1se", "selected"]

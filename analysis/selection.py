@@ -52,6 +52,13 @@ class Selection:
     def row(self) -> pd.Series:
         return self.candidates.set_index("trial_id").loc[self.trial_id]
 
+    @property
+    def score_text(self) -> str:
+        """The selected trial's score, e.g. ``0.6865 ± 0.0215 (SE, n = 2)``."""
+        row = self.row
+        spread = "no SE" if math.isnan(row["se"]) else f"SE, n = {int(row['n'])}"
+        return f"{row['mean']:.4f}" + ("" if math.isnan(row["se"]) else f" ± {row['se']:.4f}") + f" ({spread})"
+
 
 def final_checkpoint(run_dir: Path) -> Path:
     """The checkpoint of a repetition's last epoch (Ray Train keeps every epoch's)."""

@@ -109,7 +109,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
     selection, path = select_and_export(args.study_dir, metric=args.metric)
     row = selection.row
     print(selection.candidates.head(10).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    print(f"\nselected trial {selection.trial_id} (cell {row['cell']}): {selection.metric} {row['mean']:.4f} ± {row['se']:.4f} (SE), "
+    print(f"\nselected trial {selection.trial_id} (cell {row['cell']}): {selection.metric} {selection.score_text}, "
           f"{int(row['trainable_params']):,} trainable parameters; best was {selection.best_trial_id}")
     print(f"exported to {path} (model card: {path / 'MODEL_CARD.md'})")
     return 0

@@ -1,0 +1,55 @@
+"""An exported fold model predicts new cases as it would have in training, for the distill
+objective too, whose probes are refitted on the training embeddings saved with the model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from modaltune import predict
+from modaltune.atomic import write_parquet_atomic
+from modaltune.data import Cohort
+from modaltune.models import ModalTuneModel
+from modaltune.objectives import build_objective
+from modaltune.text import build_label_bank, build_text_encoder
+from modaltune.train.batches import CaseBatcher, seeded_batches
+from modaltune.train.config import load_train_config
+from modaltune.train.loop import TrainModule, collect_case_outputs, predict_cases
+
+
+def test_a_distill_member_refits_its_probes_on_the_saved_training_embeddings(small_cohort: Path, tmp_path: Path) -> None:
+    cohort = Cohort(small_cohort)
+    config = load_train_config(None, ["objective=distill", "text_encoder=onehot", "model.out_dim=16", "model.modalities=[wsi, rna]", "max_tiles=null"])
+    train_ids, val_ids = cohort.split(config.fold)
+    bank = build_label_bank(cohort, build_text_encoder(config.text_encoder, cohort.labels), train_ids, out_dim=16)
+    torch.manual_seed(config.model.encoder_init_seed)  # as the training worker builds it
+    model = ModalTuneModel(config.model.build(tuple(cohort.rna_group_sizes), cohort.manifest.feature_dim))
+    torch.manual_seed(123)  # adapters as if trained: anything but the init predict would make
+    module = TrainModule(model, build_objective("distill", bank)).eval()
+    with torch.no_grad():
+        for param in module.trainable_parameters():
+            param.normal_(0, 0.05)
+    classes_of = {name: cohort.labels.subtypes_of(name) for name in cohort.labels.cohorts}
+    batches = seeded_batches(CaseBatcher(cohort, bank, train_ids, use_rna=True), config.seed, "evaluation", torch.device("cpu"), torch.float32)
+    train_rows = collect_case_outputs(module, batches, train_ids)
+    expected = predict_cases(module.objective, train_rows, collect_case_outputs(module, batches, val_ids), classes_of)
+
+    member = tmp_path / "best" / predict.MEMBERS_DIR / "fold0_seed0"
+    member.mkdir(parents=True)
+    torch.save({name: p.detach().clone() for name, p in module.named_parameters() if p.requires_grad}, member / predict.ADAPTER)
+    (member / predict.CONFIG).write_text(json.dumps({"train": config.model_dump()}))
+    bank.save(member / predict.LABEL_BANK)
+    train_frame = predict_cases(module.objective, train_rows, train_rows, classes_of)
+    for column in [c for c in train_frame.columns if c.startswith("embedding_") or c == "class_probabilities"]:
+        train_frame[column] = [np.asarray(v, dtype=np.float32).tolist() for v in train_frame[column]]
+    write_parquet_atomic(member / predict.TRAIN_CASES, pa.Table.from_pandas(train_frame, preserve_index=False))
+    matrix = cohort.rna_matrix(train_ids)
+    np.savez(member / predict.RNA_NORMALIZER, mean=matrix.mean(axis=0), std=matrix.std(axis=0))
+
+    got = predict.predict_member(member, cohort, val_ids, classes_of)
+    assert np.allclose(got["risk"], expected["risk"], atol=1e-4)
+    assert list(got["predicted_subtype"]) == list(expected["predicted_subtype"])

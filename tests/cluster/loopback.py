@@ -129,17 +129,23 @@ def ensure_user(name: str = USER) -> User:
 def traversable(user: User, targets: Sequence[Path]) -> Iterator[None]:
     """Let ``user`` reach ``targets`` while the block runs: an ACL entry granting search (x), and
     nothing else, on each ancestor folder it cannot enter (e.g. /root above a pyenv interpreter
-    that the venv links to); afterwards each folder's ACL is as it was."""
+    that the venv links to), and read + search on a target folder it cannot list (a checkout in
+    a private ``mktemp -d`` folder, as CI makes); afterwards each folder's ACL is as it was."""
     granted: dict[Path, bool] = {}  # folder -> had an extended ACL before
+
+    def grant(folder: Path, permissions: str) -> None:
+        getfacl = ["getfacl", "--skip-base", "--absolute-names", str(folder)]
+        acl = subprocess.run(getfacl, capture_output=True, text=True, check=True)
+        granted.setdefault(folder, bool(acl.stdout.strip()))
+        subprocess.run(["setfacl", "-m", f"u:{user.name}:{permissions}", str(folder)], check=True)
+
     try:
         for target in targets:
             for folder in reversed(target.parents):
-                if folder in granted or user.can("-x", folder):
-                    continue
-                getfacl = ["getfacl", "--skip-base", "--absolute-names", str(folder)]
-                acl = subprocess.run(getfacl, capture_output=True, text=True, check=True)
-                granted[folder] = bool(acl.stdout.strip())
-                subprocess.run(["setfacl", "-m", f"u:{user.name}:x", str(folder)], check=True)
+                if folder not in granted and not user.can("-x", folder):
+                    grant(folder, "x")
+            if target.is_dir() and not (user.can("-x", target) and user.can("-r", target)):
+                grant(target, "rx")
         yield
     finally:
         for folder, extended in granted.items():

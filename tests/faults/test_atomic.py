@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from modaltune.atomic import write_text_atomic
+
 WRITER = """
 import sys, numpy as np, pyarrow as pa
 from modaltune.atomic import write_parquet_atomic
@@ -38,3 +40,11 @@ def test_killed_writer_leaves_a_whole_previous_version(tmp_path: Path) -> None:
     table = pd.read_parquet(target)
     assert len(table) == 400_000 and table["version"].nunique() == 1
     assert (table["value"].to_numpy() == range(400_000)).all()
+
+
+def test_atomic_files_are_as_readable_as_plain_ones(tmp_path: Path) -> None:
+    """Results on shared storage must be readable by the cluster's other users, as the umask allows."""
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    write_text_atomic(tmp_path / "atomic.txt", "x")
+    assert (tmp_path / "atomic.txt").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777

@@ -151,8 +151,8 @@ def test_selected_model_is_exported_and_predicts_like_it_validated(smoke: Smoke,
 
     # A cohort from another feature extractor is refused before any slide is read.
     other = tmp_path / "other"
-    assert cli_main(["synth", str(other), "--cohorts", "NSCLC", "--slides-per-cohort", "6", "--feature-dim", "16",
-                     "--min-tiles", "4", "--max-tiles", "8", "--genes", "20", "--pathways", "2", "--folds", "2"]) == 0
+    assert cli_main(["synth", str(other), "--cohorts", "NSCLC", "--slides-per-cohort", "12", "--feature-dim", "16",
+                     "--min-tiles", "4", "--max-tiles", "8", "--genes", "20", "--pathways", "4", "--folds", "2"]) == 0
     assert cli_main(["predict", str(best), "--cohort", str(other), "--out", str(tmp_path / "other.parquet")]) == 2
 
 

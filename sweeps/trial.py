@@ -70,7 +70,7 @@ def run_trial(config: dict[str, Any], plan: StudyPlan) -> None:
         started = time.time()
         scores = _run_repetition(plan, trial_id, cell.id, params, repetition, finished)
         finished.append(scores)
-        write_json_atomic(marker, {"trial_id": trial_id, "repetition": repetition.name, "scores": scores, "seconds": time.time() - started})
+        write_json_atomic(marker, {"trial_id": trial_id, "repetition": repetition.name, "scores": scores, "started": started, "seconds": time.time() - started})
         tune.report(_repetition_report(plan, repetition, finished))
         reported = True
     if not reported:  # every repetition was already done: say so once, for the scheduler and searcher

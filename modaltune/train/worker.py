@@ -105,7 +105,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         else:
             stop = False
         state.epoch = epoch
-        metrics |= {"best_epoch": state.best_epoch, "epoch_time_s": time.time() - started, "engine": built.backend}
+        metrics |= {"best_epoch": state.best_epoch, "epoch_time_s": time.time() - started, "epoch_started_at": started, "engine": built.backend}
         metrics["frozen_checksum"] = _frozen_checksum(module, built)
         _report(metrics, built, module, state, loop_config, rank, paths, writer)
         if stop:

@@ -4,8 +4,9 @@ Runs ``sweeps/ablation.py`` on the ``tiny`` study (one cell, N trials, one fold,
 time so the sums add up) and splits the wall time into training (sum of epoch times), the
 driver (Ray start, validation, label banks, Tune, the closing report), and each repetition's
 phases from its own timestamps: Ray Train's launch until our worker code runs, worker setup,
-epochs, checkpoint + report between epochs, and the last report + teardown. Prints a
-``BENCH sweep`` line.
+epochs, checkpoint + report between epochs, and the last report + teardown. It runs the study
+twice, with Ray Train's controller polling its workers every 0.25 s (what modaltune sets) and
+every 2 s (Ray's default), and prints both side by side and a ``BENCH sweep`` line.
 
     .venv/bin/python benchmarks/bench_sweep.py [--trials 4] [--epochs 5]
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -23,7 +25,12 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from modaltune.train.ray_session import HEALTH_CHECK_INTERVAL_S
+
 REPO = Path(__file__).resolve().parents[1]
+
+
+SETTINGS = {"ours": HEALTH_CHECK_INTERVAL_S, "ray default": "2.0"}  # Ray Train V2's controller poll interval, s
 
 
 def main() -> None:
@@ -40,34 +47,41 @@ def main() -> None:
         raw["train"]["optim"]["epochs"] = args.epochs
         spec = root / "bench.yaml"
         spec.write_text(yaml.safe_dump(raw), encoding="utf-8")
-        command = [sys.executable, str(REPO / "sweeps" / "ablation.py"), "--study", str(spec), "--storage", str(root / "studies")]
-        # A first run generates the cohort and warms the page cache, so the measured run does not pay for it.
-        subprocess.run(command[:-1] + [str(root / "warm")], check=True, capture_output=True)
-        started = time.perf_counter()
-        subprocess.run(command, check=True, capture_output=True)
-        wall = time.perf_counter() - started
+        command = [sys.executable, str(REPO / "sweeps" / "ablation.py"), "--study", str(spec), "--storage"]
+        # A first run generates the cohort and warms the page cache, so the measured runs do not pay for it.
+        subprocess.run([*command, str(root / "warm")], check=True, capture_output=True)
+        measured = {name: _measure(command, root / name.replace(" ", "-"), interval) for name, interval in SETTINGS.items()}
+    print(f"{args.trials} trials x 1 repetition x {args.epochs} epochs, one at a time; Ray Train controller poll every "
+          + " s vs ".join(SETTINGS.values()) + " s")
+    rows = [
+        ("wall", "wall"), ("training (epochs)", "training"), ("driver (Ray start, validation, label banks, Tune, report, export)", "driver"),
+        ("per repetition", "total"), ("  Ray Train launch (until our worker code runs)", "launch"),
+        ("  worker setup (cohort, label bank, model, engine)", "setup"), ("  epochs (train + eval)", "epochs"),
+        ("  checkpoint + report between epochs", "reports"), ("  last report + teardown", "teardown"),
+        ("overhead / training", "overhead"),
+    ]
+    print(f"  {'':68} " + " ".join(f"{name:>12}" for name in SETTINGS))
+    for label, key in rows:
+        print(f"  {label:68} " + " ".join(f"{measured[name][key]:12.2f}" for name in SETTINGS))
+    ours, default = measured["ours"], measured["ray default"]
+    print(f"  wall, Ray's default / ours: {default['wall'] / ours['wall']:.2f}x")
+    print(
+        "BENCH sweep " + " ".join(f"{key}_s={ours[key]:.1f}" for key in ("wall", "training", "driver", "total", "launch", "setup", "reports", "teardown"))
+        + f" overhead_ratio={ours['overhead']:.2f} default_poll_overhead_ratio={default['overhead']:.2f} speedup_vs_default_poll={default['wall'] / ours['wall']:.2f}"
+    )
 
-        study = root / "studies" / "bench"
-        results = pd.read_parquet(study / "results.parquet")
-        phases = pd.DataFrame([_phases(run) for run in sorted((study / "trials").glob("*/*/repetition.json"))])
-    training = float(results["epoch_time_s"].sum())
-    repetition_wall = float(phases["total"].sum())
-    driver = wall - repetition_wall
-    per = phases.mean()
-    print(f"{args.trials} trials x 1 repetition x {args.epochs} epochs, one at a time")
-    print(f"  wall                       {wall:7.1f} s")
-    print(f"  training (epochs)          {training:7.1f} s")
-    print(f"  driver                     {driver:7.1f} s  (Ray start, validation, label banks, Tune, report and model export)")
-    print(f"  per repetition             {per['total']:7.1f} s, of which:")
-    print(f"    Ray Train launch         {per['launch']:7.1f} s  (controller, worker group, process group: until our worker code runs)")
-    print(f"    worker setup             {per['setup']:7.1f} s  (cohort, label bank, model, engine, until epoch 0 starts)")
-    print(f"    epochs (train + eval)    {per['epochs']:7.1f} s")
-    print(f"    checkpoint + report      {per['reports']:7.1f} s  (between epochs)")
-    print(f"    last report + teardown   {per['teardown']:7.1f} s")
-    overhead = (wall - training) / training
-    print(f"  overhead / training        {overhead:7.2f}")
-    print(f"BENCH sweep wall_s={wall:.1f} training_s={training:.1f} repetition_s={per['total']:.1f} launch_s={per['launch']:.1f} "
-          f"setup_s={per['setup']:.1f} reports_s={per['reports']:.1f} teardown_s={per['teardown']:.1f} driver_s={driver:.1f} overhead_ratio={overhead:.2f}")
+
+def _measure(command: list[str], storage: Path, interval: str) -> dict[str, float]:
+    """Run the study once with the controller polling every ``interval`` s; where the time went."""
+    env = os.environ | {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": interval}
+    started = time.perf_counter()
+    subprocess.run([*command, str(storage)], check=True, capture_output=True, env=env)
+    wall = time.perf_counter() - started
+    study = storage / "bench"
+    training = float(pd.read_parquet(study / "results.parquet")["epoch_time_s"].sum())
+    phases = pd.DataFrame([_phases(run) for run in sorted((study / "trials").glob("*/*/repetition.json"))])
+    return {"wall": wall, "training": training, "driver": wall - float(phases["total"].sum()),
+            **phases.mean().to_dict(), "overhead": (wall - training) / training}
 
 
 def _phases(marker: Path) -> dict[str, float]:

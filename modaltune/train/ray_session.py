@@ -18,6 +18,7 @@ from ray._private.services import find_bootstrap_address
 
 logger = logging.getLogger(__name__)
 
+HEALTH_CHECK_INTERVAL_S = "0.25"
 DEFAULT_EXTENSIONS_DIR = Path.home() / ".cache" / "modaltune" / "torch_extensions"
 LOCAL = "local"  # Ray's own name for "start a new local instance"
 
@@ -29,6 +30,10 @@ def worker_env(use_gpu: bool) -> dict[str, str]:
         "TOKENIZERS_PARALLELISM": "false",
         "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(DEFAULT_EXTENSIONS_DIR)),
     }
+    # Ray Train V2's controller polls its workers every 2 s by default, and a worker's report and
+    # the run's end wait for that poll: 0.7 s per epoch and 4 s per run on short trials
+    # (benchmarks/bench_sweep.py). A quarter second costs a few tiny actor calls per second.
+    env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S)
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME"):
         if name in os.environ:
             env[name] = os.environ[name]

@@ -24,6 +24,7 @@ from modaltune import predict
 from modaltune.atomic import write_json_atomic, write_text_atomic
 from modaltune.data import Cohort
 from modaltune.errors import InputError
+from modaltune.train.batches import RnaNormalizer
 from modaltune.train.config import TrainConfig
 from sweeps.spec import StudyLayout, StudySpec
 
@@ -78,10 +79,9 @@ def _export_member(layout: StudyLayout, trial_id: str, name: str, cohort: Cohort
     shutil.copy2(loop_config["paths"]["label_bank"], out / predict.LABEL_BANK)
     shutil.copy2(train_cases, out / predict.TRAIN_CASES)
     write_json_atomic(out / predict.CONFIG, {"train": loop_config["train"]})
-    if "rna" in config.model.modalities:
+    if "rna" in config.model.modalities:  # the same normalisation the training worker fitted
         train_ids, _ = cohort.split(config.fold, config.cohorts, config.test_fold)
-        matrix = cohort.rna_matrix(train_ids)
-        np.savez(out / predict.RNA_NORMALIZER, mean=matrix.mean(axis=0), std=matrix.std(axis=0))
+        RnaNormalizer.fit(cohort.rna_matrix(train_ids)).save(out / predict.RNA_NORMALIZER)
 
 
 def _selection_record(spec: StudySpec, selection: Selection, test_metrics: pd.DataFrame | None) -> dict:

@@ -40,10 +40,11 @@ class Report:
     directory: Path
     markdown: Path
     html: Path
-    figures: list[Path]
     headline: str
     comparisons: str
+    spec: StudySpec
     selection: Selection | None
+    test_metrics: pd.DataFrame | None  # the selected configuration's fold models on the held-out fold
 
     def console_text(self) -> str:
         """What the command line prints: the headline table, the paired comparisons, where the report is."""
@@ -84,14 +85,14 @@ def analyze_study(study_dir: str | Path, metric: str | None = None, n_boot: int 
     comparisons = ""
     if spec.factors:
         comparisons = _ablation_sections(builder, spec, results, trials, metric, _n_folds(spec))
-    selection = _selection_section(builder, study_dir, spec, results, trials, metric, n_boot)
+    selection, test_metrics = _selection_section(builder, study_dir, spec, results, trials, metric, n_boot)
     _tuning_section(builder, spec, results, trials, metric)
     builder.text("\n## Cost\n")
     builder.text("Reserved resources x wall time per cell (what a cluster bills).\n")
     builder.table(cost_table(spec, results, trials))
     hparams = write_hparams(study_dir, spec, results, trials)
     builder.text(f"\n## TensorBoard\n\nHParams view of every trial: `tensorboard --logdir {hparams.parent}`; per-epoch curves of every run: `tensorboard --logdir {StudyLayout(study_dir).runs}`.")
-    report = builder.write(spec.name, headline, comparisons, selection)
+    report = builder.write(spec, headline, comparisons, selection, test_metrics)
     logger.info("report written to %s", report.html)
     return report
 
@@ -105,7 +106,6 @@ class _ReportBuilder:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.parts: list[str] = []
-        self.figures: list[Path] = []
 
     def text(self, text: str) -> None:
         self.parts.append(text)
@@ -115,16 +115,17 @@ class _ReportBuilder:
 
     def figure(self, draw: Callable[[Path], Path], name: str, caption: str) -> None:
         path = draw(self.directory / name)
-        self.figures.append(path)
         self.parts.append(f"![{caption}]({path.name})\n")
 
-    def write(self, title: str, headline: str, comparisons: str, selection: Selection | None) -> Report:
+    def write(
+        self, spec: StudySpec, headline: str, comparisons: str, selection: Selection | None, test_metrics: pd.DataFrame | None
+    ) -> Report:
         body = "\n".join(self.parts) + "\n"
         md_path = self.directory / "report.md"
         write_text_atomic(md_path, body)
         html_path = self.directory / "report.html"
-        write_text_atomic(html_path, _html(title, body, self.directory))
-        return Report(self.directory, md_path, html_path, self.figures, headline, comparisons, selection)
+        write_text_atomic(html_path, _html(spec.name, body, self.directory))
+        return Report(self.directory, md_path, html_path, headline, comparisons, spec, selection, test_metrics)
 
 
 def _html(title: str, body: str, directory: Path) -> str:
@@ -195,13 +196,14 @@ def _ablation_sections(builder: _ReportBuilder, spec: StudySpec, results: pd.Dat
 
 def _selection_section(
     builder: _ReportBuilder, study_dir: Path, spec: StudySpec, results: pd.DataFrame, trials: pd.DataFrame, metric: str, n_boot: int
-) -> Selection | None:
+) -> tuple[Selection | None, pd.DataFrame | None]:
+    """The selection, and its fold models' held-out metrics (None without a test fold)."""
     builder.text("\n## Model selection\n")
     try:
         selection = select_model(study_dir, spec, results, trials, metric)
     except InputError as exc:
         builder.text(f"No model selected: {exc}.")
-        return None
+        return None, None
     row = selection.row
     builder.text(
         f"Rule: best mean validation {metric} over repetitions, then the one-standard-error rule: of the trials "
@@ -218,10 +220,11 @@ def _selection_section(
         repetitions = trial_predictions(study_dir, selection.trial_id, finals[finals["trial_id"] == selection.trial_id])
     except FileNotFoundError as exc:
         builder.text(f"No held-out or survival analysis of the selected model: {exc}.")
-        return selection
-    _test_section(builder, spec, held_out_metrics(spec, repetitions))
+        return selection, None
+    test_metrics = held_out_metrics(spec, repetitions)
+    _test_section(builder, spec, test_metrics)
     _survival_section(builder, repetitions, n_boot)
-    return selection
+    return selection, test_metrics
 
 
 def _test_section(builder: _ReportBuilder, spec: StudySpec, test: pd.DataFrame | None) -> None:

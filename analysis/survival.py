@@ -28,6 +28,7 @@ from sksurv.util import Surv
 
 from analysis.predictions import RepetitionPredictions
 from modaltune.metrics import c_index
+from modaltune.predict import training_standardised_risk
 
 NO_TRAIN = "no training-set predictions for this run (written at the final epoch since this version)"
 CASE_KEYS = ["case_id", "cohort", "time", "event"]
@@ -39,9 +40,7 @@ def pooled_out_of_fold(repetitions: Sequence[RepetitionPredictions]) -> pd.DataF
     for rep in repetitions:
         val = rep.val[CASE_KEYS + ["risk"]].copy()
         if rep.train is not None:
-            stats = rep.train.groupby("cohort")["risk"].agg(["mean", "std"])
-            scale = stats["std"].where(stats["std"] > 0, 1.0)
-            val["risk"] = (val["risk"] - val["cohort"].map(stats["mean"])) / val["cohort"].map(scale)
+            val["risk"] = training_standardised_risk(val, rep.train)
         parts.append(val)
     pooled = pd.concat(parts, ignore_index=True)
     return pooled.groupby(CASE_KEYS, as_index=False, sort=True)["risk"].mean()

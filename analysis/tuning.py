@@ -35,15 +35,13 @@ def _distributions(spec: StudySpec, scores: pd.DataFrame) -> dict[str, optuna.di
     return distributions
 
 
-def _as_study(spec: StudySpec, scores: pd.DataFrame, values: list[str], directions: list[str]) -> optuna.Study:
+def _as_study(spec: StudySpec, scores: pd.DataFrame, direction: str) -> optuna.Study:
+    """The finished trials as an in-memory Optuna study, scored by their mean over repetitions."""
     distributions = _distributions(spec, scores)
-    study = optuna.create_study(directions=[("maximize" if d == "max" else "minimize") for d in directions])
+    study = optuna.create_study(direction="maximize" if direction == "max" else "minimize")
     for row in scores.to_dict("records"):
         params = {name: (str(row[name]) if name in spec.factors else row[name]) for name in distributions}
-        trial = optuna.trial.create_trial(
-            params=params, distributions=distributions, values=[row[v] for v in values], user_attrs={"trial_id": row["trial_id"]}
-        )
-        study.add_trial(trial)
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=row["mean"]))
     return study
 
 
@@ -59,7 +57,7 @@ def param_importances(
     if len(scores) < 4:
         return empty, f"{len(scores)} finished trials: too few to attribute variance (need 4 or more)"
     direction = next((m.direction for m in spec.search.metrics if m.name == metric), "max")
-    study = _as_study(spec, scores, ["mean"], [direction])
+    study = _as_study(spec, scores, direction)
     try:
         importances = optuna.importance.get_param_importances(study, evaluator=EVALUATORS[evaluator]())
     except (RuntimeError, ValueError) as exc:

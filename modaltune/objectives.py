@@ -116,21 +116,15 @@ class Objective(nn.Module, ABC):
         return total, {task: float(loss.detach()) for task, loss in losses.items()}  # type: ignore[return-value]
 
     @torch.no_grad()
-    def evaluate_case(self, model: ModalTuneModel, batch: CaseBatch) -> CaseOutputs:
-        """Loss, task embeddings and (for objectives with heads) predictions, from one pass."""
+    def evaluate_case(self, model: ModalTuneModel, batch: CaseBatch, with_loss: bool = True) -> CaseOutputs:
+        """Loss, task embeddings and (for objectives with heads) predictions, from one pass.
+        Without ``with_loss`` the loss is NaN: new cases at prediction time have no text targets."""
         outputs = self._outputs(model, batch)
-        losses = self.task_losses(outputs, batch)
+        loss = math.nan
+        if with_loss:
+            loss = float(sum(self.loss_weights[task] * value for task, value in self.task_losses(outputs, batch).items()))
         return CaseOutputs(
-            loss=float(sum(self.loss_weights[task] * loss for task, loss in losses.items())),
-            embeddings={task: out[0].float().cpu().numpy() for task, out in outputs.items()},
-            predictions=self.head_predictions(outputs, batch),
-        )
-
-    def predict_case(self, model: ModalTuneModel, batch: CaseBatch) -> CaseOutputs:
-        """Task embeddings and head predictions without a loss: for cases with no text targets."""
-        outputs = self._outputs(model, batch)
-        return CaseOutputs(
-            loss=math.nan,
+            loss=loss,
             embeddings={task: out[0].float().cpu().numpy() for task, out in outputs.items()},
             predictions=self.head_predictions(outputs, batch),
         )

@@ -132,10 +132,7 @@ def predict_member(directory: Path, cohort: Cohort, ids: list[str], classes_of: 
     with torch.no_grad():
         for name, param in trainable.items():
             param.copy_(weights[name].to(param.dtype))
-    normalizer = None
-    if use_rna:
-        stored = np.load(directory / RNA_NORMALIZER)
-        normalizer = RnaNormalizer(stored["mean"], stored["std"])
+    normalizer = RnaNormalizer.load(directory / RNA_NORMALIZER) if use_rna else None
     batcher = CaseBatcher(cohort, bank, [], use_rna=use_rna, max_tiles=config.max_tiles, rna_normalizer=normalizer)
     module.eval()
     batches = seeded_batches(batcher, config.seed, "evaluation", torch.device("cpu"), torch.float32)
@@ -143,13 +140,16 @@ def predict_member(directory: Path, cohort: Cohort, ids: list[str], classes_of: 
     train_cases = pd.read_parquet(directory / TRAIN_CASES)
     train_rows = _rows_from_frame(train_cases, classes_of) if isinstance(module.objective, DistillObjective) else []
     predictions = predict_cases(module.objective, train_rows, rows, classes_of)
-    stats = train_cases.groupby("cohort")["risk"].agg(["mean", "std", "median"])
+    medians = predictions["cohort"].map(train_cases.groupby("cohort")["risk"].median())
+    return predictions.assign(risk_z=training_standardised_risk(predictions, train_cases), above_median=predictions["risk"] > medians)
+
+
+def training_standardised_risk(cases: pd.DataFrame, train: pd.DataFrame) -> pd.Series:
+    """``cases``' risk in units of the same model's training-set risks (per cancer type): what
+    makes risks of different fold models comparable, with nothing taken from ``cases`` themselves."""
+    stats = train.groupby("cohort")["risk"].agg(["mean", "std"])
     scale = stats["std"].where(stats["std"] > 0, 1.0)
-    by_cohort = predictions["cohort"]
-    return predictions.assign(
-        risk_z=(predictions["risk"] - by_cohort.map(stats["mean"])) / by_cohort.map(scale),
-        above_median=predictions["risk"] > by_cohort.map(stats["median"]),
-    )
+    return (cases["risk"] - cases["cohort"].map(stats["mean"])) / cases["cohort"].map(scale)
 
 
 def _rows_from_frame(frame: pd.DataFrame, classes_of: dict[str, list[str]]) -> list[dict]:

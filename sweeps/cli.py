@@ -96,12 +96,14 @@ def _conclude(study_dir: Path) -> None:
     An analysis that cannot run (nothing finished yet) is reported, not fatal: the study's own
     results stand, and ``modaltune analyze`` can be run again later.
     """
-    from analysis.export import select_and_export
+    from analysis.export import export_selection
     from analysis.report import analyze_study
 
     try:
-        print("\n" + analyze_study(study_dir).console_text())
-        _, best = select_and_export(study_dir)
-        print(f"selected model exported to {best}")
+        report = analyze_study(study_dir)
+        print("\n" + report.console_text())
+        if report.selection is not None:  # the report's own selection, not chosen a second time
+            best = export_selection(study_dir, report.spec, report.selection, report.test_metrics)
+            print(f"selected model exported to {best}")
     except (InputError, OSError) as exc:
         print(f"no report or model: {exc}; run `modaltune analyze {study_dir}` once fixed", file=sys.stderr)

@@ -14,6 +14,7 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -95,8 +96,12 @@ class LabelBank:
     def targets_of(self, case_id: str) -> np.ndarray:
         return self.case_targets[self._index[case_id]]
 
-    @property
+    def has_case(self, case_id: str) -> bool:
+        return case_id in self._index
+
+    @cached_property
     def _index(self) -> dict[str, int]:
+        """Built once per bank (not per lookup: ``targets_of`` runs every training step)."""
         return {c: i for i, c in enumerate(self.case_ids)}
 
     def save(self, path: str | os.PathLike[str]) -> None:

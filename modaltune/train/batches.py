@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import zlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
+from modaltune.atomic import atomic_path
 from modaltune.data import Cohort
 from modaltune.objectives import CaseBatch
 from modaltune.text import LabelBank
@@ -22,6 +24,16 @@ class RnaNormalizer:
     @classmethod
     def fit(cls, matrix: np.ndarray) -> "RnaNormalizer":
         return cls(matrix.mean(axis=0), matrix.std(axis=0))
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, mean=self.mean, std=self.std)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "RnaNormalizer":
+        with np.load(path) as stored:
+            return cls(stored["mean"], stored["std"])
 
     def __call__(self, vector: np.ndarray) -> np.ndarray:
         return (vector - self.mean) / self.std
@@ -40,7 +52,6 @@ class CaseBatcher:
         if rna_normalizer is None and use_rna:
             rna_normalizer = RnaNormalizer.fit(cohort.rna_matrix(training_cases))
         self.rna_normalizer = rna_normalizer if use_rna else None
-        self._bank_rows = {case: i for i, case in enumerate(bank.case_ids)}
 
     def batch(self, case_id: str, rng: np.random.Generator | None = None) -> CaseBatch:
         sample = self.cohort.sample(case_id, self.max_tiles, rng)
@@ -66,10 +77,9 @@ class CaseBatcher:
     def _targets(self, case_id: str) -> np.ndarray:
         """The case's text targets; zeros for a case the bank has never seen (new slides at
         prediction time, where no loss is computed)."""
-        row = self._bank_rows.get(case_id)
-        if row is None:
+        if not self.bank.has_case(case_id):
             return np.zeros(self.bank.case_targets.shape[1:], dtype=self.bank.case_targets.dtype)
-        return np.asarray(self.bank.case_targets[row])
+        return np.asarray(self.bank.targets_of(case_id))
 
 
 def seeded_batches(batcher: CaseBatcher, seed: int, epoch: int | str, device: torch.device, dtype: torch.dtype) -> Callable[[str], CaseBatch]:

@@ -107,7 +107,7 @@ def collect_case_outputs(
         rows = []
         for case_id in case_ids:
             batch = batches(case_id)
-            outputs = objective.evaluate_case(model, batch) if with_loss else objective.predict_case(model, batch)
+            outputs = objective.evaluate_case(model, batch, with_loss)
             row = {
                 "case_id": case_id, "cohort": batch.cohort, "subtype_index": batch.subtype_index, "time": batch.time,
                 "event": batch.event, "loss": outputs.loss, "embeddings": outputs.embeddings,

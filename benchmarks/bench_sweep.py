@@ -1,6 +1,6 @@
 """Sweep overhead: a study of N short trials, its wall time against the trials' own training time.
 
-Runs ``sweeps/ablation.py`` on the ``tiny`` study (one cell, N trials, one fold, trials one at a
+Runs ``sweeps/ablation.py`` on the ``tiny`` study (one cell, N trials, --folds repetitions each, trials one at a
 time so the sums add up) and splits the wall time into training (sum of epoch times), the
 driver (Ray start, validation, label banks, Tune, the closing report), and each repetition's
 phases from its own timestamps: Ray Train's launch until our worker code runs, worker setup,
@@ -8,7 +8,7 @@ epochs, checkpoint + report between epochs, and the last report + teardown. It r
 twice, with Ray Train's controller polling its workers every 0.25 s (what modaltune sets) and
 every 2 s (Ray's default), and prints both side by side and a ``BENCH sweep`` line.
 
-    .venv/bin/python benchmarks/bench_sweep.py [--trials 4] [--epochs 5]
+    .venv/bin/python benchmarks/bench_sweep.py [--trials 4] [--epochs 5] [--folds 3]
 """
 
 from __future__ import annotations
@@ -37,12 +37,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--folds", type=int, default=3, help="repetitions per trial")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as directory:
         root = Path(directory)
         raw = yaml.safe_load((REPO / "sweeps" / "studies" / "tiny.yaml").read_text(encoding="utf-8"))
         raw["cohort"] = str(root / "cohort")
         raw["max_concurrent"] = 1
+        raw["folds"] = args.folds
         raw["search"]["trials_per_cell"] = args.trials
         raw["train"]["optim"]["epochs"] = args.epochs
         spec = root / "bench.yaml"
@@ -51,7 +53,7 @@ def main() -> None:
         # A first run generates the cohort and warms the page cache, so the measured runs do not pay for it.
         subprocess.run([*command, str(root / "warm")], check=True, capture_output=True)
         measured = {name: _measure(command, root / name.replace(" ", "-"), interval) for name, interval in SETTINGS.items()}
-    print(f"{args.trials} trials x 1 repetition x {args.epochs} epochs, one at a time; Ray Train controller poll every "
+    print(f"{args.trials} trials x {args.folds} repetitions x {args.epochs} epochs, one at a time; Ray Train controller poll every "
           + " s vs ".join(SETTINGS.values()) + " s")
     rows = [
         ("wall", "wall"), ("training (epochs)", "training"), ("driver (Ray start, validation, label banks, Tune, report, export)", "driver"),

@@ -39,7 +39,7 @@ def export_selection(study_dir: str | Path, spec: StudySpec, selection: Selectio
         for seed in spec.seeds:
             for fold in spec.fold_indices:
                 name = f"fold{fold}_seed{seed}"
-                _export_member(layout, selection.trial_id, name, cohort, staging / predict.MEMBERS_DIR / name)
+                _export_member(layout, selection.trial_id, fold, seed, cohort, staging / predict.MEMBERS_DIR / name)
                 members.append(name)
         config = TrainConfig.model_validate(json.loads((staging / predict.MEMBERS_DIR / members[0] / predict.CONFIG).read_text())["train"])
         uses_rna = "rna" in config.model.modalities
@@ -66,12 +66,12 @@ def export_selection(study_dir: str | Path, spec: StudySpec, selection: Selectio
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _export_member(layout: StudyLayout, trial_id: str, name: str, cohort: Cohort, out: Path) -> None:
-    checkpoint = final_checkpoint(layout.runs / trial_id / name)
+def _export_member(layout: StudyLayout, trial_id: str, fold: int, seed: int, cohort: Cohort, out: Path) -> None:
+    checkpoint = final_checkpoint(layout.runs / trial_id, fold, seed)
     loop_config = json.loads((checkpoint / "train_config.json").read_text(encoding="utf-8"))
     config = TrainConfig.model_validate(loop_config["train"])
     epoch = json.loads((checkpoint / "train_state.json").read_text(encoding="utf-8"))["epoch"]
-    train_cases = prediction_file(layout.predictions / trial_id / name, epoch, "train")
+    train_cases = prediction_file(layout.predictions / trial_id / f"fold{fold}_seed{seed}", epoch, "train")
     if not train_cases.exists():
         raise FileNotFoundError(f"{train_cases}: the run saved no training-set predictions; it cannot be exported")
     out.mkdir(parents=True)

@@ -19,6 +19,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -28,6 +29,7 @@ from analysis.summary import final_epochs
 from modaltune.data import Cohort
 from modaltune.errors import InputError
 from modaltune.metrics import evaluate_predictions
+from modaltune.train.checkpoints import ADAPTER_FILE, CONFIG_FILE, STATE_FILE
 from sweeps.spec import StudyLayout, StudySpec
 
 OPTIMISM_NOTE = (
@@ -35,8 +37,6 @@ OPTIMISM_NOTE = (
     "Only a held-out test fold (`test_fold` in the study spec) or nested cross-validation estimates how it "
     "will do on new patients."
 )
-ADAPTER_FILE = "adapter.pt"
-STATE_FILE = "train_state.json"
 
 
 @dataclass(frozen=True)
@@ -60,17 +60,25 @@ class Selection:
         return f"{row['mean']:.4f}" + ("" if math.isnan(row["se"]) else f" ± {row['se']:.4f}") + f" ({spread})"
 
 
-def final_checkpoint(run_dir: Path) -> Path:
-    """The checkpoint of a repetition's last epoch (Ray Train keeps every epoch's)."""
-    checkpoints = [p for p in (run_dir / "train").glob("checkpoint_*") if (p / STATE_FILE).exists()]
+def final_checkpoint(trial_dir: Path, fold: int, seed: int) -> Path:
+    """The checkpoint of one repetition's last epoch. Ray Train keeps every epoch's, of every
+    repetition of the trial, in ``trial_dir/train``; each says which run it is in its config."""
+    checkpoints = [
+        p for p in (trial_dir / "train").glob("checkpoint_*")
+        if (p / STATE_FILE).exists() and _is_repetition(json.loads((p / CONFIG_FILE).read_text(encoding="utf-8"))["train"], fold, seed)
+    ]
     if not checkpoints:
-        raise FileNotFoundError(f"{run_dir / 'train'}: no checkpoint with {STATE_FILE}")
+        raise FileNotFoundError(f"{trial_dir / 'train'}: no checkpoint of fold {fold}, seed {seed} with {STATE_FILE}")
     return max(checkpoints, key=lambda p: json.loads((p / STATE_FILE).read_text(encoding="utf-8"))["epoch"])
+
+
+def _is_repetition(train: dict[str, Any], fold: int, seed: int) -> bool:
+    return train["fold"] == fold and train["seed"] == seed
 
 
 def trainable_parameters(study_dir: Path, trial_id: str, fold: int, seed: int) -> int:
     """Number of trained weights of one trial, read from its adapter-only checkpoint."""
-    checkpoint = final_checkpoint(StudyLayout(study_dir).runs / trial_id / f"fold{fold}_seed{seed}")
+    checkpoint = final_checkpoint(StudyLayout(study_dir).runs / trial_id, fold, seed)
     weights = torch.load(checkpoint / ADAPTER_FILE, weights_only=True, map_location="cpu")
     return int(sum(t.numel() for t in weights.values()))
 

@@ -2,9 +2,10 @@
 
 Runs ``sweeps/ablation.py`` on the ``tiny`` study (one cell, N trials, --folds repetitions each, trials one at a
 time so the sums add up) and splits the wall time into training (sum of epoch times), the
-driver (Ray start, validation, label banks, Tune, the closing report), and each repetition's
-phases from its own timestamps: Ray Train's launch until our worker code runs, worker setup,
-epochs, checkpoint + report between epochs, and the last report + teardown. It runs the study
+driver (Ray start, validation, label banks, Tune, the closing report), and each trial's
+phases from its own timestamps: Ray Train's launch until our worker code runs (once per trial:
+its repetitions share one worker group), worker setup of every repetition, epochs, checkpoint +
+report between epochs, and the gaps between repetitions plus the last report and teardown. It runs the study
 twice, with Ray Train's controller polling its workers every 0.25 s (what modaltune sets) and
 every 2 s (Ray's default), and prints both side by side and a ``BENCH sweep`` line.
 
@@ -57,9 +58,9 @@ def main() -> None:
           + " s vs ".join(SETTINGS.values()) + " s")
     rows = [
         ("wall", "wall"), ("training (epochs)", "training"), ("driver (Ray start, validation, label banks, Tune, report, export)", "driver"),
-        ("per repetition", "total"), ("  Ray Train launch (until our worker code runs)", "launch"),
-        ("  worker setup (cohort, label bank, model, engine)", "setup"), ("  epochs (train + eval)", "epochs"),
-        ("  checkpoint + report between epochs", "reports"), ("  last report + teardown", "teardown"),
+        ("per trial", "total"), ("  Ray Train launch (until our worker code runs)", "launch"),
+        ("  worker setup, all repetitions (cohort, label bank, model, engine)", "setup"), ("  epochs (train + eval)", "epochs"),
+        ("  checkpoint + report between epochs", "reports"), ("  between repetitions, last report + teardown", "teardown"),
         ("overhead / training", "overhead"),
     ]
     print(f"  {'':68} " + " ".join(f"{name:>12}" for name in SETTINGS))
@@ -81,27 +82,29 @@ def _measure(command: list[str], storage: Path, interval: str) -> dict[str, floa
     wall = time.perf_counter() - started
     study = storage / "bench"
     training = float(pd.read_parquet(study / "results.parquet")["epoch_time_s"].sum())
-    phases = pd.DataFrame([_phases(run) for run in sorted((study / "trials").glob("*/*/repetition.json"))])
+    phases = pd.DataFrame([_phases(trial) for trial in sorted((study / "trials").glob("*/trial.json"))])
     return {"wall": wall, "training": training, "driver": wall - float(phases["total"].sum()),
             **phases.mean().to_dict(), "overhead": (wall - training) / training}
 
 
-def _phases(marker: Path) -> dict[str, float]:
-    """Where one repetition's wall time went, from its marker, worker record and epoch rows."""
-    repetition = json.loads(marker.read_text())
-    worker = json.loads((marker.parent / "workers" / "rank0.json").read_text())
-    epochs = pd.read_parquet(marker.parent / "metrics.parquet").sort_values("epoch")
-    starts, lengths = epochs["epoch_started_at"].to_numpy(), epochs["epoch_time_s"].to_numpy()
-    ends = starts + lengths
-    end = repetition["started"] + repetition["seconds"]
+def _phases(trial_file: Path) -> dict[str, float]:
+    """Where one trial's wall time went, from its record, its workers' records and epoch rows."""
+    trial = json.loads(trial_file.read_text())
+    runs = sorted(p.parent for p in trial_file.parent.glob("*/finished.json"))
+    worker_starts = [json.loads((run / "workers" / "rank0.json").read_text())["started"] for run in runs]
+    setup = epochs = reports = 0.0
+    for run, worker_started in zip(runs, worker_starts):
+        rows = pd.read_parquet(run / "metrics.parquet").sort_values("epoch")
+        starts, lengths = rows["epoch_started_at"].to_numpy(), rows["epoch_time_s"].to_numpy()
+        setup += starts[0] - worker_started
+        epochs += float(lengths.sum())
+        reports += float((starts[1:] - (starts + lengths)[:-1]).sum())
+    launch = min(worker_starts) - trial["started"]
     return {
-        "total": repetition["seconds"],
-        "launch": worker["started"] - repetition["started"],
-        "setup": starts[0] - worker["started"],
-        "epochs": float(lengths.sum()),
-        "reports": float((starts[1:] - ends[:-1]).sum()),
-        "teardown": end - ends[-1],
+        "total": trial["seconds"], "launch": launch, "setup": setup, "epochs": epochs, "reports": reports,
+        "teardown": trial["seconds"] - launch - setup - epochs - reports,
     }
+
 
 if __name__ == "__main__":
     main()

@@ -35,8 +35,12 @@ logger = logging.getLogger(__name__)
 ROW_KEY = ("trial_id", "fold", "seed", "epoch")
 COMPLETED_STATES = ("finished", "stopped_early")
 UNFINISHED_STATES = ("interrupted", "running", "pending", "paused")
-# Tune's bookkeeping that says nothing about the model.
-_DROPPED = {"config", "done", "trial_id", "date", "experiment_tag", "checkpoint_dir_name", "should_checkpoint", "checkpoint_path", KIND_KEY}
+# Tune's and the worker group's bookkeeping that says nothing about the model ("run" is the
+# repetition's index in its trial's worker group, already a column as "repetition").
+_DROPPED = {
+    "config", "done", "trial_id", "date", "experiment_tag", "checkpoint_dir_name", "should_checkpoint", "checkpoint_path", KIND_KEY,
+    "run", "run_finished",
+}
 
 
 class ResultsWriter(Callback):

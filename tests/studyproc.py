@@ -56,4 +56,4 @@ def kill_group(process: subprocess.Popen) -> None:
 
 def markers(study: Path) -> dict[str, int]:
     """Every finished repetition's marker and its modification time."""
-    return {str(p.relative_to(study)): p.stat().st_mtime_ns for p in (study / "trials").glob("*/*/repetition.json")}
+    return {str(p.relative_to(study)): p.stat().st_mtime_ns for p in (study / "trials").glob("*/*/finished.json")}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,8 @@ class TrainState:
     best_epoch: int = -1
     best_value: float | None = None
     epochs_without_improvement: int = 0
+    run: int = 0  # which of the worker group's runs (a trial's repetitions) this checkpoint belongs to
+    scores: dict[str, float] = field(default_factory=dict)  # the last validation metrics, for the run's finished record
 
 
 def save_checkpoint(
@@ -90,6 +92,12 @@ def load_checkpoint(directory: Path, built: BuiltEngine, module: TrainModule, ra
     if rng_file.exists():
         torch.set_rng_state(torch.load(rng_file, weights_only=True))
     return state
+
+
+def checkpoint_run(directory: Path) -> int:
+    """Which run of the worker group wrote the checkpoint in ``directory`` (rank 0 always writes
+    the state file); read before anything is built, to decide which run resumes from it."""
+    return int(json.loads((directory / STATE_FILE).read_text()).get("run", 0))
 
 
 def directory_bytes(directory: str | os.PathLike[str]) -> int:

@@ -2,13 +2,14 @@
 
 Everything that can fail on bad input (cohort, config, text encoder name, fold) is checked
 here, before Ray starts or any model is built. The same ``build_trainer`` is what sweep
-trials call, so a single run and a trial share one code path.
+trials call (with all of a trial's repetitions), so a single run and a trial share one code path.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,18 +68,22 @@ def ensure_label_bank(cohort: Cohort, config: TrainConfig, path: Path) -> Path:
 
 
 def build_trainer(
-    config: TrainConfig, paths: dict[str, Any], storage_path: Path, name: str, max_failures: int = 0,
+    runs: Sequence[tuple[TrainConfig, dict[str, Any]]], storage_path: Path, name: str, max_failures: int = 0,
     callbacks: list[Any] | None = None,
 ) -> TorchTrainer:
-    """A ``TorchTrainer`` for one run of ``config``; ``paths`` has cohort, label_bank, output...
+    """A ``TorchTrainer`` whose worker group trains ``runs`` (config, paths) one after another.
 
-    ``callbacks`` are Ray Train callbacks, e.g. a sweep trial's forwarding of each epoch to Tune.
+    ``paths`` has cohort, label_bank, output...; a single run is a list of one. All runs share
+    one worker group, so they must ask for the same resources. ``callbacks`` are Ray Train
+    callbacks, e.g. a sweep trial's forwarding of each epoch to Tune.
     """
-    scaling = config.scaling
+    scaling = runs[0][0].scaling
+    if any(config.scaling != scaling for config, _ in runs):
+        raise ValueError("runs sharing one worker group need the same scaling config")
     resources = {"CPU": scaling.cpus_per_worker} | ({"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {})
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": config.model_dump(), "paths": paths},
+        train_loop_config={"runs": [{"train": config.model_dump(), "paths": paths} for config, paths in runs]},
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
         run_config=RunConfig(
@@ -118,7 +123,7 @@ def run_training(
         "tensorboard": str(output / "tensorboard"),
         "resume_from": resume_from,
     }
-    result = build_trainer(config, paths, output, "checkpoints", max_failures).fit()
+    result = build_trainer([(config, paths)], output, "checkpoints", max_failures).fit()
     frame = result.metrics_dataframe
     metrics = upsert_epoch_rows(output / "metrics.parquet", frame.to_dict("records")) if frame is not None and len(frame) else pd.DataFrame()
     return TrainingOutcome(output=output, metrics=metrics, checkpoint=result.checkpoint.path if result.checkpoint else None)

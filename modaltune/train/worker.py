@@ -8,6 +8,7 @@ all ranks report each epoch with a checkpoint. Every random draw is seeded from
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -31,7 +32,7 @@ from modaltune.models import ModalTuneModel
 from modaltune.objectives import CaseBatch, DistillObjective, build_objective
 from modaltune.text import LabelBank
 from modaltune.train.batches import CaseBatcher, seeded_batches
-from modaltune.train.checkpoints import TrainState, directory_bytes, load_checkpoint, save_checkpoint
+from modaltune.train.checkpoints import TrainState, checkpoint_run, directory_bytes, load_checkpoint, save_checkpoint
 from modaltune.train.config import TrainConfig
 from modaltune.train.engines import BuiltEngine, build_engine
 from modaltune.train.loop import TrainModule, collect_case_outputs, predict_cases, score_case_outputs, train_epoch
@@ -40,15 +41,41 @@ from modaltune.train.records import upsert_epoch_rows
 
 logger = logging.getLogger(__name__)
 
+FINISHED_FILE = "finished.json"  # in a run's output folder: the run is done, with its last scores
+
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Entry point handed to ``TorchTrainer``; ``loop_config`` = {"train": ..., "paths": ...}."""
-    config = TrainConfig.model_validate(loop_config["train"])
-    paths = loop_config["paths"]
+    """Entry point handed to ``TorchTrainer``; ``loop_config = {"runs": [{"train": ..., "paths": ...}, ...]}``.
+
+    A sweep trial hands all its repetitions to one worker group, one after another: Ray Train's
+    launch (actors, imports, process group) is paid once per trial instead of once per
+    repetition. A run whose ``finished.json`` exists is skipped, and Ray Train's latest
+    checkpoint resumes the run that wrote it, so a restarted group continues where it stopped.
+    """
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
     # Ray Train logs every report at INFO from a logger named after its file; keep our epoch lines only.
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("modaltune").setLevel(logging.INFO)
+    latest = ray.train.get_checkpoint()
+    latest_run = None
+    if latest is not None:
+        with latest.as_directory() as directory:
+            latest_run = checkpoint_run(Path(directory))
+    for index, run in enumerate(loop_config["runs"]):
+        output = run["paths"].get("output")
+        if output and (Path(output) / FINISHED_FILE).exists():
+            continue
+        resume_from = run["paths"].get("resume_from")
+        checkpoint = latest if latest_run == index else (ray.train.Checkpoint(resume_from) if resume_from else None)
+        _train_run(run, index, checkpoint)
+        gc.collect()  # the finished run's model and engine, before the next run builds its own
+
+
+def _train_run(run: dict[str, Any], index: int, checkpoint: ray.train.Checkpoint | None) -> None:
+    """Train one run (``{"train": ..., "paths": ...}``) from ``checkpoint`` or from scratch."""
+    started_run = time.time()
+    config = TrainConfig.model_validate(run["train"])
+    paths = run["paths"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     if paths.get("output"):
@@ -67,13 +94,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     steps_per_epoch = len(train_ids) // world
     built = build_engine(module, config, math.ceil(steps_per_epoch / config.optim.gradient_accumulation_steps))
-    state = TrainState()
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None and paths.get("resume_from"):
-        checkpoint = ray.train.Checkpoint(paths["resume_from"])
+    state = TrainState(run=index)
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = load_checkpoint(Path(directory), built, module, rank)
+        state.run = index  # a --resume-from checkpoint of another run continues as this one
         logger.info("rank %d resumed after epoch %d", rank, state.epoch)
 
     batcher = CaseBatcher(cohort, bank, train_ids, use_rna="rna" in config.model.modalities, max_tiles=config.max_tiles)
@@ -82,7 +107,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     classes_of = {name: cohort.labels.subtypes_of(name) for name in cohort.labels.cohorts}
     writer = _tensorboard(paths.get("tensorboard")) if rank == 0 else None
 
-    for epoch in range(state.epoch + 1, config.optim.epochs):
+    epochs = range(state.epoch + 1, config.optim.epochs) if not _patience_exhausted(state, config) else range(0)
+    for epoch in epochs:
         started = time.time()
         order = [train_ids[i] for i in np.random.default_rng([config.seed, epoch]).permutation(len(train_ids))]
         shard = order[rank::world][:steps_per_epoch]  # equal steps on every rank
@@ -94,6 +120,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if (epoch + 1) % config.evaluate_every == 0 or final:
             outputs = _Outputs(with_prefixes(seeded_batches(batcher, config.seed, "evaluation", device, built.dtype), cache), module, classes_of, rank, world)
             scores, predictions = outputs.score(train_ids, val_ids)
+            state.scores = {k: float(v) for k, v in scores.items()}
             metrics |= {f"val_{k}": v for k, v in scores.items()}
             stop = _early_stopping(state, config, epoch, metrics)
             directory = _predictions_dir(paths)
@@ -106,13 +133,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             stop = False
         state.epoch = epoch
         metrics |= {"best_epoch": state.best_epoch, "epoch_time_s": time.time() - started, "epoch_started_at": started, "engine": built.backend}
-        metrics["frozen_checksum"] = _frozen_checksum(module, built)
-        _report(metrics, built, module, state, loop_config, rank, paths, writer)
+        metrics |= {"run": index, "run_finished": final or stop, "frozen_checksum": _frozen_checksum(module, built)}
+        _report(metrics, built, module, state, run, rank, paths, writer)
         if stop:
             logger.info("early stopping after epoch %d (best epoch %d)", epoch, state.best_epoch)
             break
     if writer is not None:
         writer.close()
+    if rank == 0 and paths.get("output"):
+        write_json_atomic(
+            Path(paths["output"]) / FINISHED_FILE,
+            {"run": index, **paths.get("tags", {}), "scores": state.scores, "started": started_run, "seconds": time.time() - started_run},
+        )
 
 
 def _record_worker(output: Path, rank: int) -> None:
@@ -216,6 +248,12 @@ def _write_final_predictions(
             _write_predictions(directory / f"epoch_{epoch:03d}_{split}.parquet", epoch, frame, tags)
 
 
+def _patience_exhausted(state: TrainState, config: TrainConfig) -> bool:
+    """A run resumed after the epoch that stopped it early has nothing left to train."""
+    patience = config.early_stopping.patience
+    return patience is not None and state.epochs_without_improvement >= patience
+
+
 def _early_stopping(state: TrainState, config: TrainConfig, epoch: int, metrics: dict[str, Any]) -> bool:
     """Track the best epoch on the configured metric; True when patience has run out."""
     name = f"val_{config.early_stopping.metric}"
@@ -230,17 +268,16 @@ def _early_stopping(state: TrainState, config: TrainConfig, epoch: int, metrics:
         state.best_epoch, state.best_value, state.epochs_without_improvement = epoch, float(value), 0
     else:
         state.epochs_without_improvement += 1
-    patience = config.early_stopping.patience
-    return patience is not None and state.epochs_without_improvement >= patience
+    return _patience_exhausted(state, config)
 
 
 def _report(
-    metrics: dict[str, Any], built: BuiltEngine, module: TrainModule, state: TrainState, loop_config: dict[str, Any],
+    metrics: dict[str, Any], built: BuiltEngine, module: TrainModule, state: TrainState, run: dict[str, Any],
     rank: int, paths: dict[str, Any], writer: Any,
 ) -> None:
     """Checkpoint (every rank writes its part) and report; rank 0 also logs and writes rows."""
     with tempfile.TemporaryDirectory(prefix="modaltune-ckpt-") as directory:
-        save_checkpoint(Path(directory), built, module, state, loop_config, rank)
+        save_checkpoint(Path(directory), built, module, state, run, rank)
         if rank == 0:
             metrics["checkpoint_bytes"] = directory_bytes(directory)
             if writer is not None:

@@ -1,7 +1,9 @@
-"""One run through Ray Train with 2 CPU workers: DeepSpeed and DDP, checkpoints, resume."""
+"""Runs through Ray Train with 2 CPU workers: DeepSpeed and DDP, checkpoints, resume, and
+several runs one after another in one worker group (how a sweep trial runs its repetitions)."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -11,10 +13,12 @@ import ray
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from modaltune.data import SynthConfig, generate_cohort
+from modaltune.data import Cohort, SynthConfig, generate_cohort
 from modaltune.train import ray_session
+from modaltune.train.checkpoints import checkpoint_run
 from modaltune.train.config import load_train_config
-from modaltune.train.run import run_training
+from modaltune.train.run import build_trainer, ensure_label_bank, run_training
+from modaltune.train.worker import FINISHED_FILE
 
 SIGNAL = SynthConfig(
     cohorts=("NSCLC",), slides_per_cohort=300, seed=0, feature_dim=32, min_tiles=30, max_tiles=150, n_genes=60,
@@ -111,3 +115,26 @@ def test_zero3_bf16_trains_and_checkpoints_gathered_adapter_weights(local_ray, s
     # ZeRO-3 partitions parameters; the exported adapter weights must be whole again.
     assert all(tensor.numel() > 0 for tensor in adapter.values())
     assert not any(name.startswith("model.encoder.") for name in adapter)
+
+
+def test_a_run_after_another_in_the_same_worker_group_trains_exactly_as_alone(local_ray, signal_cohort: Path, tmp_path: Path) -> None:
+    """Nothing of the first run (RNG, engine, optimizer, process groups) leaks into the second."""
+    first = load_train_config(None, BASE + ["optim.epochs=1", "fold=1"])
+    second = load_train_config(None, BASE + ["optim.epochs=2", "fold=2"])
+    alone = run_training(signal_cohort, second, tmp_path / "alone")
+    cohort, group = Cohort(signal_cohort), tmp_path / "group"
+    runs = [
+        (config, {"cohort": str(signal_cohort), "label_bank": str(ensure_label_bank(cohort, config, tmp_path / f"{name}.npz")), "output": str(group / name)})
+        for name, config in (("first", first), ("second", second))
+    ]
+    build_trainer(runs, group, "train").fit()
+
+    together = pd.read_parquet(group / "second" / "metrics.parquet")
+    assert list(together["run"]) == [1, 1] and list(together["run_finished"]) == [False, True]
+    for column in ("train_loss", "val_loss", "val_c_index", "val_balanced_accuracy", "grad_norm"):
+        assert list(together[column]) == list(alone.metrics[column]), column
+    first_rows = pd.read_parquet(group / "first" / "metrics.parquet")
+    finished = json.loads((group / "first" / FINISHED_FILE).read_text())
+    assert finished["run"] == 0 and finished["scores"]["c_index"] == first_rows["val_c_index"].iloc[-1]
+    # One Ray Train run holds both runs' checkpoints, each saying which run wrote it.
+    assert sorted(checkpoint_run(p) for p in (group / "train").glob("checkpoint_*") if p.is_dir()) == [0, 1, 1]

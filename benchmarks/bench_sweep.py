@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,6 +55,7 @@ def main() -> None:
         # A first run generates the cohort and warms the page cache, so the measured runs do not pay for it.
         subprocess.run([*command, str(root / "warm")], check=True, capture_output=True)
         measured = {name: _measure(command, root / name.replace(" ", "-"), interval) for name, interval in SETTINGS.items()}
+        floor = _ray_train_floor(root / "empty", raw["resources"])
     print(f"{args.trials} trials x {args.folds} repetitions x {args.epochs} epochs, one at a time; Ray Train controller poll every "
           + " s vs ".join(SETTINGS.values()) + " s")
     rows = [
@@ -68,9 +70,11 @@ def main() -> None:
         print(f"  {label:68} " + " ".join(f"{measured[name][key]:12.2f}" for name in SETTINGS))
     ours, default = measured["ours"], measured["ray default"]
     print(f"  wall, Ray's default / ours: {default['wall'] / ours['wall']:.2f}x")
+    print(f"  Ray Train's floor: TorchTrainer.fit() of a function that does nothing, same resources: {floor:.2f} s "
+          f"({floor / (ours['launch'] + ours['teardown']):.0%} of a trial's launch + teardown)")
     print(
         "BENCH sweep " + " ".join(f"{key}_s={ours[key]:.1f}" for key in ("wall", "training", "driver", "total", "launch", "setup", "reports", "teardown"))
-        + f" overhead_ratio={ours['overhead']:.2f} default_poll_overhead_ratio={default['overhead']:.2f} speedup_vs_default_poll={default['wall'] / ours['wall']:.2f}"
+        + f" ray_train_floor_s={floor:.1f} overhead_ratio={ours['overhead']:.2f} default_poll_overhead_ratio={default['overhead']:.2f} speedup_vs_default_poll={default['wall'] / ours['wall']:.2f}"
     )
 
 
@@ -85,6 +89,32 @@ def _measure(command: list[str], storage: Path, interval: str) -> dict[str, floa
     phases = pd.DataFrame([_phases(trial) for trial in sorted((study / "trials").glob("*/trial.json"))])
     return {"wall": wall, "training": training, "driver": wall - float(phases["total"].sum()),
             **phases.mean().to_dict(), "overhead": (wall - training) / training}
+
+
+def _ray_train_floor(storage: Path, resources: dict[str, float], repeats: int = 3) -> float:
+    """Median wall time of ``TorchTrainer.fit()`` on a function that does nothing: what Ray Train
+    itself costs per run (controller and queue actors, worker group, process group, teardown)."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    def nothing(config: dict) -> None:  # defined here so Ray ships it by value, not by module name
+        pass
+
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = SETTINGS["ours"]
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    try:
+        seconds = []
+        for index in range(repeats):
+            started = time.perf_counter()
+            TorchTrainer(
+                nothing, torch_config=TorchConfig(backend="gloo"), run_config=RunConfig(storage_path=str(storage), name=f"empty{index}"),
+                scaling_config=ScalingConfig(num_workers=int(resources["num_workers"]), resources_per_worker={"CPU": resources["cpus_per_worker"]}),
+            ).fit()
+            seconds.append(time.perf_counter() - started)
+    finally:
+        ray.shutdown()  # the Ray this function started
+    return statistics.median(seconds)
 
 
 def _phases(trial_file: Path) -> dict[str, float]:

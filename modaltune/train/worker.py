@@ -150,8 +150,13 @@ def _train_run(run: dict[str, Any], index: int, checkpoint: ray.train.Checkpoint
 
 def _record_worker(output: Path, rank: int) -> None:
     """``workers/rank<r>.json``: which process on which host runs this rank now (rewritten when
-    Ray Train restarts a worker), for operators chasing a stuck or dying run."""
-    write_json_atomic(output / "workers" / f"rank{rank}.json", {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()})
+    Ray Train restarts a worker), for operators chasing a stuck or dying run, and the placement
+    group holding the worker group's resources, for ``sweeps.reaper`` to free if the run is killed."""
+    group = ray.util.get_current_placement_group()
+    write_json_atomic(
+        output / "workers" / f"rank{rank}.json",
+        {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "placement_group": group.id.hex() if group else None},
+    )
 
 
 def _frozen_checksum(module: TrainModule, built: BuiltEngine) -> float:

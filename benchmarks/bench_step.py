@@ -1,4 +1,4 @@
-"""Training step time with and without the frozen-prefix cache, and attention memory at 20k tiles.
+"""Training step time with and without the frozen-prefix cache, bucketed evaluation, and attention memory at 20k tiles.
 
 Run: ``.venv/bin/python benchmarks/bench_step.py [--tiles 1000 --slides 12 --dim 256]``.
 
@@ -6,7 +6,10 @@ Run: ``.venv/bin/python benchmarks/bench_step.py [--tiles 1000 --slides 12 --dim
    step) on a synthetic cohort, for several adapter layouts of a 12-layer GigaPath-shaped
    encoder (narrowed to ``--dim`` so it runs on a CPU), with the cache off and warm. With the
    first adapter at layer p of 12 the cache skips the frozen forward of p layers.
-2. Peak memory of one attention layer over one slide of ``--long-tiles`` tiles: Prov-GigaPath's
+2. Evaluation throughput (slides/s) with cases capped at ``--eval-tiles`` tiles, one case per
+   forward against bucketed: cases of equal tile count run together up to
+   ``evaluation_batch_tiles`` tiles a batch (the paper's 3-block adapter, no prefix cache).
+3. Peak memory of one attention layer over one slide of ``--long-tiles`` tiles: Prov-GigaPath's
    dilated attention (its segment lengths and ratios) against dense attention that materialises
    the full attention matrix, each in a fresh process (peak RSS growth).
 Prints the figures, the ratios measured side by side, and one ``BENCH step ...`` line.
@@ -30,25 +33,43 @@ from modaltune.data import CLINICAL_VECTOR_SIZE, Cohort, SynthConfig, generate_c
 from modaltune.models import ModalTuneConfig, ModalTuneModel, SlideEncoderConfig
 from modaltune.models.dilated_attention import dilated_attention, longnet_segment_lengths
 from modaltune.objectives import build_objective
-from modaltune.text import build_label_bank, build_text_encoder
+from modaltune.text import LabelBank, build_label_bank, build_text_encoder
 from modaltune.train.batches import CaseBatcher, seeded_batches
-from modaltune.train.loop import TorchEngine, TrainModule, train_epoch
+from modaltune.train.config import TrainConfig
+from modaltune.train.loop import TorchEngine, TrainModule, collect_case_outputs, train_epoch
 from modaltune.train.prefix_cache import PrefixCache, with_prefixes
 
 LAYOUTS = {"no adapter (linear probe)": 0, "1 block (layers 8-11)": 1, "2 blocks (layers 4-11)": 2, "3 blocks (paper, layers 0-11)": 3}
 
 
-def _step_rate(cohort: Cohort, dim: int, adapter_depth: int, cached: bool, cache_root: Path) -> float:
-    """Slides/s of one training epoch over every case (after a first epoch that warms the cache)."""
-    ids = cohort.case_ids
-    bank = build_label_bank(cohort, build_text_encoder("onehot", cohort.labels), ids, out_dim=32)
+def _module(cohort: Cohort, dim: int, adapter_depth: int) -> tuple[TrainModule, LabelBank]:
+    """The supervised ModalTune model on a 12-layer GigaPath-shaped encoder of width ``dim``, and its label bank."""
+    bank = build_label_bank(cohort, build_text_encoder("onehot", cohort.labels), cohort.case_ids, out_dim=32)
     torch.manual_seed(0)
     config = ModalTuneConfig.tiny(
         encoder=SlideEncoderConfig.gigapath(in_dim=cohort.manifest.feature_dim, dim=dim, heads=8, segment_lengths=(256, 512, 1024, 2048, 4096)),
         modalities=("wsi", "rna"), rna_group_sizes=tuple(cohort.rna_group_sizes), clinical_in_features=CLINICAL_VECTOR_SIZE,
         adapter_depth=adapter_depth, out_dim=32,
     )
-    module = TrainModule(ModalTuneModel(config), build_objective("supervised", bank))
+    return TrainModule(ModalTuneModel(config), build_objective("supervised", bank)), bank
+
+
+def _evaluation_rate(cohort: Cohort, dim: int, max_tiles: int, batch_tiles: int) -> float:
+    """Slides/s of evaluating every case (second of two passes), ``batch_tiles`` 0 = one case per forward."""
+    module, bank = _module(cohort, dim, adapter_depth=3)
+    batches = seeded_batches(CaseBatcher(cohort, bank, cohort.case_ids, use_rna=True, max_tiles=max_tiles), 0, "evaluation", torch.device("cpu"), torch.float32)
+    seconds = []
+    for _ in range(2):
+        started = time.perf_counter()
+        collect_case_outputs(module, batches, cohort.case_ids, batch_tiles=batch_tiles)
+        seconds.append(time.perf_counter() - started)
+    return len(cohort.case_ids) / seconds[-1]
+
+
+def _step_rate(cohort: Cohort, dim: int, adapter_depth: int, cached: bool, cache_root: Path) -> float:
+    """Slides/s of one training epoch over every case (after a first epoch that warms the cache)."""
+    ids = cohort.case_ids
+    module, bank = _module(cohort, dim, adapter_depth)
     engine = TorchEngine(module, torch.optim.AdamW(module.trainable_parameters(), lr=1e-3))
     cache = PrefixCache(cache_root / f"depth{adapter_depth}", module.model, torch.float32) if cached and module.model.prefix_depth else None
     batcher = CaseBatcher(cohort, bank, ids, use_rna=True)
@@ -97,6 +118,8 @@ def main() -> None:
     parser.add_argument("--slides", type=int, default=12)
     parser.add_argument("--tiles", type=int, default=1000, help="tiles per slide in the step-time part")
     parser.add_argument("--dim", type=int, default=256, help="encoder width (GigaPath: 768)")
+    parser.add_argument("--eval-slides", type=int, default=64)
+    parser.add_argument("--eval-tiles", type=int, default=256, help="tiles per case in the evaluation part (every case capped here)")
     parser.add_argument("--long-tiles", type=int, default=20000, help="tiles of the one slide in the memory part")
     parser.add_argument("--attention-dim", type=int, default=128)
     parser.add_argument("--attention-heads", type=int, default=2)
@@ -118,6 +141,14 @@ def main() -> None:
             cached = _step_rate(cohort, args.dim, depth, True, Path(tmp))
             speedups[depth] = cached / plain
             print(f"{name:34} {prefix:>3}/12 {plain:>7.2f}/s {cached:>7.2f}/s {cached / plain:>8.2f}x")
+        eval_synth = SynthConfig(cohorts=("NSCLC",), slides_per_cohort=args.eval_slides, feature_dim=768, min_tiles=args.eval_tiles + 1,
+                                 max_tiles=2 * args.eval_tiles, n_genes=60, n_pathways=6, n_folds=2, seed=1)
+        eval_cohort = Cohort(generate_cohort(Path(tmp) / "eval-cohort", eval_synth).root)
+        budget = TrainConfig().evaluation_batch_tiles
+        one = _evaluation_rate(eval_cohort, args.dim, args.eval_tiles, 0)
+        bucketed = _evaluation_rate(eval_cohort, args.dim, args.eval_tiles, budget)
+        print(f"\nevaluation: {len(eval_cohort.case_ids)} cases capped at {args.eval_tiles} tiles, 3-block adapter, width {args.dim}")
+        print(f"one case per forward {one:7.2f}/s   bucketed ({budget} tiles a batch) {bucketed:7.2f}/s   {bucketed / one:.2f}x")
     print(f"\nattention memory: one layer, one slide of {args.long_tiles} tiles, width {args.attention_dim}, {args.attention_heads} heads, fp32")
     memory = {kind: _attention_in_child(kind, args.long_tiles, args.attention_dim, args.attention_heads) for kind in ("dilated", "dense")}
     for kind, figures in memory.items():
@@ -127,6 +158,7 @@ def main() -> None:
     print(
         "BENCH step "
         + " ".join(f"cache_speedup_depth{d}={s:.2f}" for d, s in speedups.items())
+        + f" bucketed_eval_speedup={bucketed / one:.2f}"
         + f" dense_vs_dilated_memory={ratio:.1f} dilated_peak_mb={memory['dilated']['peak_mb']:.0f} dense_peak_mb={memory['dense']['peak_mb']:.0f}"
     )
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,39 +95,56 @@ class Objective(nn.Module, ABC):
         self.loss_weights = resolve_loss_weights(self.name, self.tasks, loss_weights)
         self.bank = bank
 
-    def _outputs(self, model: ModalTuneModel, batch: CaseBatch) -> dict[str, torch.Tensor]:
-        """One embedding (1, out_dim) per task of this objective.
+    def _outputs(self, model: ModalTuneModel, batches: Sequence[CaseBatch]) -> list[dict[str, torch.Tensor]]:
+        """Per case of ``batches``, one embedding (1, out_dim) per task of this objective.
 
-        The frozen prefix is computed once (or comes cached with the batch) and the task passes
-        run as one batch of ``len(tasks)`` copies that differ only in their task token.
+        The cases must have the same tile count (``modaltune.train.loop.bucket_by_tile_count``):
+        they and their task passes run as one batch of ``cases x tasks`` rows that differ only in
+        case and task token, so nothing is padded. The frozen prefix comes cached with a case or
+        is computed once for the cases without it.
         """
-        n = len(self.tasks)
-        prefix = batch.prefix if batch.prefix is not None else model.encode_prefix(batch.features, batch.coords)
-        prefix = prefix.expand(n, -1, -1)
-        task_ids = torch.tensor([TASKS.index(t) for t in self.tasks], device=batch.features.device)
-        rna = batch.rna.expand(n, -1) if batch.rna is not None else None
-        outputs = model.forward_from_prefix(prefix, task_ids, rna, batch.clinical.expand(n, -1))
-        return {task: outputs[i : i + 1] for i, task in enumerate(self.tasks)}
+        prefixes = [batch.prefix for batch in batches]
+        missing = [i for i, prefix in enumerate(prefixes) if prefix is None]
+        if missing:
+            computed = model.encode_prefix(_stacked([batches[i].features for i in missing]), _stacked([batches[i].coords for i in missing]))
+            for i, prefix in zip(missing, computed.split(1)):
+                prefixes[i] = prefix
+        n_tasks = len(self.tasks)
+
+        def per_task(rows: torch.Tensor) -> torch.Tensor:  # [cases, ...] -> [cases * tasks, ...], case-major
+            return rows.unsqueeze(1).expand(-1, n_tasks, *rows.shape[1:]).flatten(0, 1)
+
+        task_ids = torch.tensor([TASKS.index(t) for t in self.tasks], device=batches[0].features.device).repeat(len(batches))
+        rna = per_task(_stacked([batch.rna for batch in batches])) if batches[0].rna is not None else None
+        clinical = per_task(_stacked([batch.clinical for batch in batches]))
+        outputs = model.forward_from_prefix(per_task(_stacked(prefixes)), task_ids, rna, clinical)  # type: ignore[arg-type]
+        return [
+            {task: outputs[case * n_tasks + j : case * n_tasks + j + 1] for j, task in enumerate(self.tasks)}
+            for case in range(len(batches))
+        ]
 
     def forward(self, model: ModalTuneModel, batch: CaseBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """Weighted total loss and each task's unweighted loss (for logging)."""
-        losses = self.task_losses(self._outputs(model, batch), batch)
+        losses = self.task_losses(self._outputs(model, [batch])[0], batch)
         total = sum(self.loss_weights[task] * loss for task, loss in losses.items())
         return total, {task: float(loss.detach()) for task, loss in losses.items()}  # type: ignore[return-value]
 
     @torch.no_grad()
-    def evaluate_case(self, model: ModalTuneModel, batch: CaseBatch, with_loss: bool = True) -> CaseOutputs:
-        """Loss, task embeddings and (for objectives with heads) predictions, from one pass.
-        Without ``with_loss`` the loss is NaN: new cases at prediction time have no text targets."""
-        outputs = self._outputs(model, batch)
-        loss = math.nan
-        if with_loss:
-            loss = float(sum(self.loss_weights[task] * value for task, value in self.task_losses(outputs, batch).items()))
-        return CaseOutputs(
-            loss=loss,
-            embeddings={task: out[0].float().cpu().numpy() for task, out in outputs.items()},
-            predictions=self.head_predictions(outputs, batch),
-        )
+    def evaluate_cases(self, model: ModalTuneModel, batches: Sequence[CaseBatch], with_loss: bool = True) -> list[CaseOutputs]:
+        """Per case: loss, task embeddings and (for objectives with heads) predictions, from one
+        pass over cases of equal tile count. Without ``with_loss`` the loss is NaN: new cases at
+        prediction time have no text targets."""
+        results = []
+        for outputs, batch in zip(self._outputs(model, batches), batches):
+            loss = math.nan
+            if with_loss:
+                loss = float(sum(self.loss_weights[task] * value for task, value in self.task_losses(outputs, batch).items()))
+            results.append(CaseOutputs(
+                loss=loss,
+                embeddings={task: out[0].float().cpu().numpy() for task, out in outputs.items()},
+                predictions=self.head_predictions(outputs, batch),
+            ))
+        return results
 
     def head_predictions(self, outputs: dict[str, torch.Tensor], batch: CaseBatch) -> tuple[float, np.ndarray] | None:
         """(risk, class probabilities in labels.yaml order), or None where probes predict instead."""
@@ -199,6 +216,11 @@ class SupervisedObjective(Objective):
         risk = risk_from_hazard_logits(self.hazard_logits(outputs["survival"], batch.cohort))
         probabilities = self.class_logits(outputs["diagnosis"], batch.cohort).softmax(dim=-1)
         return float(risk[0]), probabilities[0].cpu().numpy()
+
+def _stacked(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Cases' ``[1, ...]`` tensors as one ``[cases, ...]`` batch (no copy for a single case)."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(list(tensors))
+
 
 def _centred(anchors: np.ndarray) -> torch.Tensor:
     """Anchors minus their mean: prompts of one cancer type share most of their words, so their

@@ -136,7 +136,7 @@ def predict_member(directory: Path, cohort: Cohort, ids: list[str], classes_of: 
     batcher = CaseBatcher(cohort, bank, [], use_rna=use_rna, max_tiles=config.max_tiles, rna_normalizer=normalizer)
     module.eval()
     batches = seeded_batches(batcher, config.seed, "evaluation", torch.device("cpu"), torch.float32)
-    rows = collect_case_outputs(module, batches, ids, with_loss=False)
+    rows = collect_case_outputs(module, batches, ids, with_loss=False, batch_tiles=config.evaluation_batch_tiles)
     train_cases = pd.read_parquet(directory / TRAIN_CASES)
     train_rows = _rows_from_frame(train_cases, classes_of) if isinstance(module.objective, DistillObjective) else []
     predictions = predict_cases(module.objective, train_rows, rows, classes_of)

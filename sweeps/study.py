@@ -23,6 +23,7 @@ from modaltune.atomic import write_text_atomic
 from modaltune.errors import InputError
 from modaltune.train import ray_session
 from sweeps.plan import StudyPlan, build_plan, prepare_label_banks
+from sweeps.reaper import WorkerGroupReaper
 from sweeps.results import UNFINISHED_STATES, ResultsWriter
 from sweeps.schedulers import make_scheduler
 from sweeps.searcher import CELL_KEY, DONE_KEY, CellSearcher, cv_key
@@ -104,7 +105,7 @@ def _run_config(plan: StudyPlan, storage: Path) -> RunConfig:
     return RunConfig(
         storage_path=str(storage),
         name=plan.spec.name,
-        callbacks=[ResultsWriter(plan)],
+        callbacks=[ResultsWriter(plan), WorkerGroupReaper(plan)],
         failure_config=FailureConfig(max_failures=plan.spec.max_failures),
         stop=StorageGuard(storage, plan.spec.min_free_mb),
         progress_reporter=reporter,

@@ -124,6 +124,9 @@ class TrainConfig(_Section):
     max_tiles: int | None = Field(default=25000, ge=1)
     evaluate_every: int = Field(default=1, ge=1)
     prefix_cache: bool = True  # cache the frozen layers before the first adapter per case (modaltune/train/prefix_cache.py)
+    # Evaluation runs cases of equal tile count (e.g. all capped at max_tiles) together, up to this
+    # many tiles a batch; 0 = one case at a time (ZeRO-3 always, whose ranks must run equal forwards).
+    evaluation_batch_tiles: int = Field(default=8192, ge=0)
     model: ModelSection = Field(default_factory=ModelSection)
     optim: OptimSection = Field(default_factory=OptimSection)
     engine: EngineSection = Field(default_factory=EngineSection)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -94,28 +94,57 @@ def train_epoch(
     return {name: value / max(len(case_ids), 1) for name, value in totals.items()}
 
 
+def bucket_by_tile_count(batches: Iterable[CaseBatch], batch_tiles: int) -> Iterator[list[CaseBatch]]:
+    """Cases grouped with others of the same tile count (and the same cached-prefix state), at
+    most ``batch_tiles`` tiles a group, so that a group runs as one batch with no padding.
+
+    Cases capped at ``max_tiles`` all have exactly that many tiles, so evaluation batches fill
+    up; uncapped cases of other lengths run alone. At most about ``batch_tiles`` tiles wait
+    for company: past that, the fullest waiting group runs. ``batch_tiles`` 0 means one case each.
+    """
+    if batch_tiles <= 0:
+        yield from ([batch] for batch in batches)
+        return
+    waiting: dict[tuple[int, bool], list[CaseBatch]] = {}
+    held = 0
+    for batch in batches:
+        tiles = batch.features.shape[1]
+        key = (tiles, batch.prefix is not None)
+        group = waiting.setdefault(key, [])
+        group.append(batch)
+        held += tiles
+        if (len(group) + 1) * tiles > batch_tiles:  # full: the next case of this length would not fit
+            held -= tiles * len(group)
+            yield waiting.pop(key)
+        while held > batch_tiles:  # too many tiles waiting: run the fullest group
+            fullest = max(waiting, key=lambda k: k[0] * len(waiting[k]))
+            held -= fullest[0] * len(waiting[fullest])
+            yield waiting.pop(fullest)
+    yield from waiting.values()
+
+
 @torch.no_grad()
 def collect_case_outputs(
-    module: TrainModule, batches: Callable[[str], CaseBatch], case_ids: Sequence[str], with_loss: bool = True
+    module: TrainModule, batches: Callable[[str], CaseBatch], case_ids: Sequence[str], with_loss: bool = True, batch_tiles: int = 0,
 ) -> list[dict]:
-    """Per case: labels, validation loss (NaN without ``with_loss``: new cases have no text
-    targets), task embeddings and (supervised) head predictions."""
+    """Per case of ``case_ids`` (in that order): labels, validation loss (NaN without
+    ``with_loss``: new cases have no text targets), task embeddings and (supervised) head
+    predictions. Cases of equal tile count run together, up to ``batch_tiles`` tiles a batch."""
     was_training = module.training
     module.eval()
     try:
         model, objective = module.model, module.objective
-        rows = []
-        for case_id in case_ids:
-            batch = batches(case_id)
-            outputs = objective.evaluate_case(model, batch, with_loss)
-            row = {
-                "case_id": case_id, "cohort": batch.cohort, "subtype_index": batch.subtype_index, "time": batch.time,
-                "event": batch.event, "loss": outputs.loss, "embeddings": outputs.embeddings,
-            }
-            if outputs.predictions is not None:
-                row["risk"], row["class_probabilities"] = outputs.predictions
-            rows.append(row)
-        return rows
+        rows: dict[str, dict] = {}
+        for group in bucket_by_tile_count((batches(case_id) for case_id in case_ids), batch_tiles):
+            for batch, outputs in zip(group, objective.evaluate_cases(model, group, with_loss)):
+                row = {
+                    "case_id": batch.case_id, "cohort": batch.cohort, "subtype_index": batch.subtype_index, "time": batch.time,
+                    "event": batch.event, "loss": outputs.loss, "embeddings": outputs.embeddings,
+                }
+                if outputs.predictions is not None:
+                    row["risk"], row["class_probabilities"] = outputs.predictions
+                rows[batch.case_id] = row
+        return [rows[case_id] for case_id in case_ids]
     finally:
         module.train(was_training)
 

@@ -105,6 +105,7 @@ def _train_run(run: dict[str, Any], index: int, checkpoint: ray.train.Checkpoint
     zero_stage = built.engine.zero_optimization_stage() if built.backend == "deepspeed" else None  # type: ignore[attr-defined]
     cache = open_prefix_cache(config.prefix_cache, cohort.layout.cache_dir / "prefix", model, built.dtype, zero_stage)
     classes_of = {name: cohort.labels.subtypes_of(name) for name in cohort.labels.cohorts}
+    batch_tiles = 0 if zero_stage == 3 else config.evaluation_batch_tiles  # ZeRO-3: every rank the same number of forwards
     writer = _tensorboard(paths.get("tensorboard")) if rank == 0 else None
 
     epochs = range(state.epoch + 1, config.optim.epochs) if not _patience_exhausted(state, config) else range(0)
@@ -118,7 +119,7 @@ def _train_run(run: dict[str, Any], index: int, checkpoint: ray.train.Checkpoint
         metrics |= {"lr": built.lr(), "grad_norm": built.grad_norm()}
         final = epoch + 1 == config.optim.epochs
         if (epoch + 1) % config.evaluate_every == 0 or final:
-            outputs = _Outputs(with_prefixes(seeded_batches(batcher, config.seed, "evaluation", device, built.dtype), cache), module, classes_of, rank, world)
+            outputs = _Outputs(with_prefixes(seeded_batches(batcher, config.seed, "evaluation", device, built.dtype), cache), module, classes_of, rank, world, batch_tiles)
             scores, predictions = outputs.score(train_ids, val_ids)
             state.scores = {k: float(v) for k, v in scores.items()}
             metrics |= {f"val_{k}": v for k, v in scores.items()}
@@ -149,8 +150,13 @@ def _train_run(run: dict[str, Any], index: int, checkpoint: ray.train.Checkpoint
 
 def _record_worker(output: Path, rank: int) -> None:
     """``workers/rank<r>.json``: which process on which host runs this rank now (rewritten when
-    Ray Train restarts a worker), for operators chasing a stuck or dying run."""
-    write_json_atomic(output / "workers" / f"rank{rank}.json", {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()})
+    Ray Train restarts a worker), for operators chasing a stuck or dying run, and the placement
+    group holding the worker group's resources, for ``sweeps.reaper`` to free if the run is killed."""
+    group = ray.util.get_current_placement_group()
+    write_json_atomic(
+        output / "workers" / f"rank{rank}.json",
+        {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "placement_group": group.id.hex() if group else None},
+    )
 
 
 def _frozen_checksum(module: TrainModule, built: BuiltEngine) -> float:
@@ -199,12 +205,14 @@ class _Outputs:
 
     def __init__(
         self, batches: Callable[[str], CaseBatch], module: TrainModule, classes_of: dict[str, list[str]], rank: int, world: int,
+        batch_tiles: int,
     ) -> None:
         self.batches, self.module, self.classes_of, self.rank, self.world = batches, module, classes_of, rank, world
+        self.batch_tiles = batch_tiles
         self._train_rows: list[dict] | None = None
 
     def rows(self, ids: Sequence[str]) -> list[dict]:
-        return _gathered(collect_case_outputs(self.module, self.batches, _padded_shard(ids, self.rank, self.world)), self.world)
+        return _gathered(collect_case_outputs(self.module, self.batches, _padded_shard(ids, self.rank, self.world), batch_tiles=self.batch_tiles), self.world)
 
     def train_rows(self, train_ids: Sequence[str]) -> list[dict]:
         if self._train_rows is None:

@@ -6,9 +6,10 @@ Run: ``.venv/bin/python benchmarks/bench_step.py [--tiles 1000 --slides 12 --dim
    step) on a synthetic cohort, for several adapter layouts of a 12-layer GigaPath-shaped
    encoder (narrowed to ``--dim`` so it runs on a CPU), with the cache off and warm. With the
    first adapter at layer p of 12 the cache skips the frozen forward of p layers.
-2. Evaluation throughput (slides/s) with cases capped at ``--eval-tiles`` tiles, one case per
-   forward against bucketed: cases of equal tile count run together up to
-   ``evaluation_batch_tiles`` tiles a batch (the paper's 3-block adapter, no prefix cache).
+2. Evaluation throughput (slides/s) with cases capped at ``--eval-tiles`` tiles (and at 32 tiles
+   with a width-64 encoder, the size of CPU sweeps), one case per forward against bucketed:
+   cases of equal tile count run together up to ``evaluation_batch_tiles`` tiles a batch (the
+   paper's 3-block adapter, no prefix cache).
 3. Peak memory of one attention layer over one slide of ``--long-tiles`` tiles: Prov-GigaPath's
    dilated attention (its segment lengths and ratios) against dense attention that materialises
    the full attention matrix, each in a fresh process (peak RSS growth).
@@ -141,14 +142,18 @@ def main() -> None:
             cached = _step_rate(cohort, args.dim, depth, True, Path(tmp))
             speedups[depth] = cached / plain
             print(f"{name:34} {prefix:>3}/12 {plain:>7.2f}/s {cached:>7.2f}/s {cached / plain:>8.2f}x")
-        eval_synth = SynthConfig(cohorts=("NSCLC",), slides_per_cohort=args.eval_slides, feature_dim=768, min_tiles=args.eval_tiles + 1,
-                                 max_tiles=2 * args.eval_tiles, n_genes=60, n_pathways=6, n_folds=2, seed=1)
-        eval_cohort = Cohort(generate_cohort(Path(tmp) / "eval-cohort", eval_synth).root)
         budget = TrainConfig().evaluation_batch_tiles
-        one = _evaluation_rate(eval_cohort, args.dim, args.eval_tiles, 0)
-        bucketed = _evaluation_rate(eval_cohort, args.dim, args.eval_tiles, budget)
-        print(f"\nevaluation: {len(eval_cohort.case_ids)} cases capped at {args.eval_tiles} tiles, 3-block adapter, width {args.dim}")
-        print(f"one case per forward {one:7.2f}/s   bucketed ({budget} tiles a batch) {bucketed:7.2f}/s   {bucketed / one:.2f}x")
+        eval_speedups = {}
+        # The mid-size model of the step-time part, and the small one of CPU sweeps and tests.
+        for label, tiles, dim in (("mid", args.eval_tiles, args.dim), ("small", 32, 64)):
+            eval_synth = SynthConfig(cohorts=("NSCLC",), slides_per_cohort=args.eval_slides, feature_dim=768, min_tiles=tiles + 1,
+                                     max_tiles=2 * tiles, n_genes=60, n_pathways=6, n_folds=2, seed=1)
+            eval_cohort = Cohort(generate_cohort(Path(tmp) / f"eval-{label}", eval_synth).root)
+            one = _evaluation_rate(eval_cohort, dim, tiles, 0)
+            bucketed = _evaluation_rate(eval_cohort, dim, tiles, budget)
+            eval_speedups[label] = bucketed / one
+            print(f"\nevaluation: {len(eval_cohort.case_ids)} cases capped at {tiles} tiles, 3-block adapter, width {dim}")
+            print(f"one case per forward {one:7.2f}/s   bucketed ({budget} tiles a batch) {bucketed:7.2f}/s   {bucketed / one:.2f}x")
     print(f"\nattention memory: one layer, one slide of {args.long_tiles} tiles, width {args.attention_dim}, {args.attention_heads} heads, fp32")
     memory = {kind: _attention_in_child(kind, args.long_tiles, args.attention_dim, args.attention_heads) for kind in ("dilated", "dense")}
     for kind, figures in memory.items():
@@ -158,7 +163,7 @@ def main() -> None:
     print(
         "BENCH step "
         + " ".join(f"cache_speedup_depth{d}={s:.2f}" for d, s in speedups.items())
-        + f" bucketed_eval_speedup={bucketed / one:.2f}"
+        + "".join(f" bucketed_eval_speedup_{label}={value:.2f}" for label, value in eval_speedups.items())
         + f" dense_vs_dilated_memory={ratio:.1f} dilated_peak_mb={memory['dilated']['peak_mb']:.0f} dense_peak_mb={memory['dense']['peak_mb']:.0f}"
     )
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 import ray
@@ -27,19 +28,34 @@ logger = logging.getLogger(__name__)
 
 
 class WorkerGroupReaper(Callback):
-    """Tune callback: removes the placement groups a finished, stopped or failed trial left behind."""
+    """Tune callback: removes the placement groups a finished, stopped or failed trial left behind.
 
-    def __init__(self, plan: StudyPlan) -> None:
+    It waits ``grace_s`` after the trial ends: a controller that is still shutting its run down
+    removes the group itself, and pulling the group from under it only adds a traceback to the
+    log. Groups still there after the grace period are removed.
+    """
+
+    def __init__(self, plan: StudyPlan, grace_s: float = 10.0) -> None:
         self.plan = plan
+        self.grace_s = grace_s
+        self._due: dict[str, float] = {}  # trial id -> when to reap it
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.reap(trial.trial_id)
+        self._due[trial.trial_id] = time.monotonic() + self.grace_s
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.reap(trial.trial_id)
+        self._due[trial.trial_id] = time.monotonic() + self.grace_s
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.reap(trial.trial_id)  # before Tune starts it again, so only the dead run's groups are on record
+        # Now, before Tune starts the trial again: only the dead run's groups are on record.
+        self._due.pop(trial.trial_id, None)
+        self.reap(trial.trial_id)
+
+    def on_step(self, iteration: int, trials: list, **info: Any) -> None:
+        now = time.monotonic()
+        for trial_id in [t for t, due in self._due.items() if due <= now]:
+            del self._due[trial_id]
+            self.reap(trial_id)
 
     def reap(self, trial_id: str) -> list[str]:
         """Remove the trial's recorded placement groups that still exist; returns their ids."""

@@ -37,7 +37,7 @@ def _state(group_id: str) -> str:
     return placement_group_table(PlacementGroup(ray.PlacementGroupID.from_hex(group_id)))["state"]
 
 
-def test_the_group_of_a_killed_controller_is_freed(local_ray, tmp_path: Path) -> None:
+def test_the_group_of_a_killed_controller_is_freed_after_the_grace_period(local_ray, tmp_path: Path) -> None:
     controller = Controller.remote()
     group_id = ray.get(controller.reserve.remote(1.5))
     ray.kill(controller)  # what Tune's stop of a trial does to its Ray Train run
@@ -48,8 +48,12 @@ def test_the_group_of_a_killed_controller_is_freed(local_ray, tmp_path: Path) ->
     record = tmp_path / "trials" / "t1" / "fold0_seed0" / "workers" / "rank0.json"
     record.parent.mkdir(parents=True)
     record.write_text(json.dumps({"pid": 1, "placement_group": group_id}))
-    reaper = WorkerGroupReaper(SimpleNamespace(trial_dir=lambda trial_id: tmp_path / "trials" / trial_id))  # type: ignore[arg-type]
-    assert reaper.reap("t1") == [group_id]
+    reaper = WorkerGroupReaper(SimpleNamespace(trial_dir=lambda trial_id: tmp_path / "trials" / trial_id), grace_s=1.0)  # type: ignore[arg-type]
+    reaper.on_trial_complete(0, [], SimpleNamespace(trial_id="t1"))
+    reaper.on_step(0, [])
+    assert _state(group_id) == "CREATED", "within the grace period the run's controller may still remove it itself"
+    time.sleep(1.1)
+    reaper.on_step(1, [])
     assert _state(group_id) == "REMOVED"
     deadline = time.monotonic() + 10
     while ray.available_resources().get("CPU", 0) < 1.9 and time.monotonic() < deadline:

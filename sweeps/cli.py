@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from sweeps.spec import load_study_spec
     from sweeps.storage import StorageError, storage_folder
-    from sweeps.study import run_study
+    from sweeps.study import StudyStalledError, run_study
 
     study, source = choose_study(args.study)
     print(f"study: {study} (from {source})", flush=True)
@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     except (StorageError, OSError) as exc:  # full or unwritable storage: what was written is kept
         print(f"error: {exc}\nwhat was written is kept; fix the storage, then run again with --resume", file=sys.stderr)
         return 3
+    except StudyStalledError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 4
 
     if not outcome.unfinished:  # an interrupted study is analysed when it is finished
         _conclude(outcome.study_dir)

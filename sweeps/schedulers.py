@@ -7,7 +7,9 @@ for would be decided by the scheduler. ``PerCellScheduler`` keeps one scheduler 
 trials race only against trials of their own cell, and each cell keeps its full budget.
 
 The time axis is the number of finished repetitions (folds x seeds), not epochs: trials are
-compared on the same folds, in the same order (racing over folds).
+compared on the same folds, in the same order (racing over folds). Only repetition reports
+reach the cell schedulers, so a trial is only ever stopped between repetitions, where its
+worker group waits for the verdict (``sweeps.channel``) and ends cleanly on a stop.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
 
 from sweeps.plan import StudyPlan
-from sweeps.searcher import CELL_KEY, DONE_KEY, cv_key
+from sweeps.searcher import CELL_KEY, DONE_KEY, KIND_KEY, cv_key
 from sweeps.spec import SchedulerSpec
 
 
@@ -49,6 +51,8 @@ class PerCellScheduler(FIFOScheduler):
         self._of(trial).on_trial_error(tune_controller, trial)
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
+        if result.get(KIND_KEY) != "repetition":  # an epoch: nothing to decide between repetitions
+            return TrialScheduler.CONTINUE
         return self._of(trial).on_trial_result(tune_controller, trial, result)
 
     def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict) -> None:

@@ -52,10 +52,19 @@ def make_sampler(search: SearchSpec) -> optuna.samplers.BaseSampler:
     if search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=search.seed)
     if search.sampler == "grid":
-        return optuna.samplers.GridSampler({k: list(d.choices or []) for k, d in search.params.items()}, seed=search.seed)
+        return _BudgetedGridSampler({k: list(d.choices or []) for k, d in search.params.items()}, seed=search.seed)
     if search.sampler == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=search.seed, warn_independent_sampling=False)
     return optuna.samplers.NSGAIISampler(seed=search.seed)
+
+
+class _BudgetedGridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler without its stop: ``after_trial`` calls ``study.stop()`` once the
+    grid is visited, which only works inside ``study.optimize`` and raises under ask-and-tell,
+    as here. A cell's budget (``trials_per_cell``) says when it is done."""
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: TrialState, values: Any) -> None:
+        return None
 
 
 class CellOptunaSearch(OptunaSearch):

@@ -137,6 +137,14 @@ class ResourcesSpec(_Strict):
         return self.gpus_per_worker > 0
 
 
+class WatchdogSpec(_Strict):
+    """When a study counts as stuck: no trial has reported for ``stall_after_s`` while trials
+    wait for resources and no live run holds any (see sweeps/watchdog.py)."""
+
+    stall_after_s: float = Field(default=900.0, gt=0)
+    check_every_s: float = Field(default=10.0, gt=0)
+
+
 class DesignSpec(_Strict):
     """How ablation cells are chosen: every combination, one factor at a time, or a sample."""
 
@@ -168,6 +176,7 @@ class StudySpec(_Strict):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     max_concurrent: int = Field(default=2, ge=1)
     max_failures: int = Field(default=0, ge=0)
+    watchdog: WatchdogSpec = Field(default_factory=WatchdogSpec)
     storage: str | None = None
     min_free_mb: float = Field(default=100.0, ge=0)  # the study stops (resumable) below this much free storage
 
@@ -260,6 +269,10 @@ class StudyLayout:
     @property
     def predictions(self) -> Path:
         return self.root / "predictions"
+
+    @property
+    def interrupted(self) -> Path:
+        return self.root / "interrupted.json"  # why the driver interrupted the study (sweeps/interrupt.py)
 
     @property
     def label_banks(self) -> Path:

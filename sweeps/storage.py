@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import signal
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +17,8 @@ from pathlib import Path
 from ray.tune.stopper import Stopper
 
 from modaltune.errors import InputError
+from sweeps.interrupt import interrupt_study
+from sweeps.spec import StudyLayout
 
 logger = logging.getLogger(__name__)
 
@@ -60,16 +61,14 @@ def check_storage(storage: Path, min_free_mb: float) -> None:
 
 
 class StorageGuard(Stopper):
-    """Interrupts the study, as Ctrl-C would, once the storage has less than ``min_free_mb``
-    free (checked at most every ``every_s`` seconds).
+    """Interrupts the study (``sweeps.interrupt``: resumable, as after Ctrl-C) once the storage
+    has less than ``min_free_mb`` free (checked at most every ``every_s`` seconds). A Stopper
+    only because Tune calls one on every result and every turn of its loop; it never stops a
+    trial itself."""
 
-    Why a signal and not ``stop_all() -> True``: Tune terminates the trials a stopper stops and
-    saves them as TERMINATED, which ``Tuner.restore`` never resumes; on SIGINT it saves the
-    experiment with its trials still running, which is exactly what ``--resume`` continues.
-    """
-
-    def __init__(self, storage: Path, min_free_mb: float, every_s: float = 5.0) -> None:
+    def __init__(self, storage: Path, layout: StudyLayout, min_free_mb: float, every_s: float = 5.0) -> None:
         self.storage = storage
+        self.layout = layout
         self.min_free_mb = min_free_mb
         self.every_s = every_s
         self._checked = 0.0
@@ -89,6 +88,8 @@ class StorageGuard(Stopper):
         self._checked = time.monotonic()
         available = free_mb(self.storage)
         if available < self.min_free_mb:
-            logger.error("storage %s has %.0f MB free (< %g): interrupting the study", self.storage, available, self.min_free_mb)
             self.tripped = True
-            signal.raise_signal(signal.SIGINT)  # Tune's own handler: save state, stop, resumable
+            interrupt_study(
+                self.layout, "storage",
+                f"storage {self.storage} has {available:.0f} MB free (< min_free_mb={self.min_free_mb:g})",
+            )

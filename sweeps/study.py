@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 from ray import tune
-from ray.tune import CLIReporter, FailureConfig, RunConfig, TuneConfig, Tuner
+from ray.tune import CheckpointConfig, CLIReporter, FailureConfig, RunConfig, TuneConfig, Tuner
 from ray.tune.experiment import Trial
 
 from modaltune.atomic import write_text_atomic
@@ -28,13 +28,20 @@ from sweeps.results import UNFINISHED_STATES, ResultsWriter
 from sweeps.schedulers import make_scheduler
 from sweeps.searcher import CELL_KEY, DONE_KEY, CellSearcher, cv_key
 from sweeps.spec import StudyLayout, StudySpec
-from sweeps.storage import StorageError, StorageGuard, check_storage, free_mb
-from sweeps.trial import run_trial
+from sweeps.storage import StorageError, StorageGuard, check_storage
+from sweeps.watchdog import StallWatchdog
+from sweeps.channel import StudyChannel
+from sweeps.interrupt import clear_interruption, read_interruption
+from sweeps.trial import StudyTrial
 
 logger = logging.getLogger(__name__)
 
 # A trial's own process only waits on its Ray Train run, whose workers hold the real resources.
 TRIAL_DRIVER_RESOURCES = {"cpu": 0.05}
+
+
+class StudyStalledError(RuntimeError):
+    """The watchdog found the study stuck with nothing of its own to free; its state is saved."""
 
 
 @dataclass
@@ -60,9 +67,11 @@ def run_study(spec: StudySpec, storage: Path, *, resume: bool = False, address: 
     layout.root.mkdir(parents=True, exist_ok=True)
     write_text_atomic(layout.spec, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
     prepare_label_banks(plan)
-    ray_session.connect(address, use_gpu=spec.resources.use_gpu)
+    clear_interruption(layout)
+    ray_session.connect(address, use_gpu=spec.resources.use_gpu, processes=_processes(spec))
 
-    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), TRIAL_DRIVER_RESOURCES)
+    channel = StudyChannel.remote()  # the trials' reports and verdicts; dies with this driver
+    trainable = tune.with_resources(tune.with_parameters(StudyTrial, plan=plan, channel=channel), TRIAL_DRIVER_RESOURCES)
     if resume:
         logger.info("resuming study %s from %s", spec.name, layout.root)
         # Errored trials resume too: what errors a trial mid-study (a full disk, a node lost more
@@ -76,12 +85,19 @@ def run_study(spec: StudySpec, storage: Path, *, resume: bool = False, address: 
         study_dir=layout.root, trials=len(states), errors=int((states == "error").sum()),
         unfinished=int(states.isin(UNFINISHED_STATES).sum()),
     )
-    if outcome.unfinished and free_mb(storage) < spec.min_free_mb:  # the StorageGuard stopped it
-        raise StorageError(
-            f"storage {storage} has {free_mb(storage):.0f} MB free (< min_free_mb={spec.min_free_mb:g}): the study was "
-            f"stopped with {outcome.unfinished} trials unfinished and its state saved"
-        )
+    interruption = read_interruption(layout) if outcome.unfinished else None
+    if interruption is not None:
+        message = f"{interruption.message} ({outcome.unfinished} trials unfinished)"
+        raise StorageError(message) if interruption.by == "storage" else StudyStalledError(message)
     return outcome
+
+
+def _processes(spec: StudySpec) -> int:
+    """Ray worker processes the study keeps alive at once: per running trial its own process,
+    Ray Train's controller, placement-group cleaner, synchronisation actor, dataset manager and
+    preemption watcher (on a cluster), and the workers; the study's channel, Ray's autoscaling
+    coordinator."""
+    return spec.max_concurrent * (6 + spec.resources.num_workers) + 2
 
 
 def _tune_config(plan: StudyPlan) -> TuneConfig:
@@ -102,12 +118,16 @@ def _run_config(plan: StudyPlan, storage: Path) -> RunConfig:
         metric_columns={DONE_KEY: "reps", "epoch": "epoch", **{cv_key(m): m for m in plan.metric_names}},
         max_report_frequency=30,
     )
+    watchdog = plan.spec.watchdog
     return RunConfig(
         storage_path=str(storage),
         name=plan.spec.name,
-        callbacks=[ResultsWriter(plan), WorkerGroupReaper(plan)],
+        callbacks=[ResultsWriter(plan), WorkerGroupReaper(plan), StallWatchdog(plan, watchdog.stall_after_s, watchdog.check_every_s)],
         failure_config=FailureConfig(max_failures=plan.spec.max_failures),
-        stop=StorageGuard(storage, plan.spec.min_free_mb),
+        # A trial's state is its run folders (Ray Train checkpoints, finished.json); a restarted
+        # trial resumes from them, so Tune keeps no checkpoints of its own (sweeps/trial.py).
+        checkpoint_config=CheckpointConfig(checkpoint_at_end=False),
+        stop=StorageGuard(storage, StudyLayout(plan.study_dir), plan.spec.min_free_mb),
         progress_reporter=reporter,
         verbose=1,
     )

@@ -12,44 +12,63 @@ All repetitions of a trial run in one Ray Train V2 run built by
 group trains them one after another, so Ray Train's launch (actors, imports, process group,
 about 8 s on 2 CPU cores) is paid once per trial, not once per repetition. Each repetition keeps
 its own run folder (metrics, predictions, ``finished.json``); the trial's checkpoints are in
-``trials/TRIAL/train``, each tagged with its repetition. Each epoch is forwarded to Tune as it
-happens (``kind=epoch``) and each finished repetition is reported (``kind=repetition``), so a
-restarted trial skips what it finished and resumes a repetition from its last epoch checkpoint.
+``trials/TRIAL/train``, each tagged with its repetition.
+
+How a trial ends, and why nothing it started outlives it: the trial is a class ``Trainable``
+whose ``step`` hands Tune one report of its run at a time (``sweeps.channel``). The worker
+group waits at each repetition boundary for Tune's answer to that repetition's report, so a
+trial the scheduler stops is stopped there, in ``cleanup``, and its run ends through Ray
+Train's own teardown (placement group removed) before Tune frees the trial's slot. The last
+report, the one that completes the trial, is made only after the run has returned.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
+import socket
+import threading
 import time
+import uuid
+from collections.abc import Callable
 from typing import Any
 
+import ray
 from ray import tune
-from ray.tune.integration.ray_train import TuneReportCallback
+from ray.train import UserCallback
+from ray.tune.result import DONE
 
 from modaltune.atomic import write_json_atomic
 from modaltune.train.config import TrainConfig
 from modaltune.train.run import build_trainer
 from modaltune.train.worker import FINISHED_FILE
+from sweeps.channel import VerdictGate
 from sweeps.plan import Repetition, StudyPlan
 from sweeps.searcher import CELL_KEY, DONE_KEY, KIND_KEY, cv_key
 
+logger = logging.getLogger(__name__)
+
 TRIAL_FILE = "trial.json"  # the trial's config, so its rows can be rebuilt from disk (sweeps/results.py)
+STOP_WAIT_S = 60.0  # how long a stopped trial waits for its run to end at the repetition boundary
+POLL_S = 1.0  # how long one wait for the next report lasts before the run's liveness is checked again
 
 
-class RepetitionForwarder(TuneReportCallback):
-    """Ray Train callback: every epoch of every repetition goes to Tune with the trial's running
-    estimate, and the last epoch of a repetition is followed by its ``kind=repetition`` report.
+class ReportForwarder(UserCallback):
+    """Ray Train callback (runs in the run's controller): every epoch of every repetition goes
+    to the trial with the trial's running estimate, and every finished repetition but the last
+    is followed by its ``kind=repetition`` report, the point where the scheduler decides.
 
     ``cv_<metric>`` in an epoch report is the mean of the finished repetitions' final values and
     this repetition's latest value: what the configuration looks like right now.
     """
 
-    def __init__(self, plan: StudyPlan, finished: list[dict[str, float]]) -> None:
-        super().__init__()
+    def __init__(self, plan: StudyPlan, finished: list[dict[str, float]], channel: Any, trial_id: str) -> None:
         self.repetitions = plan.repetitions
         self.metrics = plan.metric_names
         self.finished = list(finished)
+        self.channel, self.trial_id = channel, trial_id
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         row = dict(metrics[0])
@@ -57,44 +76,119 @@ class RepetitionForwarder(TuneReportCallback):
         latest = {m: float(row.get(f"val_{m}", math.nan)) for m in self.metrics}
         estimate = {cv_key(m): _mean([scores[m] for scores in self.finished] + [latest[m]]) for m in self.metrics}
         tags = {"fold": repetition.fold, "seed": repetition.seed, "repetition": repetition.index}
-        self._training_actor_item_queue.put({**row, **tags, KIND_KEY: "epoch", DONE_KEY: len(self.finished), **estimate})
+        reports = [{**row, **tags, KIND_KEY: "epoch", DONE_KEY: len(self.finished), **estimate}]
         if row.get("run_finished"):
             self.finished.append(latest)
-            self._training_actor_item_queue.put(_repetition_report(self.metrics, repetition, self.finished))
+            if len(self.finished) < len(self.repetitions):  # the last one is the trial's, after the run
+                reports.append(repetition_report(self.metrics, repetition, self.finished))
+        for report in reports:
+            ray.get(self.channel.put.remote(self.trial_id, report))
 
 
-def run_trial(config: dict[str, Any], plan: StudyPlan) -> None:
-    """The Tune trainable (wrapped with ``tune.with_parameters(run_trial, plan=plan)``)."""
-    trial_id = tune.get_context().get_trial_id()
-    record = {"trial_id": trial_id, "config": config, "started": time.time()}
-    write_json_atomic(plan.trial_dir(trial_id) / TRIAL_FILE, record)
-    cell = plan.cell(config[CELL_KEY])
-    params = {key: config[key] for key in plan.param_names}
-    markers = [plan.run_dir(trial_id, repetition) / FINISHED_FILE for repetition in plan.repetitions]
-    # Repetitions run in order, so those finished before a restart come first.
-    finished = [_scores(json.loads(marker.read_text(encoding="utf-8")), plan.metric_names) for marker in markers if marker.exists()]
-    if len(finished) == len(plan.repetitions):  # all done before a restart: say so once, for the scheduler and searcher
-        tune.report(_repetition_report(plan.metric_names, plan.repetitions[-1], finished))
-        return
-    configs = [plan.train_config(cell, params, repetition) for repetition in plan.repetitions]
-    runs = [(train, _run_paths(plan, trial_id, cell.id, repetition, train)) for repetition, train in zip(plan.repetitions, configs)]
-    # Same storage and name on a restart: Ray Train resumes from the trial's last checkpoint.
-    trainer = build_trainer(runs, plan.trial_dir(trial_id), "train", plan.spec.max_failures, callbacks=[RepetitionForwarder(plan, finished)])
-    trainer.fit()
-    write_json_atomic(plan.trial_dir(trial_id) / TRIAL_FILE, record | {"seconds": time.time() - record["started"]})
+class StudyTrial(tune.Trainable):
+    """The Tune trainable (``tune.with_parameters(StudyTrial, plan=plan, channel=channel)``)."""
+
+    def setup(self, config: dict[str, Any], plan: StudyPlan, channel: Any) -> None:
+        self.plan, self.channel = plan, channel
+        self.incarnation = uuid.uuid4().hex  # tells this start's worker groups from an earlier start's
+        own_group = ray.util.get_current_placement_group()  # Tune's reservation for this process
+        self.record = {
+            "trial_id": self.trial_id, "config": config, "started": time.time(), "incarnation": self.incarnation,
+            "host": socket.gethostname(), "pid": os.getpid(), "placement_group": own_group.id.hex() if own_group else None,
+        }
+        write_json_atomic(plan.trial_dir(self.trial_id) / TRIAL_FILE, self.record)
+        finished = self._finished_scores()
+        self.boundary: int | None = None  # the repetition whose report Tune is deciding on
+        self.fit: _Background | None = None
+        if len(finished) == len(plan.repetitions):  # all done before a restart: say so once
+            return
+        cell = plan.cell(config[CELL_KEY])
+        params = {key: config[key] for key in plan.param_names}
+        configs = [plan.train_config(cell, params, repetition) for repetition in plan.repetitions]
+        runs = [(train, self._run_paths(cell.id, repetition, train)) for repetition, train in zip(plan.repetitions, configs)]
+        # Repetitions run in order, so those finished before a restart come first and the next may start at once.
+        ray.get(channel.open.remote(self.trial_id, len(finished) - 1))
+        # Same storage and name on a restart: Ray Train resumes from the trial's last checkpoint.
+        trainer = build_trainer(
+            runs, plan.trial_dir(self.trial_id), "train", plan.spec.max_failures,
+            callbacks=[ReportForwarder(plan, finished, channel, self.trial_id)], gate=VerdictGate(channel, self.trial_id),
+        )
+        self.fit = _Background(trainer.fit)
+
+    def step(self) -> dict[str, Any]:
+        """The run's next report; after the run has returned, the trial's last (``done``) report."""
+        if self.fit is None:
+            return self._last_report()
+        if self.boundary is not None:  # Tune asked for more after a repetition report: go on
+            ray.get(self.channel.release.remote(self.trial_id, self.boundary))
+            self.boundary = None
+        while True:
+            running = self.fit.is_alive()  # before the take: a run that has returned has put everything
+            report = ray.get(self.channel.take.remote(self.trial_id, POLL_S if running else 0.0))
+            if report is not None:
+                self.boundary = report["repetition"] if report[KIND_KEY] == "repetition" else None
+                return report
+            if not running:
+                self.fit.raise_error()
+                return self._last_report()
+
+    def cleanup(self) -> None:
+        """Tune ends the trial: a run stopped at a repetition boundary ends there, now."""
+        if self.fit is not None and self.fit.is_alive():
+            ray.get(self.channel.stop.remote(self.trial_id))
+            if self.boundary is not None:  # stopped by the scheduler: the group is at the gate
+                self.fit.join(STOP_WAIT_S)
+            if self.fit.is_alive():  # the study was interrupted mid-repetition: its group ends with the driver
+                logger.info("trial %s stopped during a repetition; its Ray Train run ends with it", self.trial_id)
+        if self.fit is not None:
+            ray.get(self.channel.close.remote(self.trial_id))
+
+    def _last_report(self) -> dict[str, Any]:
+        finished = self._finished_scores()
+        if len(finished) < len(self.plan.repetitions):
+            raise RuntimeError(
+                f"trial {self.trial_id}: its Ray Train run returned after {len(finished)} of "
+                f"{len(self.plan.repetitions)} repetitions without an error"
+            )
+        write_json_atomic(self.plan.trial_dir(self.trial_id) / TRIAL_FILE, self.record | {"seconds": time.time() - self.record["started"]})
+        return repetition_report(self.plan.metric_names, self.plan.repetitions[-1], finished) | {DONE: True}
+
+    def _finished_scores(self) -> list[dict[str, float]]:
+        markers = [self.plan.run_dir(self.trial_id, repetition) / FINISHED_FILE for repetition in self.plan.repetitions]
+        return [_scores(json.loads(marker.read_text(encoding="utf-8")), self.plan.metric_names) for marker in markers if marker.exists()]
+
+    def _run_paths(self, cell_id: str, repetition: Repetition, train: TrainConfig) -> dict[str, Any]:
+        run_dir = self.plan.run_dir(self.trial_id, repetition)
+        return {
+            "cohort": str(self.plan.spec.cohort),
+            "label_bank": str(self.plan.label_bank_path(train)),
+            "output": str(run_dir),
+            "predictions": str(self.plan.predictions_dir(self.trial_id, repetition)),
+            "tensorboard": str(run_dir / "tensorboard"),
+            "tags": {"trial_id": self.trial_id, "cell": cell_id},
+            "owner": self.incarnation,
+            "resume_from": None,
+        }
 
 
-def _run_paths(plan: StudyPlan, trial_id: str, cell_id: str, repetition: Repetition, train: TrainConfig) -> dict[str, Any]:
-    run_dir = plan.run_dir(trial_id, repetition)
-    return {
-        "cohort": str(plan.spec.cohort),
-        "label_bank": str(plan.label_bank_path(train)),
-        "output": str(run_dir),
-        "predictions": str(plan.predictions_dir(trial_id, repetition)),
-        "tensorboard": str(run_dir / "tensorboard"),
-        "tags": {"trial_id": trial_id, "cell": cell_id},
-        "resume_from": None,
-    }
+class _Background(threading.Thread):
+    """Runs ``function`` in a daemon thread and keeps what it raised."""
+
+    def __init__(self, function: Callable[[], Any]) -> None:
+        super().__init__(daemon=True, name="ray-train-fit")
+        self.function = function
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.function()
+        except BaseException as exc:  # handed to Tune from step(), where it errors the trial
+            self.error = exc
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
 
 
 def _scores(finished: dict[str, Any], metrics: list[str]) -> dict[str, float]:
@@ -102,7 +196,8 @@ def _scores(finished: dict[str, Any], metrics: list[str]) -> dict[str, float]:
     return {m: float(finished["scores"].get(m, math.nan)) for m in metrics}
 
 
-def _repetition_report(metrics: list[str], repetition: Repetition, finished: list[dict[str, float]]) -> dict[str, Any]:
+def repetition_report(metrics: list[str], repetition: Repetition, finished: list[dict[str, float]]) -> dict[str, Any]:
+    """The report after a repetition: the running cross-validated means and its own last scores."""
     return {
         KIND_KEY: "repetition",
         DONE_KEY: len(finished),

@@ -27,6 +27,7 @@ from modaltune.train import ray_session
 from modaltune.train.config import TrainConfig
 from modaltune.train.engines import resolve_precision
 from modaltune.train.records import upsert_epoch_rows
+from modaltune.train.run_gate import RunGate
 from modaltune.train.worker import train_loop_per_worker
 
 logger = logging.getLogger(__name__)
@@ -69,13 +70,14 @@ def ensure_label_bank(cohort: Cohort, config: TrainConfig, path: Path) -> Path:
 
 def build_trainer(
     runs: Sequence[tuple[TrainConfig, dict[str, Any]]], storage_path: Path, name: str, max_failures: int = 0,
-    callbacks: list[Any] | None = None,
+    callbacks: list[Any] | None = None, gate: RunGate | None = None,
 ) -> TorchTrainer:
     """A ``TorchTrainer`` whose worker group trains ``runs`` (config, paths) one after another.
 
-    ``paths`` has cohort, label_bank, output...; a single run is a list of one. All runs share
-    one worker group, so they must ask for the same resources. ``callbacks`` are Ray Train
-    callbacks, e.g. a sweep trial's forwarding of each epoch to Tune.
+    ``paths`` has cohort, label_bank, output, and optionally ``owner`` (who started the run,
+    recorded with each worker); a single run is a list of one. All runs share one worker
+    group, so they must ask for the same resources. ``callbacks`` are Ray Train callbacks, e.g.
+    a sweep trial's forwarding of each epoch to Tune; ``gate`` is asked before each run.
     """
     scaling = runs[0][0].scaling
     if any(config.scaling != scaling for config, _ in runs):
@@ -83,7 +85,7 @@ def build_trainer(
     resources = {"CPU": scaling.cpus_per_worker} | ({"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {})
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"runs": [{"train": config.model_dump(), "paths": paths} for config, paths in runs]},
+        train_loop_config={"runs": [{"train": config.model_dump(), "paths": paths} for config, paths in runs], "gate": gate},
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
         run_config=RunConfig(

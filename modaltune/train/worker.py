@@ -38,6 +38,7 @@ from modaltune.train.engines import BuiltEngine, build_engine
 from modaltune.train.loop import TrainModule, collect_case_outputs, predict_cases, score_case_outputs, train_epoch
 from modaltune.train.prefix_cache import open_prefix_cache, with_prefixes
 from modaltune.train.records import upsert_epoch_rows
+from modaltune.train.run_gate import RunGate
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +46,14 @@ FINISHED_FILE = "finished.json"  # in a run's output folder: the run is done, wi
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Entry point handed to ``TorchTrainer``; ``loop_config = {"runs": [{"train": ..., "paths": ...}, ...]}``.
+    """Entry point handed to ``TorchTrainer``; ``loop_config = {"runs": [{"train": ..., "paths": ...}, ...], "gate": RunGate | None}``.
 
     A sweep trial hands all its repetitions to one worker group, one after another: Ray Train's
     launch (actors, imports, process group) is paid once per trial instead of once per
     repetition. A run whose ``finished.json`` exists is skipped, and Ray Train's latest
     checkpoint resumes the run that wrote it, so a restarted group continues where it stopped.
+    Before each run every rank asks the ``gate``; when it says stop, the group ends there and
+    Ray Train tears it down as after any finished run (see ``modaltune.train.run_gate``).
     """
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
     # Ray Train logs every report at INFO from a logger named after its file; keep our epoch lines only.
@@ -61,10 +64,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if latest is not None:
         with latest.as_directory() as directory:
             latest_run = checkpoint_run(Path(directory))
+    gate: RunGate | None = loop_config.get("gate")
     for index, run in enumerate(loop_config["runs"]):
         output = run["paths"].get("output")
         if output and (Path(output) / FINISHED_FILE).exists():
             continue
+        if gate is not None and not gate.proceed(index):
+            logger.info("stopping before run %d: the gate said stop", index)
+            return
         resume_from = run["paths"].get("resume_from")
         checkpoint = latest if latest_run == index else (ray.train.Checkpoint(resume_from) if resume_from else None)
         _train_run(run, index, checkpoint)
@@ -79,7 +86,7 @@ def _train_run(run: dict[str, Any], index: int, checkpoint: ray.train.Checkpoint
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     if paths.get("output"):
-        _record_worker(Path(paths["output"]), rank)
+        _record_worker(Path(paths["output"]), rank, paths.get("owner"))
     torch.set_num_threads(max(1, int(round(config.scaling.cpus_per_worker))))
     device = ray.train.torch.get_device()
 
@@ -148,15 +155,14 @@ def _train_run(run: dict[str, Any], index: int, checkpoint: ray.train.Checkpoint
         )
 
 
-def _record_worker(output: Path, rank: int) -> None:
+def _record_worker(output: Path, rank: int, owner: str | None) -> None:
     """``workers/rank<r>.json``: which process on which host runs this rank now (rewritten when
-    Ray Train restarts a worker), for operators chasing a stuck or dying run, and the placement
-    group holding the worker group's resources, for ``sweeps.reaper`` to free if the run is killed."""
+    Ray Train restarts a worker), for operators chasing a stuck or dying run; the placement
+    group holding the worker group's resources and who started the run (``owner``, e.g. a sweep
+    trial's incarnation), for ``sweeps`` to free the group if the run's starter dies."""
     group = ray.util.get_current_placement_group()
-    write_json_atomic(
-        output / "workers" / f"rank{rank}.json",
-        {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "placement_group": group.id.hex() if group else None},
-    )
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "placement_group": group.id.hex() if group else None}
+    write_json_atomic(output / "workers" / f"rank{rank}.json", record | {"owner": owner})
 
 
 def _frozen_checksum(module: TrainModule, built: BuiltEngine) -> float:

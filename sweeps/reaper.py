@@ -33,7 +33,6 @@ class WorkerGroupReaper(Callback):
         self.plan = plan
         self.grace_s = grace_s
         self._due: dict[str, float] = {}  # trial id -> when to reap it
-        self.freed: list[str] = []  # every group this reaper removed, for the log and for tests
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._due[trial.trial_id] = time.monotonic() + self.grace_s
@@ -56,6 +55,5 @@ class WorkerGroupReaper(Callback):
         """Remove the trial's recorded placement groups that still exist; returns their ids."""
         removed = remove_live([record.group_id for record in recorded_groups(self.plan, trial_id)])
         if removed:
-            self.freed += removed
             logger.warning("trial %s ended with its Ray Train run still holding resources: freed worker group %s", trial_id, ", ".join(removed))
         return removed

@@ -74,6 +74,11 @@ class StorageGuard(Stopper):
         self._checked = 0.0
         self.tripped = False
 
+    def __setstate__(self, state: dict) -> None:
+        # Tune pickles the stopper with the experiment, possibly right after it tripped; a
+        # resumed study starts with a guard that checks again.
+        self.__dict__.update(state | {"tripped": False, "_checked": 0.0})
+
     def __call__(self, trial_id: str, result: dict) -> bool:
         self._check()
         return False

@@ -22,6 +22,8 @@ from ray.tune.experiment import Trial
 from modaltune.atomic import write_text_atomic
 from modaltune.errors import InputError
 from modaltune.train import ray_session
+from sweeps.channel import StudyChannel
+from sweeps.interrupt import clear_interruption, read_interruption
 from sweeps.plan import StudyPlan, build_plan, prepare_label_banks
 from sweeps.reaper import WorkerGroupReaper
 from sweeps.results import UNFINISHED_STATES, ResultsWriter
@@ -29,10 +31,8 @@ from sweeps.schedulers import make_scheduler
 from sweeps.searcher import CELL_KEY, DONE_KEY, CellSearcher, cv_key
 from sweeps.spec import StudyLayout, StudySpec
 from sweeps.storage import StorageError, StorageGuard, check_storage
-from sweeps.watchdog import StallWatchdog
-from sweeps.channel import StudyChannel
-from sweeps.interrupt import clear_interruption, read_interruption
 from sweeps.trial import StudyTrial
+from sweeps.watchdog import StallWatchdog
 
 logger = logging.getLogger(__name__)
 

@@ -101,7 +101,11 @@ class StallWatchdog(Callback):
         self.tripped = False
 
     def setup(self, **info: Any) -> None:
-        self._progress = time.monotonic()
+        """Every driver start, including a resumed study's (Tune restores callbacks pickled
+        with the experiment, possibly as they were when this watchdog interrupted it)."""
+        self._progress = self._checked = time.monotonic()
+        self._first_seen.clear()
+        self._strikes, self.tripped = 0, False
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._progress = time.monotonic()

@@ -70,7 +70,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if output and (Path(output) / FINISHED_FILE).exists():
             continue
         if gate is not None and not gate.proceed(index):
-            logger.info("stopping before run %d: the gate said stop", index)
+            logger.info("run %d not started: told to stop (a sweep's scheduler pruned the trial)", index)
             return
         resume_from = run["paths"].get("resume_from")
         checkpoint = latest if latest_run == index else (ray.train.Checkpoint(resume_from) if resume_from else None)

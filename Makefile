@@ -38,6 +38,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_io.py
 	$(BIN)/python benchmarks/bench_step.py
 	$(BIN)/python benchmarks/bench_sweep.py
+	$(BIN)/python benchmarks/bench_demo_engine.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -141,37 +141,63 @@ def test_trials_stopped_by_the_scheduler_or_finished_free_their_worker_groups_th
     assert not [m for m in _messages(caplog, "sweeps.watchdog") if "no trial has reported" in m]
 
 
+@contextlib.contextmanager
+def _killing_the_first_trial_after_two_epochs(study: Path) -> Iterator[dict[str, Any]]:
+    """While the block runs, SIGKILL the first trial's own process once its first repetition
+    has two epochs on disk, as a lost node would; yields what was killed (pid, its groups)."""
+    killed: dict[str, Any] = {}
+
+    def kill() -> None:
+        files = sorted((study / "trials").glob("*/fold0_seed0/metrics.parquet"))
+        if files and not killed and len(pd.read_parquet(files[0])) >= 2:
+            trial = json.loads((files[0].parents[1] / "trial.json").read_text())
+            killed.update(trial_id=trial["trial_id"], pid=trial["pid"], groups=_recorded_groups(study))
+            os.kill(trial["pid"], signal.SIGKILL)
+
+    with _polling(kill):
+        yield killed
+    assert killed, "the trial finished before it could be killed"
+
+
 def test_a_trial_whose_process_dies_mid_run_is_restarted_from_its_checkpoint_after_the_reaper_frees_its_group(
     local_ray: None, cohort: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The trial's process is killed by pid, as when its node is lost: its Ray Train controller
-    dies with it and the worker group stays reserved; Tune restarts the trial (max_failures: 1),
-    and the restart only fits because the reaper freed the dead run's group at once."""
+    """Its Ray Train controller dies with it and the worker group stays reserved; Tune restarts
+    the trial (max_failures: 1), and the restart only fits because the reaper freed the dead
+    run's group at once (``on_trial_recover``)."""
     caplog.set_level(logging.INFO)
-    spec = _spec(tmp_path, cohort, "lost", max_failures=1)
     study = tmp_path / "studies" / "lost"
-    metrics = study / "trials"
+    with _killing_the_first_trial_after_two_epochs(study) as killed:
+        assert _run(_spec(tmp_path, cohort, "lost", max_failures=1), tmp_path / "studies") == 0
 
-    killed: dict[str, Any] = {}
-
-    def kill_the_trial_after_two_epochs() -> None:
-        files = list(metrics.glob("*/fold0_seed0/metrics.parquet"))
-        if files and len(pd.read_parquet(files[0])) >= 2 and not killed:
-            trial = json.loads(next(metrics.glob("*/trial.json")).read_text())
-            killed.update(pid=trial["pid"], groups=_recorded_groups(study))
-            os.kill(trial["pid"], signal.SIGKILL)
-
-    with _polling(kill_the_trial_after_two_epochs):
-        assert _run(spec, tmp_path / "studies") == 0
-
-    assert killed, "the trial finished before it could be killed"
-    trials = pd.read_parquet(study / "trials.parquet")
-    assert list(trials["state"]) == ["finished"]
+    assert list(pd.read_parquet(study / "trials.parquet")["state"]) == ["finished"]
     assert all(_state(group) == "REMOVED" for group in killed["groups"])
     freed = _messages(caplog, "sweeps.reaper")
     assert len(freed) == 1 and all(group in freed[0] for group in killed["groups"]), freed
-    epochs = pd.read_parquet(next(metrics.glob("*/fold0_seed0/metrics.parquet")))["epoch"]
+    epochs = pd.read_parquet(next((study / "trials").glob("*/fold0_seed0/metrics.parquet")))["epoch"]
     assert list(epochs) == list(range(EPOCHS))  # resumed from its checkpoint: every epoch once
+    assert _all_cpus_free()
+
+
+def test_a_trial_whose_process_dies_for_good_is_an_error_and_the_reaper_frees_its_group_for_the_next(
+    local_ray: None, cohort: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No retries (max_failures: 0): the trial is recorded as an error, and the next trial's
+    group only fits because the reaper removed the dead run's group a few seconds after Tune
+    reported the error (``on_trial_error``, then ``on_step_end`` once the grace has passed)."""
+    caplog.set_level(logging.INFO)
+    study = tmp_path / "studies" / "gone"
+    search = {"trials_per_cell": 2, "params": {"optim.lr": {"type": "loguniform", "low": 0.002, "high": 0.008}}}
+    with _killing_the_first_trial_after_two_epochs(study) as killed:
+        assert _run(_spec(tmp_path, cohort, "gone", max_failures=0, max_concurrent=1, search=search), tmp_path / "studies") == 1
+
+    trials = pd.read_parquet(study / "trials.parquet").set_index("trial_id")
+    assert trials.loc[killed["trial_id"], "state"] == "error"
+    assert list(trials.drop(index=killed["trial_id"])["state"]) == ["finished"]
+    assert all(_state(group) == "REMOVED" for group in killed["groups"])
+    freed = _messages(caplog, "sweeps.reaper")
+    assert len(freed) == 1 and killed["trial_id"] in freed[0], freed
+    assert not [m for m in _messages(caplog, "sweeps.watchdog") if "no trial has reported" in m]
     assert _all_cpus_free()
 
 

@@ -17,10 +17,14 @@ export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/modaltune/torch_extensions
 install: $(STAMP)
 
 # torch first and alone: pinned to the CPU build this machine has; then the project itself.
+# Last, DeepSpeed's shared-memory comm op, which it compiles on its first start in a venv
+# (~25 s; keyed by the venv's paths): built here once, so the first DeepSpeed runs of the demo
+# do not all wait on one compile.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -c "from deepspeed.accelerator import get_accelerator; get_accelerator().create_op_builder('ShareMemCommBuilder').load()"
 	touch $@
 
 # The demo study (sweeps/studies/demo.yaml) on an embedded Ray; it generates its synthetic

@@ -1,17 +1,19 @@
 """Ablation tables in the paper's style and paired tests of each level against the reference.
 
-The unit of evidence is a repetition (fold x seed) of a cell's best finished configuration.
-For a factor F, the cells that speak for a level L are those that differ from the reference
-only in F (``one_at_a_time`` designs) or all cells with F = L (other designs, averaged per
-repetition over the other factors). Comparisons are paired on the same folds and seeds (and,
-in crossed designs, the same levels of the other factors).
+A cell is scored by its best finished configuration, per repetition (fold x seed). For a
+factor F, the cells that speak for a level L are those that differ from the reference only in
+F (``one_at_a_time``) or all cells with F = L (``crossed`` and ``sampled``: a marginal effect,
+averaged over the other factors' cells). The unit of every interval and test is a validation
+fold: a level's score in a fold is the mean over its cells and seeds in that fold, and a
+comparison pairs the level with its reference fold by fold (see analysis/inference.py for the
+corrected resampled t-test, why folds and not fold x seed pairs, and its power). p-values are
+Holm-adjusted across all comparisons of a metric; each comparison carries its minimum
+detectable difference at 80% power, at the Holm-step level alpha/m, so "not significant"
+reads as "smaller than that, or not there".
 
-Two tests per comparison, Holm-corrected across all comparisons of the study:
-- the corrected resampled t-test (Nadeau & Bengio, 2003), which widens the t-test's variance
-  by n_test / n_train because cross-validation training sets overlap (the plain paired t-test
-  is badly anti-conservative on CV scores); scipy has no such test, so it is written here;
-- the Wilcoxon signed-rank test (scipy), which assumes nothing about the distribution.
-A value that cannot be computed is NaN with a ``note`` saying why, never 0.
+These are search-stage scores: each cell's best of ``trials_per_cell`` trials, chosen on the
+same folds that score it, so every cell is optimistic and the optimism grows with the number of
+trials and the cell's variance. A value that cannot be computed is NaN with a note saying why.
 """
 
 from __future__ import annotations
@@ -20,14 +22,19 @@ import math
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
+from analysis.inference import FoldDesign, bounded_interval, corrected_t_test, minimum_detectable_difference
 from analysis.summary import best_trials, final_epochs
 from sweeps.cells import factor_level
 from sweeps.spec import StudySpec
 
-PAIR_KEYS = ["fold", "seed"]
+ALPHA = 0.05
+TARGET_POWER = 0.8
+# A paired difference of two scores in [0, 1] beyond this is not a plausible effect: a comparison
+# whose detectable difference exceeds it cannot reach significance for any real one.
+IMPLAUSIBLE_DIFFERENCE = 0.5
+COMPARISON_COLUMNS = ["factor", "level", "reference", "folds", "difference", "ci_low", "ci_high", "agreeing", "sd", "p", "p_holm", "mdd", "note"]
 
 
 def repetition_scores(spec: StudySpec, results: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
@@ -51,14 +58,14 @@ def _cells_for(spec: StudySpec, scores: pd.DataFrame, factor: str, level: str) -
     return rows
 
 
-def _units(spec: StudySpec, rows: pd.DataFrame, factor: str, column: str) -> pd.Series:
-    """The metric per pairing unit: repetition, plus the other factors' levels in crossed designs."""
-    keys = PAIR_KEYS + ([f for f in spec.factors if f != factor] if spec.design.type != "one_at_a_time" else [])
-    return rows.astype({f: str for f in spec.factors}).groupby(keys)[column].mean()
+def fold_scores(rows: pd.DataFrame, column: str) -> pd.Series:
+    """The metric per validation fold: the mean over the rows' cells and seeds in that fold."""
+    return rows.groupby("fold")[column].mean().dropna()
 
 
-def level_table(spec: StudySpec, scores: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """One row per factor x level: mean, std and 95% CI over repetitions, overall and per cancer type."""
+def level_table(spec: StudySpec, scores: pd.DataFrame, metric: str, design: FoldDesign) -> pd.DataFrame:
+    """One row per factor x level: mean and std over folds and the corrected 95% interval of the
+    mean (in [0, 1]), overall and per cancer type, with a note where there is none."""
     columns = [f"val_{metric}"] + sorted(c for c in scores.columns if c.startswith("val_") and c.endswith(f"/{metric}"))
     rows = []
     for factor, levels in spec.factors.items():
@@ -67,56 +74,44 @@ def level_table(spec: StudySpec, scores: pd.DataFrame, metric: str) -> pd.DataFr
             chosen = _cells_for(spec, scores, factor, level)
             row: dict[str, object] = {"factor": factor, "level": level, "cells": chosen["cell"].nunique()}
             for column in columns:
-                per_repetition = chosen.astype({f: str for f in spec.factors}).groupby(PAIR_KEYS)[column].mean().dropna()
                 name = column[len("val_"):].replace(f"/{metric}", "") if "/" in column else "overall"
-                row |= _describe(per_repetition.to_numpy(), name)
+                interval = bounded_interval(fold_scores(chosen, column).to_numpy(), design)
+                row |= {
+                    f"{name}_mean": interval.mean, f"{name}_std": interval.std, f"{name}_ci_low": interval.low,
+                    f"{name}_ci_high": interval.high, f"{name}_n": interval.units, f"{name}_note": interval.note,
+                }
             rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _describe(values: np.ndarray, name: str) -> dict[str, float]:
-    """Mean, std and the t-based 95% CI of the mean (NaN where fewer than two values)."""
-    n = len(values)
-    mean = float(values.mean()) if n else math.nan
-    std = float(values.std(ddof=1)) if n > 1 else math.nan
-    low = high = math.nan
-    if n > 1:
-        low, high = stats.t.interval(0.95, n - 1, loc=mean, scale=std / math.sqrt(n)) if std > 0 else (mean, mean)
-    return {f"{name}_mean": mean, f"{name}_std": std, f"{name}_ci_low": float(low), f"{name}_ci_high": float(high), f"{name}_n": n}
-
-
-def corrected_resampled_ttest(differences: np.ndarray, test_train_ratio: float) -> float:
-    """Two-sided p of Nadeau & Bengio's corrected resampled t-test on paired CV differences."""
-    n = len(differences)
-    variance = float(np.var(differences, ddof=1)) if n >= 2 else 0.0
-    if variance == 0:
-        return math.nan
-    t = float(np.mean(differences)) / math.sqrt((1 / n + test_train_ratio) * variance)
-    return float(2 * stats.t.sf(abs(t), n - 1))
-
-
-def compare_to_reference(spec: StudySpec, scores: pd.DataFrame, metric: str, n_folds: int) -> pd.DataFrame:
-    """Each non-reference level against its factor's reference level, paired; Holm across all rows."""
+def compare_to_reference(spec: StudySpec, scores: pd.DataFrame, metric: str, design: FoldDesign) -> pd.DataFrame:
+    """Each non-reference level against its factor's reference level, paired by fold; Holm across
+    all rows; ``sd`` is the spread of the per-fold differences, ``mdd`` the minimum detectable
+    difference at 80% power and alpha / (testable rows)."""
     references = reference_levels(spec)
     column = f"val_{metric}"
     rows = []
     for factor, levels in spec.factors.items():
-        reference = _units(spec, _cells_for(spec, scores, factor, references[factor]), factor, column)
+        reference = fold_scores(_cells_for(spec, scores, factor, references[factor]), column)
         for value in levels[1:]:
             level = factor_level(factor, value).label
-            other = _units(spec, _cells_for(spec, scores, factor, level), factor, column)
+            other = fold_scores(_cells_for(spec, scores, factor, level), column)
             paired = pd.concat([other.rename("level"), reference.rename("reference")], axis=1).dropna()
             differences = (paired["level"] - paired["reference"]).to_numpy()
-            row = {"factor": factor, "level": level, "reference": references[factor], "pairs": len(differences)}
-            row["difference"] = float(differences.mean()) if len(differences) else math.nan
-            row["corrected_t_p"] = corrected_resampled_ttest(differences, 1 / (n_folds - 1))
-            row["wilcoxon_p"] = float(stats.wilcoxon(differences).pvalue) if len(differences) >= 2 and np.any(differences) else math.nan
-            row["note"] = "" if len(differences) >= 2 else "fewer than 2 paired repetitions: no test"
-            rows.append(row)
-    table = pd.DataFrame(rows, columns=["factor", "level", "reference", "pairs", "difference", "corrected_t_p", "wilcoxon_p", "note"])
-    for p_column in ("corrected_t_p", "wilcoxon_p"):
-        table[p_column.replace("_p", "_p_holm")] = _holm(table[p_column])
-    return table
+            test = corrected_t_test(differences, design)
+            rows.append({
+                "factor": factor, "level": level, "reference": references[factor], "folds": test.units,
+                "difference": test.difference, "ci_low": test.ci_low, "ci_high": test.ci_high,
+                "agreeing": f"{test.agreeing}/{test.units}", "p": test.p, "note": test.note,
+                "sd": float(np.std(differences, ddof=1)) if len(differences) > 1 else math.nan,
+            })
+    table = pd.DataFrame(rows, columns=[c for c in COMPARISON_COLUMNS if c not in ("p_holm", "mdd")])
+    table["p_holm"] = _holm(table["p"])
+    testable = max(int(table["p"].notna().sum()), 1)
+    table["mdd"] = [
+        minimum_detectable_difference(sd, units, design, ALPHA / testable, TARGET_POWER) for sd, units in zip(table["sd"], table["folds"])
+    ]
+    return table[COMPARISON_COLUMNS]
 
 
 def _holm(p_values: pd.Series) -> pd.Series:
@@ -128,11 +123,42 @@ def _holm(p_values: pd.Series) -> pd.Series:
     return adjusted
 
 
+def _number(value: float, pattern: str) -> str:
+    return "n/a" if math.isnan(value) else format(value, pattern)
+
+
 def format_comparisons(table: pd.DataFrame) -> str:
-    """Plain text: each level vs its reference, the mean paired difference and Holm-adjusted p."""
-    shown = table.assign(
-        difference=table["difference"].map(lambda v: "n/a" if math.isnan(v) else f"{v:+.3f}"),
-        corrected_t_p_holm=table["corrected_t_p_holm"].map(lambda v: "n/a" if math.isnan(v) else f"{v:.3g}"),
-        wilcoxon_p_holm=table["wilcoxon_p_holm"].map(lambda v: "n/a" if math.isnan(v) else f"{v:.3g}"),
-    )
-    return shown[["factor", "level", "reference", "pairs", "difference", "corrected_t_p_holm", "wilcoxon_p_holm", "note"]].to_string(index=False)
+    """Plain text: each level vs its reference, the mean paired difference with its 95% CI,
+    folds agreeing in sign, Holm-adjusted p and the minimum detectable difference."""
+    shown = pd.DataFrame({
+        "factor": table["factor"], "level": table["level"], "reference": table["reference"], "folds": table["folds"],
+        "difference": table["difference"].map(lambda v: _number(v, "+.3f")),
+        "95% CI": [f"[{low:+.3f}, {high:+.3f}]" if not math.isnan(low) else "n/a" for low, high in zip(table["ci_low"], table["ci_high"])],
+        "agreeing": table["agreeing"],
+        "p_holm": table["p_holm"].map(lambda v: _number(v, ".3g")),
+        "mdd_80%": table["mdd"].map(lambda v: _number(v, ".3f")),
+        "note": table["note"],
+    })
+    return shown.to_string(index=False)
+
+
+def verdict(table: pd.DataFrame, metric: str) -> str:
+    """One sentence per comparison: significant after Holm, or smaller than its detectable difference."""
+    sentences = []
+    for row in table.itertuples():
+        name = f"{row.level} vs {row.reference} ({row.factor})"
+        if math.isnan(row.p_holm):
+            sentences.append(f"{name}: not testable ({row.note}).")
+        elif row.p_holm >= ALPHA and row.mdd > IMPLAUSIBLE_DIFFERENCE:
+            sentences.append(
+                f"{name}: {metric} {row.difference:+.3f}, not significant (Holm p = {row.p_holm:.3g}), and with {row.folds} folds this "
+                f"design could not detect any plausible difference (80% power needs {row.mdd:.2f})."
+            )
+        elif row.p_holm < ALPHA:
+            sentences.append(f"{name}: {metric} {row.difference:+.3f}, significant after Holm (p = {row.p_holm:.3g}, {row.agreeing} folds agree).")
+        else:
+            sentences.append(
+                f"{name}: {metric} {row.difference:+.3f}, not significant (Holm p = {row.p_holm:.3g}): "
+                f"the true difference is smaller than {row.mdd:.3f}, or this design cannot see it (80% power)."
+            )
+    return "\n".join(sentences)

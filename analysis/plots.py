@@ -78,3 +78,23 @@ def importance_plot(table: pd.DataFrame, path: Path) -> Path:
     axis.barh(ordered["parameter"], ordered["importance"], color="#55a868")
     axis.set_xlabel("importance")
     return _save(figure, path)
+
+
+def forest_plot(comparisons: pd.DataFrame, metric: str, path: Path) -> Path:
+    """Each level's paired difference from its reference with its 95% CI and Holm-adjusted p."""
+    rows = comparisons.iloc[::-1].reset_index(drop=True)
+    figure, axis = plt.subplots(figsize=(7.0, 0.45 * len(rows) + 1.3))
+    for y, row in rows.iterrows():
+        if math.isnan(row["difference"]):
+            continue
+        significant = not math.isnan(row["p_holm"]) and row["p_holm"] < 0.05
+        colour = "#c44e52" if significant else "#4c72b0"
+        if not math.isnan(row["ci_low"]):
+            axis.plot([row["ci_low"], row["ci_high"]], [y, y], color=colour, linewidth=2)
+        axis.plot(row["difference"], y, "o", color=colour)
+        p = "n/a" if math.isnan(row["p_holm"]) else f"{row['p_holm']:.3g}"
+        axis.annotate(f"Holm p={p}", (1.01, y), xycoords=("axes fraction", "data"), va="center", fontsize=8)
+    axis.axvline(0.0, color="#555555", linestyle="--", linewidth=1)
+    axis.set_yticks(range(len(rows)), [f"{r.factor}: {r.level} vs {r.reference}" for r in rows.itertuples()])
+    axis.set_xlabel(f"{metric}: level - reference, 95% CI")
+    return _save(figure, path)

@@ -19,7 +19,8 @@ import markdown
 import pandas as pd
 
 from analysis import plots
-from analysis.ablation import compare_to_reference, format_comparisons, level_table, reference_levels, repetition_scores
+from analysis.ablation import ALPHA, TARGET_POWER, compare_to_reference, format_comparisons, level_table, reference_levels, repetition_scores, verdict
+from analysis.inference import FoldDesign
 from analysis.cost import cost_table
 from analysis.hparams import write_hparams
 from analysis.predictions import RepetitionPredictions, trial_predictions
@@ -84,7 +85,7 @@ def analyze_study(study_dir: str | Path, metric: str | None = None, n_boot: int 
     builder.text("```\n" + headline + "\n```")
     comparisons = ""
     if spec.factors:
-        comparisons = _ablation_sections(builder, spec, results, trials, metric, _n_folds(spec))
+        comparisons = _ablation_sections(builder, spec, results, trials, metric, fold_design(spec))
     selection, test_metrics = _selection_section(builder, study_dir, spec, results, trials, metric, n_boot)
     _tuning_section(builder, spec, results, trials, metric)
     builder.text("\n## Cost\n")
@@ -97,9 +98,9 @@ def analyze_study(study_dir: str | Path, metric: str | None = None, n_boot: int 
     return report
 
 
-def _n_folds(spec: StudySpec) -> int:
-    """Folds that take turns in training and validation (for the corrected t-test's n_test/n_train)."""
-    return read_manifest(CohortLayout(spec.cohort)).n_folds - (spec.test_fold is not None)
+def fold_design(spec: StudySpec) -> FoldDesign:
+    """The study's validation folds and the folds that take turns (for the corrected t-test)."""
+    return FoldDesign(folds=len(spec.fold_indices), cv_folds=read_manifest(CohortLayout(spec.cohort)).n_folds - (spec.test_fold is not None))
 
 
 class _ReportBuilder:
@@ -152,19 +153,23 @@ def _fmt(mean: float, std: float, low: float, high: float) -> str:
     return text + ("" if math.isnan(low) else f" [{low:.3f}, {high:.3f}]")
 
 
-def _ablation_sections(builder: _ReportBuilder, spec: StudySpec, results: pd.DataFrame, trials: pd.DataFrame, metric: str, n_folds: int) -> str:
-    """The ablation tables and paired tests; returns the primary metric's comparisons as plain text."""
+def _ablation_sections(builder: _ReportBuilder, spec: StudySpec, results: pd.DataFrame, trials: pd.DataFrame, metric: str, design: FoldDesign) -> str:
+    """The ablation tables, paired tests and forest plots; returns the primary metric's
+    comparisons and verdict as plain text."""
     scores = repetition_scores(spec, results, trials)
     references = reference_levels(spec)
-    builder.text("\n## Ablation tables\n")
+    builder.text("\n## Ablation tables (search stage)\n")
     builder.text(
-        "One row per level of each factor; per cancer type and overall: mean ± std over folds x seeds of the "
-        "final-epoch validation metric, [95% t-interval of the mean]. Reference levels are marked *.\n"
+        f"Search-stage scores: each cell's best of {spec.search.trials_per_cell} trial(s), chosen on the same folds that score "
+        "it, so optimistic by selection. One row per level of each factor; per cancer type and overall: mean ± std over the "
+        f"{design.folds} validation folds (seeds averaged within a fold) of the final-epoch validation metric, "
+        "[95% corrected t-interval of the mean on the logit scale, so inside [0, 1]; n/a from fewer than 3 folds]. "
+        "Reference levels are marked *.\n"
     )
     for name in TABLE_METRICS:
         if f"val_{name}" not in scores.columns:
             continue
-        levels = level_table(spec, scores, name)
+        levels = level_table(spec, scores, name, design)
         groups = [c[: -len("_mean")] for c in levels.columns if c.endswith("_mean")]
         shown = pd.DataFrame({"factor": levels["factor"], "level": [
             f"{lv}*" if references[f] == lv else lv for f, lv in zip(levels["factor"], levels["level"])
@@ -175,22 +180,38 @@ def _ablation_sections(builder: _ReportBuilder, spec: StudySpec, results: pd.Dat
             ]
         builder.text(f"\n### {name}\n")
         builder.table(shown)
+        notes = sorted({n for n in levels["overall_note"] if n})
+        if notes:
+            builder.text("Intervals not shown: " + "; ".join(notes) + ".\n")
         if name in (metric, "balanced_accuracy") and levels["factor"].duplicated().any():
             builder.figure(lambda p, lv=levels, n=name: plots.ablation_plot(lv, n, p), f"ablation_{name}.png", f"ablation: {name}")
     builder.text("\n## Statistics: each level against its reference\n")
     builder.text(
-        "Paired over the same folds and seeds: the corrected resampled t-test (Nadeau & Bengio), which accounts for "
-        "overlapping training sets in cross-validation, and the Wilcoxon signed-rank test; p-values Holm-adjusted "
-        "across all comparisons of a metric. With few repetitions the tests have little power: read the differences.\n"
+        f"Unit: a validation fold ({design.folds} here). Seeds re-train on the same split, so they are averaged within their "
+        "fold, never counted as independent; in crossed and sampled designs a level's fold score is the mean over its cells. "
+        "Test: the corrected resampled t-test (Nadeau & Bengio, 2003) on the per-fold paired differences, k - 1 degrees of "
+        f"freedom, variance widened by 1/k + n_test/n_train = 1/{design.folds} + 1/{design.cv_folds - 1} because training sets "
+        "overlap; it is calibrated under that overlap model (tests/analysis/test_calibration.py), where rank tests are not. "
+        f"p-values Holm-adjusted across the comparisons of a metric. `mdd` is the minimum detectable difference: the true "
+        f"difference the test finds with {TARGET_POWER:.0%} power at alpha/m (Holm's strictest step), given the observed spread "
+        "of the per-fold differences; a non-significant comparison means smaller than that, or not there. These are "
+        "search-stage scores (see above).\n"
     )
     console = ""
     for name in dict.fromkeys((metric, "balanced_accuracy")):
         if f"val_{name}" in scores.columns:
-            comparisons = compare_to_reference(spec, scores, name, n_folds)
+            comparisons = compare_to_reference(spec, scores, name, design)
             builder.text(f"\n### {name}\n")
-            builder.table(comparisons[["factor", "level", "reference", "pairs", "difference", "corrected_t_p_holm", "wilcoxon_p_holm", "note"]])
+            builder.table(comparisons)
+            if comparisons["difference"].notna().any():
+                builder.figure(lambda p, c=comparisons, n=name: plots.forest_plot(c, n, p), f"forest_{name}.png", f"paired differences: {name}")
+            said = verdict(comparisons, name)
+            builder.text("**Verdict.** " + said.replace("\n", " ") + "\n")
             if name == metric:
-                console = f"{name}: each level vs the reference, paired over folds x seeds (Holm-adjusted p)\n{format_comparisons(comparisons)}"
+                console = (
+                    f"{name}: each level vs the reference, paired over {design.folds} folds (corrected t, Holm-adjusted p, "
+                    f"minimum detectable difference at {TARGET_POWER:.0%} power, alpha {ALPHA})\n{format_comparisons(comparisons)}\n\n{said}"
+                )
     return console
 
 

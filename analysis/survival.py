@@ -81,7 +81,8 @@ def _interval(name: str, point: float, draws: np.ndarray, n: int) -> dict[str, o
 
 def risk_groups(repetitions: Sequence[RepetitionPredictions]) -> pd.DataFrame:
     """Validation cases of the first seed's folds labelled ``high``/``low`` risk by their fold's
-    training-set median risk (per cancer type). Empty when no run saved training predictions."""
+    training-set median risk (per cancer type); a case without a risk (or whose cancer type has
+    no training risks) is ``unscored``, never silently low. Empty when no run saved training predictions."""
     first_seed = min(rep.seed for rep in repetitions)
     parts = []
     for rep in repetitions:
@@ -89,7 +90,8 @@ def risk_groups(repetitions: Sequence[RepetitionPredictions]) -> pd.DataFrame:
             continue
         cutoffs = rep.train.groupby("cohort")["risk"].median()
         val = rep.val[CASE_KEYS + ["risk"]].assign(fold=rep.fold, cutoff=lambda f: f["cohort"].map(cutoffs))
-        parts.append(val.assign(group=np.where(val["risk"] > val["cutoff"], "high", "low")))
+        scored = val["risk"].notna() & val["cutoff"].notna()
+        parts.append(val.assign(group=np.where(~scored, "unscored", np.where(val["risk"] > val["cutoff"], "high", "low"))))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[*CASE_KEYS, "risk", "fold", "cutoff", "group"])
 
 
@@ -102,12 +104,15 @@ def logrank_by_cohort(groups: pd.DataFrame) -> pd.DataFrame:
             "cohort": cohort, "high_cases": len(high), "high_deaths": int(high["event"].sum()),
             "low_cases": len(low), "low_deaths": int(low["event"].sum()), "logrank_p": math.nan, "note": "",
         }
+        unscored = int((frame["group"] == "unscored").sum())
+        left_out = f"; {unscored} case(s) without a risk left out" if unscored else ""
         if len(high) == 0 or len(low) == 0:
-            row["note"] = "one risk group is empty: no test"
-        elif frame["event"].sum() == 0:
-            row["note"] = "no deaths: no test"
+            row["note"] = "one risk group is empty: no test" + left_out
+        elif high["event"].sum() + low["event"].sum() == 0:
+            row["note"] = "no deaths: no test" + left_out
         else:
             row["logrank_p"] = float(logrank_test(high["time"], low["time"], high["event"], low["event"]).p_value)
+            row["note"] = left_out[2:]
         rows.append(row)
     return pd.DataFrame(rows, columns=["cohort", "high_cases", "high_deaths", "low_cases", "low_deaths", "logrank_p", "note"])
 

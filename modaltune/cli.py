@@ -102,6 +102,15 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from analysis.planning import forecast
+    from sweeps.spec import load_study_spec
+
+    _quiet_optuna()
+    print(forecast(load_study_spec(args.study), spread=args.spread, pilot_dir=args.pilot, cohort_folds=args.cohort_folds).text())
+    return 0
+
+
 def _cmd_select(args: argparse.Namespace) -> int:
     from analysis.export import select_and_export
 
@@ -172,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--metric", help="metric to compare and select by (default: the study's primary metric)")
     analyze.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the C-index intervals")
     analyze.set_defaults(run=_cmd_analyze)
+
+    plan = commands.add_parser("plan", help="before a study runs: its cells, trials and runs, its compute, and the smallest difference each comparison can detect")
+    plan.add_argument("study", type=Path, help="study spec (YAML)")
+    plan.add_argument("--spread", type=float, help="SD of the per-fold paired differences of the primary metric (e.g. 0.03 C-index)")
+    plan.add_argument("--pilot", type=Path, help="a finished study (STORAGE/STUDY) with the same train config and hardware: its measured times, and its spread unless --spread is given")
+    plan.add_argument("--cohort-folds", type=int, help="the cohort's number of folds, when its folder is not readable here")
+    plan.set_defaults(run=_cmd_plan)
 
     select = commands.add_parser("select", help="pick the model (1-SE rule) and export it to STUDY/best/")
     select.add_argument("study_dir", type=Path, help="STORAGE/STUDY folder of a study")

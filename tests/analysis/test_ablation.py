@@ -10,13 +10,15 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis.ablation import compare_to_reference, corrected_resampled_ttest, level_table, repetition_scores
+from analysis.ablation import compare_to_reference, level_table, repetition_scores, verdict
+from analysis.inference import FoldDesign, bounded_interval, corrected_t_test
 from analysis.summary import cell_summary
 from sweeps.cells import design_cells
 from sweeps.spec import StudySpec
 
 FOLDS, SEEDS, EPOCHS = 5, [0, 1], 3
 RNA_EFFECT = 0.08  # planted: RNA adds 0.08 C-index; adapter depth does nothing
+DESIGN = FoldDesign(folds=FOLDS, cv_folds=FOLDS)
 
 
 def _spec(design: str) -> StudySpec:
@@ -72,34 +74,65 @@ def test_planted_effect_is_found_and_the_null_factor_is_not(design: str) -> None
     results, trials = _tables(spec)
     scores = repetition_scores(spec, results, trials)
 
-    table = level_table(spec, scores, "c_index").set_index(["factor", "level"])
+    table = level_table(spec, scores, "c_index", DESIGN).set_index(["factor", "level"])
     rna, wsi = table.loc[("modalities", "wsi+rna")], table.loc[("modalities", "wsi")]
     assert rna["overall_mean"] - wsi["overall_mean"] == pytest.approx(RNA_EFFECT, abs=0.01)
-    assert rna["overall_n"] == FOLDS * len(SEEDS) and rna["overall_ci_low"] < rna["overall_mean"] < rna["overall_ci_high"]
+    assert rna["overall_n"] == FOLDS and rna["overall_ci_low"] < rna["overall_mean"] < rna["overall_ci_high"]
     assert rna["BRCA_mean"] == pytest.approx(rna["overall_mean"] + 0.01)
 
-    tests = compare_to_reference(spec, scores, "c_index", n_folds=FOLDS).set_index("factor")
+    tests = compare_to_reference(spec, scores, "c_index", DESIGN).set_index("factor")
     assert tests.loc["modalities", "difference"] == pytest.approx(RNA_EFFECT, abs=0.01)
-    assert tests.loc["modalities", "corrected_t_p_holm"] < 0.01 and tests.loc["modalities", "wilcoxon_p_holm"] < 0.01
-    assert tests.loc["adapter_depth", "corrected_t_p_holm"] > 0.05
-    pairs = FOLDS * len(SEEDS) * (2 if design == "crossed" else 1)  # crossed: paired within the other factor's levels too
-    assert tests.loc["modalities", "pairs"] == pairs
+    assert tests.loc["modalities", "p_holm"] < 0.01 and tests.loc["modalities", "agreeing"] == f"{FOLDS}/{FOLDS}"
+    assert tests.loc["modalities", "ci_low"] < RNA_EFFECT < tests.loc["modalities", "ci_high"]
+    assert tests.loc["adapter_depth", "p_holm"] > 0.05
+    # The null comparison's detectable difference is what its spread allows: a few times the seed noise.
+    assert 0.005 < tests.loc["adapter_depth", "mdd"] < 0.05
+    assert (tests["folds"] == FOLDS).all()  # the unit is a fold: seeds (and, crossed, other cells) averaged within it
+    said = verdict(tests.reset_index(), "c_index").splitlines()
+    assert "significant after Holm" in said[0] and "not significant" in said[1] and "smaller than" in said[1]
+
+
+def test_seeds_repeating_a_fold_add_no_units() -> None:
+    """The issue's reproduction: five fold scores copied unchanged as a second seed must not move p."""
+    spec = _spec("one_at_a_time")
+    results, trials = _tables(spec)
+    one_seed = repetition_scores(spec, results[results["seed"] == 0], trials)
+    copied = pd.concat([one_seed, one_seed.assign(seed=1)], ignore_index=True)
+    alone = compare_to_reference(spec, one_seed, "c_index", DESIGN)
+    twice = compare_to_reference(spec, copied, "c_index", DESIGN)
+    assert np.allclose(alone["p"], twice["p"]) and (twice["folds"] == FOLDS).all()
 
 
 def test_corrected_t_test_is_wider_than_the_plain_paired_t_test() -> None:
     differences = np.array([0.02, 0.03, 0.01, 0.04, 0.02, 0.03, 0.02, 0.01, 0.03, 0.02])
     plain = stats.ttest_1samp(differences, 0.0).pvalue
-    corrected = corrected_resampled_ttest(differences, test_train_ratio=1 / 4)
-    assert plain < corrected < 1
-    # With no train/test overlap correction it is the plain paired t-test.
-    assert corrected_resampled_ttest(differences, 0.0) == pytest.approx(plain)
-    assert math.isnan(corrected_resampled_ttest(np.array([0.1]), 0.25))
+    corrected = corrected_t_test(differences, FoldDesign(folds=10, cv_folds=10))
+    assert plain < corrected.p < 1
+    low, high = stats.t.interval(0.95, 9, loc=differences.mean(), scale=stats.sem(differences))
+    assert corrected.ci_low < low < high < corrected.ci_high
+    assert corrected.agreeing == 10
+    one = corrected_t_test(np.array([0.1]), FoldDesign(folds=1, cv_folds=5))
+    assert math.isnan(one.p) and "at least 2" in one.note
+    flat = corrected_t_test(np.array([0.02, 0.02, 0.02]), FoldDesign(folds=3, cv_folds=5))
+    assert math.isnan(flat.p) and "same in every fold" in flat.note
+
+
+def test_intervals_of_bounded_metrics_stay_in_the_unit_interval() -> None:
+    """The issue's RCC case: three scattered fold C-indices whose t-interval ran to [-0.332, 1.328]."""
+    design = FoldDesign(folds=3, cv_folds=3)
+    interval = bounded_interval(np.array([0.15, 0.5, 0.85]), design)
+    assert 0 < interval.low < 0.5 < interval.high < 1
+    near_one = bounded_interval(np.array([0.97, 0.99, 0.995, 0.98]), FoldDesign(folds=4, cv_folds=4))
+    assert near_one.low < near_one.mean < near_one.high < 1
+    two = bounded_interval(np.array([0.6, 0.7]), design)
+    assert math.isnan(two.low) and "at least 3" in two.note
 
 
 def test_untestable_comparisons_are_missing_with_a_reason() -> None:
     spec = _spec("one_at_a_time")
     results, trials = _tables(spec)
     one_repetition = results[(results["fold"] == 0) & (results["seed"] == 0)]
-    tests = compare_to_reference(spec, repetition_scores(spec, one_repetition, trials), "c_index", n_folds=FOLDS)
-    assert tests["corrected_t_p"].isna().all() and tests["corrected_t_p_holm"].isna().all()
+    tests = compare_to_reference(spec, repetition_scores(spec, one_repetition, trials), "c_index", DESIGN)
+    assert tests["p"].isna().all() and tests["p_holm"].isna().all() and tests["mdd"].isna().all()
     assert (tests["note"] != "").all()
+    assert all("not testable" in line for line in verdict(tests, "c_index").splitlines())

@@ -76,6 +76,20 @@ def test_cutoffs_come_from_training_risks_not_from_the_cases_tested(rossi_split:
     assert math.isnan(row["logrank_p"]) and "empty" in row["note"]
 
 
+def test_a_case_without_a_risk_is_left_out_of_the_groups_and_said_so() -> None:
+    """A NaN risk compares False with any cutoff; it must not land in the low-risk group."""
+    data = load_rossi()
+    cases = _cases(data, 1.0 - data["fin"].to_numpy(float))
+    missing = cases.index[data["fin"].to_numpy() == 1][:7]
+    cases.loc[missing, "risk"] = np.nan
+    groups = risk_groups([RepetitionPredictions(0, 0, 0, val=cases, train=_cases(data, 1.0 - data["fin"].to_numpy(float)), test=None)])
+    assert (groups["group"] == "unscored").sum() == 7
+    assert (groups["group"] == "low").sum() == (data["fin"] == 1).sum() - 7
+    row = logrank_by_cohort(groups).iloc[0]
+    assert row["low_cases"] == (data["fin"] == 1).sum() - 7 and not math.isnan(row["logrank_p"])
+    assert "7 case(s) without a risk left out" in row["note"]
+
+
 def test_ipcw_metrics_use_training_censoring_and_report_what_cannot_be_computed(rossi_split: RepetitionPredictions) -> None:
     row = ipcw_metrics([rossi_split]).iloc[0]
     assert 0.55 < row["uno_c"] < 0.8 and 0.5 < row["td_auc"] < 0.9 and 0.0 < row["ibs"] < 0.25, row.to_dict()

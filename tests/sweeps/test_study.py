@@ -103,7 +103,7 @@ def test_report_recovers_the_planted_rna_effect(smoke: Smoke) -> None:
     assert np.sign(modalities["wsi+rna"] - modalities["wsi"]) == np.sign(truth["expected"]["rna_adds_c_index_over_wsi"]), modalities
     for section in ("## Statistics", "## Model selection", "### Held-out test fold", "Log-rank", "Uno's IPCW", "## Cost", "## TensorBoard"):
         assert section in report, section
-    for figure in ("ablation_c_index.png", "kaplan_meier.png", "pareto.png"):
+    for figure in ("ablation_c_index.png", "forest_c_index.png", "kaplan_meier.png", "pareto.png"):
         assert (report_dir / figure).stat().st_size > 5000, figure
 
 

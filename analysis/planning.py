@@ -1,0 +1,184 @@
+"""``modaltune plan``: what a study will run, what it will cost and what it can detect, before it runs.
+
+Counts come from the spec alone (cells of the design, trials per cell, folds x seeds). Cost is
+an upper bound (no trial stopped early) from a pilot study's measured times: its median epoch
+(``time_this_iter_s`` after each trial's first report) and its median start-up (the first
+report's extra time), for the same train config on the same hardware. The minimum detectable
+difference of every comparison is the corrected t-test's at 80% power and Holm's strictest
+level alpha/m (analysis/inference.py), from a stated spread of per-fold paired differences or
+from the pilot's own comparisons.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.ablation import ALPHA, IMPLAUSIBLE_DIFFERENCE, TARGET_POWER, compare_to_reference, repetition_scores
+from analysis.inference import MIN_INTERVAL_UNITS, FoldDesign, minimum_detectable_difference
+from analysis.summary import load_study
+from modaltune.data.layout import CohortLayout, read_manifest
+from modaltune.errors import InputError
+from modaltune.train.config import validate_train_config
+from sweeps.cells import design_cells, factor_level
+from sweeps.spec import StudySpec
+
+
+@dataclass(frozen=True)
+class PilotTimes:
+    source: Path
+    epoch_s: float  # median seconds per epoch report
+    start_s: float  # median extra seconds of a trial's first report (worker group start, data load)
+
+
+@dataclass
+class StudyForecast:
+    spec: StudySpec
+    cells: int
+    trials: int
+    repetitions: int
+    epochs: int
+    design: FoldDesign
+    design_note: str
+    spread: float | None
+    spread_source: str
+    comparisons: pd.DataFrame  # factor, level, reference, mdd
+    pilot: PilotTimes | None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def runs(self) -> int:
+        return self.trials * self.repetitions
+
+    @property
+    def trial_seconds(self) -> float:
+        """Upper bound on the summed wall time of all trials (none stopped early)."""
+        if self.pilot is None:
+            return math.nan
+        return self.trials * (self.pilot.start_s + self.repetitions * self.epochs * self.pilot.epoch_s)
+
+    def text(self) -> str:
+        spec, resources = self.spec, self.spec.resources
+        lines = [
+            f"study {spec.name}: design {spec.design.type}, {self.cells} cells x {spec.search.trials_per_cell} trials = {self.trials} trials",
+            f"repetitions per trial: {len(spec.fold_indices)} folds x {len(spec.seeds)} seeds = {self.repetitions}; "
+            f"runs: {self.runs}; epochs: at most {self.runs * self.epochs} ({self.epochs} per run)",
+        ]
+        if self.pilot is None:
+            lines.append("compute: no pilot given (--pilot STUDY_DIR, a finished study with the same train config and hardware)")
+        else:
+            hours = self.trial_seconds / 3600
+            devices = resources.num_workers * (resources.gpus_per_worker if resources.use_gpu else resources.cpus_per_worker)
+            unit = "GPU" if resources.use_gpu else "CPU"
+            lines.append(
+                f"compute (pilot {self.pilot.source}: {self.pilot.epoch_s:.1f} s per epoch, {self.pilot.start_s:.0f} s start per trial): "
+                f"at most {hours:.2f} trial-hours, {hours * devices:.2f} {unit}-hours reserved, "
+                f"about {hours / spec.max_concurrent * 60:.0f} min of wall time at {spec.max_concurrent} trials at once"
+            )
+        lines.append(
+            f"statistics: unit = validation fold ({self.design.folds}; {self.design_note}); corrected resampled t-test, "
+            f"{max(self.design.folds - 1, 0)} degrees of freedom, variance x (1/{self.design.folds} + 1/{self.design.cv_folds - 1}); "
+            f"{len(self.comparisons)} comparisons, Holm (strictest level {ALPHA / max(len(self.comparisons), 1):.4g})"
+        )
+        if self.spread is None:
+            lines.append("minimum detectable differences: no spread given (--spread SD of per-fold paired differences, or --pilot)")
+        else:
+            lines.append(f"minimum detectable difference at {TARGET_POWER:.0%} power (per-fold difference SD {self.spread:.4f}, {self.spread_source}):")
+            shown = self.comparisons.assign(mdd=self.comparisons["mdd"].map(lambda v: "n/a" if math.isnan(v) else f"{v:.3f}"))
+            lines.append(shown.to_string(index=False))
+        lines.extend(f"warning: {w}" for w in self.warnings)
+        return "\n".join(lines)
+
+
+def forecast(spec: StudySpec, spread: float | None = None, pilot_dir: Path | None = None, cohort_folds: int | None = None) -> StudyForecast:
+    """The counts, cost and detectable differences of ``spec``; see the module docstring."""
+    cells = design_cells(spec.factors, spec.design)
+    design, note = _fold_design(spec, cohort_folds)
+    epochs = validate_train_config(dict(spec.train), source=f"study {spec.name}: train").optim.epochs
+    pilot = pilot_times(pilot_dir) if pilot_dir is not None else None
+    source = "stated"
+    if spread is None and pilot_dir is not None:
+        spread, source = pilot_spread(pilot_dir), f"pooled over the comparisons of pilot {pilot_dir}"
+    if spread is not None and not spread > 0:
+        raise InputError(f"--spread: must be a positive standard deviation, got {spread}")
+    references = {name: factor_level(name, levels[0]).label for name, levels in spec.factors.items()}
+    rows = [
+        {"factor": name, "level": factor_level(name, value).label, "reference": references[name]}
+        for name, levels in spec.factors.items() for value in levels[1:]
+    ]
+    comparisons = pd.DataFrame(rows, columns=["factor", "level", "reference"])
+    alpha = ALPHA / max(len(comparisons), 1)
+    mdd = minimum_detectable_difference(spread, design.folds, design, alpha, TARGET_POWER) if spread is not None else math.nan
+    comparisons["mdd"] = mdd
+    result = StudyForecast(spec, len(cells), len(cells) * spec.search.trials_per_cell, len(spec.fold_indices) * len(spec.seeds),
+                           epochs, design, note, spread, source, comparisons, pilot)
+    result.warnings = _warnings(result, mdd)
+    return result
+
+
+def _fold_design(spec: StudySpec, cohort_folds: int | None) -> tuple[FoldDesign, str]:
+    """The folds that take turns: from --cohort-folds, the cohort's manifest, its synthetic
+    section, or (said so) the study's own folds plus its test fold."""
+    taking_turns: int
+    if cohort_folds is not None:
+        total, how = cohort_folds, "--cohort-folds"
+    elif CohortLayout(spec.cohort).manifest.exists():
+        total, how = read_manifest(CohortLayout(spec.cohort)).n_folds, f"cohort {spec.cohort}"
+    elif spec.synthetic is not None and "n_folds" in spec.synthetic:
+        total, how = int(spec.synthetic["n_folds"]), "the synthetic cohort's n_folds"
+    else:
+        total = max(spec.fold_indices) + 1 + (spec.test_fold is not None)
+        how = "assumed: the cohort is not readable here, pass --cohort-folds"
+    taking_turns = total - (spec.test_fold is not None)
+    if taking_turns < 2:
+        raise InputError(f"study {spec.name}: {total} cohort folds leave {taking_turns} to take turns in cross-validation; it needs 2")
+    return FoldDesign(folds=len(spec.fold_indices), cv_folds=taking_turns), f"{total} cohort folds, {how}"
+
+
+def _warnings(result: StudyForecast, mdd: float) -> list[str]:
+    folds, warnings = result.design.folds, []
+    if folds < 2:
+        warnings.append("1 validation fold: no paired test is possible; seeds do not add independent units")
+    elif folds < MIN_INTERVAL_UNITS:
+        warnings.append(f"{folds} folds: intervals are n/a (they need {MIN_INTERVAL_UNITS}) and the t-test has {folds - 1} degree(s) of freedom")
+    if len(result.spec.seeds) > 1:
+        warnings.append(f"{len(result.spec.seeds)} seeds per fold are averaged within it: they lower the per-fold noise, not the number of units; more folds buy more power")
+    if not math.isnan(mdd) and mdd > IMPLAUSIBLE_DIFFERENCE:
+        warnings.append(f"the minimum detectable difference {mdd:.2f} exceeds {IMPLAUSIBLE_DIFFERENCE}: this design cannot reach significance for any plausible effect")
+    if result.spec.search.trials_per_cell > 1:
+        warnings.append(f"each cell is scored by its best of {result.spec.search.trials_per_cell} trials on the folds that chose it: its score is optimistic by selection")
+    return warnings
+
+
+def pilot_times(study_dir: Path) -> PilotTimes:
+    """Median epoch and start-up seconds measured by a finished study."""
+    _, results, _ = _load(study_dir)
+    if "time_this_iter_s" not in results.columns:
+        raise InputError(f"--pilot {study_dir}: results.parquet has no time_this_iter_s column")
+    first = results.sort_values(["trial_id", "time_total_s"]).groupby("trial_id").cumcount() == 0
+    first = first.reindex(results.index)
+    epoch = float(results.loc[~first, "time_this_iter_s"].median())
+    start = float(results.loc[first, "time_this_iter_s"].median()) - epoch
+    return PilotTimes(study_dir, epoch, max(start, 0.0))
+
+
+def pilot_spread(study_dir: Path) -> float:
+    """The pooled SD of per-fold paired differences over the pilot's comparisons (primary metric)."""
+    spec, results, trials = _load(study_dir)
+    folds = len(spec.fold_indices)
+    table = compare_to_reference(spec, repetition_scores(spec, results, trials), spec.search.primary.name, FoldDesign(folds, max(folds, 2)))
+    spreads = table["sd"].dropna().to_numpy()
+    if not len(spreads):
+        raise InputError(f"--pilot {study_dir}: no comparison with 2 or more folds to measure a spread from; pass --spread")
+    return float(np.sqrt(np.mean(np.square(spreads))))
+
+
+def _load(study_dir: Path) -> tuple[StudySpec, pd.DataFrame, pd.DataFrame]:
+    spec, results, trials = load_study(study_dir)
+    if results.empty:
+        raise InputError(f"--pilot {study_dir}: the study has no results")
+    return spec, results, trials

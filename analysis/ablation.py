@@ -162,3 +162,19 @@ def verdict(table: pd.DataFrame, metric: str) -> str:
                 f"the true difference is smaller than {row.mdd:.3f}, or this design cannot see it (80% power)."
             )
     return "\n".join(sentences)
+
+
+def one_sentence_verdict(table: pd.DataFrame, metric: str, folds: int) -> str:
+    """The study's answer in one sentence: which differences are significant after Holm, and
+    what the others are smaller than."""
+    significant = [f"{r.level} vs {r.reference} {r.difference:+.3f} (Holm p = {r.p_holm:.2g})" for r in table.itertuples() if r.p_holm < ALPHA]
+    rest = [
+        f"{r.level} vs {r.reference} {r.difference:+.3f}" + ("" if math.isnan(r.mdd) else f" (detectable: {r.mdd:.2f})")
+        for r in table.itertuples() if not r.p_holm < ALPHA
+    ]
+    parts = []
+    if significant:
+        parts.append("significant after Holm: " + ", ".join(significant))
+    if rest:
+        parts.append("not significant: " + ", ".join(rest))
+    return f"Verdict on {metric} over {folds} folds: " + "; ".join(parts) + "."

@@ -19,7 +19,7 @@ import markdown
 import pandas as pd
 
 from analysis import plots
-from analysis.ablation import ALPHA, TARGET_POWER, compare_to_reference, format_comparisons, level_table, reference_levels, repetition_scores, verdict
+from analysis.ablation import ALPHA, TARGET_POWER, compare_to_reference, format_comparisons, level_table, one_sentence_verdict, reference_levels, repetition_scores, verdict
 from analysis.inference import FoldDesign
 from analysis.cost import cost_table
 from analysis.hparams import write_hparams
@@ -43,6 +43,7 @@ class Report:
     html: Path
     headline: str
     comparisons: str
+    verdict: str  # the primary metric's comparisons in one sentence ("" without factors)
     spec: StudySpec
     selection: Selection | None
     test_metrics: pd.DataFrame | None  # the selected configuration's fold models on the held-out fold
@@ -55,6 +56,8 @@ class Report:
         if self.selection is not None:
             row = self.selection.row
             parts.append(f"selected (1-SE rule on {self.selection.metric}): trial {self.selection.trial_id}, cell {row['cell']}, {self.selection.score_text}")
+        if self.verdict:
+            parts.append(self.verdict)
         parts.append(f"report: {self.html}")
         return "\n\n".join(parts)
 
@@ -83,9 +86,9 @@ def analyze_study(study_dir: str | Path, metric: str | None = None, n_boot: int 
     builder.text("\n## Headline: each cell's best configuration\n")
     builder.text("Mean ± std over repetitions of the final-epoch validation metrics of each cell's best finished trial.\n")
     builder.text("```\n" + headline + "\n```")
-    comparisons = ""
+    comparisons = sentence = ""
     if spec.factors:
-        comparisons = _ablation_sections(builder, spec, results, trials, metric, fold_design(spec))
+        comparisons, sentence = _ablation_sections(builder, spec, results, trials, metric, fold_design(spec))
     selection, test_metrics = _selection_section(builder, study_dir, spec, results, trials, metric, n_boot)
     _tuning_section(builder, spec, results, trials, metric)
     builder.text("\n## Cost\n")
@@ -93,7 +96,7 @@ def analyze_study(study_dir: str | Path, metric: str | None = None, n_boot: int 
     builder.table(cost_table(spec, results, trials))
     hparams = write_hparams(study_dir, spec, results, trials)
     builder.text(f"\n## TensorBoard\n\nHParams view of every trial: `tensorboard --logdir {hparams.parent}`; per-epoch curves of every run: `tensorboard --logdir {StudyLayout(study_dir).runs}`.")
-    report = builder.write(spec, headline, comparisons, selection, test_metrics)
+    report = builder.write(spec, headline, comparisons, sentence, selection, test_metrics)
     logger.info("report written to %s", report.html)
     return report
 
@@ -119,14 +122,14 @@ class _ReportBuilder:
         self.parts.append(f"![{caption}]({path.name})\n")
 
     def write(
-        self, spec: StudySpec, headline: str, comparisons: str, selection: Selection | None, test_metrics: pd.DataFrame | None
+        self, spec: StudySpec, headline: str, comparisons: str, verdict: str, selection: Selection | None, test_metrics: pd.DataFrame | None
     ) -> Report:
         body = "\n".join(self.parts) + "\n"
         md_path = self.directory / "report.md"
         write_text_atomic(md_path, body)
         html_path = self.directory / "report.html"
         write_text_atomic(html_path, _html(spec.name, body, self.directory))
-        return Report(self.directory, md_path, html_path, headline, comparisons, spec, selection, test_metrics)
+        return Report(self.directory, md_path, html_path, headline, comparisons, verdict, spec, selection, test_metrics)
 
 
 def _html(title: str, body: str, directory: Path) -> str:
@@ -153,9 +156,9 @@ def _fmt(mean: float, std: float, low: float, high: float) -> str:
     return text + ("" if math.isnan(low) else f" [{low:.3f}, {high:.3f}]")
 
 
-def _ablation_sections(builder: _ReportBuilder, spec: StudySpec, results: pd.DataFrame, trials: pd.DataFrame, metric: str, design: FoldDesign) -> str:
+def _ablation_sections(builder: _ReportBuilder, spec: StudySpec, results: pd.DataFrame, trials: pd.DataFrame, metric: str, design: FoldDesign) -> tuple[str, str]:
     """The ablation tables, paired tests and forest plots; returns the primary metric's
-    comparisons and verdict as plain text."""
+    comparisons with their verdicts as plain text, and its one-sentence verdict."""
     scores = repetition_scores(spec, results, trials)
     references = reference_levels(spec)
     builder.text("\n## Ablation tables (search stage)\n")
@@ -197,7 +200,7 @@ def _ablation_sections(builder: _ReportBuilder, spec: StudySpec, results: pd.Dat
         "of the per-fold differences; a non-significant comparison means smaller than that, or not there. These are "
         "search-stage scores (see above).\n"
     )
-    console = ""
+    console = sentence = ""
     for name in dict.fromkeys((metric, "balanced_accuracy")):
         if f"val_{name}" in scores.columns:
             comparisons = compare_to_reference(spec, scores, name, design)
@@ -212,7 +215,9 @@ def _ablation_sections(builder: _ReportBuilder, spec: StudySpec, results: pd.Dat
                     f"{name}: each level vs the reference, paired over {design.folds} folds (corrected t, Holm-adjusted p, "
                     f"minimum detectable difference at {TARGET_POWER:.0%} power, alpha {ALPHA})\n{format_comparisons(comparisons)}\n\n{said}"
                 )
-    return console
+                sentence = one_sentence_verdict(comparisons, name, design.folds)
+                builder.text(f"\n> {sentence}\n")
+    return console, sentence
 
 
 def _selection_section(

@@ -2,8 +2,8 @@
 then the one-standard-error rule towards the smaller adapter.
 
 Candidates are finished trials that completed every repetition. Each candidate's score is the
-mean over repetitions of its final-epoch validation metric, and its standard error the std over
-repetitions / sqrt(n). The best candidate sets a bar one standard error below its mean (above it
+mean over validation folds of its final-epoch validation metric (seeds averaged within their
+fold, since they share its split), and its standard error the std over folds / sqrt(folds). The best candidate sets a bar one standard error below its mean (above it
 for a metric to minimise); of the candidates that clear the bar, the one with the fewest
 trainable parameters (adapters, modality encoders, heads: the saved adapter-only weights) is
 selected, ties broken by score. Scores within one SE of the best are noise at this sample size,
@@ -54,9 +54,9 @@ class Selection:
 
     @property
     def score_text(self) -> str:
-        """The selected trial's score, e.g. ``0.6865 ± 0.0215 (SE, n = 2)``."""
+        """The selected trial's score, e.g. ``0.6865 ± 0.0215 (SE, 2 folds)``."""
         row = self.row
-        spread = "no SE" if math.isnan(row["se"]) else f"SE, n = {int(row['n'])}"
+        spread = "no SE" if math.isnan(row["se"]) else f"SE, {int(row['n'])} folds"
         return f"{row['mean']:.4f}" + ("" if math.isnan(row["se"]) else f" ± {row['se']:.4f}") + f" ({spread})"
 
 
@@ -84,7 +84,7 @@ def trainable_parameters(study_dir: Path, trial_id: str, fold: int, seed: int) -
 
 
 def candidate_scores(spec: StudySpec, results: pd.DataFrame, trials: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Finished trials that ran every repetition: mean, SE and n of the metric over repetitions."""
+    """Finished trials that ran every repetition: mean, SE and n of the metric over folds."""
     column = f"val_{metric}"
     if column not in results.columns:
         raise InputError(f"metric {metric!r}: results.parquet has no column {column!r}")
@@ -92,10 +92,10 @@ def candidate_scores(spec: StudySpec, results: pd.DataFrame, trials: pd.DataFram
     finished = set(trials.loc[trials["state"] == "finished", "trial_id"])
     finals = final_epochs(results)
     finals = finals[finals["trial_id"].isin(finished)]
-    grouped = finals.groupby("trial_id")[column]
-    table = pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=1), "n": grouped.count()}).reset_index()
+    complete = finals.groupby("trial_id")[column].count() == n_repetitions
+    by_fold = finals[finals["trial_id"].map(complete)].groupby(["trial_id", "fold"])[column].mean().groupby("trial_id")
+    table = pd.DataFrame({"mean": by_fold.mean(), "std": by_fold.std(ddof=1), "n": by_fold.count()}).reset_index()
     table["se"] = table["std"] / table["n"].pow(0.5)
-    table = table[table["n"] == n_repetitions]
     levels = trials.set_index("trial_id")[["cell", *spec.factors, *[c for c in trials.columns if c in spec.search.params]]]
     return table.join(levels, on="trial_id")
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from analysis.inference import FoldDesign, minimum_detectable_difference
 
@@ -33,11 +34,20 @@ def test_plan_of_the_paper_scale_study_counts_its_runs_and_what_it_can_detect() 
     assert "seeds per fold are averaged" in out and "optimistic by selection" in out
 
 
-def test_plan_warns_when_a_design_cannot_reach_significance() -> None:
-    """The demo spec validates on 2 folds: one degree of freedom, no intervals."""
-    done = _plan(str(STUDIES / "demo.yaml"), "--spread", "0.03")
+def test_plan_warns_when_a_design_cannot_reach_significance(tmp_path: Path) -> None:
+    """The demo on 2 folds x 2 seeds: two units, one degree of freedom, no intervals, and a
+    detectable difference larger than any C-index difference can be."""
+    spec = yaml.safe_load((STUDIES / "demo.yaml").read_text()) | {"folds": 2, "seeds": [0, 1]}
+    path = tmp_path / "two_folds.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    done = _plan(str(path), "--spread", "0.03")
     assert done.returncode == 0, done.stderr
-    assert "warning: 2 folds: intervals are n/a" in done.stdout or "cannot reach significance" in done.stdout
+    out = done.stdout
+    assert "2 folds x 2 seeds = 4" in out and "1 degrees of freedom" in out
+    assert "warning: 2 folds: intervals are n/a" in out and "cannot reach significance for any plausible effect" in out
+    assert "seeds per fold are averaged" in out
+    shipped = _plan(str(STUDIES / "demo.yaml"), "--spread", "0.03")
+    assert shipped.returncode == 0 and "cannot reach significance" not in shipped.stdout and "intervals are n/a" not in shipped.stdout
 
 
 def test_plan_refuses_a_spread_that_is_not_a_standard_deviation() -> None:

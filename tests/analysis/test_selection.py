@@ -76,6 +76,17 @@ def test_candidates_are_finished_trials_with_every_repetition() -> None:
     assert (table["n"] == FOLDS).all() and (table["se"] > 0).all()
 
 
+def test_a_seed_repeating_the_folds_does_not_shrink_the_standard_error() -> None:
+    """Seeds share their fold's split: an exact copy as a second seed leaves mean, SE and n as they were."""
+    results, trials = _study()
+    one = results[results["seed"] == SEEDS[0]]
+    copied = pd.concat([one, one.assign(seed=SEEDS[0] + 100)], ignore_index=True)
+    spec = _spec().model_copy(update={"seeds": [SEEDS[0], SEEDS[0] + 100]})
+    alone = candidate_scores(_spec().model_copy(update={"seeds": [SEEDS[0]]}), one, trials, "c_index").set_index("trial_id")
+    twice = candidate_scores(spec, copied, trials, "c_index").set_index("trial_id")
+    assert np.allclose(alone["se"], twice["se"]) and (twice["n"] == FOLDS).all()
+
+
 def test_importance_finds_the_parameter_that_matters() -> None:
     results, trials = _study()
     table, note = param_importances(_spec(), results, trials, "c_index")

@@ -166,7 +166,9 @@ def verdict(table: pd.DataFrame, metric: str) -> str:
 
 def one_sentence_verdict(table: pd.DataFrame, metric: str, folds: int) -> str:
     """The study's answer in one sentence: which differences are significant after Holm, and
-    what the others are smaller than."""
+    what the others are smaller than ("" when there is nothing to compare)."""
+    if table.empty:
+        return ""
     significant = [f"{r.level} vs {r.reference} {r.difference:+.3f} (Holm p = {r.p_holm:.2g})" for r in table.itertuples() if r.p_holm < ALPHA]
     rest = [
         f"{r.level} vs {r.reference} {r.difference:+.3f}" + ("" if math.isnan(r.mdd) else f" (detectable: {r.mdd:.2f})")

@@ -51,6 +51,14 @@ class StudyForecast:
     warnings: list[str] = field(default_factory=list)
 
     @property
+    def confirm_runs(self) -> int:
+        """The confirm stage's runs: every cell's chosen configuration on its repetitions."""
+        confirm = self.spec.confirm
+        if confirm is None:
+            return 0
+        return self.cells * len(self.spec.confirmation().fold_indices) * len(confirm.seeds)
+
+    @property
     def runs(self) -> int:
         return self.trials * self.repetitions
 
@@ -59,7 +67,9 @@ class StudyForecast:
         """Upper bound on the summed wall time of all trials (none stopped early)."""
         if self.pilot is None:
             return math.nan
-        return self.trials * (self.pilot.start_s + self.repetitions * self.epochs * self.pilot.epoch_s)
+        search = self.trials * (self.pilot.start_s + self.repetitions * self.epochs * self.pilot.epoch_s)
+        confirm = (self.cells * self.pilot.start_s + self.confirm_runs * self.epochs * self.pilot.epoch_s) if self.confirm_runs else 0.0
+        return search + confirm
 
     def text(self) -> str:
         spec, resources = self.spec, self.spec.resources
@@ -68,6 +78,12 @@ class StudyForecast:
             f"repetitions per trial: {len(spec.fold_indices)} folds x {len(spec.seeds)} seeds = {self.repetitions}; "
             f"runs: {self.runs}; epochs: at most {self.runs * self.epochs} ({self.epochs} per run)",
         ]
+        if self.confirm_runs:
+            confirmation = spec.confirmation()
+            lines.append(
+                f"confirm stage: {self.cells} cells' chosen configurations x {len(confirmation.fold_indices)} folds x "
+                f"{len(confirmation.seeds)} fresh seeds = {self.confirm_runs} runs; the tests below are computed on these"
+            )
         if self.pilot is None:
             lines.append("compute: no pilot given (--pilot STUDY_DIR, a finished study with the same train config and hardware)")
         else:
@@ -97,7 +113,8 @@ class StudyForecast:
 def forecast(spec: StudySpec, spread: float | None = None, pilot_dir: Path | None = None, cohort_folds: int | None = None) -> StudyForecast:
     """The counts, cost and detectable differences of ``spec``; see the module docstring."""
     cells = design_cells(spec.factors, spec.design)
-    design, note = _fold_design(spec, cohort_folds)
+    tested = spec.confirmation() if spec.confirm is not None else spec  # the stage the tests are computed on
+    design, note = _fold_design(tested, cohort_folds)
     epochs = validate_train_config(dict(spec.train), source=f"study {spec.name}: train").optim.epochs
     pilot = pilot_times(pilot_dir) if pilot_dir is not None else None
     source = "stated"
@@ -149,8 +166,8 @@ def _warnings(result: StudyForecast, mdd: float) -> list[str]:
         warnings.append(f"{len(result.spec.seeds)} seeds per fold are averaged within it: they lower the per-fold noise, not the number of units; more folds buy more power")
     if not math.isnan(mdd) and mdd > IMPLAUSIBLE_DIFFERENCE:
         warnings.append(f"the minimum detectable difference {mdd:.2f} exceeds {IMPLAUSIBLE_DIFFERENCE}: this design cannot reach significance for any plausible effect")
-    if result.spec.search.trials_per_cell > 1:
-        warnings.append(f"each cell is scored by its best of {result.spec.search.trials_per_cell} trials on the folds that chose it: its score is optimistic by selection")
+    if result.spec.search.trials_per_cell > 1 and result.spec.confirm is None:
+        warnings.append(f"each cell is scored by its best of {result.spec.search.trials_per_cell} trials on the folds that chose it: its score is optimistic by selection (add a confirm stage: confirm: {{seeds: [...]}})")
     return warnings
 
 

@@ -13,6 +13,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import markdown
@@ -25,7 +26,7 @@ from analysis.cost import cost_table
 from analysis.hparams import write_hparams
 from analysis.predictions import RepetitionPredictions, trial_predictions
 from analysis.selection import OPTIMISM_NOTE, Selection, held_out_metrics, select_model
-from analysis.summary import cell_summary, final_epochs, format_summary, load_study
+from analysis.summary import cell_summary, final_epochs, format_summary, load_confirmation, load_study
 from analysis.survival import bootstrap_c_index, ipcw_metrics, logrank_by_cohort, pooled_out_of_fold, risk_groups, summarise_ipcw
 from analysis.tuning import param_importances, pareto_front
 from modaltune.atomic import write_text_atomic
@@ -87,8 +88,20 @@ def analyze_study(study_dir: str | Path, metric: str | None = None, n_boot: int 
     builder.text("Mean ± std over repetitions of the final-epoch validation metrics of each cell's best finished trial.\n")
     builder.text("```\n" + headline + "\n```")
     comparisons = sentence = ""
-    if spec.factors:
-        comparisons, sentence = _ablation_sections(builder, spec, results, trials, metric, fold_design(spec))
+    confirmation = load_confirmation(study_dir)
+    if spec.factors and confirmation is not None:
+        spec_c, results_c, trials_c = confirmation
+        builder.text("\n## Confirmation: each cell's chosen configuration, retrained\n")
+        builder.text(
+            f"The confirm stage trained each cell's best search configuration again on seeds {spec_c.seeds}, folds "
+            f"{spec_c.fold_indices}; these runs did not choose anything, so the tables and tests below are free of the search's "
+            "selection optimism. Mean ± std over repetitions:\n"
+        )
+        builder.text("```\n" + format_summary(cell_summary(spec_c, results_c, trials_c), spec_c) + "\n```")
+        comparisons, sentence = _ablation_sections(builder, spec_c, results_c, trials_c, metric, fold_design(spec_c), SearchOrConfirm.CONFIRMATION)
+        _ablation_sections(builder, spec, results, trials, metric, fold_design(spec), SearchOrConfirm.SEARCH_CONFIRMED)
+    elif spec.factors:
+        comparisons, sentence = _ablation_sections(builder, spec, results, trials, metric, fold_design(spec), SearchOrConfirm.SEARCH)
     selection, test_metrics = _selection_section(builder, study_dir, spec, results, trials, metric, n_boot)
     _tuning_section(builder, spec, results, trials, metric)
     builder.text("\n## Cost\n")
@@ -156,15 +169,35 @@ def _fmt(mean: float, std: float, low: float, high: float) -> str:
     return text + ("" if math.isnan(low) else f" [{low:.3f}, {high:.3f}]")
 
 
-def _ablation_sections(builder: _ReportBuilder, spec: StudySpec, results: pd.DataFrame, trials: pd.DataFrame, metric: str, design: FoldDesign) -> tuple[str, str]:
+class SearchOrConfirm(Enum):
+    """Which runs an ablation section is computed on, and how the report labels it."""
+
+    SEARCH = ("search stage", "", "")
+    SEARCH_CONFIRMED = ("search stage, for reference", "search_", " The confirmation above is the one to read.")
+    CONFIRMATION = ("confirmation stage", "confirm_", "")
+
+    def __init__(self, title: str, prefix: str, note: str) -> None:
+        self.title, self.prefix, self.note = title, prefix, note
+
+    def describe(self, spec: StudySpec) -> str:
+        if self is SearchOrConfirm.CONFIRMATION:
+            return f"Confirmation-stage scores: each cell's chosen configuration, retrained on seeds {spec.seeds}."
+        return (
+            f"Search-stage scores: each cell's best of {spec.search.trials_per_cell} trial(s), chosen on the same folds that "
+            f"score it, so optimistic by selection.{self.note}"
+        )
+
+
+def _ablation_sections(
+    builder: _ReportBuilder, spec: StudySpec, results: pd.DataFrame, trials: pd.DataFrame, metric: str, design: FoldDesign, stage: SearchOrConfirm
+) -> tuple[str, str]:
     """The ablation tables, paired tests and forest plots; returns the primary metric's
     comparisons with their verdicts as plain text, and its one-sentence verdict."""
     scores = repetition_scores(spec, results, trials)
     references = reference_levels(spec)
-    builder.text("\n## Ablation tables (search stage)\n")
+    builder.text(f"\n## Ablation tables ({stage.title})\n")
     builder.text(
-        f"Search-stage scores: each cell's best of {spec.search.trials_per_cell} trial(s), chosen on the same folds that score "
-        "it, so optimistic by selection. One row per level of each factor; per cancer type and overall: mean ± std over the "
+        f"{stage.describe(spec)} One row per level of each factor; per cancer type and overall: mean ± std over the "
         f"{design.folds} validation folds (seeds averaged within a fold) of the final-epoch validation metric, "
         "[95% corrected t-interval of the mean on the logit scale, so inside [0, 1]; n/a from fewer than 3 folds]. "
         "Reference levels are marked *.\n"
@@ -187,8 +220,8 @@ def _ablation_sections(builder: _ReportBuilder, spec: StudySpec, results: pd.Dat
         if notes:
             builder.text("Intervals not shown: " + "; ".join(notes) + ".\n")
         if name in (metric, "balanced_accuracy") and levels["factor"].duplicated().any():
-            builder.figure(lambda p, lv=levels, n=name: plots.ablation_plot(lv, n, p), f"ablation_{name}.png", f"ablation: {name}")
-    builder.text("\n## Statistics: each level against its reference\n")
+            builder.figure(lambda p, lv=levels, n=name: plots.ablation_plot(lv, n, p), f"{stage.prefix}ablation_{name}.png", f"ablation: {name}")
+    builder.text(f"\n## Statistics: each level against its reference ({stage.title})\n")
     builder.text(
         f"Unit: a validation fold ({design.folds} here). Seeds re-train on the same split, so they are averaged within their "
         "fold, never counted as independent; in crossed and sampled designs a level's fold score is the mean over its cells. "
@@ -197,8 +230,8 @@ def _ablation_sections(builder: _ReportBuilder, spec: StudySpec, results: pd.Dat
         "overlap; it is calibrated under that overlap model (tests/analysis/test_calibration.py), where rank tests are not. "
         f"p-values Holm-adjusted across the comparisons of a metric. `mdd` is the minimum detectable difference: the true "
         f"difference the test finds with {TARGET_POWER:.0%} power at alpha/m (Holm's strictest step), given the observed spread "
-        "of the per-fold differences; a non-significant comparison means smaller than that, or not there. These are "
-        "search-stage scores (see above).\n"
+        "of the per-fold differences; a non-significant comparison means smaller than that, or not there. "
+        f"{stage.describe(spec)}\n"
     )
     console = sentence = ""
     for name in dict.fromkeys((metric, "balanced_accuracy")):
@@ -207,7 +240,7 @@ def _ablation_sections(builder: _ReportBuilder, spec: StudySpec, results: pd.Dat
             builder.text(f"\n### {name}\n")
             builder.table(comparisons)
             if comparisons["difference"].notna().any():
-                builder.figure(lambda p, c=comparisons, n=name: plots.forest_plot(c, n, p), f"forest_{name}.png", f"paired differences: {name}")
+                builder.figure(lambda p, c=comparisons, n=name: plots.forest_plot(c, n, p), f"{stage.prefix}forest_{name}.png", f"paired differences: {name}")
             said = verdict(comparisons, name)
             builder.text("**Verdict.** " + said.replace("\n", " ") + "\n")
             if name == metric:

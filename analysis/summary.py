@@ -25,6 +25,14 @@ def load_study(study_dir: str | Path) -> tuple[StudySpec, pd.DataFrame, pd.DataF
     return spec, results, trials
 
 
+def load_confirmation(study_dir: str | Path) -> tuple[StudySpec, pd.DataFrame, pd.DataFrame] | None:
+    """The confirm stage's spec, results and trials (sweeps/confirm.py); None until it has results."""
+    folder = StudyLayout(study_dir).confirmation
+    if not StudyLayout(folder).results.exists() or not StudyLayout(folder).trials.exists():
+        return None
+    return load_study(folder)
+
+
 def final_epochs(results: pd.DataFrame) -> pd.DataFrame:
     """The last epoch of every trial x repetition: the value a repetition is scored by."""
     ordered = results.sort_values("epoch")

@@ -159,6 +159,16 @@ class DesignSpec(_Strict):
         return self
 
 
+class ConfirmSpec(_Strict):
+    """After the search, each cell's chosen configuration is trained again on fresh seeds (and,
+    with ``folds``, on other validation folds); the ablation tables and tests then use these
+    runs only, so the scores that compare cells are not the ones that chose their configurations
+    (sweeps/confirm.py)."""
+
+    seeds: list[int] = Field(min_length=1)
+    folds: int | list[int] | None = None  # default: the search's folds
+
+
 class StudySpec(_Strict):
     name: str
     cohort: Path
@@ -179,6 +189,7 @@ class StudySpec(_Strict):
     watchdog: WatchdogSpec = Field(default_factory=WatchdogSpec)
     storage: str | None = None
     min_free_mb: float = Field(default=100.0, ge=0)  # the study stops (resumable) below this much free storage
+    confirm: ConfirmSpec | None = None
 
     @field_validator("design", mode="before")
     @classmethod
@@ -200,10 +211,7 @@ class StudySpec(_Strict):
     @field_validator("folds")
     @classmethod
     def _folds(cls, folds: int | list[int]) -> int | list[int]:
-        if isinstance(folds, int) and folds < 1:
-            raise ValueError("needs at least one fold")
-        if isinstance(folds, list) and (not folds or len(set(folds)) != len(folds) or min(folds) < 0):
-            raise ValueError(f"needs distinct fold indices >= 0, got {folds}")
+        _check_folds(folds)
         return folds
 
     @field_validator("factors")
@@ -222,12 +230,50 @@ class StudySpec(_Strict):
             raise ValueError(f"test_fold {self.test_fold} is also one of the validation folds {self.folds}")
         return self
 
+    @model_validator(mode="after")
+    def _confirmation_is_fresh(self) -> "StudySpec":
+        if self.confirm is None:
+            return self
+        if self.confirm.folds is not None:
+            _check_folds(self.confirm.folds)
+            if self.test_fold in validation_folds(self.confirm.folds, self.test_fold):
+                raise ValueError(f"confirm.folds: the test fold {self.test_fold} cannot be a validation fold")
+        reused = sorted(set(self.confirm.seeds) & set(self.seeds))
+        if reused:
+            raise ValueError(f"confirm.seeds {reused} are also search seeds: a confirmation retrains on fresh seeds")
+        return self
+
     @property
     def fold_indices(self) -> list[int]:
         """The validation folds: ``folds`` as listed, or the first ``folds`` that are not the test fold."""
-        if isinstance(self.folds, list):
-            return list(self.folds)
-        return [f for f in range(self.folds + 1) if f != self.test_fold][: self.folds]
+        return validation_folds(self.folds, self.test_fold)
+
+    def confirmation(self) -> "StudySpec":
+        """The confirm stage as a study of its own: one trial per cell (its configuration fixed
+        by the search), the confirmation's seeds and folds, every repetition run (no scheduler)."""
+        if self.confirm is None:
+            raise ValueError(f"study {self.name} has no confirm stage")
+        return self.model_copy(update={
+            "seeds": list(self.confirm.seeds),
+            "folds": self.folds if self.confirm.folds is None else self.confirm.folds,
+            "search": self.search.model_copy(update={"trials_per_cell": 1}),
+            "scheduler": SchedulerSpec(type="none"),
+            "confirm": None,
+        })
+
+
+def _check_folds(folds: int | list[int]) -> None:
+    if isinstance(folds, int) and folds < 1:
+        raise ValueError("needs at least one fold")
+    if isinstance(folds, list) and (not folds or len(set(folds)) != len(folds) or min(folds) < 0):
+        raise ValueError(f"needs distinct fold indices >= 0, got {folds}")
+
+
+def validation_folds(folds: int | list[int], test_fold: int | None) -> list[int]:
+    """``folds`` as listed, or the first ``folds`` fold indices that are not the test fold."""
+    if isinstance(folds, list):
+        return list(folds)
+    return [f for f in range(folds + 1) if f != test_fold][:folds]
 
 
 def load_study_spec(path: str | os.PathLike[str]) -> StudySpec:
@@ -285,6 +331,10 @@ class StudyLayout:
     @property
     def best(self) -> Path:
         return self.root / "best"
+
+    @property
+    def confirmation(self) -> Path:
+        return self.root / "confirm"  # the confirm stage: a study folder of its own (sweeps/confirm.py)
 
     @property
     def tensorboard(self) -> Path:

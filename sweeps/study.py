@@ -1,4 +1,5 @@
-"""Running a study: validate, prepare shared artefacts, then one Ray Tune ``Tuner`` over all cells.
+"""Running a study: validate, prepare shared artefacts, then one Ray Tune ``Tuner`` over all cells,
+and, with a confirm stage, a second one over each cell's chosen configuration (sweeps/confirm.py).
 
 Order matters: the spec, the cohort and every run config are checked first and nothing is
 written on bad input; label banks are computed once; only then does Ray start. A study folder
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -23,6 +25,7 @@ from modaltune.atomic import write_text_atomic
 from modaltune.errors import InputError
 from modaltune.train import ray_session
 from sweeps.channel import StudyChannel
+from sweeps.confirm import FixedConfigurations, confirmation_configs
 from sweeps.interrupt import clear_interruption, read_interruption
 from sweeps.plan import StudyPlan, build_plan, prepare_label_banks
 from sweeps.reaper import WorkerGroupReaper
@@ -53,7 +56,8 @@ class StudyOutcome:
 
 
 def run_study(spec: StudySpec, storage: Path, *, resume: bool = False, address: str | None = None) -> StudyOutcome:
-    """Run (or with ``resume`` continue) the study into ``storage / spec.name``."""
+    """Run (or with ``resume`` continue) the study into ``storage / spec.name``: the search,
+    then, if the spec asks for one, the confirm stage (sweeps/confirm.py)."""
     storage = storage.resolve()
     layout = StudyLayout(storage / spec.name)
     started_before = Tuner.can_restore(str(layout.root)) if layout.root.exists() else False
@@ -62,23 +66,43 @@ def run_study(spec: StudySpec, storage: Path, *, resume: bool = False, address: 
     if not resume and started_before:
         raise InputError(f"{layout.root} already holds study '{spec.name}': pass --resume to continue it, or choose another --storage")
     plan = build_plan(spec, layout.root)
+    confirmation = build_plan(spec.confirmation(), layout.confirmation) if spec.confirm is not None else None
     check_storage(storage, spec.min_free_mb)
 
-    layout.root.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(layout.spec, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
-    prepare_label_banks(plan)
-    clear_interruption(layout)
+    for stage in filter(None, (plan, confirmation)):
+        StudyLayout(stage.study_dir).root.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(StudyLayout(stage.study_dir).spec, yaml.safe_dump(stage.spec.model_dump(mode="json"), sort_keys=False))
+        prepare_label_banks(stage)
+        clear_interruption(StudyLayout(stage.study_dir))
     ray_session.connect(address, use_gpu=spec.resources.use_gpu, processes=_processes(spec))
 
     channel = StudyChannel.remote()  # the trials' reports and verdicts; dies with this driver
+    outcome = _run_stage(plan, channel, storage, _tune_config(plan), resume)
+    if confirmation is None:
+        return outcome
+    configs = confirmation_configs(plan, confirmation)
+    logger.info("confirm stage: %d cells' chosen configurations on seeds %s, folds %s", len(configs), confirmation.spec.seeds, confirmation.spec.fold_indices)
+    tune_config = TuneConfig(
+        search_alg=FixedConfigurations(configs), num_samples=len(configs),
+        max_concurrent_trials=spec.max_concurrent, trial_dirname_creator=trial_dirname,
+    )
+    confirmed = _run_stage(confirmation, channel, layout.root, tune_config, resume and Tuner.can_restore(str(layout.confirmation)))
+    return StudyOutcome(
+        study_dir=layout.root, trials=outcome.trials + confirmed.trials, errors=outcome.errors + confirmed.errors, unfinished=confirmed.unfinished,
+    )
+
+
+def _run_stage(plan: StudyPlan, channel: Any, storage: Path, tune_config: TuneConfig, resume: bool) -> StudyOutcome:
+    """One Tune run of a stage into ``storage / <its folder name>``; raises if it was interrupted."""
+    layout = StudyLayout(plan.study_dir)
     trainable = tune.with_resources(tune.with_parameters(StudyTrial, plan=plan, channel=channel), TRIAL_DRIVER_RESOURCES)
     if resume:
-        logger.info("resuming study %s from %s", spec.name, layout.root)
+        logger.info("resuming %s", layout.root)
         # Errored trials resume too: what errors a trial mid-study (a full disk, a node lost more
         # often than max_failures) is what resume is for; a config that always fails fails fast again.
         tuner = Tuner.restore(str(layout.root), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        tuner = Tuner(trainable, tune_config=_tune_config(plan), run_config=_run_config(plan, storage))
+        tuner = Tuner(trainable, tune_config=tune_config, run_config=_run_config(plan, storage, layout.root.name))
     tuner.fit()
     states = pd.read_parquet(layout.trials)["state"] if layout.trials.exists() else pd.Series(dtype=str)
     outcome = StudyOutcome(
@@ -112,7 +136,7 @@ def _tune_config(plan: StudyPlan) -> TuneConfig:
     )
 
 
-def _run_config(plan: StudyPlan, storage: Path) -> RunConfig:
+def _run_config(plan: StudyPlan, storage: Path, name: str) -> RunConfig:
     reporter = CLIReporter(
         parameter_columns=[CELL_KEY, *plan.factor_names, *plan.param_names],
         metric_columns={DONE_KEY: "reps", "epoch": "epoch", **{cv_key(m): m for m in plan.metric_names}},
@@ -121,7 +145,7 @@ def _run_config(plan: StudyPlan, storage: Path) -> RunConfig:
     watchdog = plan.spec.watchdog
     return RunConfig(
         storage_path=str(storage),
-        name=plan.spec.name,
+        name=name,
         callbacks=[ResultsWriter(plan), WorkerGroupReaper(plan), StallWatchdog(plan, watchdog.stall_after_s, watchdog.check_every_s)],
         failure_config=FailureConfig(max_failures=plan.spec.max_failures),
         # A trial's state is its run folders (Ray Train checkpoints, finished.json); a restarted

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.ablation import compare_to_reference
+from analysis.ablation import compare_to_reference, repetition_scores
 from analysis.inference import FoldDesign, minimum_detectable_difference, power
 from sweeps.cells import design_cells
 from sweeps.spec import StudySpec
@@ -143,3 +143,44 @@ def test_power_follows_the_noncentral_t_and_the_minimum_detectable_difference_ha
         observed = float(np.mean(hits))
         assert abs(observed - expected) <= 3 * math.sqrt(expected * (1 - expected) / STUDIES) + 0.01, f"effect {effect:.4f}: {observed:.3f} vs {expected:.3f}"
     assert power(mdd, sd, folds, fold_design, ALPHA) == pytest.approx(0.8, abs=1e-6)
+
+
+def test_confirmation_scores_are_free_of_the_searchs_selection_optimism() -> None:
+    """A null factor whose cells differ only in noise: one level's runs scatter four times as
+    much as the reference's. Each cell's best of 8 trials is chosen on its search folds
+    (``best_trials``, as the study does); scored on those folds its advantage is inflated by
+    the noisier cell's larger optimism, scored on a fresh seed (the confirm stage) it is not.
+    Both are measured against the true difference of the chosen configurations."""
+    spec = StudySpec.model_validate({
+        "name": "simulated", "cohort": "/nowhere", "folds": 5, "seeds": [0], "design": "one_at_a_time",
+        "factors": {"modalities": [["wsi", "rna"], ["wsi"]]},
+        "search": {"trials_per_cell": 8, "params": {"optim.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}},
+    })
+    design = FoldDesign(folds=5, cv_folds=5)
+    noise = {"wsi+rna": 0.01, "wsi": 0.04}
+    rng = np.random.default_rng(4)
+    search_error, confirmed_error = [], []
+    for _ in range(STUDIES):
+        fold = rng.normal(0, 0.03, 5)
+        rows, trials, quality = [], [], {}
+        for cell in design_cells(spec.factors, spec.design):
+            level = cell.levels["modalities"]
+            for k in range(8):
+                trial_id = f"{cell.id}_{k}"
+                quality[trial_id] = 0.65 + rng.normal(0, 0.01)
+                values = quality[trial_id] + fold + rng.normal(0, noise[level], 5)
+                rows += [{"trial_id": trial_id, "cell": cell.id, "modalities": level, "fold": f, "seed": 0, "epoch": 0, "val_c_index": v} for f, v in enumerate(values)]
+                trials.append({"trial_id": trial_id, "cell": cell.id, "modalities": level, "state": "finished", "cv_c_index": float(values.mean())})
+        results, trials = pd.DataFrame(rows), pd.DataFrame(trials)
+        search = repetition_scores(spec, results, trials)
+        chosen = search.groupby("modalities")["trial_id"].first()
+        truth = quality[chosen["wsi"]] - quality[chosen["wsi+rna"]]
+        # The confirm stage: the chosen trials again, on the same folds with a fresh seed.
+        again = results[results["trial_id"].isin(chosen)].assign(seed=1)
+        again["val_c_index"] = again["trial_id"].map(quality) + fold[again["fold"]] + rng.normal(0, again["modalities"].map(noise))
+        confirmed = trials[trials["trial_id"].isin(chosen)]
+        search_error.append(compare_to_reference(spec, search, "c_index", design)["difference"].iloc[0] - truth)
+        confirmed_error.append(compare_to_reference(spec, repetition_scores(spec, again, confirmed), "c_index", design)["difference"].iloc[0] - truth)
+    search_error, confirmed_error = np.array(search_error), np.array(confirmed_error)
+    assert search_error.mean() > 5 * search_error.std() / math.sqrt(STUDIES), f"search-stage bias {search_error.mean():+.4f}"
+    assert abs(confirmed_error.mean()) < 3 * confirmed_error.std() / math.sqrt(STUDIES), f"confirmed bias {confirmed_error.mean():+.4f}"

@@ -1,0 +1,80 @@
+"""The confirm stage through a real study: the search, then each cell's chosen configuration
+retrained on a fresh seed, the report's tests computed on those runs, and a resume that reruns
+nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from analysis.ablation import compare_to_reference, repetition_scores
+from analysis.inference import FoldDesign
+from analysis.summary import load_study
+from sweeps.confirm import CONFIRMS_KEY
+from sweeps.trial import TRIAL_FILE
+from tests.studyproc import REPO, finish_study, markers, start_study, write_spec
+
+FOLDS, CONFIRM_SEED = 2, 7
+
+
+@pytest.fixture(scope="module")
+def confirmed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, str, Path]:
+    root = tmp_path_factory.mktemp("confirmed")
+    train = yaml.safe_load((REPO / "sweeps" / "studies" / "tiny.yaml").read_text())["train"]
+    train["optim"] |= {"epochs": 2, "warmup_epochs": 0}
+    spec = write_spec(root / "confirmed.yaml", "tiny", {
+        "train": train,
+        "cohort": str(root / "cohort"), "folds": FOLDS,
+        "factors": {"modalities": [["wsi", "rna"], ["wsi"]]},
+        "search": {"trials_per_cell": 2, "sampler": "random", "seed": 0,
+                   "params": {"optim.lr": {"type": "loguniform", "low": 0.002, "high": 0.008}}},
+        "confirm": {"seeds": [CONFIRM_SEED]},
+    })
+    code, output = finish_study(start_study(spec, root / "studies"), timeout=900)
+    return root / "studies" / "confirmed", code, output, spec
+
+
+def test_each_cells_chosen_configuration_is_retrained_on_the_fresh_seed(confirmed) -> None:
+    study, code, output, _ = confirmed
+    assert code == 0, output[-4000:]
+    search = pd.read_parquet(study / "trials.parquet").set_index("trial_id")
+    trials = pd.read_parquet(study / "confirm" / "trials.parquet")
+    assert len(trials) == 2 and set(trials["state"]) == {"finished"}
+    records = [json.loads(p.read_text()) for p in (study / "confirm" / "trials").glob(f"*/{TRIAL_FILE}")]
+    assert len(records) == 2
+    for record in records:
+        config = record["config"]
+        chosen = search[(search["cell"] == config["cell"]) & (search["state"] == "finished")]["cv_c_index"].idxmax()
+        assert config[CONFIRMS_KEY] == chosen
+        assert config["optim.lr"] == pytest.approx(search.loc[chosen, "optim.lr"])
+    results = pd.read_parquet(study / "confirm" / "results.parquet")
+    assert set(results["seed"]) == {CONFIRM_SEED} and sorted(set(results["fold"])) == list(range(FOLDS))
+    assert len(results.groupby(["cell", "fold"])) == 2 * FOLDS
+
+
+def test_the_reports_tests_are_computed_on_the_confirmation_runs(confirmed) -> None:
+    study, code, output, _ = confirmed
+    assert code == 0, output[-4000:]
+    report = (study / "report" / "report.md").read_text()
+    assert "## Confirmation" in report and "(confirmation stage)" in report and "(search stage, for reference)" in report
+    spec, results, trials = load_study(study / "confirm")
+    expected = compare_to_reference(spec, repetition_scores(spec, results, trials), "c_index", FoldDesign(FOLDS, 2)).iloc[0]
+    assert f"Verdict on c_index over {FOLDS} folds" in output
+    assert f"wsi vs wsi+rna {expected['difference']:+.3f}" in output.split("Verdict on c_index", 1)[1]
+    for figure in ("confirm_forest_c_index.png", "search_forest_c_index.png"):
+        assert (study / "report" / figure).stat().st_size > 5000, figure
+
+
+def test_resuming_a_confirmed_study_reruns_nothing(confirmed) -> None:
+    study, code, output, spec = confirmed
+    assert code == 0, output[-4000:]
+    before = markers(study) | {f"confirm/{k}": v for k, v in markers(study / "confirm").items()}
+    assert len(before) == 2 * 2 * FOLDS + 2 * FOLDS  # search: 2 cells x 2 trials x folds; confirmation: 2 cells x folds
+    again, output = finish_study(start_study(spec, study.parent, "--resume"), timeout=600)
+    assert again == 0, output[-4000:]
+    after = markers(study) | {f"confirm/{k}": v for k, v in markers(study / "confirm").items()}
+    assert after == before

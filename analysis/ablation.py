@@ -4,12 +4,14 @@ A cell is scored by its best finished configuration, per repetition (fold x seed
 factor F, the cells that speak for a level L are those that differ from the reference only in
 F (``one_at_a_time``) or all cells with F = L (``crossed`` and ``sampled``: a marginal effect,
 averaged over the other factors' cells). The unit of every interval and test is a validation
-fold: a level's score in a fold is the mean over its cells and seeds in that fold, and a
-comparison pairs the level with its reference fold by fold (see analysis/inference.py for the
+fold: a level's score in a fold is the mean over its cells and seeds in that fold. A
+comparison pairs the level with its reference fold by fold, and in crossed and sampled designs
+also by the other factors' levels within the fold (only combinations both have, averaged over
+them), so a missing or unsampled cell cannot pass for an effect (see analysis/inference.py for the
 corrected resampled t-test, why folds and not fold x seed pairs, and its power). p-values are
 Holm-adjusted across all comparisons of a metric; each comparison carries its minimum
-detectable difference at 80% power, at the Holm-step level alpha/m, so "not significant"
-reads as "smaller than that, or not there".
+detectable difference at 80% power, at the Holm-step level alpha/m: what "not significant"
+could have seen.
 
 These are search-stage scores: each cell's best of ``trials_per_cell`` trials, chosen on the
 same folds that score it, so every cell is optimistic and the optimism grows with the number of
@@ -63,6 +65,16 @@ def fold_scores(rows: pd.DataFrame, column: str) -> pd.Series:
     return rows.groupby("fold")[column].mean().dropna()
 
 
+def fold_differences(spec: StudySpec, level: pd.DataFrame, reference: pd.DataFrame, factor: str, column: str) -> pd.Series:
+    """Per fold, the level's score minus the reference's: seeds averaged within a fold and, where
+    other factors vary (crossed, sampled), differences taken within each combination of their
+    levels that both sides have in that fold, then averaged over the combinations."""
+    keys = ["fold"] + ([f for f in spec.factors if f != factor] if spec.design.type != "one_at_a_time" else [])
+    means = [rows[keys + [column]].astype({k: str for k in keys[1:]}).groupby(keys)[column].mean() for rows in (level, reference)]
+    paired = pd.concat([means[0].rename("level"), means[1].rename("reference")], axis=1).dropna()
+    return (paired["level"] - paired["reference"]).groupby(level="fold").mean()
+
+
 def level_table(spec: StudySpec, scores: pd.DataFrame, metric: str, design: FoldDesign) -> pd.DataFrame:
     """One row per factor x level: mean and std over folds and the corrected 95% interval of the
     mean (in [0, 1]), overall and per cancer type, with a note where there is none."""
@@ -92,12 +104,10 @@ def compare_to_reference(spec: StudySpec, scores: pd.DataFrame, metric: str, des
     column = f"val_{metric}"
     rows = []
     for factor, levels in spec.factors.items():
-        reference = fold_scores(_cells_for(spec, scores, factor, references[factor]), column)
+        reference = _cells_for(spec, scores, factor, references[factor])
         for value in levels[1:]:
             level = factor_level(factor, value).label
-            other = fold_scores(_cells_for(spec, scores, factor, level), column)
-            paired = pd.concat([other.rename("level"), reference.rename("reference")], axis=1).dropna()
-            differences = (paired["level"] - paired["reference"]).to_numpy()
+            differences = fold_differences(spec, _cells_for(spec, scores, factor, level), reference, factor, column).to_numpy()
             test = corrected_t_test(differences, design)
             rows.append({
                 "factor": factor, "level": level, "reference": references[factor], "folds": test.units,
@@ -143,7 +153,7 @@ def format_comparisons(table: pd.DataFrame) -> str:
 
 
 def verdict(table: pd.DataFrame, metric: str) -> str:
-    """One sentence per comparison: significant after Holm, or smaller than its detectable difference."""
+    """One sentence per comparison: significant after Holm, or not and what the design could detect, or untestable."""
     sentences = []
     for row in table.itertuples():
         name = f"{row.level} vs {row.reference} ({row.factor})"
@@ -158,25 +168,25 @@ def verdict(table: pd.DataFrame, metric: str) -> str:
             sentences.append(f"{name}: {metric} {row.difference:+.3f}, significant after Holm (p = {row.p_holm:.3g}, {row.agreeing} folds agree).")
         else:
             sentences.append(
-                f"{name}: {metric} {row.difference:+.3f}, not significant (Holm p = {row.p_holm:.3g}): "
-                f"the true difference is smaller than {row.mdd:.3f}, or this design cannot see it (80% power)."
+                f"{name}: {metric} {row.difference:+.3f}, not significant (Holm p = {row.p_holm:.3g}); "
+                f"this design detects a true difference of {row.mdd:.3f} with 80% power."
             )
     return "\n".join(sentences)
 
 
 def one_sentence_verdict(table: pd.DataFrame, metric: str, folds: int) -> str:
-    """The study's answer in one sentence: which differences are significant after Holm, and
-    what the others are smaller than ("" when there is nothing to compare)."""
+    """The study's answer in one sentence: which differences are significant after Holm, which
+    are not (with what the design could detect) and which could not be tested ("" when there is
+    nothing to compare)."""
     if table.empty:
         return ""
-    significant = [f"{r.level} vs {r.reference} {r.difference:+.3f} (Holm p = {r.p_holm:.2g})" for r in table.itertuples() if r.p_holm < ALPHA]
-    rest = [
-        f"{r.level} vs {r.reference} {r.difference:+.3f}" + ("" if math.isnan(r.mdd) else f" (detectable: {r.mdd:.2f})")
-        for r in table.itertuples() if not r.p_holm < ALPHA
-    ]
-    parts = []
-    if significant:
-        parts.append("significant after Holm: " + ", ".join(significant))
-    if rest:
-        parts.append("not significant: " + ", ".join(rest))
-    return f"Verdict on {metric} over {folds} folds: " + "; ".join(parts) + "."
+    testable = table[table["p_holm"].notna()]
+    groups = {
+        "significant after Holm": [f"{r.level} vs {r.reference} {r.difference:+.3f} (Holm p = {r.p_holm:.2g})" for r in testable.itertuples() if r.p_holm < ALPHA],
+        "not significant": [
+            f"{r.level} vs {r.reference} {r.difference:+.3f}" + ("" if math.isnan(r.mdd) else f" (detectable: {r.mdd:.2f})")
+            for r in testable.itertuples() if r.p_holm >= ALPHA
+        ],
+        "not testable": [f"{r.level} vs {r.reference} ({r.note})" for r in table[table["p_holm"].isna()].itertuples()],
+    }
+    return f"Verdict on {metric} over {folds} folds: " + "; ".join(f"{name}: {', '.join(items)}" for name, items in groups.items() if items) + "."

@@ -148,7 +148,7 @@ def _fold_design(spec: StudySpec, cohort_folds: int | None) -> tuple[FoldDesign,
     elif spec.synthetic is not None and "n_folds" in spec.synthetic:
         total, how = int(spec.synthetic["n_folds"]), "the synthetic cohort's n_folds"
     else:
-        total = max(spec.fold_indices) + 1 + (spec.test_fold is not None)
+        total = max(max(spec.fold_indices), -1 if spec.test_fold is None else spec.test_fold) + 1
         how = "assumed: the cohort is not readable here, pass --cohort-folds"
     taking_turns = total - (spec.test_fold is not None)
     if taking_turns < 2:
@@ -166,8 +166,14 @@ def _warnings(result: StudyForecast, mdd: float) -> list[str]:
         warnings.append(f"{len(result.spec.seeds)} seeds per fold are averaged within it: they lower the per-fold noise, not the number of units; more folds buy more power")
     if not math.isnan(mdd) and mdd > IMPLAUSIBLE_DIFFERENCE:
         warnings.append(f"the minimum detectable difference {mdd:.2f} exceeds {IMPLAUSIBLE_DIFFERENCE}: this design cannot reach significance for any plausible effect")
-    if result.spec.search.trials_per_cell > 1 and result.spec.confirm is None:
-        warnings.append(f"each cell is scored by its best of {result.spec.search.trials_per_cell} trials on the folds that chose it: its score is optimistic by selection (add a confirm stage: confirm: {{seeds: [...]}})")
+    trials = result.spec.search.trials_per_cell
+    if trials > 1 and result.spec.confirm is None:
+        warnings.append(f"each cell is scored by its best of {trials} trials on the folds that chose it: its score is optimistic by selection (add a confirm stage: confirm: {{seeds: [...]}})")
+    elif trials > 1 and set(result.spec.confirmation().fold_indices) & set(result.spec.fold_indices):
+        warnings.append(
+            "the confirm stage re-scores on folds the search chose on: fresh seeds remove the optimism from seed noise, "
+            "not from those folds' cases (confirm.folds disjoint from the search's removes both)"
+        )
     return warnings
 
 

@@ -94,8 +94,10 @@ def analyze_study(study_dir: str | Path, metric: str | None = None, n_boot: int 
         builder.text("\n## Confirmation: each cell's chosen configuration, retrained\n")
         builder.text(
             f"The confirm stage trained each cell's best search configuration again on seeds {spec_c.seeds}, folds "
-            f"{spec_c.fold_indices}; these runs did not choose anything, so the tables and tests below are free of the search's "
-            "selection optimism. Mean ± std over repetitions:\n"
+            f"{spec_c.fold_indices}; these runs chose nothing, so the tables and tests below carry no optimism from the search's "
+            "seed noise" + (", nor from its validation cases (other folds)." if not set(spec_c.fold_indices) & set(spec.fold_indices)
+                            else "; on the search's own folds, what the configurations fitted to those folds' cases remains.")
+            + " Mean ± std over repetitions:\n"
         )
         builder.text("```\n" + format_summary(cell_summary(spec_c, results_c, trials_c), spec_c) + "\n```")
         comparisons, sentence = _ablation_sections(builder, spec_c, results_c, trials_c, metric, fold_design(spec_c), SearchOrConfirm.CONFIRMATION)
@@ -230,7 +232,7 @@ def _ablation_sections(
         "overlap; it is calibrated under that overlap model (tests/analysis/test_calibration.py), where rank tests are not. "
         f"p-values Holm-adjusted across the comparisons of a metric. `mdd` is the minimum detectable difference: the true "
         f"difference the test finds with {TARGET_POWER:.0%} power at alpha/m (Holm's strictest step), given the observed spread "
-        "of the per-fold differences; a non-significant comparison means smaller than that, or not there. "
+        "of the per-fold differences: what a non-significant comparison could have seen. "
         f"{stage.describe(spec)}\n"
     )
     console = sentence = ""

@@ -18,6 +18,7 @@ import logging
 import pickle
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from ray.tune.search import Searcher
 
@@ -78,5 +79,8 @@ class FixedConfigurations(Searcher):
 
 
 def _plain(value: Any) -> Any:
-    """A parquet scalar (numpy) as the Python value Tune and the run config expect."""
+    """A parquet value (a numpy scalar, or an array for a list-valued choice) as the Python value
+    Tune and the run config expect."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
     return value.item() if hasattr(value, "item") else value

@@ -78,7 +78,7 @@ def run_study(spec: StudySpec, storage: Path, *, resume: bool = False, address: 
 
     channel = StudyChannel.remote()  # the trials' reports and verdicts; dies with this driver
     outcome = _run_stage(plan, channel, storage, _tune_config(plan), resume)
-    if confirmation is None:
+    if confirmation is None or outcome.unfinished:  # an interrupted search is resumed before anything is confirmed
         return outcome
     configs = confirmation_configs(plan, confirmation)
     logger.info("confirm stage: %d cells' chosen configurations on seeds %s, folds %s", len(configs), confirmation.spec.seeds, confirmation.spec.fold_indices)

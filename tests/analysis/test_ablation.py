@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis.ablation import compare_to_reference, level_table, repetition_scores, verdict
+from analysis.ablation import compare_to_reference, level_table, one_sentence_verdict, repetition_scores, verdict
 from analysis.inference import FoldDesign, bounded_interval, corrected_t_test
 from analysis.summary import cell_summary
 from sweeps.cells import design_cells
@@ -89,7 +89,7 @@ def test_planted_effect_is_found_and_the_null_factor_is_not(design: str) -> None
     assert 0.005 < tests.loc["adapter_depth", "mdd"] < 0.05
     assert (tests["folds"] == FOLDS).all()  # the unit is a fold: seeds (and, crossed, other cells) averaged within it
     said = verdict(tests.reset_index(), "c_index").splitlines()
-    assert "significant after Holm" in said[0] and "not significant" in said[1] and "smaller than" in said[1]
+    assert "significant after Holm" in said[0] and "not significant" in said[1] and "detects a true difference of" in said[1]
 
 
 def test_seeds_repeating_a_fold_add_no_units() -> None:
@@ -136,3 +136,20 @@ def test_untestable_comparisons_are_missing_with_a_reason() -> None:
     assert tests["p"].isna().all() and tests["p_holm"].isna().all() and tests["mdd"].isna().all()
     assert (tests["note"] != "").all()
     assert all("not testable" in line for line in verdict(tests, "c_index").splitlines())
+    sentence = one_sentence_verdict(tests, "c_index", 1)
+    assert "not testable:" in sentence and "not significant" not in sentence
+
+
+def test_a_missing_cell_in_a_crossed_design_does_not_pass_for_an_effect() -> None:
+    """Crossed 2 x 2, modalities without effect, adapter depth 0 better by 0.1, and the cell
+    (wsi, depth 0) missing: modalities compared within depth 1 only, where both levels exist."""
+    spec = _spec("crossed")
+    rng = np.random.default_rng(5)
+    rows = [
+        {"cell": cell.id, **cell.levels, "fold": fold, "seed": 0, "val_c_index": 0.6 + (0.1 if cell.levels["adapter_depth"] == "2" else 0.0) + rng.normal(0, 0.005)}
+        for cell in design_cells(spec.factors, spec.design) if cell.levels != {"modalities": "wsi+rna", "adapter_depth": "2"}
+        for fold in range(FOLDS)
+    ]
+    tests = compare_to_reference(spec, pd.DataFrame(rows), "c_index", DESIGN).set_index("factor")
+    assert abs(tests.loc["modalities", "difference"]) < 0.01 and tests.loc["modalities", "p_holm"] > 0.05
+    assert tests.loc["adapter_depth", "difference"] == pytest.approx(0.1, abs=0.01)

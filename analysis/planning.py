@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.ablation import ALPHA, IMPLAUSIBLE_DIFFERENCE, TARGET_POWER, compare_to_reference, repetition_scores
+from analysis.ablation import ALPHA, IMPLAUSIBLE_DIFFERENCE, TARGET_POWER, compare_to_reference, reference_levels, repetition_scores
 from analysis.inference import MIN_INTERVAL_UNITS, FoldDesign, minimum_detectable_difference
 from analysis.summary import load_study
 from modaltune.data.layout import CohortLayout, read_manifest
@@ -122,7 +122,7 @@ def forecast(spec: StudySpec, spread: float | None = None, pilot_dir: Path | Non
         spread, source = pilot_spread(pilot_dir), f"pooled over the comparisons of pilot {pilot_dir}"
     if spread is not None and not spread > 0:
         raise InputError(f"--spread: must be a positive standard deviation, got {spread}")
-    references = {name: factor_level(name, levels[0]).label for name, levels in spec.factors.items()}
+    references = reference_levels(spec)
     rows = [
         {"factor": name, "level": factor_level(name, value).label, "reference": references[name]}
         for name, levels in spec.factors.items() for value in levels[1:]

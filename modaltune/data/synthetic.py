@@ -12,12 +12,20 @@ we know. The generative story (all of it recorded in ``truth.json``):
   pathways*, independent of everything in the image.
 * **Clinical.** Age, sex, AJCC stage and TNM (absent for GBMLGG, as in TCGA).
 * **Survival.** Weibull proportional hazards with log-hazard
-  ``b_img*z_image + subtype effect + sum_p b_p*pathway_p + b_stage*stage + b_age*age``; censoring
-  by an exponential drop-out whose rate is calibrated to the requested censored fraction.
+  ``b_img*z_image + subtype effect + sum_p b_p*pathway_p + b_stage*stage + b_age*age
+  + b_int*z_image*pathway_int``; censoring by an exponential drop-out whose rate is calibrated
+  to the requested censored fraction.
+* **Interaction** (``interaction_log_hazard``, off by default). The image's grade is
+  prognostic in proportion to an *interaction pathway* of its own (not a risk pathway, not
+  shifted by subtype): high grade is harmful where the pathway is active and protective where it
+  is not. Grade and pathway are independent and centred, so the term's best additive
+  approximation is zero: a late-fusion model, which scores the slide and the RNA separately and
+  adds them, cannot use it, while a model in which the modalities meet (Modal Adapters'
+  cross-attention) can.
 
 Because the risk pathways are invisible in the image, a WSI+RNA model can beat a WSI-only
 model; ``truth.json`` says by how much with oracle C-indices of each modality's true
-log-hazard component.
+log-hazard component, and by how much an interaction-aware model beats late fusion.
 """
 
 from __future__ import annotations
@@ -86,6 +94,7 @@ class SynthConfig:
     image_log_hazard: float = 0.7
     rna_log_hazard: float = 0.9
     n_risk_pathways: int = 2
+    interaction_log_hazard: float = 0.0  # per SD of grade x SD of the interaction pathway
     stage_log_hazard: float = 0.35
     age_log_hazard_per_decade: float = 0.15
     subtype_logit_shift: float = 0.9
@@ -107,10 +116,9 @@ class SynthConfig:
             raise InputError(f"need 1 <= min_tiles <= max_tiles, got {self.min_tiles}, {self.max_tiles}")
         if not 0.0 < self.censored_fraction < 1.0:
             raise InputError(f"censored_fraction must be in (0, 1), got {self.censored_fraction}")
-        if self.n_pathways > len(HALLMARK_NAMES) or self.n_pathways < self.n_risk_pathways + 2:
-            raise InputError(
-                f"n_pathways must be in [{self.n_risk_pathways + 2}, {len(HALLMARK_NAMES)}], got {self.n_pathways}"
-            )
+        fewest = self.n_risk_pathways + 2 + bool(self.interaction_log_hazard)
+        if self.n_pathways > len(HALLMARK_NAMES) or self.n_pathways < fewest:
+            raise InputError(f"n_pathways must be in [{fewest}, {len(HALLMARK_NAMES)}], got {self.n_pathways}")
         if self.n_genes < 2 * self.n_pathways:
             raise InputError(f"n_genes must be at least 2 per pathway ({2 * self.n_pathways}), got {self.n_genes}")
         if self.slides_per_cohort < self.n_folds:
@@ -133,6 +141,7 @@ class _World:
     risk_pathways: list[str]
     risk_coefficients: np.ndarray  # (n_risk,)
     subtype_pathways: dict[str, list[str]] = field(default_factory=dict)
+    interaction_pathway: str | None = None  # the last pathway, kept free of subtype shifts
 
 
 def generate_cohort(
@@ -205,10 +214,9 @@ def _build_world(config: SynthConfig, rng: np.random.Generator) -> _World:
     risk_coefficients = config.rna_log_hazard / math.sqrt(config.n_risk_pathways) * np.array(
         [(-1) ** i for i in range(config.n_risk_pathways)], dtype=float
     )
-    subtype_pathways = {
-        cohort: [pathways[config.n_risk_pathways + (i % (config.n_pathways - config.n_risk_pathways))]]
-        for i, cohort in enumerate(config.cohorts)
-    }
+    interaction_pathway = pathways[-1] if config.interaction_log_hazard else None
+    free_pathways = [p for p in pathways[config.n_risk_pathways :] if p != interaction_pathway]
+    subtype_pathways = {cohort: [free_pathways[i % len(free_pathways)]] for i, cohort in enumerate(config.cohorts)}
     return _World(
         prototype_names=names,
         prototypes=prototypes,
@@ -222,6 +230,7 @@ def _build_world(config: SynthConfig, rng: np.random.Generator) -> _World:
         risk_pathways=risk_pathways,
         risk_coefficients=risk_coefficients,
         subtype_pathways=subtype_pathways,
+        interaction_pathway=interaction_pathway,
     )
 
 
@@ -296,8 +305,18 @@ def _log_hazard_components(config: SynthConfig, world: _World, cases: pd.DataFra
     clinical = config.stage_log_hazard * _stage_ordinal(cases["stage"]) + config.age_log_hazard_per_decade * (
         cases["age"].to_numpy() - 60.0
     ) / 10.0
+    interaction = (
+        config.interaction_log_hazard * cases["z_image"].to_numpy() * cases[world.interaction_pathway].to_numpy()
+        if world.interaction_pathway
+        else np.zeros(len(cases))
+    )
     return pd.DataFrame(
-        {"wsi": config.image_log_hazard * cases["z_image"].to_numpy() + subtype_effect, "rna": rna, "clinical": clinical},
+        {
+            "wsi": config.image_log_hazard * cases["z_image"].to_numpy() + subtype_effect,
+            "rna": rna,
+            "clinical": clinical,
+            "wsi_x_rna": interaction,
+        },
         index=cases.index,
     )
 
@@ -386,12 +405,18 @@ def _truth(config: SynthConfig, world: _World, cases: pd.DataFrame) -> dict:
     def oracle(columns: list[str]) -> float:
         return float(concordance_index(time, -components[columns].sum(axis=1).to_numpy(), event))
 
+    # A model that sees both the slide and the RNA may use their interaction; one that sees
+    # either alone, or scores them separately and adds (late fusion), cannot.
     oracle_c_index = {
         "wsi": oracle(["wsi"]),
         "rna": oracle(["rna"]),
         "clinical": oracle(["clinical"]),
-        "wsi+rna": oracle(["wsi", "rna"]),
+        "wsi+rna": oracle(["wsi", "rna", "wsi_x_rna"]),
         "wsi+clinical": oracle(["wsi", "clinical"]),
+        "wsi+rna+clinical": oracle(["wsi", "rna", "clinical", "wsi_x_rna"]),
+    }
+    late_fusion_c_index = {
+        "wsi+rna": oracle(["wsi", "rna"]),
         "wsi+rna+clinical": oracle(["wsi", "rna", "clinical"]),
     }
     return {
@@ -404,14 +429,22 @@ def _truth(config: SynthConfig, world: _World, cases: pd.DataFrame) -> dict:
             "image_latent_log_hazard": config.image_log_hazard,
             "subtype_log_hazard": {k: v for k, v in SUBTYPE_LOG_HAZARD.items()},
             "risk_pathways": dict(zip(world.risk_pathways, map(float, world.risk_coefficients))),
+            "interaction": {
+                "pathway": world.interaction_pathway,
+                "log_hazard_per_sd_grade_x_sd_pathway": config.interaction_log_hazard,
+                "image_latent": "z_image (grade: necrosis and mitotic tumour proportions)",
+            },
             "stage_log_hazard_per_step": config.stage_log_hazard,
             "age_log_hazard_per_decade": config.age_log_hazard_per_decade,
             "variance_share": {k: float(components[k].var() / total_variance) for k in components},
             "oracle_c_index": oracle_c_index,
+            "late_fusion_oracle_c_index": late_fusion_c_index,
         },
         "expected": {
             "rna_adds_c_index_over_wsi": oracle_c_index["wsi+rna"] - oracle_c_index["wsi"],
             "clinical_adds_c_index_over_wsi": oracle_c_index["wsi+clinical"] - oracle_c_index["wsi"],
+            "interaction_adds_c_index_over_late_fusion": oracle_c_index["wsi+rna+clinical"]
+            - late_fusion_c_index["wsi+rna+clinical"],
         },
         "subtype_signal": {
             "image": "prototype proportions: each subtype's own tumour prototype gets "

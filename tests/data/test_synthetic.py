@@ -121,3 +121,54 @@ def test_wsi_plus_rna_beats_wsi_only_out_of_fold(larger_cohort: Cohort) -> None:
         return float(np.mean(scores))
 
     assert out_of_fold_c_index(image.join(rna)) > out_of_fold_c_index(image) + 0.03
+
+
+def _interaction_cohort(root: Path, strength: float) -> Cohort:
+    config = SynthConfig(
+        cohorts=("NSCLC",), slides_per_cohort=400, seed=3, feature_dim=32, min_tiles=50, max_tiles=300,
+        n_genes=100, n_pathways=8, image_log_hazard=0.3, rna_log_hazard=1.0, grade_logit_shift=1.5,
+        interaction_log_hazard=strength,
+    )
+    return Cohort(generate_cohort(root, config).root)
+
+
+@pytest.mark.parametrize("strength", [1.5, 0.0])
+def test_planted_interaction_rewards_interaction_aware_fusion_only_when_present(tmp_path: Path, strength: float) -> None:
+    """Out of fold, a Cox model with image x interaction-pathway products beats the additive
+    (late-fusion) model on the same features when the interaction is planted, and not otherwise;
+    truth.json's oracles say the same about the true latents."""
+    cohort = _interaction_cohort(tmp_path / "c", strength)
+    truth = json.loads(cohort.layout.truth.read_text())
+    gain = truth["expected"]["interaction_adds_c_index_over_late_fusion"]
+    pathway = truth["hazard"]["interaction"]["pathway"]
+    if strength:
+        assert gain > 0.08
+        assert pathway not in sum(truth["subtype_signal"]["rna_pathways"].values(), [])
+        assert pathway not in truth["hazard"]["risk_pathways"]
+    else:
+        assert gain == 0.0 and pathway is None
+        pathway = list(cohort.gene_groups)[-1]  # where it would be: its products must add nothing
+
+    cases = cohort.case_ids
+    image = pd.DataFrame(PCA(3, random_state=0).fit_transform(_mean_pooled(cohort, cases)), index=cases).add_prefix("img")
+    rna = _pathway_scores(cohort, cases)
+    late_fusion = image.join(rna)
+    products = image.mul(rna[pathway], axis=0).add_prefix("x_")
+    survival = pd.DataFrame(
+        {"time": [cohort.record(c).time for c in cases], "event": [cohort.record(c).event for c in cases]}, index=cases
+    )
+
+    def out_of_fold_c_index(columns: pd.DataFrame) -> float:
+        scores = []
+        for fold in range(cohort.manifest.n_folds):
+            train, test = cohort.split(fold)
+            model = CoxPHFitter(penalizer=0.1).fit(columns.loc[train].join(survival.loc[train]), "time", "event")
+            risk = model.predict_partial_hazard(columns.loc[test])
+            scores.append(concordance_index(survival.loc[test, "time"], -risk, survival.loc[test, "event"]))
+        return float(np.mean(scores))
+
+    interaction_gain = out_of_fold_c_index(late_fusion.join(products)) - out_of_fold_c_index(late_fusion)
+    if strength:
+        assert interaction_gain > 0.03
+    else:
+        assert abs(interaction_gain) < 0.02

@@ -81,7 +81,7 @@ def _export_member(layout: StudyLayout, trial_id: str, fold: int, seed: int, coh
     write_json_atomic(out / predict.CONFIG, {"train": loop_config["train"]})
     if "rna" in config.model.modalities:  # the same normalisation the training worker fitted
         train_ids, _ = cohort.split(config.fold, config.cohorts, config.test_fold)
-        RnaNormalizer.fit(cohort.rna_matrix(train_ids)).save(out / predict.RNA_NORMALIZER)
+        RnaNormalizer.fit_on(cohort, train_ids).save(out / predict.RNA_NORMALIZER)
 
 
 def _selection_record(spec: StudySpec, selection: Selection, test_metrics: pd.DataFrame | None) -> dict:

@@ -64,7 +64,9 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    return _print_report(validate_cohort(args.cohort_dir, progress=_bar("checking slides", "slide")))
+    return _print_report(
+        validate_cohort(args.cohort_dir, progress=_bar("checking slides", "slide"), require_complete=args.require_complete)
+    )
 
 
 def _cmd_import_h5(args: argparse.Namespace) -> int:
@@ -153,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate", help="check a cohort folder; exit 2 listing every problem")
     validate.add_argument("cohort_dir", type=Path)
+    validate.add_argument(
+        "--require-complete", action="store_true",
+        help="refuse cases without an RNA row (by default they are counted and get a learned missing-RNA token)",
+    )
     validate.set_defaults(run=_cmd_validate)
 
     importer = commands.add_parser("import-h5", help="convert CLAM/Trident .h5 tile features into a cohort")

@@ -53,6 +53,16 @@ def test_train_checks_the_config_against_the_cohort(small_cohort: Path, tmp_path
     assert "cohorts: ['LUAD'] are not in the cohort" in capsys.readouterr().err
 
 
+def test_train_with_rna_refuses_a_fold_whose_training_cases_all_lack_rna(cohort_copy: Path, tmp_path: Path, capsys) -> None:
+    slides = pd.read_parquet(cohort_copy / "slides.parquet")
+    validation_cases = set(slides.loc[slides["fold"] == 0, "case_id"])
+    rna = pd.read_parquet(cohort_copy / "rna.parquet")
+    rna[rna["case_id"].isin(validation_cases)].to_parquet(cohort_copy / "rna.parquet", index=False)
+    output = tmp_path / "r"
+    assert main(["train", "--cohort", str(cohort_copy), "--output", str(output), "--set", "fold=0", "--set", "model.modalities=[wsi, rna]"]) == 2
+    assert "no training case of fold 0 has a row in" in capsys.readouterr().err and not output.exists()
+
+
 def test_analysis_commands_name_what_is_not_a_study_or_a_model(tmp_path: Path, capsys) -> None:
     assert main(["analyze", str(tmp_path)]) == 2
     assert f"{tmp_path}: not a study folder" in capsys.readouterr().err

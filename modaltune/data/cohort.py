@@ -47,7 +47,7 @@ class CaseSample:
     record: CaseRecord
     features: np.ndarray  # (N, D) float16
     coords: np.ndarray  # (N, 2) int32
-    rna: np.ndarray | None  # (sum of group sizes,) float32, pathway-grouped
+    rna: np.ndarray | None  # (sum of group sizes,) float32, pathway-grouped; None: the case has no RNA row
     clinical: np.ndarray  # (CLINICAL_VECTOR_SIZE,) float32
     all_tiles: bool = True  # False when a random cap chose some of the tiles
 
@@ -142,7 +142,7 @@ class Cohort:
             record=record,
             features=features,
             coords=coords,
-            rna=self.rna_vector(case_id) if self.has_rna else None,
+            rna=self.rna_vector(case_id) if case_id in self.rna_cases else None,
             clinical=encode_clinical(record.clinical),
             all_tiles=max_tiles is None or sum(s.n_tiles for s in slides) <= max_tiles,
         )
@@ -163,6 +163,11 @@ class Cohort:
         order = [gene for genes in self.gene_groups.values() for gene in genes]
         values = table[order].to_numpy(dtype=np.float32)
         return {case: i for i, case in enumerate(table["case_id"])}, values
+
+    @cached_property
+    def rna_cases(self) -> frozenset[str]:
+        """Cases with an RNA row (none without ``rna.parquet``); the others lack the modality."""
+        return frozenset(self._rna_matrix[0]) if self.has_rna else frozenset()
 
     def rna_vector(self, case_id: str) -> np.ndarray:
         """The case's expression values, concatenated pathway by pathway (see ``rna_group_sizes``)."""

@@ -11,6 +11,10 @@ we know. The generative story (all of it recorded in ``truth.json``):
   by subtype for a few pathways (subtype is partly visible in RNA) and, for the *risk
   pathways*, independent of everything in the image.
 * **Clinical.** Age, sex, AJCC stage and TNM (absent for GBMLGG, as in TCGA).
+* **Missing RNA** (``rna_missing_fraction``, off by default), as in TCGA where about one case
+  in six has no RNA-seq: those cases get no row in ``rna.parquet``, missing completely at
+  random or, with ``rna_missing_age_log_odds_per_decade``, more often the older the patient
+  (missing depending on a covariate).
 * **Survival.** Weibull proportional hazards with log-hazard
   ``b_img*z_image + subtype effect + sum_p b_p*pathway_p + b_stage*stage + b_age*age
   + b_int*z_image*pathway_int``; censoring by an exponential drop-out whose rate is calibrated
@@ -105,6 +109,8 @@ class SynthConfig:
     weibull_shape: float = 1.3
     median_survival_months: float = 45.0
     gene_overlap_probability: float = 0.1
+    rna_missing_fraction: float = 0.0  # share of cases without an RNA row (at age 60 when age-dependent)
+    rna_missing_age_log_odds_per_decade: float = 0.0
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.cohorts if c not in TCGA_COHORTS]
@@ -121,6 +127,8 @@ class SynthConfig:
             raise InputError(f"n_pathways must be in [{fewest}, {len(HALLMARK_NAMES)}], got {self.n_pathways}")
         if self.n_genes < 2 * self.n_pathways:
             raise InputError(f"n_genes must be at least 2 per pathway ({2 * self.n_pathways}), got {self.n_genes}")
+        if not 0.0 <= self.rna_missing_fraction < 1.0:
+            raise InputError(f"rna_missing_fraction must be in [0, 1), got {self.rna_missing_fraction}")
         if self.slides_per_cohort < self.n_folds:
             raise InputError(f"slides_per_cohort must be at least n_folds ({self.n_folds})")
 
@@ -168,7 +176,9 @@ def generate_cohort(
         cases.drop(columns=["case_id", "z_image", *world.pathways]), left_on="case_id", right_index=True
     )[[*SLIDE_COLUMNS, *CLINICAL_COLUMNS]]
     write_parquet_atomic(layout.slides, pa.Table.from_pandas(slide_table, preserve_index=False))
-    rna = _rna_table(world, cases, np.random.default_rng(rna_seed))
+    rna_rng = np.random.default_rng(rna_seed)
+    rna = _rna_table(world, cases, rna_rng)
+    rna = rna[~_rna_missing(config, cases, rna_rng)]
     write_parquet_atomic(layout.rna, pa.Table.from_pandas(rna, preserve_index=False))
     write_json_atomic(layout.gene_groups, world.gene_groups)
     save_labels(layout.labels, default_labels(list(config.cohorts)))
@@ -395,6 +405,15 @@ def _rna_table(world: _World, cases: pd.DataFrame, rng: np.random.Generator) -> 
     table = pd.DataFrame(expression.astype(np.float32), columns=world.gene_names)
     table.insert(0, "case_id", cases.index.to_numpy())
     return table
+
+
+def _rna_missing(config: SynthConfig, cases: pd.DataFrame, rng: np.random.Generator) -> np.ndarray:
+    """Which cases have no RNA row: a logistic model in age around ``rna_missing_fraction``."""
+    if not config.rna_missing_fraction:
+        return np.zeros(len(cases), dtype=bool)
+    log_odds = math.log(config.rna_missing_fraction / (1 - config.rna_missing_fraction))
+    log_odds = log_odds + config.rna_missing_age_log_odds_per_decade * (cases["age"].to_numpy() - 60.0) / 10.0
+    return rng.random(len(cases)) < 1.0 / (1.0 + np.exp(-log_odds))
 
 
 def _truth(config: SynthConfig, world: _World, cases: pd.DataFrame) -> dict:

@@ -80,11 +80,18 @@ class CohortInvalidError(InputError):
         self.report = report
 
 
-def validate_cohort(root: str | os.PathLike[str], progress: Progress | None = None) -> ValidationReport:
-    """Validate every file of the cohort folder at ``root``; see the module docstring."""
+def validate_cohort(
+    root: str | os.PathLike[str], progress: Progress | None = None, *, require_complete: bool = False
+) -> ValidationReport:
+    """Validate every file of the cohort folder at ``root``; see the module docstring.
+
+    Cases without an RNA row are normal (about one in six in TCGA): the model gives them a
+    learned missing-RNA token, so they are counted in a warning; ``require_complete`` makes
+    each of them a problem instead, for users who want complete-case analyses.
+    """
     layout = CohortLayout(Path(root))
     report = ValidationReport(root=layout.root)
-    checker = _Checker(layout, report)
+    checker = _Checker(layout, report, require_complete)
     manifest = checker.manifest()
     labels = checker.labels()
     slides = checker.slides_table()
@@ -105,9 +112,10 @@ def _identity(items: Iterable[T]) -> Iterator[T]:
 class _Checker:
     """The individual checks; each appends to the shared report and never raises."""
 
-    def __init__(self, layout: CohortLayout, report: ValidationReport) -> None:
+    def __init__(self, layout: CohortLayout, report: ValidationReport, require_complete: bool = False) -> None:
         self.layout = layout
         self.report = report
+        self.require_complete = require_complete
 
     def _problem(self, path: Path, where: str, field_name: str, message: str) -> None:
         self.report.problems.append(Problem(self._relative(path), where, field_name, message))
@@ -264,8 +272,17 @@ class _Checker:
         rna_cases = self._rna_values(rna_file, genes)
         self._gene_groups(groups_path, genes)
         if slides is not None:
-            for case_id in sorted(set(slides["case_id"].astype(str)) - rna_cases):
-                self._problem(rna_path, f"case {case_id}", "case_id", "case has slides but no RNA row")
+            cases = set(slides["case_id"].astype(str))
+            without = sorted(cases - rna_cases)
+            if self.require_complete:
+                for case_id in without:
+                    self._problem(rna_path, f"case {case_id}", "case_id", "case has slides but no RNA row (complete cases required)")
+            elif without:
+                self._warning(
+                    rna_path, f"{len(without)} of {len(cases)} cases ({len(without) / len(cases):.0%})", _preview(without),
+                    "no RNA row: models with RNA give these cases a learned missing-RNA token "
+                    "(validate --require-complete refuses them)",
+                )
 
     def _rna_values(self, rna_file: pq.ParquetFile, genes: list[str]) -> set[str]:
         """Stream RNA in batches: NaN/Inf per case, duplicate cases. Returns the case ids."""

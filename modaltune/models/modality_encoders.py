@@ -79,6 +79,10 @@ class RnaPathwayEncoder(nn.Module):
     group order. Per-pathway SNN -> one token per pathway -> MLP-Mixer over pathway tokens ->
     LayerNorm + projection to ``dim`` -> learned linear compression of the pathway axis to
     ``n_tokens`` (the paper: 331 Reactome/Hallmark pathways -> 64 tokens).
+
+    A case without RNA (a row with NaN, as in TCGA where about one case in six has no RNA-seq)
+    gets ``missing_tokens``, learned, in place of its tokens, so every case trains and is scored
+    in every cell of a modality ablation and paired comparisons stay on the same cases.
     """
 
     def __init__(
@@ -107,14 +111,17 @@ class RnaPathwayEncoder(nn.Module):
         self.norm = nn.LayerNorm(hidden)
         self.proj = nn.Linear(hidden, dim)
         self.compress = nn.Linear(n_groups, n_tokens)
+        self.missing_tokens = nn.Parameter(torch.zeros(n_tokens, dim))  # "no RNA information"; learned from there
 
     def forward(self, rna: torch.Tensor) -> torch.Tensor:
         if rna.ndim != 2 or rna.shape[1] != self.n_genes:
             raise ValueError(
                 f"expected rna [B, {self.n_genes}] (genes concatenated by pathway), got {tuple(rna.shape)}"
             )
-        tokens = self.proj(self.norm(self.mixer(self.pathway_mlps(rna))))  # [B, n_groups, dim]
-        return self.compress(tokens.transpose(1, 2)).transpose(1, 2)
+        missing = rna.isnan().any(dim=1)
+        tokens = self.proj(self.norm(self.mixer(self.pathway_mlps(rna.nan_to_num(0.0)))))  # [B, n_groups, dim]
+        tokens = self.compress(tokens.transpose(1, 2)).transpose(1, 2)
+        return torch.where(missing[:, None, None], self.missing_tokens.to(tokens.dtype).expand_as(tokens), tokens)
 
 
 class ClinicalEncoder(nn.Module):

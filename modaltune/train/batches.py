@@ -25,6 +25,11 @@ class RnaNormalizer:
     def fit(cls, matrix: np.ndarray) -> "RnaNormalizer":
         return cls(matrix.mean(axis=0), matrix.std(axis=0))
 
+    @classmethod
+    def fit_on(cls, cohort: Cohort, training_cases: Sequence[str]) -> "RnaNormalizer":
+        """Fitted on the training cases that have RNA (the others get the missing-RNA token)."""
+        return cls.fit(cohort.rna_matrix([c for c in training_cases if c in cohort.rna_cases]))
+
     def save(self, path: str | os.PathLike[str]) -> None:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as handle:
@@ -50,15 +55,16 @@ class CaseBatcher:
         one fitted on ``training_cases``."""
         self.cohort, self.bank, self.max_tiles = cohort, bank, max_tiles
         if rna_normalizer is None and use_rna:
-            rna_normalizer = RnaNormalizer.fit(cohort.rna_matrix(training_cases))
+            rna_normalizer = RnaNormalizer.fit_on(cohort, training_cases)
         self.rna_normalizer = rna_normalizer if use_rna else None
 
     def batch(self, case_id: str, rng: np.random.Generator | None = None) -> CaseBatch:
         sample = self.cohort.sample(case_id, self.max_tiles, rng)
         record = sample.record
         rna = None
-        if self.rna_normalizer is not None and sample.rna is not None:
-            rna = torch.from_numpy(self.rna_normalizer(sample.rna)).unsqueeze(0)
+        if self.rna_normalizer is not None:  # a case without RNA is a row of NaN: the model's missing-RNA token
+            values = self.rna_normalizer(sample.rna) if sample.rna is not None else np.full(self.rna_normalizer.mean.shape, np.nan, np.float32)
+            rna = torch.from_numpy(values).unsqueeze(0)
         return CaseBatch(
             case_id=case_id,
             cohort=record.cohort,

@@ -50,8 +50,14 @@ def check_config_against_cohort(config: TrainConfig, cohort: Cohort) -> None:
     unknown = sorted(set(config.cohorts or []) - set(cohort.cohort_names))
     if unknown:
         raise InputError(f"cohorts: {unknown} are not in the cohort (it has {cohort.cohort_names})")
-    if "rna" in config.model.modalities and not cohort.has_rna:
-        raise InputError(f"model.modalities includes 'rna' but {cohort.layout.rna} does not exist")
+    if "rna" in config.model.modalities:
+        if not cohort.has_rna:
+            raise InputError(f"model.modalities includes 'rna' but {cohort.layout.rna} does not exist")
+        train_ids, _ = cohort.split(config.fold, config.cohorts, config.test_fold)
+        if not cohort.rna_cases.intersection(train_ids):
+            raise InputError(
+                f"model.modalities includes 'rna' but no training case of fold {config.fold} has a row in {cohort.layout.rna}"
+            )
     checkpoint = config.model.encoder_checkpoint
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise InputError(f"model.encoder_checkpoint: {checkpoint} does not exist")

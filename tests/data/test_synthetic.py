@@ -172,3 +172,21 @@ def test_planted_interaction_rewards_interaction_aware_fusion_only_when_present(
         assert interaction_gain > 0.03
     else:
         assert abs(interaction_gain) < 0.02
+
+
+def test_rna_can_be_missing_at_random_or_more_often_with_age(tmp_path: Path) -> None:
+    base = dict(cohorts=("NSCLC",), slides_per_cohort=400, seed=3, feature_dim=8, min_tiles=5, max_tiles=10, n_genes=40, n_pathways=6)
+    at_random = Cohort(generate_cohort(tmp_path / "mcar", SynthConfig(**base, rna_missing_fraction=0.2)).root)
+    by_age = Cohort(generate_cohort(tmp_path / "age", SynthConfig(**base, rna_missing_fraction=0.2, rna_missing_age_log_odds_per_decade=1.0)).root)
+    for cohort in (at_random, by_age):
+        missing = 1 - len(cohort.rna_cases) / len(cohort.case_ids)
+        assert 0.12 < missing < 0.3, missing
+        assert cohort.sample(next(c for c in cohort.case_ids if c not in cohort.rna_cases)).rna is None
+
+    def age_gap(cohort: Cohort) -> float:
+        ages = pd.Series({c: cohort.record(c).clinical["age"] for c in cohort.case_ids})
+        without = ages.index.isin(list(cohort.rna_cases))
+        return float(ages[~without].mean() - ages[without].mean())
+
+    assert abs(age_gap(at_random)) < 4  # years: missingness unrelated to age
+    assert age_gap(by_age) > 6  # the old lack RNA more often

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from modaltune.cli import main
-from modaltune.data import CohortLayout, read_slide_features, validate_cohort, write_slide_features
+from modaltune.data import Cohort, CohortLayout, read_slide_features, validate_cohort, write_slide_features
 
 
 def _first_slide(root: Path) -> str:
@@ -158,7 +158,6 @@ CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str, str, str]] = {
     "RNA gene not in group map": (_ungrouped_rna_gene, "gene_groups.json", "EXTRA_GENE", "missing from the group map"),
     "group gene not in RNA": (_group_gene_not_in_rna, "gene_groups.json", "GHOST_GENE", "not columns of rna.parquet"),
     "missing column": (_missing_column, "slides.parquet", "event", "required column is missing"),
-    "case without RNA": (_case_without_rna, "rna.parquet", "case_id", "no RNA row"),
     "bad clinical value": (_set_first("stage", "Stage IX"), "slides.parquet", "stage", "must be one of"),
 }
 
@@ -189,6 +188,22 @@ def test_cli_exits_2_and_prints_every_problem(cohort_copy: Path, capsys: pytest.
     err = capsys.readouterr().err
     assert "NaN or Inf" in err and "field 'event'" in err and "EXTRA_GENE" in err
     assert "3 problem(s)" in err
+
+
+def test_cases_without_rna_are_counted_or_refused_on_request(cohort_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Missing RNA is normal in TCGA: a counted warning, not a problem, unless complete cases are required."""
+    _case_without_rna(cohort_copy)
+    report = validate_cohort(cohort_copy)
+    assert report.ok, report.problems
+    (warning,) = [w for w in report.warnings if w.file == "rna.parquet"]
+    assert "1 of" in warning.where and "no RNA row" in warning.message
+    assert main(["validate", str(cohort_copy)]) == 0
+    assert "warning: rna.parquet" in capsys.readouterr().err
+    assert main(["validate", "--require-complete", str(cohort_copy)]) == 2
+    err = capsys.readouterr().err
+    assert "no RNA row (complete cases required)" in err and "1 problem(s)" in err
+    cohort = Cohort(cohort_copy)
+    assert len(cohort.rna_cases) == len(cohort.case_ids) - 1
 
 
 def test_cli_exits_0_on_a_valid_cohort(small_cohort: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -41,6 +41,21 @@ def test_rna_encoder_output_and_input_checks():
         encoder(torch.randn(2, 17))
 
 
+def test_a_case_without_rna_gets_the_learned_missing_tokens():
+    """A NaN row (the batcher's "no RNA row") is replaced by ``missing_tokens``; other rows are
+    untouched, no NaN leaks into outputs or gradients, and the missing tokens learn."""
+    encoder = RnaPathwayEncoder(GROUP_SIZES, dim=32, n_tokens=3, hidden=8).eval()
+    rna = torch.randn(3, sum(GROUP_SIZES))
+    alone = encoder(rna[[0, 2]])
+    rna[1] = float("nan")
+    tokens = encoder(rna)
+    assert torch.equal(tokens[1], encoder.missing_tokens.detach())
+    torch.testing.assert_close(tokens[[0, 2]], alone)
+    tokens.sum().backward()
+    assert encoder.missing_tokens.grad is not None and encoder.missing_tokens.grad.abs().sum() > 0
+    assert all(torch.isfinite(p.grad).all() for p in encoder.parameters() if p.grad is not None)
+
+
 def test_clinical_and_task_tokens():
     clinical = ClinicalEncoder(5, dim=32)
     assert clinical(torch.randn(3, 5)).shape == (3, 1, 32)

@@ -76,6 +76,13 @@ def test_smoke_study_end_to_end(smoke: Smoke) -> None:
     assert len(predictions) == 8 * 2 * epochs
     frame = pd.read_parquet(predictions[0])
     assert {"case_id", "risk", "trial_id", "fold", "seed", "epoch"} <= set(frame.columns)
+    # 15% of cases have no RNA row: every cell, with RNA or without, scores the same cases, those included.
+    validated = pd.concat(pd.read_parquet(path, columns=["case_id", "risk", "fold", "cell"]) for path in predictions)
+    cases_per_cell = validated.groupby(["fold", "cell"])["case_id"].agg(frozenset)
+    for fold, cells in cases_per_cell.groupby(level="fold"):
+        assert cells.nunique() == 1, f"fold {fold}: cells scored different cases"
+    without_rna = set(validated["case_id"]) - Cohort(tmp_path / "cohort").rna_cases
+    assert without_rna and validated.loc[validated["case_id"].isin(without_rna), "risk"].notna().all()
 
     # truth.json: RNA carries risk the slide does not show. Final-epoch C-index, WSI+RNA vs WSI.
     truth = json.loads((tmp_path / "cohort" / "truth.json").read_text())

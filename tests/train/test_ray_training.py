@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -144,3 +145,14 @@ def test_a_run_after_another_in_the_same_worker_group_trains_exactly_as_alone(lo
     assert finished["run"] == 0 and finished["scores"]["c_index"] == first_rows["val_c_index"].iloc[-1]
     # One Ray Train run holds both runs' checkpoints, each saying which run wrote it.
     assert sorted(checkpoint_run(p) for p in (group / "train").glob("checkpoint_*") if p.is_dir()) == [0, 1, 1]
+
+
+def test_wsi_only_run_needs_no_rna_files(local_ray, signal_cohort: Path, tmp_path: Path) -> None:
+    """A cohort imported without RNA trains WSI-only models (it used to die on gene_groups.json)."""
+    cohort = tmp_path / "no_rna"
+    shutil.copytree(signal_cohort, cohort, ignore=shutil.ignore_patterns("cache"))
+    (cohort / "rna.parquet").unlink()
+    (cohort / "gene_groups.json").unlink()
+    config = load_train_config(None, BASE + ["optim.epochs=1", "engine.backend=ddp", "model.modalities=[wsi]"])
+    outcome = run_training(cohort, config, tmp_path / "wsi")
+    assert outcome.metrics["val_balanced_accuracy"].notna().all()

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from modaltune.errors import InputError
 
 from modaltune.data import (
+    Cohort,
     H5ImportOptions,
     SynthConfig,
     ValidationReport,
@@ -24,6 +25,7 @@ from modaltune.data import (
     import_h5_cohort,
     validate_cohort,
 )
+from modaltune.data.h5_import import CLINICAL_DIALECTS, ZERO_TIME_EPSILON, ZERO_TIME_POLICIES
 
 EXIT_BAD_INPUT = 2
 
@@ -72,10 +74,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_import_h5(args: argparse.Namespace) -> int:
     options = H5ImportOptions(
         labels=args.labels, rna=args.rna, gene_groups=args.gene_groups, n_folds=args.folds, seed=args.seed,
-        tile_size_px=args.tile_size,
+        tile_size_px=args.tile_size, clinical_dialect=args.clinical_dialect, zero_time=args.zero_time, overwrite=args.overwrite,
     )
     layout = import_h5_cohort(args.h5_dir, args.slides, args.out_dir, options, progress=_bar("importing slides", "slide"))
-    return _print_report(validate_cohort(layout.root))
+    cohort = Cohort(layout.root)
+    print(f"{layout.root}: OK, imported ({len(cohort.slides)} slides, {len(cohort.case_ids)} cases)")
+    return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -171,6 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("--folds", type=int, default=5, help="case-level folds, when the CSV has no fold column")
     importer.add_argument("--seed", type=int, default=0)
     importer.add_argument("--tile-size", type=int, default=256, help="tile size in level-0 pixels")
+    importer.add_argument(
+        "--clinical-dialect", choices=CLINICAL_DIALECTS, default="tcga",
+        help="tcga (default): map TCGA / cBioPortal values ('[Not Available]', 'MALE', 'Stage IIIA', 'T1b', '1:DECEASED'; "
+        "case_id from TCGA barcodes); strict: take the values as they are",
+    )
+    importer.add_argument(
+        "--zero-time", choices=ZERO_TIME_POLICIES, default="refuse",
+        help=f"survival time 0 (TCGA's OS.time = 0): refuse (default), drop those slides, or epsilon ({ZERO_TIME_EPSILON} months)",
+    )
+    importer.add_argument("--overwrite", action="store_true", help="replace an existing cohort at OUT_DIR whole")
     importer.set_defaults(run=_cmd_import_h5)
 
     train = commands.add_parser("train", help="one fine-tuning run through Ray Train (DeepSpeed or DDP)")

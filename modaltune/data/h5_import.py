@@ -3,12 +3,20 @@
 Those extractors write one ``<slide_id>.h5`` per slide with a ``features`` dataset (N x D, or
 1 x N x D) and a ``coords`` dataset (N x 2 level-0 pixels). The user brings a slide table
 (CSV) with the labels; folds are assigned per case when the table has none.
+
+Everything is checked before the first feature file is converted (the table's values with the
+validator's own row checks, then every h5 file's metadata), and the cohort is written to a
+hidden folder beside ``out_dir`` that is renamed into place at the end: a failed import leaves
+nothing that looks like a cohort, and ``overwrite`` replaces an old cohort whole (its RNA too).
+TCGA / cBioPortal values are mapped by ``modaltune.data.tcga_tables`` unless the dialect is
+``strict``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +31,9 @@ from modaltune.atomic import write_json_atomic, write_parquet_atomic
 from modaltune.data.clinical import CLINICAL_COLUMNS
 from modaltune.data.features import write_slide_features
 from modaltune.data.folds import assign_case_folds
-from modaltune.data.labels import default_labels, load_labels, save_labels
+from modaltune.data.labels import LabelSpec, default_labels, load_labels, save_labels
+from modaltune.data.tcga_tables import normalise_tcga_table
+from modaltune.data.validate import slide_table_problems, summarise_problems, validate_cohort
 from modaltune.errors import InputError
 from modaltune.data.layout import SAFE_SLIDE_ID, SLIDE_COLUMNS, CohortLayout, CohortManifest, read_gene_groups, write_manifest
 
@@ -41,6 +51,14 @@ class H5ImportOptions:
     n_folds: int = 5
     seed: int = 0
     tile_size_px: int = 256
+    clinical_dialect: str = "tcga"  # "tcga": map TCGA / cBioPortal values (README); "strict": take them as they are
+    zero_time: str = "refuse"  # a survival time of 0 (TCGA's OS.time = 0): "refuse", "drop" the slides, or "epsilon"
+    overwrite: bool = False
+
+
+CLINICAL_DIALECTS = ("tcga", "strict")
+ZERO_TIME_POLICIES = ("refuse", "drop", "epsilon")
+ZERO_TIME_EPSILON = 0.01  # months (about seven hours): an event on the day of diagnosis, ordered first
 
 
 class H5ImportError(InputError):
@@ -56,25 +74,65 @@ def import_h5_cohort(
 ) -> CohortLayout:
     """Convert ``h5_dir/<slide_id>.h5`` for every row of ``slides_csv`` into a cohort at ``out_dir``.
 
-    All inputs are checked (table columns, every h5 file's datasets and shapes) before the
-    first feature file is converted, so a bad file is reported in seconds, not after hours.
+    The table's values and every h5 file's datasets and shapes are checked before the first
+    feature file is converted, so a bad row or file is reported in seconds, not after hours.
+    The written cohort is validated whole (NaN/Inf features included) before it is moved into
+    place; its warnings are logged.
     """
-    h5_dir, layout = Path(h5_dir), CohortLayout(Path(out_dir))
-    slides = _read_slide_table(Path(slides_csv))
-    feature_dim = _check_h5_files(h5_dir, slides["slide_id"].tolist())
+    h5_dir, out, slides_csv = Path(h5_dir), Path(out_dir), Path(slides_csv)
+    if options.clinical_dialect not in CLINICAL_DIALECTS or options.zero_time not in ZERO_TIME_POLICIES:
+        raise H5ImportError(
+            f"clinical dialect {options.clinical_dialect!r} / zero-time policy {options.zero_time!r}: "
+            f"choose from {list(CLINICAL_DIALECTS)} / {list(ZERO_TIME_POLICIES)}"
+        )
+    if out.exists() and not options.overwrite:
+        raise H5ImportError(f"{out} exists; --overwrite replaces it whole (features, tables, RNA and labels)")
     if (options.rna is None) != (options.gene_groups is None):
         raise H5ImportError("--rna and --gene-groups go together: give both or neither")
-    labels = load_labels(options.labels) if options.labels else default_labels(sorted(slides["cohort"].unique()))
-
-    if "fold" not in slides.columns:
+    slides = _read_slide_table(slides_csv, options)
+    labels = load_labels(options.labels) if options.labels else default_labels(sorted(slides["cohort"].dropna().unique()))
+    has_folds = "fold" in slides.columns
+    _check_slide_table(slides if has_folds else slides.assign(fold=0), slides_csv, labels, options)
+    if not has_folds:
         cases = slides.groupby("case_id", sort=True)[["cohort", "subtype", "event"]].first().reset_index()
         folds = assign_case_folds(cases, options.n_folds, options.seed, ["cohort", "subtype", "event"])
         slides["fold"] = slides["case_id"].map(folds)
         logger.info("assigned %d case-level folds (stratified by cohort, subtype, event)", options.n_folds)
+    feature_dim = _check_h5_files(h5_dir, slides["slide_id"].tolist())
 
-    layout.features_dir.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.importing-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        _write_cohort(CohortLayout(staging), h5_dir, slides, labels, feature_dim, options, progress)
+        report = validate_cohort(staging)
+        if not report.ok:
+            raise H5ImportError(
+                f"cannot import: the converted cohort has {len(report.problems)} problem(s), nothing kept:\n  "
+                + "\n  ".join(summarise_problems(report.problems))
+            )
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _move_into_place(staging, out)
+    for warning in report.warnings:
+        logger.warning("%s", warning)
+    return CohortLayout(out)
+
+
+def _write_cohort(
+    layout: CohortLayout, h5_dir: Path, slides: pd.DataFrame, labels: LabelSpec, feature_dim: int,
+    options: H5ImportOptions, progress: Progress | None,
+) -> None:
+    layout.features_dir.mkdir(parents=True)
     for slide_id in (progress or _identity)(slides["slide_id"].tolist()):
-        features, coords = _read_h5(h5_dir / f"{slide_id}.h5")
+        path = h5_dir / f"{slide_id}.h5"
+        try:
+            features, coords = _read_h5(path)
+        except OSError as exc:  # e.g. a corrupt compressed chunk: h5py names no slide
+            raise H5ImportError(f"{path}: slide {slide_id}: cannot read its datasets ({exc}); nothing kept") from exc
+        non_finite = int(np.count_nonzero(~np.isfinite(features)))
+        if non_finite:
+            raise H5ImportError(f"{path}: slide {slide_id}: {non_finite} of {features.size} feature values are NaN or Inf; nothing kept")
         write_slide_features(layout.feature_file(slide_id), features, coords, slide_id=slide_id)
 
     columns = [*SLIDE_COLUMNS, *[c for c in CLINICAL_COLUMNS if c in slides.columns]]
@@ -85,29 +143,71 @@ def import_h5_cohort(
         write_parquet_atomic(layout.rna, pa.Table.from_pandas(rna, preserve_index=False))
         write_json_atomic(layout.gene_groups, read_gene_groups(options.gene_groups))
     write_manifest(layout, CohortManifest(feature_dim=feature_dim, tile_size_px=options.tile_size_px, n_folds=options.n_folds))
-    return layout
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    """Rename the finished cohort onto ``out``; an old one is moved aside first, removed last."""
+    old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(staging, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_slide_table(slides: pd.DataFrame, path: Path, labels: LabelSpec, options: H5ImportOptions) -> None:
+    """The validator's row and case checks, summarised by kind, before any file is written."""
+    problems = slide_table_problems(slides, path, labels, options.n_folds)
+    if not problems:
+        return
+    lines = summarise_problems(problems)
+    if pd.to_numeric(slides["time"], errors="coerce").eq(0).any():
+        lines.append(
+            "time = 0 (TCGA's OS.time = 0: death or censoring on the day of diagnosis): choose --zero-time drop "
+            f"(leave those slides out) or --zero-time epsilon ({ZERO_TIME_EPSILON} months)"
+        )
+    raise H5ImportError(f"cannot import {path}: {len(problems)} problem(s), nothing written:\n  " + "\n  ".join(lines))
 
 
 def _identity(items: Iterable[T]) -> Iterator[T]:
     yield from items
 
 
-def _read_slide_table(path: Path) -> pd.DataFrame:
+def _read_slide_table(path: Path, options: H5ImportOptions) -> pd.DataFrame:
     try:
         slides = pd.read_csv(path, dtype={"slide_id": str, "case_id": str})
     except FileNotFoundError as exc:
         raise H5ImportError(f"{path}: file not found") from exc
-    required = [c for c in SLIDE_COLUMNS if c != "fold"]
+    tcga = options.clinical_dialect == "tcga"
+    required = [c for c in SLIDE_COLUMNS if c != "fold" and not (tcga and c == "case_id")]
     missing = [c for c in required if c not in slides.columns]
     if missing:
         raise H5ImportError(f"{path}: missing column(s) {missing}; needs {required} (+ optional fold, {list(CLINICAL_COLUMNS)})")
     unsafe = [s for s in slides["slide_id"] if not isinstance(s, str) or not SAFE_SLIDE_ID.match(s)]
     if unsafe:
         raise H5ImportError(f"{path}: slide_id must be letters, digits, '.', '_' or '-': {unsafe[:5]}")
+    if tcga:
+        derive = "case_id" not in slides.columns
+        slides = normalise_tcga_table(slides)
+        if derive and slides["case_id"].isna().any():
+            strays = slides.loc[slides["case_id"].isna(), "slide_id"].tolist()
+            raise H5ImportError(
+                f"{path}: no case_id column, and {len(strays)} slide_id(s) are not TCGA barcodes to derive it from: {strays[:5]}"
+            )
     for column in CLINICAL_COLUMNS:
         if column in slides.columns and column != "age":
             slides[column] = slides[column].astype(object).where(slides[column].notna(), None)
-    return slides
+    return _apply_zero_time(slides, path, options.zero_time)
+
+
+def _apply_zero_time(slides: pd.DataFrame, path: Path, policy: str) -> pd.DataFrame:
+    zero = pd.to_numeric(slides["time"], errors="coerce").eq(0)
+    if not zero.any() or policy == "refuse":
+        return slides
+    if policy == "drop":
+        logger.warning("%s: leaving out %d slide(s) with time = 0 (--zero-time drop)", path, int(zero.sum()))
+        return slides[~zero].reset_index(drop=True)
+    logger.warning("%s: time = 0 set to %s months for %d slide(s) (--zero-time epsilon)", path, ZERO_TIME_EPSILON, int(zero.sum()))
+    return slides.assign(time=pd.to_numeric(slides["time"], errors="coerce").mask(zero, ZERO_TIME_EPSILON))
 
 
 def _check_h5_files(h5_dir: Path, slide_ids: list[str]) -> int:

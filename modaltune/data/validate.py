@@ -105,6 +105,29 @@ def validate_cohort(
     return report
 
 
+def slide_table_problems(slides: pd.DataFrame, source: Path, labels: LabelSpec, n_folds: int) -> list[Problem]:
+    """``validate``'s row and case checks on a slide table before anything is written (the
+    importer's up-front check); problems name ``source``, the user's file."""
+    report = ValidationReport(root=source.parent)
+    checker = _Checker(CohortLayout(source.parent), report, slides_path=source)
+    checker.slide_rows(slides, labels, CohortManifest(feature_dim=1, tile_size_px=1, n_folds=n_folds))
+    checker.case_consistency(slides)
+    return report.problems
+
+
+def summarise_problems(problems: list[Problem], limit: int = 8) -> list[str]:
+    """One line per distinct (file, field, message) with its count and first places, most
+    frequent first: 264 problems of 7 kinds read as 7 lines, not 264."""
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for problem in problems:
+        groups.setdefault((problem.file, problem.field, problem.message), []).append(problem.where)
+    lines = [
+        f"{len(places)} x {file}{f', field {field!r}' if field else ''}: {message} (e.g. {_preview(places, 3)})"
+        for (file, field, message), places in sorted(groups.items(), key=lambda item: -len(item[1]))
+    ]
+    return lines[:limit] + ([f"... and {len(lines) - limit} more kinds of problem"] if len(lines) > limit else [])
+
+
 def _identity(items: Iterable[T]) -> Iterator[T]:
     yield from items
 
@@ -112,10 +135,13 @@ def _identity(items: Iterable[T]) -> Iterator[T]:
 class _Checker:
     """The individual checks; each appends to the shared report and never raises."""
 
-    def __init__(self, layout: CohortLayout, report: ValidationReport, require_complete: bool = False) -> None:
+    def __init__(
+        self, layout: CohortLayout, report: ValidationReport, require_complete: bool = False, slides_path: Path | None = None
+    ) -> None:
         self.layout = layout
         self.report = report
         self.require_complete = require_complete
+        self.slides_path = slides_path or layout.slides  # the importer checks the user's table before writing ours
 
     def _problem(self, path: Path, where: str, field_name: str, message: str) -> None:
         self.report.problems.append(Problem(self._relative(path), where, field_name, message))
@@ -144,7 +170,7 @@ class _Checker:
             return None
 
     def slides_table(self) -> pd.DataFrame | None:
-        path = self.layout.slides
+        path = self.slides_path
         if not path.is_file():
             self._problem(path, "", "", "file not found")
             return None
@@ -159,7 +185,7 @@ class _Checker:
         return None if missing else table
 
     def slide_rows(self, slides: pd.DataFrame, labels: LabelSpec | None, manifest: CohortManifest | None) -> None:
-        path = self.layout.slides
+        path = self.slides_path
         duplicated = slides["slide_id"][slides["slide_id"].duplicated(keep=False)]
         for slide_id in sorted(set(duplicated.astype(str))):
             self._problem(path, f"slide {slide_id}", "slide_id", f"duplicate slide_id ({int((duplicated.astype(str) == slide_id).sum())} rows)")
@@ -199,7 +225,7 @@ class _Checker:
 
     def case_consistency(self, slides: pd.DataFrame) -> None:
         """Case-level fields must agree across a case's slides; folds above all (leakage)."""
-        path = self.layout.slides
+        path = self.slides_path
         for column in CASE_LEVEL_COLUMNS:
             values = slides.groupby("case_id", sort=True)[column].agg(lambda s: sorted(set(map(str, s))))
             for case_id, distinct in values.items():

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from modaltune.cli import main
-from modaltune.data import Cohort, H5ImportError, import_h5_cohort, validate_cohort
+from modaltune.data import Cohort, H5ImportError, H5ImportOptions, import_h5_cohort, validate_cohort
 
 
 def _export_h5(cohort: Cohort, h5_dir: Path, *, leading_batch_axis: bool = False) -> None:
@@ -85,3 +85,97 @@ def test_missing_csv_column_is_named(tmp_path: Path) -> None:
     (tmp_path / "h5").mkdir()
     pd.DataFrame({"slide_id": ["a"], "case_id": ["c"]}).to_csv(tmp_path / "s.csv", index=False)
     assert main(["import-h5", str(tmp_path / "h5"), "--slides", str(tmp_path / "s.csv"), str(tmp_path / "o")]) == 2
+
+
+def _tcga_shaped(source: Cohort, root: Path) -> tuple[Path, Path, pd.DataFrame]:
+    """The source cohort as a TCGA user has it: barcode slide ids, no case_id column, GDC /
+    cBioPortal values. Returns (h5 folder, slides.csv, the table as our vocabulary has it)."""
+    barcode = {case: f"TCGA-{i % 90 + 10:02d}-{i:04d}" for i, case in enumerate(source.case_ids)}
+    ours = source.slides.assign(
+        case_id=source.slides["case_id"].map(barcode),
+        slide_id=[f"{barcode[c]}-01Z-00-DX{s[-1]}" for c, s in zip(source.slides["case_id"], source.slides["slide_id"])],
+    )
+    h5_dir = root / "h5"
+    h5_dir.mkdir()
+    for old, new in zip(source.slides["slide_id"], ours["slide_id"]):
+        slide = source.slide_features(old)
+        with h5py.File(h5_dir / f"{new}.h5", "w") as handle:
+            handle["features"] = slide.features.astype(np.float32)
+            handle["coords"] = slide.coords.astype(np.int64)
+    theirs = ours.drop(columns=["case_id", "fold"]).astype({"age": object})
+    theirs["sex"] = theirs["sex"].str.upper()
+    theirs["stage"] = theirs["stage"].map(lambda s: f"{s}A" if s in ("Stage II", "Stage III") else s)
+    theirs["t_stage"] = theirs["t_stage"].map(lambda t: f"{t}b" if isinstance(t, str) and t != "TX" else t)
+    theirs["m_stage"] = theirs["m_stage"].map(lambda m: "cM0 (i+)" if m == "M0" else m)
+    theirs["event"] = theirs["event"].map({1: "1:DECEASED", 0: "0:LIVING"})
+    theirs.loc[theirs.index[0], "age"] = "[Not Available]"
+    theirs.loc[theirs["stage"].isna(), "stage"] = "[Not Applicable]"
+    ours.loc[ours.index[0], "age"] = np.nan
+    csv = root / "slides.csv"
+    theirs.to_csv(csv, index=False)
+    return h5_dir, csv, ours
+
+
+def test_a_tcga_table_imports_as_it_comes(small_cohort: Path, tmp_path: Path) -> None:
+    """GDC / cBioPortal values and barcodes map onto the cohort's vocabulary; the strict
+    dialect reports the same table by kind of problem, with counts, and writes nothing."""
+    source = Cohort(small_cohort)
+    h5_dir, csv, ours = _tcga_shaped(source, tmp_path)
+    out = tmp_path / "strict"
+    assert main(["import-h5", str(h5_dir), "--slides", str(csv), str(out), "--clinical-dialect", "strict"]) == 2
+    assert not out.exists() and not list(tmp_path.glob(".strict*"))
+    with pytest.raises(H5ImportError) as error:
+        import_h5_cohort(h5_dir, csv, out, H5ImportOptions(clinical_dialect="strict"))
+    assert "missing column(s) ['case_id']" in str(error.value)
+    pd.read_csv(csv).assign(case_id=ours["case_id"]).to_csv(tmp_path / "with_cases.csv", index=False)
+    with pytest.raises(H5ImportError) as error:
+        import_h5_cohort(h5_dir, tmp_path / "with_cases.csv", out, H5ImportOptions(clinical_dialect="strict"))
+    lines = str(error.value).splitlines()
+    assert "nothing written" in lines[0]
+    sex_line = next(line for line in lines if "field 'sex'" in line and "'FEMALE'" in line)
+    assert sex_line.strip().startswith(f"{int((ours['sex'] == 'female').sum())} x with_cases.csv")
+    assert len(lines) <= 10  # summarised by kind, not one line per slide
+    assert not out.exists()
+
+    imported = Cohort(import_h5_cohort(h5_dir, csv, tmp_path / "tcga").root)
+    got = imported.slides.set_index("slide_id").loc[ours["slide_id"]]
+    assert list(got["case_id"]) == list(ours["case_id"])
+    for column in ("sex", "stage", "t_stage", "n_stage", "m_stage", "event"):
+        assert list(got[column].fillna("-")) == list(ours[column].fillna("-")), column
+    np.testing.assert_array_equal(got["age"].to_numpy(float), ours["age"].to_numpy(float))
+
+
+def test_zero_survival_times_need_an_explicit_choice(small_cohort: Path, tmp_path: Path) -> None:
+    source = Cohort(small_cohort)
+    _export_h5(source, tmp_path / "h5")
+    table = source.slides.drop(columns=["fold"])
+    table.loc[table.index[:2], "time"] = 0.0
+    table.to_csv(tmp_path / "slides.csv", index=False)
+    with pytest.raises(H5ImportError, match="--zero-time drop"):
+        import_h5_cohort(tmp_path / "h5", tmp_path / "slides.csv", tmp_path / "refused")
+    dropped = Cohort(import_h5_cohort(tmp_path / "h5", tmp_path / "slides.csv", tmp_path / "drop", H5ImportOptions(zero_time="drop")).root)
+    assert len(dropped.slides) == len(table) - 2
+    kept = Cohort(import_h5_cohort(tmp_path / "h5", tmp_path / "slides.csv", tmp_path / "eps", H5ImportOptions(zero_time="epsilon")).root)
+    assert sorted(kept.slides["time"])[:2] == [0.01, 0.01]
+
+
+def test_a_failed_import_leaves_nothing_and_a_reimport_replaces_the_cohort_whole(small_cohort: Path, tmp_path: Path) -> None:
+    source = Cohort(small_cohort)
+    _export_h5(source, tmp_path / "h5")
+    source.slides.to_csv(tmp_path / "slides.csv", index=False)
+    rna = H5ImportOptions(rna=source.layout.rna, gene_groups=source.layout.gene_groups, n_folds=4)
+    out = tmp_path / "out"
+    import_h5_cohort(tmp_path / "h5", tmp_path / "slides.csv", out, rna)
+    assert (out / "rna.parquet").exists()
+    with pytest.raises(H5ImportError, match="--overwrite"):
+        import_h5_cohort(tmp_path / "h5", tmp_path / "slides.csv", out, H5ImportOptions(n_folds=4))
+    import_h5_cohort(tmp_path / "h5", tmp_path / "slides.csv", out, H5ImportOptions(n_folds=4, overwrite=True))
+    assert not (out / "rna.parquet").exists(), "a re-import without --rna kept the old RNA"
+
+    first = source.slides["slide_id"][0]
+    with h5py.File(tmp_path / "h5" / f"{first}.h5", "a") as handle:
+        handle["features"][0, 0] = np.inf
+    with pytest.raises(H5ImportError) as error:
+        import_h5_cohort(tmp_path / "h5", tmp_path / "slides.csv", tmp_path / "poisoned", H5ImportOptions(n_folds=4))
+    assert f"slide {first}: 1 of" in str(error.value) and "NaN or Inf" in str(error.value)
+    assert not (tmp_path / "poisoned").exists() and not list(tmp_path.glob(".poisoned*"))

@@ -1,0 +1,109 @@
+"""TCGA / cBioPortal slide tables as they come: their values mapped onto the cohort's vocabulary.
+
+GDC and cBioPortal clinical exports write missing values as bracketed words ("[Not Available]"),
+sex in capitals, AJCC stages with substages ("Stage IIIA", "T1b", "cM0 (i+)") and vital status
+as words ("1:DECEASED"). One such word in the age column turns it into strings, and a strict
+reader then reports every age as "not a number". ``normalise_tcga_table`` maps what is
+unambiguous (every rule is listed in the README) and leaves anything else as it was, so the
+validator still names it; ``case_id_from_barcode`` derives the patient from a TCGA barcode.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from modaltune.data.clinical import CLINICAL_COLUMNS, is_missing
+
+# Compared lower-cased and stripped; GDC's bracketed codes and cBioPortal's words.
+MISSING_WORDS = frozenset(
+    {
+        "[not available]", "[not applicable]", "[discrepancy]", "[unknown]", "[not evaluated]",
+        "[not reported]", "[completed]", "not reported", "not available", "unknown", "na", "n/a", "nan", "",
+    }
+)
+SEX_WORDS = {"male": "male", "m": "male", "female": "female", "f": "female"}
+EVENT_WORDS = {"1:deceased": 1, "deceased": 1, "dead": 1, "0:living": 0, "living": 0, "alive": 0}
+
+# "Stage IIIA" -> "Stage III"; "Stage 0", "Stage X" and "IS" are not in the ordinal vocabulary.
+_STAGE = re.compile(r"^stage\s+(iv|iii|ii|i)[a-c]?\d?$", re.IGNORECASE)
+# "T1b", "pT2a", "cN1mi", "N0 (i+)", "cM0 (i+)", "M1a": prefix c/p/y/r, grade, then any suffix.
+_TNM = {
+    field: re.compile(rf"^[cpyr]*{letter}(x|\d)[a-z]*\d?\s*(\(.*\))?$", re.IGNORECASE)
+    for field, letter in (("t_stage", "T"), ("n_stage", "N"), ("m_stage", "M"))
+}
+_TNM_MAX = {"t_stage": 4, "n_stage": 3, "m_stage": 1}
+_TNM_MIN = {"t_stage": 1, "n_stage": 0, "m_stage": 0}
+_BARCODE = re.compile(r"^(TCGA-[A-Z0-9]{2}-[A-Z0-9]{4})", re.IGNORECASE)
+
+
+def case_id_from_barcode(slide_id: str) -> str | None:
+    """``TCGA-A1-A0SB-01Z-00-DX1.<uuid>`` -> ``TCGA-A1-A0SB`` (the patient); None if not a barcode."""
+    match = _BARCODE.match(slide_id) if isinstance(slide_id, str) else None
+    return match.group(1).upper() if match else None
+
+
+def tcga_clinical_value(field: str, value: Any) -> Any:
+    """One clinical value in the cohort's vocabulary, missing (None), or unchanged if unknown."""
+    if is_missing(value):
+        return None
+    text = str(value).strip()
+    if text.lower() in MISSING_WORDS:
+        return None
+    if field == "age":
+        try:
+            return float(text)
+        except ValueError:
+            return value
+    if field == "sex":
+        return SEX_WORDS.get(text.lower(), value)
+    if field == "stage":
+        match = _STAGE.match(text)
+        if match:
+            return f"Stage {match.group(1).upper()}"
+        return None if text.lower() in {"stage 0", "stage x", "is", "stage is"} else value
+    if field == "t_stage" and re.match(r"^[cpyr]*tis\b", text, re.IGNORECASE):
+        return None  # carcinoma in situ: not on the T1..T4 scale
+    match = _TNM[field].match(text)
+    if not match:
+        return value
+    grade = match.group(1).upper()
+    letter = field[0].upper()
+    if grade == "X":
+        return f"{letter}X"
+    number = int(grade)
+    if not _TNM_MIN[field] <= number <= _TNM_MAX[field]:
+        return None  # T0 (no evidence of primary tumour) has no place on the T1..T4 scale
+    return f"{letter}{number}"
+
+
+def normalise_tcga_table(slides: pd.DataFrame) -> pd.DataFrame:
+    """The table with TCGA / cBioPortal values mapped (clinical fields, vital status, times).
+
+    ``case_id`` is derived from TCGA barcodes in ``slide_id`` where the table has none.
+    """
+    slides = slides.copy()
+    if "case_id" not in slides.columns:
+        slides["case_id"] = [case_id_from_barcode(s) for s in slides["slide_id"]]
+    for column in CLINICAL_COLUMNS:
+        if column in slides.columns:
+            values = [tcga_clinical_value(column, v) for v in slides[column]]
+            slides[column] = _numeric_or_object(values, slides.index) if column == "age" else pd.Series(values, slides.index, object)
+    if "event" in slides.columns:
+        slides["event"] = _numeric_or_object([EVENT_WORDS.get(str(v).strip().lower(), v) for v in slides["event"]], slides.index)
+    if "time" in slides.columns:
+        times = [np.nan if str(v).strip().lower() in MISSING_WORDS else v for v in slides["time"]]
+        slides["time"] = _numeric_or_object(times, slides.index)
+    return slides
+
+
+def _numeric_or_object(values: list[Any], index: pd.Index) -> pd.Series:
+    """Numbers where every value is one (missing -> NaN); otherwise the values as they are,
+    so that the validator names the ones that are not."""
+    raw = pd.Series(values, index=index, dtype=object)
+    converted = pd.to_numeric(raw, errors="coerce")
+    unconvertible = converted.isna() & ~raw.map(is_missing)
+    return raw if unconvertible.any() else converted

@@ -174,7 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("--gene-groups", type=Path, help="JSON: pathway -> list of genes")
     importer.add_argument("--folds", type=int, default=5, help="case-level folds, when the CSV has no fold column")
     importer.add_argument("--seed", type=int, default=0)
-    importer.add_argument("--tile-size", type=int, default=256, help="tile size in level-0 pixels")
+    importer.add_argument(
+        "--tile-size", type=int,
+        help="tile size in level-0 pixels (default: from TRIDENT's coords attributes, else 256)",
+    )
     importer.add_argument(
         "--clinical-dialect", choices=CLINICAL_DIALECTS, default="tcga",
         help="tcga (default): map TCGA / cBioPortal values ('[Not Available]', 'MALE', 'Stage IIIA', 'T1b', '1:DECEASED'; "

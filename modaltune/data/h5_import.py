@@ -33,6 +33,7 @@ from modaltune.data.features import write_slide_features
 from modaltune.data.folds import assign_case_folds
 from modaltune.data.labels import LabelSpec, default_labels, load_labels, save_labels
 from modaltune.data.tcga_tables import normalise_tcga_table
+from modaltune.data.tile_geometry import CohortGeometry, TileGeometry, cohort_geometry, rescale_coords
 from modaltune.data.validate import slide_table_problems, summarise_problems, validate_cohort
 from modaltune.errors import InputError
 from modaltune.data.layout import SAFE_SLIDE_ID, SLIDE_COLUMNS, CohortLayout, CohortManifest, read_gene_groups, write_manifest
@@ -50,7 +51,7 @@ class H5ImportOptions:
     gene_groups: Path | None = None
     n_folds: int = 5
     seed: int = 0
-    tile_size_px: int = 256
+    tile_size_px: int | None = None  # level-0 pixels per tile; None: from the files' attributes, else 256
     clinical_dialect: str = "tcga"  # "tcga": map TCGA / cBioPortal values (README); "strict": take them as they are
     zero_time: str = "refuse"  # a survival time of 0 (TCGA's OS.time = 0): "refuse", "drop" the slides, or "epsilon"
     overwrite: bool = False
@@ -59,6 +60,7 @@ class H5ImportOptions:
 CLINICAL_DIALECTS = ("tcga", "strict")
 ZERO_TIME_POLICIES = ("refuse", "drop", "epsilon")
 ZERO_TIME_EPSILON = 0.01  # months (about seven hours): an event on the day of diagnosis, ordered first
+DEFAULT_TILE_SIZE = 256  # GigaPath's: 256-px tiles at 20x
 
 
 class H5ImportError(InputError):
@@ -98,12 +100,16 @@ def import_h5_cohort(
         folds = assign_case_folds(cases, options.n_folds, options.seed, ["cohort", "subtype", "event"])
         slides["fold"] = slides["case_id"].map(folds)
         logger.info("assigned %d case-level folds (stratified by cohort, subtype, event)", options.n_folds)
-    feature_dim = _check_h5_files(h5_dir, slides["slide_id"].tolist())
+    feature_dim, geometries = _check_h5_files(h5_dir, slides["slide_id"].tolist())
+    try:
+        geometry = cohort_geometry(geometries, options.tile_size_px, DEFAULT_TILE_SIZE)
+    except InputError as exc:
+        raise H5ImportError(f"cannot import {h5_dir}: {exc}") from exc
 
     staging = out.with_name(f".{out.name}.importing-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        _write_cohort(CohortLayout(staging), h5_dir, slides, labels, feature_dim, options, progress)
+        _write_cohort(CohortLayout(staging), h5_dir, slides, labels, feature_dim, geometry, options, progress)
         report = validate_cohort(staging)
         if not report.ok:
             raise H5ImportError(
@@ -121,7 +127,7 @@ def import_h5_cohort(
 
 def _write_cohort(
     layout: CohortLayout, h5_dir: Path, slides: pd.DataFrame, labels: LabelSpec, feature_dim: int,
-    options: H5ImportOptions, progress: Progress | None,
+    geometry: CohortGeometry, options: H5ImportOptions, progress: Progress | None,
 ) -> None:
     layout.features_dir.mkdir(parents=True)
     for slide_id in (progress or _identity)(slides["slide_id"].tolist()):
@@ -133,6 +139,8 @@ def _write_cohort(
         non_finite = int(np.count_nonzero(~np.isfinite(features)))
         if non_finite:
             raise H5ImportError(f"{path}: slide {slide_id}: {non_finite} of {features.size} feature values are NaN or Inf; nothing kept")
+        if slide_id in geometry.coordinate_scale:
+            coords = rescale_coords(coords, geometry.coordinate_scale[slide_id])
         write_slide_features(layout.feature_file(slide_id), features, coords, slide_id=slide_id)
 
     columns = [*SLIDE_COLUMNS, *[c for c in CLINICAL_COLUMNS if c in slides.columns]]
@@ -142,7 +150,7 @@ def _write_cohort(
         rna = pd.read_csv(options.rna) if options.rna.suffix == ".csv" else pd.read_parquet(options.rna)
         write_parquet_atomic(layout.rna, pa.Table.from_pandas(rna, preserve_index=False))
         write_json_atomic(layout.gene_groups, read_gene_groups(options.gene_groups))
-    write_manifest(layout, CohortManifest(feature_dim=feature_dim, tile_size_px=options.tile_size_px, n_folds=options.n_folds))
+    write_manifest(layout, CohortManifest(feature_dim=feature_dim, tile_size_px=geometry.tile_size_px, n_folds=options.n_folds))
 
 
 def _move_into_place(staging: Path, out: Path) -> None:
@@ -210,20 +218,28 @@ def _apply_zero_time(slides: pd.DataFrame, path: Path, policy: str) -> pd.DataFr
     return slides.assign(time=pd.to_numeric(slides["time"], errors="coerce").mask(zero, ZERO_TIME_EPSILON))
 
 
-def _check_h5_files(h5_dir: Path, slide_ids: list[str]) -> int:
-    """Check every file's datasets and shapes (metadata only); return the common feature width."""
+def _check_h5_files(h5_dir: Path, slide_ids: list[str]) -> tuple[int, dict[str, TileGeometry]]:
+    """Check every file's datasets and shapes (metadata only); return the common feature width
+    and each slide's tile geometry from its ``coords`` attributes."""
+    present = [s for s in slide_ids if (h5_dir / f"{s}.h5").is_file()]
+    if slide_ids and not present:
+        raise H5ImportError(f"none of the {len(slide_ids)} slides has a <slide_id>.h5 file in {h5_dir}{_layout_hint(h5_dir)}")
     problems: list[str] = []
     widths: dict[int, str] = {}
+    geometries: dict[str, TileGeometry] = {}
     for slide_id in slide_ids:
         path = h5_dir / f"{slide_id}.h5"
         try:
             with h5py.File(path, "r") as handle:
+                if "feats" in handle and "features" not in handle:
+                    raise H5ImportError(f"{path}: a STAMP feature file ('feats', coordinates in micrometres): not supported yet")
                 missing = [name for name in ("features", "coords") if name not in handle]
                 if missing:
                     problems.append(f"{path}: slide {slide_id}: missing dataset(s) {missing}")
                     continue
                 n_features, dim = _squeezed_shape(handle["features"].shape, path, "features", problems)
                 n_coords, coord_dim = _squeezed_shape(handle["coords"].shape, path, "coords", problems)
+                geometries[slide_id] = TileGeometry.from_attrs(handle["coords"].attrs)
         except FileNotFoundError:
             problems.append(f"{path}: slide {slide_id}: h5 file not found")
             continue
@@ -239,7 +255,21 @@ def _check_h5_files(h5_dir: Path, slide_ids: list[str]) -> int:
         problems.append(f"{h5_dir}: slides disagree on feature width: {', '.join(f'{d} (e.g. {s})' for d, s in widths.items())}")
     if problems:
         raise H5ImportError("cannot import:\n  " + "\n  ".join(problems))
-    return next(iter(widths))
+    return next(iter(widths)), geometries
+
+
+def _layout_hint(h5_dir: Path) -> str:
+    """What the folder looks like instead: a TRIDENT job folder, CLAM's output, .pt files."""
+    if not h5_dir.is_dir():
+        return " (the folder does not exist)"
+    trident = sorted(str(p.relative_to(h5_dir)) for p in h5_dir.glob("**/features_*") if p.is_dir())
+    if trident:
+        return f"; it looks like a TRIDENT job folder: pass one of its feature folders, e.g. {h5_dir / trident[0]}"
+    if (h5_dir / "h5_files").is_dir():
+        return f"; it looks like CLAM's output: pass {h5_dir / 'h5_files'}"
+    if any(h5_dir.glob("*.pt")):
+        return "; it holds .pt files (CLAM's pt_files/ have no coordinates): pass the matching h5_files/ folder"
+    return ""
 
 
 def _squeezed_shape(shape: tuple[int, ...], path: Path, name: str, problems: list[str]) -> tuple[int, int]:

@@ -57,9 +57,11 @@ class ModelSection(_Section):
             raise ValueError(f"modalities must be a subset of {list(MODALITIES)} containing 'wsi', got {modalities}")
         return modalities
 
-    def build(self, rna_group_sizes: tuple[int, ...], feature_dim: int) -> ModalTuneConfig:
+    def build(self, rna_group_sizes: tuple[int, ...], feature_dim: int, tile_size_px: int) -> ModalTuneConfig:
+        """The model for a cohort: its tile-feature width and its tile size (level-0 pixels per
+        cell of the SLFM's position grid), unless ``encoder_overrides`` set them."""
         preset = SlideEncoderConfig.gigapath if self.encoder == "gigapath" else SlideEncoderConfig.tiny
-        encoder = preset(**{"in_dim": feature_dim, **self.encoder_overrides})
+        encoder = preset(**{"in_dim": feature_dim, "tile_size": tile_size_px, **self.encoder_overrides})
         return ModalTuneConfig(
             encoder=encoder,
             modalities=tuple(self.modalities),

@@ -179,3 +179,65 @@ def test_a_failed_import_leaves_nothing_and_a_reimport_replaces_the_cohort_whole
         import_h5_cohort(tmp_path / "h5", tmp_path / "slides.csv", tmp_path / "poisoned", H5ImportOptions(n_folds=4))
     assert f"slide {first}: 1 of" in str(error.value) and "NaN or Inf" in str(error.value)
     assert not (tmp_path / "poisoned").exists() and not list(tmp_path.glob(".poisoned*"))
+
+
+def _export_trident(cohort: Cohort, h5_dir: Path, level0_scale: dict[str, int], patch_size: int = 256, target: float = 20.0) -> None:
+    """TRIDENT's layout: coords in level-0 pixels with the patching in coords.attrs; a slide with
+    scale 2 is a 40x scan patched at 20x (512-px level-0 patches)."""
+    h5_dir.mkdir(parents=True)
+    for slide_id in cohort.slides["slide_id"]:
+        slide, scale = cohort.slide_features(slide_id), level0_scale.get(slide_id, 1)
+        with h5py.File(h5_dir / f"{slide_id}.h5", "w") as handle:
+            handle["features"] = slide.features.astype(np.float32)
+            handle["coords"] = slide.coords.astype(np.int64) * scale
+            handle["coords"].attrs.update(
+                patch_size=patch_size, patch_size_level0=patch_size * scale,
+                level0_magnification=target * scale, target_magnification=target,
+            )
+
+
+def test_trident_attributes_put_40x_and_20x_scans_on_one_tile_grid(small_cohort: Path, tmp_path: Path) -> None:
+    source = Cohort(small_cohort)
+    at_40x = {s: 2 for s in list(source.slides["slide_id"])[::3]}
+    _export_trident(source, tmp_path / "h5", at_40x)
+    source.slides.to_csv(tmp_path / "slides.csv", index=False)
+    imported = Cohort(import_h5_cohort(tmp_path / "h5", tmp_path / "slides.csv", tmp_path / "out", H5ImportOptions(n_folds=4)).root)
+    assert imported.manifest.tile_size_px == 256
+    for slide_id in source.slides["slide_id"]:
+        np.testing.assert_array_equal(imported.slide_features(slide_id).coords, source.slide_features(slide_id).coords)
+    with pytest.raises(H5ImportError, match="--tile-size 512 but the files say their patches are 256 px"):
+        import_h5_cohort(tmp_path / "h5", tmp_path / "slides.csv", tmp_path / "o2", H5ImportOptions(n_folds=4, tile_size_px=512))
+
+
+def test_slides_patched_at_other_magnifications_are_refused(small_cohort: Path, tmp_path: Path) -> None:
+    source = Cohort(small_cohort)
+    _export_trident(source, tmp_path / "h5", {})
+    first = source.slides["slide_id"][0]
+    with h5py.File(tmp_path / "h5" / f"{first}.h5", "a") as handle:
+        handle["coords"].attrs.update(target_magnification=10.0)
+    source.slides.to_csv(tmp_path / "slides.csv", index=False)
+    with pytest.raises(H5ImportError, match=r"patched differently \(79 slide\(s\) at 20.0x with 256-px patches, 1 slide\(s\) at 10.0x"):
+        import_h5_cohort(tmp_path / "h5", tmp_path / "slides.csv", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_trident_job_folder_is_named_once_not_per_slide(small_cohort: Path, tmp_path: Path) -> None:
+    source = Cohort(small_cohort)
+    job = tmp_path / "trident_job"
+    (job / "20x_256px_0px_overlap").mkdir(parents=True)
+    _export_h5(source, job / "20x_256px_0px_overlap" / "features_conch_v15")
+    source.slides.to_csv(tmp_path / "slides.csv", index=False)
+    with pytest.raises(H5ImportError) as error:
+        import_h5_cohort(job, tmp_path / "slides.csv", tmp_path / "out")
+    message = str(error.value)
+    assert len(message.splitlines()) == 1 and "none of the 80 slides" in message
+    assert "TRIDENT job folder" in message and "20x_256px_0px_overlap/features_conch_v15" in message
+
+
+def test_the_cohort_tile_size_reaches_the_model() -> None:
+    from modaltune.train.config import load_train_config
+
+    model = load_train_config(None, ["model.modalities=[wsi]"]).model
+    assert model.build((), 32, 512).encoder.tile_size == 512
+    overridden = load_train_config(None, ["model.modalities=[wsi]", "model.encoder_overrides={tile_size: 256}"]).model
+    assert overridden.build((), 32, 512).encoder.tile_size == 256

@@ -23,6 +23,9 @@ from modaltune.atomic import write_json_atomic
 from modaltune.errors import InputError
 
 FORMAT_VERSION = 1
+# Cells per side of the SLFMs' tile position grid (GigaPath's, after LongNet's 2-D sin-cos table):
+# coordinates // tile size must fall inside it, or the model cannot place the tile.
+POSITION_GRID_SIZE = 1000
 
 # Column -> what it holds; the validator and the Cohort reader both use this table.
 SLIDE_COLUMNS: dict[str, str] = {

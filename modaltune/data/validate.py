@@ -26,6 +26,7 @@ from modaltune.data.features import FeatureFileError, read_slide_features
 from modaltune.data.labels import LabelsFileError, LabelSpec, load_labels
 from modaltune.errors import InputError
 from modaltune.data.layout import (
+    POSITION_GRID_SIZE,
     CASE_LEVEL_COLUMNS,
     SAFE_SLIDE_ID,
     SLIDE_COLUMNS,
@@ -275,6 +276,22 @@ class _Checker:
             self._problem(path, where, "features", f"{bad_rows} of {slide.n_tiles} tiles contain NaN or Inf")
         if negative:
             self._problem(path, where, "coords", "negative tile coordinates")
+        if manifest is not None:
+            self._tile_grid(path, where, np.asarray(slide.coords), manifest.tile_size_px)
+
+    def _tile_grid(self, path: Path, where: str, coords: np.ndarray, tile_size: int) -> None:
+        """What training would crash on or silently get wrong: tiles outside the position grid, duplicates."""
+        cells = coords // tile_size
+        if int(cells.max(initial=0)) >= POSITION_GRID_SIZE:
+            self._problem(
+                path, where, "coords",
+                f"tiles reach cell {int(cells.max())} of the {POSITION_GRID_SIZE} x {POSITION_GRID_SIZE} position grid of "
+                f"{tile_size}-px tiles (coordinates up to {int(coords.max())} px): imported with the wrong tile size "
+                "(a 40x scan with 512-px patches?); import-h5 reads TRIDENT's attributes, --tile-size sets it for other files",
+            )
+        duplicates = len(cells) - len(np.unique(cells, axis=0))
+        if duplicates:
+            self._warning(path, where, "coords", f"{duplicates} tile(s) share a grid cell with another (duplicated or overlapping tiles)")
 
     def rna(self, slides: pd.DataFrame | None) -> None:
         rna_path, groups_path = self.layout.rna, self.layout.gene_groups

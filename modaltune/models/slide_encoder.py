@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from modaltune.data.layout import POSITION_GRID_SIZE
 from modaltune.errors import InputError
 from modaltune.models.dilated_attention import longnet_segment_lengths
 from modaltune.models.frozen_encoder import FrozenSlideEncoder
@@ -53,7 +54,7 @@ class SlideEncoderConfig:
     segment_lengths: tuple[int, ...] | None = None
     max_wsi_size: int = 262144
     tile_size: int = 256
-    grid_size: int = 1000
+    grid_size: int = POSITION_GRID_SIZE
     dropout: float = 0.0
     drop_path_rate: float = 0.0
     layer_norm_eps: float = 1e-5

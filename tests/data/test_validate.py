@@ -140,6 +140,14 @@ def _case_without_rna(root: Path) -> None:
     _edit_rna(root, lambda rna: rna.iloc[1:])
 
 
+def _tiles_off_the_grid(root: Path) -> None:
+    _rewrite_features(root, lambda f, c: (f, c * 2 + 256 * 1000))  # a 40x slide read as 256-px tiles, and then some
+
+
+def _duplicate_tile(root: Path) -> None:
+    _rewrite_features(root, lambda f, c: (f, np.concatenate([c[:1], c[:-1]])))
+
+
 CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str, str, str]] = {
     # name: (corrupt, file the message names, field or '', words the message contains)
     "missing feature file": (_missing_feature_file, "features/", "", "not found"),
@@ -159,7 +167,15 @@ CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str, str, str]] = {
     "group gene not in RNA": (_group_gene_not_in_rna, "gene_groups.json", "GHOST_GENE", "not columns of rna.parquet"),
     "missing column": (_missing_column, "slides.parquet", "event", "required column is missing"),
     "bad clinical value": (_set_first("stage", "Stage IX"), "slides.parquet", "stage", "must be one of"),
+    "tiles off the position grid": (_tiles_off_the_grid, "features/", "coords", "position grid of 256-px tiles"),
 }
+
+
+def test_duplicate_tile_positions_are_a_warning(cohort_copy: Path) -> None:
+    _duplicate_tile(cohort_copy)
+    report = validate_cohort(cohort_copy)
+    assert report.ok
+    assert [w for w in report.warnings if w.field == "coords" and "1 tile(s) share a grid cell" in w.message]
 
 
 def test_the_clean_cohort_is_valid(small_cohort: Path) -> None:

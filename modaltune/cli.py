@@ -25,7 +25,7 @@ from modaltune.data import (
     import_h5_cohort,
     validate_cohort,
 )
-from modaltune.data.h5_import import CLINICAL_DIALECTS, ZERO_TIME_EPSILON, ZERO_TIME_POLICIES
+from modaltune.data.h5_import import CLINICAL_DIALECTS, FOLD_GROUPINGS, ZERO_TIME_EPSILON, ZERO_TIME_POLICIES
 
 EXIT_BAD_INPUT = 2
 
@@ -75,6 +75,7 @@ def _cmd_import_h5(args: argparse.Namespace) -> int:
     options = H5ImportOptions(
         labels=args.labels, rna=args.rna, gene_groups=args.gene_groups, n_folds=args.folds, seed=args.seed,
         tile_size_px=args.tile_size, clinical_dialect=args.clinical_dialect, zero_time=args.zero_time, overwrite=args.overwrite,
+        folds_by=args.folds_by,
     )
     layout = import_h5_cohort(args.h5_dir, args.slides, args.out_dir, options, progress=_bar("importing slides", "slide"))
     cohort = Cohort(layout.root)
@@ -188,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"survival time 0 (TCGA's OS.time = 0): refuse (default), drop those slides, or epsilon ({ZERO_TIME_EPSILON} months)",
     )
     importer.add_argument("--overwrite", action="store_true", help="replace an existing cohort at OUT_DIR whole")
+    importer.add_argument(
+        "--folds-by", choices=FOLD_GROUPINGS, default="case",
+        help="site: site-preserved folds, no tissue source site in two folds (the site from a 'site' column or TCGA barcodes)",
+    )
     importer.set_defaults(run=_cmd_import_h5)
 
     train = commands.add_parser("train", help="one fine-tuning run through Ray Train (DeepSpeed or DDP)")

@@ -80,8 +80,9 @@ class ExportedModel:
         return self.root / MEMBERS_DIR / member
 
 
-def check_cohort(model: ExportedModel, cohort: Cohort) -> None:
-    """Everything about a new cohort the model depends on, before any slide is read."""
+def check_cohort(model: ExportedModel, cohort: Cohort) -> list[str]:
+    """Everything about a new cohort the model depends on, before any slide is read. Returns
+    the cancer types the model can score; the others are logged as skipped (none: an error)."""
     where = cohort.layout.root
     if cohort.manifest.feature_dim != model.feature_dim:
         raise InputError(f"{where}: tile features are {cohort.manifest.feature_dim}-d, the model was trained on {model.feature_dim}-d")
@@ -90,13 +91,19 @@ def check_cohort(model: ExportedModel, cohort: Cohort) -> None:
             raise InputError(f"{where}: the model uses RNA but {cohort.layout.rna} does not exist")
         if cohort.gene_groups != model.gene_groups:
             raise InputError(f"{cohort.layout.gene_groups}: gene groups differ from the ones the model was trained with")
-    for name in cohort.cohort_names:
-        if name not in model.classes:
-            raise InputError(f"{where}: cancer type {name!r} was not trained on (the model knows {sorted(model.classes)})")
+    known = [name for name in cohort.cohort_names if name in model.classes]
+    unknown = sorted(set(cohort.cohort_names) - set(known))
+    if not known:
+        raise InputError(f"{where}: cancer type(s) {unknown} were not trained on (the model knows {sorted(model.classes)})")
+    if unknown:
+        skipped = len(cohort.cases(cohorts=unknown))
+        logger.warning("skipping %d case(s) of cancer type(s) %s: the model was not trained on them", skipped, unknown)
+    for name in known:
         if cohort.labels.subtypes_of(name) != model.classes[name]:
             raise InputError(
                 f"{cohort.layout.labels}: subtypes of {name} are {cohort.labels.subtypes_of(name)}, the model's are {model.classes[name]}"
             )
+    return known
 
 
 def predict_cohort(
@@ -107,8 +114,8 @@ def predict_cohort(
     ``predicted_subtype``, ``class_probabilities`` and ``models``."""
     model = ExportedModel.open(model_dir)
     cohort = Cohort(cohort_dir)
-    check_cohort(model, cohort)
-    ids = case_ids if case_ids is not None else cohort.case_ids
+    scorable = cohort.cases(cohorts=check_cohort(model, cohort))
+    ids = scorable if case_ids is None else [c for c in case_ids if c in set(scorable)]
     members = progress(model.members) if progress else model.members
     per_member = [predict_member(model.member_dir(member), cohort, ids, model.classes) for member in members]
     return ensemble(per_member, model.classes)

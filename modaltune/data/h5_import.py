@@ -36,7 +36,7 @@ from modaltune.data.tcga_tables import normalise_tcga_table
 from modaltune.data.tile_geometry import CohortGeometry, TileGeometry, cohort_geometry, rescale_coords
 from modaltune.data.validate import slide_table_problems, summarise_problems, validate_cohort
 from modaltune.errors import InputError
-from modaltune.data.layout import SAFE_SLIDE_ID, SLIDE_COLUMNS, CohortLayout, CohortManifest, read_gene_groups, write_manifest
+from modaltune.data.layout import OPTIONAL_CASE_COLUMNS, SAFE_SLIDE_ID, SLIDE_COLUMNS, CohortLayout, CohortManifest, read_gene_groups, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +55,11 @@ class H5ImportOptions:
     clinical_dialect: str = "tcga"  # "tcga": map TCGA / cBioPortal values (README); "strict": take them as they are
     zero_time: str = "refuse"  # a survival time of 0 (TCGA's OS.time = 0): "refuse", "drop" the slides, or "epsilon"
     overwrite: bool = False
+    folds_by: str = "case"  # "site": no tissue source site in two folds (needs a site column or TCGA barcodes)
 
 
 CLINICAL_DIALECTS = ("tcga", "strict")
+FOLD_GROUPINGS = ("case", "site")
 ZERO_TIME_POLICIES = ("refuse", "drop", "epsilon")
 ZERO_TIME_EPSILON = 0.01  # months (about seven hours): an event on the day of diagnosis, ordered first
 DEFAULT_TILE_SIZE = 256  # GigaPath's: 256-px tiles at 20x
@@ -82,11 +84,13 @@ def import_h5_cohort(
     place; its warnings are logged.
     """
     h5_dir, out, slides_csv = Path(h5_dir), Path(out_dir), Path(slides_csv)
-    if options.clinical_dialect not in CLINICAL_DIALECTS or options.zero_time not in ZERO_TIME_POLICIES:
-        raise H5ImportError(
-            f"clinical dialect {options.clinical_dialect!r} / zero-time policy {options.zero_time!r}: "
-            f"choose from {list(CLINICAL_DIALECTS)} / {list(ZERO_TIME_POLICIES)}"
-        )
+    for name, value, choices in (
+        ("clinical dialect", options.clinical_dialect, CLINICAL_DIALECTS),
+        ("zero-time policy", options.zero_time, ZERO_TIME_POLICIES),
+        ("folds by", options.folds_by, FOLD_GROUPINGS),
+    ):
+        if value not in choices:
+            raise H5ImportError(f"{name} {value!r}: choose from {list(choices)}")
     if out.exists() and not options.overwrite:
         raise H5ImportError(f"{out} exists; --overwrite replaces it whole (features, tables, RNA and labels)")
     if (options.rna is None) != (options.gene_groups is None):
@@ -95,11 +99,23 @@ def import_h5_cohort(
     labels = load_labels(options.labels) if options.labels else default_labels(sorted(slides["cohort"].dropna().unique()))
     has_folds = "fold" in slides.columns
     _check_slide_table(slides if has_folds else slides.assign(fold=0), slides_csv, labels, options)
+    by_site = options.folds_by == "site"
+    if by_site and "site" not in slides.columns:
+        raise H5ImportError(f"{slides_csv}: --folds-by site needs a 'site' column, or TCGA barcodes as slide ids to derive it from")
+    if by_site and has_folds:
+        raise H5ImportError(f"{slides_csv}: has a fold column; --folds-by site assigns folds, so drop one of them")
     if not has_folds:
-        cases = slides.groupby("case_id", sort=True)[["cohort", "subtype", "event"]].first().reset_index()
-        folds = assign_case_folds(cases, options.n_folds, options.seed, ["cohort", "subtype", "event"])
+        columns = ["cohort", "subtype", "event", *(["site"] if by_site else [])]
+        cases = slides.groupby("case_id", sort=True)[columns].first().reset_index()
+        try:
+            folds = assign_case_folds(cases, options.n_folds, options.seed, ["cohort", "subtype", "event"], "site" if by_site else None)
+        except InputError as exc:
+            raise H5ImportError(f"{slides_csv}: {exc}") from exc
         slides["fold"] = slides["case_id"].map(folds)
-        logger.info("assigned %d case-level folds (stratified by cohort, subtype, event)", options.n_folds)
+        logger.info(
+            "assigned %d case-level folds (stratified by cohort, subtype, event%s)", options.n_folds,
+            "; each site in one fold" if by_site else "",
+        )
     feature_dim, geometries = _check_h5_files(h5_dir, slides["slide_id"].tolist())
     try:
         geometry = cohort_geometry(geometries, options.tile_size_px, DEFAULT_TILE_SIZE)
@@ -143,7 +159,7 @@ def _write_cohort(
             coords = rescale_coords(coords, geometry.coordinate_scale[slide_id])
         write_slide_features(layout.feature_file(slide_id), features, coords, slide_id=slide_id)
 
-    columns = [*SLIDE_COLUMNS, *[c for c in CLINICAL_COLUMNS if c in slides.columns]]
+    columns = [*SLIDE_COLUMNS, *[c for c in (*CLINICAL_COLUMNS, *OPTIONAL_CASE_COLUMNS) if c in slides.columns]]
     write_parquet_atomic(layout.slides, pa.Table.from_pandas(slides[columns], preserve_index=False))
     save_labels(layout.labels, labels)
     if options.rna is not None and options.gene_groups is not None:

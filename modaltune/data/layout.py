@@ -38,6 +38,8 @@ SLIDE_COLUMNS: dict[str, str] = {
     "fold": "case-level cross-validation fold, 0..n_folds-1",
 }
 CASE_LEVEL_COLUMNS: tuple[str, ...] = ("cohort", "subtype", "time", "event", "fold")
+# Optional per-case columns of slides.parquet: the tissue source site (site-preserved folds).
+OPTIONAL_CASE_COLUMNS: tuple[str, ...] = ("site",)
 
 SAFE_SLIDE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 

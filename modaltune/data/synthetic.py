@@ -11,6 +11,11 @@ we know. The generative story (all of it recorded in ``truth.json``):
   by subtype for a few pathways (subtype is partly visible in RNA) and, for the *risk
   pathways*, independent of everything in the image.
 * **Clinical.** Age, sex, AJCC stage and TNM (absent for GBMLGG, as in TCGA).
+* **Sites** (``n_sites``, off by default), as TCGA's tissue source sites: each case comes from
+  one site; a site shifts the tile features of its slides (stain, scanner: ``site_stain_shift``)
+  and its patients' baseline hazard (referral patterns: ``site_log_hazard``). A model can then
+  score well by recognising the site, which does not carry over to new sites; with
+  ``site_preserved_folds`` no site is split across folds, so cross-validation cannot reward it.
 * **Missing RNA** (``rna_missing_fraction``, off by default), as in TCGA where about one case
   in six has no RNA-seq: those cases get no row in ``rna.parquet``, missing completely at
   random or, with ``rna_missing_age_log_odds_per_decade``, more often the older the patient
@@ -111,6 +116,10 @@ class SynthConfig:
     gene_overlap_probability: float = 0.1
     rna_missing_fraction: float = 0.0  # share of cases without an RNA row (at age 60 when age-dependent)
     rna_missing_age_log_odds_per_decade: float = 0.0
+    n_sites: int = 0
+    site_log_hazard: float = 0.0  # SD of the sites' baseline log-hazards
+    site_stain_shift: float = 0.0  # SD of the sites' shift of every tile feature
+    site_preserved_folds: bool = False
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.cohorts if c not in TCGA_COHORTS]
@@ -129,6 +138,8 @@ class SynthConfig:
             raise InputError(f"n_genes must be at least 2 per pathway ({2 * self.n_pathways}), got {self.n_genes}")
         if not 0.0 <= self.rna_missing_fraction < 1.0:
             raise InputError(f"rna_missing_fraction must be in [0, 1), got {self.rna_missing_fraction}")
+        if self.site_preserved_folds and self.n_sites < self.n_folds:
+            raise InputError(f"site_preserved_folds needs at least n_folds ({self.n_folds}) sites, got n_sites={self.n_sites}")
         if self.slides_per_cohort < self.n_folds:
             raise InputError(f"slides_per_cohort must be at least n_folds ({self.n_folds})")
 
@@ -152,6 +163,22 @@ class _World:
     interaction_pathway: str | None = None  # the last pathway, kept free of subtype shifts
 
 
+@dataclass
+class _Sites:
+    """Tissue source sites: each one's baseline log-hazard and feature shift."""
+
+    names: list[str]
+    log_hazard: dict[str, float]
+    stain_shift: dict[str, np.ndarray]
+
+    @classmethod
+    def sample(cls, config: SynthConfig, rng: np.random.Generator) -> _Sites:
+        names = [f"S{i:02d}" for i in range(config.n_sites)]
+        hazards = rng.normal(0.0, config.site_log_hazard, len(names)) if config.site_log_hazard else np.zeros(len(names))
+        shifts = config.site_stain_shift * rng.standard_normal((len(names), config.feature_dim))
+        return cls(names, dict(zip(names, map(float, hazards))), dict(zip(names, shifts)))
+
+
 def generate_cohort(
     out_dir: str | os.PathLike[str], config: SynthConfig, progress: Progress | None = None
 ) -> CohortLayout:
@@ -160,8 +187,11 @@ def generate_cohort(
     layout.features_dir.mkdir(parents=True, exist_ok=True)
     seeds = np.random.SeedSequence(config.seed)
     world_seed, case_seed, slide_seed, tile_seed, rna_seed = seeds.spawn(5)
+    (site_seed,) = seeds.spawn(1)  # spawned after the others, so cohorts without sites are unchanged
     world = _build_world(config, np.random.default_rng(world_seed))
-    cases = _sample_cases(config, world, np.random.default_rng(case_seed))
+    site_rng = np.random.default_rng(site_seed)
+    sites = _Sites.sample(config, site_rng) if config.n_sites else None
+    cases = _sample_cases(config, world, np.random.default_rng(case_seed), sites, site_rng)
     slides = _sample_slides(config, cases, np.random.default_rng(slide_seed))
     logger.info("synthesising %d slides of %d cases into %s", len(slides), len(cases), layout.root)
 
@@ -169,12 +199,15 @@ def generate_cohort(
     rows: Iterable[tuple[int, pd.Series]] = list(enumerate(slides.itertuples(index=False)))
     for index, slide in (progress or _identity)(rows):
         rng = np.random.default_rng(slide_seeds[index])
-        features, coords = _slide_tiles(config, world, cases.loc[slide.case_id], slide.n_tiles, rng)
+        case = cases.loc[slide.case_id]
+        features, coords = _slide_tiles(config, world, case, slide.n_tiles, rng)
+        if sites is not None:
+            features = (features + sites.stain_shift[case["site"]]).astype(np.float16)
         write_slide_features(layout.feature_file(slide.slide_id), features, coords, slide_id=slide.slide_id)
 
     slide_table = slides.drop(columns=["n_tiles"]).merge(
         cases.drop(columns=["case_id", "z_image", *world.pathways]), left_on="case_id", right_index=True
-    )[[*SLIDE_COLUMNS, *CLINICAL_COLUMNS]]
+    )[[*SLIDE_COLUMNS, *CLINICAL_COLUMNS, *(["site"] if sites else [])]]
     write_parquet_atomic(layout.slides, pa.Table.from_pandas(slide_table, preserve_index=False))
     rna_rng = np.random.default_rng(rna_seed)
     rna = _rna_table(world, cases, rna_rng)
@@ -182,7 +215,7 @@ def generate_cohort(
     write_parquet_atomic(layout.rna, pa.Table.from_pandas(rna, preserve_index=False))
     write_json_atomic(layout.gene_groups, world.gene_groups)
     save_labels(layout.labels, default_labels(list(config.cohorts)))
-    write_json_atomic(layout.truth, _truth(config, world, cases))
+    write_json_atomic(layout.truth, _truth(config, world, cases, sites))
     write_manifest(
         layout, CohortManifest(feature_dim=config.feature_dim, tile_size_px=config.tile_size_px, n_folds=config.n_folds)
     )
@@ -244,7 +277,9 @@ def _build_world(config: SynthConfig, rng: np.random.Generator) -> _World:
     )
 
 
-def _sample_cases(config: SynthConfig, world: _World, rng: np.random.Generator) -> pd.DataFrame:
+def _sample_cases(
+    config: SynthConfig, world: _World, rng: np.random.Generator, sites: _Sites | None, site_rng: np.random.Generator
+) -> pd.DataFrame:
     """One row per case (indexed by case_id): labels, latents, clinical fields, survival."""
     frames = []
     for cohort in config.cohorts:
@@ -270,9 +305,14 @@ def _sample_cases(config: SynthConfig, world: _World, rng: np.random.Generator) 
         frames.append(frame)
     cases = pd.concat(frames, ignore_index=True).set_index("case_id", drop=False)
     log_hazard = _log_hazard_components(config, world, cases)
+    if sites is not None:
+        cases["site"] = site_rng.choice(sites.names, size=len(cases))
+        log_hazard["site"] = cases["site"].map(sites.log_hazard)
     cases["time"], cases["event"] = _survival(config, log_hazard.sum(axis=1).to_numpy(), rng)
+    groups = "site" if config.site_preserved_folds else None
+    columns = ["case_id", "cohort", "subtype", "event", *(["site"] if sites is not None else [])]
     cases["fold"] = assign_case_folds(
-        cases[["case_id", "cohort", "subtype", "event"]].reset_index(drop=True), config.n_folds, config.seed, ["cohort", "subtype", "event"]
+        cases[columns].reset_index(drop=True), config.n_folds, config.seed, ["cohort", "subtype", "event"], groups
     ).reindex(cases.index).to_numpy()
     return cases
 
@@ -416,7 +456,7 @@ def _rna_missing(config: SynthConfig, cases: pd.DataFrame, rng: np.random.Genera
     return rng.random(len(cases)) < 1.0 / (1.0 + np.exp(-log_odds))
 
 
-def _truth(config: SynthConfig, world: _World, cases: pd.DataFrame) -> dict:
+def _truth(config: SynthConfig, world: _World, cases: pd.DataFrame, sites: _Sites | None) -> dict:
     components = _log_hazard_components(config, world, cases)
     total_variance = float(components.sum(axis=1).var())
     time, event = cases["time"].to_numpy(), cases["event"].to_numpy()
@@ -472,4 +512,13 @@ def _truth(config: SynthConfig, world: _World, cases: pd.DataFrame) -> dict:
         },
         "image_risk": {"high_grade_prototypes": list(HIGH_GRADE_PROTOTYPES), "logit_per_sd": config.grade_logit_shift},
         "prototypes": world.prototype_names,
+        "sites": None
+        if sites is None
+        else {
+            "log_hazard": sites.log_hazard,
+            "stain_shift_sd": config.site_stain_shift,
+            "cases": {k: int(v) for k, v in cases["site"].value_counts().sort_index().items()},
+            "site_preserved_folds": config.site_preserved_folds,
+            "note": "the site is a confounder, not biology: it is in no oracle C-index",
+        },
     }

@@ -37,13 +37,19 @@ _TNM = {
 }
 _TNM_MAX = {"t_stage": 4, "n_stage": 3, "m_stage": 1}
 _TNM_MIN = {"t_stage": 1, "n_stage": 0, "m_stage": 0}
-_BARCODE = re.compile(r"^(TCGA-[A-Z0-9]{2}-[A-Z0-9]{4})", re.IGNORECASE)
+_BARCODE = re.compile(r"^(TCGA-([A-Z0-9]{2})-[A-Z0-9]{4})", re.IGNORECASE)
 
 
 def case_id_from_barcode(slide_id: str) -> str | None:
     """``TCGA-A1-A0SB-01Z-00-DX1.<uuid>`` -> ``TCGA-A1-A0SB`` (the patient); None if not a barcode."""
     match = _BARCODE.match(slide_id) if isinstance(slide_id, str) else None
     return match.group(1).upper() if match else None
+
+
+def site_from_barcode(slide_id: str) -> str | None:
+    """``TCGA-A1-A0SB-...`` -> ``A1``, the tissue source site; None if not a barcode."""
+    match = _BARCODE.match(slide_id) if isinstance(slide_id, str) else None
+    return match.group(2).upper() if match else None
 
 
 def tcga_clinical_value(field: str, value: Any) -> Any:
@@ -83,11 +89,14 @@ def tcga_clinical_value(field: str, value: Any) -> Any:
 def normalise_tcga_table(slides: pd.DataFrame) -> pd.DataFrame:
     """The table with TCGA / cBioPortal values mapped (clinical fields, vital status, times).
 
-    ``case_id`` is derived from TCGA barcodes in ``slide_id`` where the table has none.
+    ``case_id`` and ``site`` (the tissue source site) are derived from TCGA barcodes in
+    ``slide_id`` where the table has none.
     """
     slides = slides.copy()
     if "case_id" not in slides.columns:
         slides["case_id"] = [case_id_from_barcode(s) for s in slides["slide_id"]]
+    if "site" not in slides.columns and all(site_from_barcode(s) for s in slides["slide_id"]):
+        slides["site"] = [site_from_barcode(s) for s in slides["slide_id"]]
     for column in CLINICAL_COLUMNS:
         if column in slides.columns:
             values = [tcga_clinical_value(column, v) for v in slides[column]]

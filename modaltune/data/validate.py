@@ -26,6 +26,7 @@ from modaltune.data.features import FeatureFileError, read_slide_features
 from modaltune.data.labels import LabelsFileError, LabelSpec, load_labels
 from modaltune.errors import InputError
 from modaltune.data.layout import (
+    OPTIONAL_CASE_COLUMNS,
     POSITION_GRID_SIZE,
     CASE_LEVEL_COLUMNS,
     SAFE_SLIDE_ID,
@@ -227,7 +228,7 @@ class _Checker:
     def case_consistency(self, slides: pd.DataFrame) -> None:
         """Case-level fields must agree across a case's slides; folds above all (leakage)."""
         path = self.slides_path
-        for column in CASE_LEVEL_COLUMNS:
+        for column in (*CASE_LEVEL_COLUMNS, *(c for c in OPTIONAL_CASE_COLUMNS if c in slides.columns)):
             values = slides.groupby("case_id", sort=True)[column].agg(lambda s: sorted(set(map(str, s))))
             for case_id, distinct in values.items():
                 if len(distinct) > 1:

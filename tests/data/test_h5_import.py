@@ -241,3 +241,18 @@ def test_the_cohort_tile_size_reaches_the_model() -> None:
     assert model.build((), 32, 512).encoder.tile_size == 512
     overridden = load_train_config(None, ["model.modalities=[wsi]", "model.encoder_overrides={tile_size: 256}"]).model
     assert overridden.build((), 32, 512).encoder.tile_size == 256
+
+
+def test_site_preserved_folds_from_tcga_barcodes(small_cohort: Path, tmp_path: Path) -> None:
+    source = Cohort(small_cohort)
+    h5_dir, csv, ours = _tcga_shaped(source, tmp_path)
+    out = tmp_path / "by_site"
+    assert main(["import-h5", str(h5_dir), "--slides", str(csv), str(out), "--folds-by", "site", "--folds", "4"]) == 0
+    imported = Cohort(out)
+    assert list(imported.slides.set_index("slide_id").loc[ours["slide_id"], "site"]) == [c[5:7] for c in ours["case_id"]]
+    assert imported.slides.groupby("site")["fold"].nunique().max() == 1
+    assert validate_cohort(out).ok
+    plain = tmp_path / "plain.csv"
+    pd.read_csv(csv).assign(slide_id=[f"S{i}" for i in range(len(ours))], case_id=ours["case_id"].to_numpy()).to_csv(plain, index=False)
+    with pytest.raises(H5ImportError, match="--folds-by site needs a 'site' column"):
+        import_h5_cohort(h5_dir, plain, tmp_path / "no_site", H5ImportOptions(folds_by="site"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from tensorboard.backend.event_processing.event_multiplexer import EventMultiple
 
 from modaltune.cli import main as cli_main
 from modaltune.data import Cohort
+from modaltune.data.labels import default_labels, save_labels
 from modaltune.predict import ExportedModel, predict_member
 from sweeps.searcher import CellSearcher
 from tests.browser import loaded_images, screenshot
@@ -161,6 +163,18 @@ def test_selected_model_is_exported_and_predicts_like_it_validated(smoke: Smoke,
     assert cli_main(["synth", str(other), "--cohorts", "NSCLC", "--slides-per-cohort", "12", "--feature-dim", "16",
                      "--min-tiles", "4", "--max-tiles", "8", "--genes", "20", "--pathways", "4", "--folds", "2"]) == 0
     assert cli_main(["predict", str(best), "--cohort", str(other), "--out", str(tmp_path / "other.parquet")]) == 2
+
+    # New patients of a cancer type the model never saw are listed and skipped; the rest are scored.
+    mixed = tmp_path / "mixed"
+    shutil.copytree(smoke.root / "cohort", mixed, ignore=shutil.ignore_patterns("cache"))
+    slides = pd.read_parquet(mixed / "slides.parquet")
+    foreign = set(cohort.case_ids[:6])
+    slides.loc[slides["case_id"].isin(foreign), ["cohort", "subtype"]] = ["BRCA", "IDC"]
+    slides.to_parquet(mixed / "slides.parquet", index=False)
+    save_labels(mixed / "labels.yaml", default_labels(["BRCA", "NSCLC"]))
+    assert cli_main(["predict", str(best), "--cohort", str(mixed), "--out", str(tmp_path / "mixed.parquet")]) == 0
+    scored = pd.read_parquet(tmp_path / "mixed.parquet")
+    assert sorted(scored["case_id"]) == sorted(set(cohort.case_ids) - foreign)
 
 
 def test_interrupted_study_resumes_without_rerunning(tmp_path: Path) -> None:

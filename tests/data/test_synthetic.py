@@ -98,6 +98,21 @@ def test_planted_rna_risk_pathways_predict_survival(larger_cohort: Cohort) -> No
     assert CoxPHFitter(penalizer=0.1).fit(null, "time", "event").concordance_index_ < 0.6
 
 
+def _out_of_fold_cox_c_index(cohort: Cohort, columns: pd.DataFrame) -> float:
+    """Mean validation C-index of a penalised Cox model on ``columns`` over the cohort's folds."""
+    cases = columns.index
+    survival = pd.DataFrame(
+        {"time": [cohort.record(c).time for c in cases], "event": [cohort.record(c).event for c in cases]}, index=cases
+    )
+    scores = []
+    for fold in range(cohort.manifest.n_folds):
+        train, test = cohort.split(fold)
+        model = CoxPHFitter(penalizer=0.1).fit(columns.loc[train].join(survival.loc[train]), "time", "event")
+        risk = model.predict_partial_hazard(columns.loc[test])
+        scores.append(concordance_index(survival.loc[test, "time"], -risk, survival.loc[test, "event"]))
+    return float(np.mean(scores))
+
+
 def test_wsi_plus_rna_beats_wsi_only_out_of_fold(larger_cohort: Cohort) -> None:
     truth = json.loads(larger_cohort.layout.truth.read_text())
     oracle = truth["hazard"]["oracle_c_index"]
@@ -107,21 +122,7 @@ def test_wsi_plus_rna_beats_wsi_only_out_of_fold(larger_cohort: Cohort) -> None:
     cases = larger_cohort.case_ids
     image = pd.DataFrame(PCA(4, random_state=0).fit_transform(_mean_pooled(larger_cohort, cases)), index=cases).add_prefix("img")
     rna = _pathway_scores(larger_cohort, cases)
-    survival = pd.DataFrame(
-        {"time": [larger_cohort.record(c).time for c in cases], "event": [larger_cohort.record(c).event for c in cases]},
-        index=cases,
-    )
-
-    def out_of_fold_c_index(columns: pd.DataFrame) -> float:
-        scores = []
-        for fold in range(larger_cohort.manifest.n_folds):
-            train, test = larger_cohort.split(fold)
-            model = CoxPHFitter(penalizer=0.1).fit(columns.loc[train].join(survival.loc[train]), "time", "event")
-            risk = model.predict_partial_hazard(columns.loc[test])
-            scores.append(concordance_index(survival.loc[test, "time"], -risk, survival.loc[test, "event"]))
-        return float(np.mean(scores))
-
-    assert out_of_fold_c_index(image.join(rna)) > out_of_fold_c_index(image) + 0.03
+    assert _out_of_fold_cox_c_index(larger_cohort, image.join(rna)) > _out_of_fold_cox_c_index(larger_cohort, image) + 0.03
 
 
 def _interaction_cohort(root: Path, strength: float) -> Cohort:
@@ -155,20 +156,7 @@ def test_planted_interaction_rewards_interaction_aware_fusion_only_when_present(
     rna = _pathway_scores(cohort, cases)
     late_fusion = image.join(rna)
     products = image.mul(rna[pathway], axis=0).add_prefix("x_")
-    survival = pd.DataFrame(
-        {"time": [cohort.record(c).time for c in cases], "event": [cohort.record(c).event for c in cases]}, index=cases
-    )
-
-    def out_of_fold_c_index(columns: pd.DataFrame) -> float:
-        scores = []
-        for fold in range(cohort.manifest.n_folds):
-            train, test = cohort.split(fold)
-            model = CoxPHFitter(penalizer=0.1).fit(columns.loc[train].join(survival.loc[train]), "time", "event")
-            risk = model.predict_partial_hazard(columns.loc[test])
-            scores.append(concordance_index(survival.loc[test, "time"], -risk, survival.loc[test, "event"]))
-        return float(np.mean(scores))
-
-    interaction_gain = out_of_fold_c_index(late_fusion.join(products)) - out_of_fold_c_index(late_fusion)
+    interaction_gain = _out_of_fold_cox_c_index(cohort, late_fusion.join(products)) - _out_of_fold_cox_c_index(cohort, late_fusion)
     if strength:
         assert interaction_gain > 0.03
     else:

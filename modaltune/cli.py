@@ -25,6 +25,7 @@ from modaltune.data import (
     import_h5_cohort,
     validate_cohort,
 )
+from modaltune.data.feature_formats import FEATURE_FORMATS
 from modaltune.data.h5_import import CLINICAL_DIALECTS, FOLD_GROUPINGS, ZERO_TIME_EPSILON, ZERO_TIME_POLICIES
 
 EXIT_BAD_INPUT = 2
@@ -75,7 +76,7 @@ def _cmd_import_h5(args: argparse.Namespace) -> int:
     options = H5ImportOptions(
         labels=args.labels, rna=args.rna, gene_groups=args.gene_groups, n_folds=args.folds, seed=args.seed,
         tile_size_px=args.tile_size, clinical_dialect=args.clinical_dialect, zero_time=args.zero_time, overwrite=args.overwrite,
-        folds_by=args.folds_by,
+        folds_by=args.folds_by, for_prediction=args.for_prediction, feature_format=args.format,
     )
     layout = import_h5_cohort(args.h5_dir, args.slides, args.out_dir, options, progress=_bar("importing slides", "slide"))
     cohort = Cohort(layout.root)
@@ -166,9 +167,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.set_defaults(run=_cmd_validate)
 
-    importer = commands.add_parser("import-h5", help="convert CLAM/Trident .h5 tile features into a cohort")
-    importer.add_argument("h5_dir", type=Path, help="folder of <slide_id>.h5 files")
+    importer = commands.add_parser("import-h5", help="convert TRIDENT / CLAM / STAMP tile features into a cohort")
+    importer.add_argument("h5_dir", type=Path, help="folder of per-slide feature files (<slide_id>.h5 or CLAM's <slide_id>.pt)")
     importer.add_argument("--slides", type=Path, required=True, help="CSV: slide_id, case_id, cohort, subtype, time, event")
+    importer.add_argument(
+        "--format", choices=sorted(FEATURE_FORMATS),
+        help="the feature files' layout (default: detected): " + "; ".join(f"{n}: {c.description}" for n, c in FEATURE_FORMATS.items()),
+    )
+    importer.add_argument(
+        "--for-prediction", action="store_true",
+        help="new patients for `modaltune predict`: subtype, time and event may be absent or empty; no folds; cannot be trained on",
+    )
     importer.add_argument("out_dir", type=Path)
     importer.add_argument("--labels", type=Path, help="labels.yaml (default: built-in TCGA descriptions)")
     importer.add_argument("--rna", type=Path, help="case x gene table (.csv or .parquet) with a case_id column")

@@ -44,7 +44,7 @@ class CaseBatch:
     rna: torch.Tensor | None  # (1, G)
     clinical: torch.Tensor  # (1, C)
     targets: torch.Tensor  # (len(TASKS), out_dim) text targets
-    subtype_index: int
+    subtype_index: int  # -1 (batches.UNKNOWN) with survival_bin and event: a new patient, outcome unknown
     survival_bin: int
     event: int
     time: float

@@ -30,7 +30,7 @@ import pyarrow as pa
 import torch
 
 from modaltune.atomic import write_parquet_atomic
-from modaltune.data import Cohort
+from modaltune.data import Cohort, CohortInvalidError, validate_cohort
 from modaltune.errors import InputError
 from modaltune.models import ModalTuneModel
 from modaltune.objectives import DistillObjective, build_objective
@@ -113,6 +113,9 @@ def predict_cohort(
     """One row per case: ``risk`` (member mean, training-standardised), ``risk_sd``, ``risk_group``,
     ``predicted_subtype``, ``class_probabilities`` and ``models``."""
     model = ExportedModel.open(model_dir)
+    report = validate_cohort(cohort_dir)
+    if not report.ok:
+        raise CohortInvalidError(report)
     cohort = Cohort(cohort_dir)
     scorable = cohort.cases(cohorts=check_cohort(model, cohort))
     ids = scorable if case_ids is None else [c for c in case_ids if c in set(scorable)]

@@ -8,6 +8,7 @@ cohort never passes through the Ray object store.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -28,13 +29,14 @@ from modaltune.data.layout import CASE_LEVEL_COLUMNS, CohortLayout, CohortManife
 
 @dataclass(frozen=True)
 class CaseRecord:
-    """The labels and clinical record of one case (patient)."""
+    """The labels and clinical record of one case (patient). In a cohort imported for prediction
+    the outcomes may be unknown: ``subtype`` and ``event`` None, ``time`` NaN."""
 
     case_id: str
     cohort: str
-    subtype: str
+    subtype: str | None
     time: float
-    event: int
+    event: int | None
     fold: int
     slide_ids: tuple[str, ...]
     clinical: dict[str, Any]
@@ -79,6 +81,11 @@ class Cohort:
         return sorted(self._cases["cohort"].unique())
 
     @property
+    def labelled(self) -> bool:
+        """False for new patients imported for prediction: nothing to train on."""
+        return self.manifest.labelled
+
+    @property
     def has_rna(self) -> bool:
         return self.layout.rna.exists()
 
@@ -118,9 +125,9 @@ class Cohort:
         return CaseRecord(
             case_id=case_id,
             cohort=row["cohort"],
-            subtype=row["subtype"],
-            time=float(row["time"]),
-            event=int(row["event"]),
+            subtype=None if pd.isna(row["subtype"]) else row["subtype"],
+            time=math.nan if pd.isna(row["time"]) else float(row["time"]),
+            event=None if pd.isna(row["event"]) else int(row["event"]),
             fold=int(row["fold"]),
             slide_ids=tuple(row["slide_ids"]),
             clinical={c: row[c] for c in CLINICAL_COLUMNS if c in row.index},

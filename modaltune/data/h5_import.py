@@ -1,8 +1,8 @@
-"""Import CLAM/Trident-style ``.h5`` tile features into the cohort format.
+"""Import TRIDENT / CLAM / STAMP tile features into the cohort format.
 
-Those extractors write one ``<slide_id>.h5`` per slide with a ``features`` dataset (N x D, or
-1 x N x D) and a ``coords`` dataset (N x 2 level-0 pixels). The user brings a slide table
-(CSV) with the labels; folds are assigned per case when the table has none.
+Those extractors write one file per slide (``modaltune.data.feature_formats`` reads each
+layout and detects which one a folder holds). The user brings a slide table (CSV) with the
+labels; folds are assigned per case when the table has none.
 
 Everything is checked before the first feature file is converted (the table's values with the
 validator's own row checks, then every h5 file's metadata), and the cohort is written to a
@@ -18,17 +18,17 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
-import h5py
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from modaltune.atomic import write_json_atomic, write_parquet_atomic
 from modaltune.data.clinical import CLINICAL_COLUMNS
+from modaltune.data.feature_formats import FeatureFormat, SlideFileProblem, detect_format
 from modaltune.data.features import write_slide_features
 from modaltune.data.folds import assign_case_folds
 from modaltune.data.labels import LabelSpec, default_labels, load_labels, save_labels
@@ -36,7 +36,7 @@ from modaltune.data.tcga_tables import normalise_tcga_table
 from modaltune.data.tile_geometry import CohortGeometry, TileGeometry, cohort_geometry, rescale_coords
 from modaltune.data.validate import slide_table_problems, summarise_problems, validate_cohort
 from modaltune.errors import InputError
-from modaltune.data.layout import OPTIONAL_CASE_COLUMNS, SAFE_SLIDE_ID, SLIDE_COLUMNS, CohortLayout, CohortManifest, read_gene_groups, write_manifest
+from modaltune.data.layout import LABEL_COLUMNS, OPTIONAL_CASE_COLUMNS, SAFE_SLIDE_ID, SLIDE_COLUMNS, CohortLayout, CohortManifest, read_gene_groups, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ class H5ImportOptions:
     zero_time: str = "refuse"  # a survival time of 0 (TCGA's OS.time = 0): "refuse", "drop" the slides, or "epsilon"
     overwrite: bool = False
     folds_by: str = "case"  # "site": no tissue source site in two folds (needs a site column or TCGA barcodes)
+    for_prediction: bool = False  # new patients for `predict`: subtype, time, event optional; no folds; cannot be trained on
+    feature_format: str | None = None  # a name of FEATURE_FORMATS; None: detected from the folder
 
 
 CLINICAL_DIALECTS = ("tcga", "strict")
@@ -97,6 +99,9 @@ def import_h5_cohort(
         raise H5ImportError("--rna and --gene-groups go together: give both or neither")
     slides = _read_slide_table(slides_csv, options)
     labels = load_labels(options.labels) if options.labels else default_labels(sorted(slides["cohort"].dropna().unique()))
+    if options.for_prediction:
+        slides["fold"] = 0  # one fold: nothing is split, nothing trained
+        options = replace(options, n_folds=1)
     has_folds = "fold" in slides.columns
     _check_slide_table(slides if has_folds else slides.assign(fold=0), slides_csv, labels, options)
     by_site = options.folds_by == "site"
@@ -116,7 +121,11 @@ def import_h5_cohort(
             "assigned %d case-level folds (stratified by cohort, subtype, event%s)", options.n_folds,
             "; each site in one fold" if by_site else "",
         )
-    feature_dim, geometries = _check_h5_files(h5_dir, slides["slide_id"].tolist())
+    try:
+        source = detect_format(h5_dir, slides["slide_id"].tolist(), options.feature_format, _layout_hint)
+    except InputError as exc:
+        raise H5ImportError(str(exc)) from exc
+    feature_dim, geometries = _check_feature_files(source, slides["slide_id"].tolist())
     try:
         geometry = cohort_geometry(geometries, options.tile_size_px, DEFAULT_TILE_SIZE)
     except InputError as exc:
@@ -125,7 +134,7 @@ def import_h5_cohort(
     staging = out.with_name(f".{out.name}.importing-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        _write_cohort(CohortLayout(staging), h5_dir, slides, labels, feature_dim, geometry, options, progress)
+        _write_cohort(CohortLayout(staging), source, slides, labels, feature_dim, geometry, options, progress)
         report = validate_cohort(staging)
         if not report.ok:
             raise H5ImportError(
@@ -142,22 +151,31 @@ def import_h5_cohort(
 
 
 def _write_cohort(
-    layout: CohortLayout, h5_dir: Path, slides: pd.DataFrame, labels: LabelSpec, feature_dim: int,
+    layout: CohortLayout, source: FeatureFormat, slides: pd.DataFrame, labels: LabelSpec, feature_dim: int,
     geometry: CohortGeometry, options: H5ImportOptions, progress: Progress | None,
 ) -> None:
+    """Convert every slide, then the tables. Values are scanned as each file is read (one read,
+    not two); a slide with NaN/Inf features or an unreadable chunk is noted and the others
+    still checked, so one failed import lists every bad slide."""
     layout.features_dir.mkdir(parents=True)
+    problems: list[str] = []
     for slide_id in (progress or _identity)(slides["slide_id"].tolist()):
-        path = h5_dir / f"{slide_id}.h5"
+        where = f"{source.path_of(slide_id)}: slide {slide_id}"
         try:
-            features, coords = _read_h5(path)
-        except OSError as exc:  # e.g. a corrupt compressed chunk: h5py names no slide
-            raise H5ImportError(f"{path}: slide {slide_id}: cannot read its datasets ({exc}); nothing kept") from exc
+            features, coords = source.read(slide_id)
+        except (OSError, SlideFileProblem) as exc:  # e.g. a corrupt compressed chunk: h5py names no slide
+            problems.append(f"{where}: cannot read its features ({exc})")
+            continue
         non_finite = int(np.count_nonzero(~np.isfinite(features)))
         if non_finite:
-            raise H5ImportError(f"{path}: slide {slide_id}: {non_finite} of {features.size} feature values are NaN or Inf; nothing kept")
-        if slide_id in geometry.coordinate_scale:
-            coords = rescale_coords(coords, geometry.coordinate_scale[slide_id])
+            problems.append(f"{where}: {non_finite} of {features.size} feature values are NaN or Inf")
+        if problems:
+            continue
+        scale = geometry.coordinate_scale.get(slide_id)
+        coords = rescale_coords(coords, scale) if scale is not None else coords.astype(np.int64)
         write_slide_features(layout.feature_file(slide_id), features, coords, slide_id=slide_id)
+    if problems:
+        raise H5ImportError(f"cannot import: {len(problems)} slide(s) unusable, nothing kept:\n  " + "\n  ".join(problems))
 
     columns = [*SLIDE_COLUMNS, *[c for c in (*CLINICAL_COLUMNS, *OPTIONAL_CASE_COLUMNS) if c in slides.columns]]
     write_parquet_atomic(layout.slides, pa.Table.from_pandas(slides[columns], preserve_index=False))
@@ -166,7 +184,9 @@ def _write_cohort(
         rna = pd.read_csv(options.rna) if options.rna.suffix == ".csv" else pd.read_parquet(options.rna)
         write_parquet_atomic(layout.rna, pa.Table.from_pandas(rna, preserve_index=False))
         write_json_atomic(layout.gene_groups, read_gene_groups(options.gene_groups))
-    write_manifest(layout, CohortManifest(feature_dim=feature_dim, tile_size_px=geometry.tile_size_px, n_folds=options.n_folds))
+    write_manifest(layout, CohortManifest(
+        feature_dim=feature_dim, tile_size_px=geometry.tile_size_px, n_folds=options.n_folds, labelled=not options.for_prediction,
+    ))
 
 
 def _move_into_place(staging: Path, out: Path) -> None:
@@ -180,7 +200,7 @@ def _move_into_place(staging: Path, out: Path) -> None:
 
 def _check_slide_table(slides: pd.DataFrame, path: Path, labels: LabelSpec, options: H5ImportOptions) -> None:
     """The validator's row and case checks, summarised by kind, before any file is written."""
-    problems = slide_table_problems(slides, path, labels, options.n_folds)
+    problems = slide_table_problems(slides, path, labels, options.n_folds, labelled=not options.for_prediction)
     if not problems:
         return
     lines = summarise_problems(problems)
@@ -202,10 +222,17 @@ def _read_slide_table(path: Path, options: H5ImportOptions) -> pd.DataFrame:
     except FileNotFoundError as exc:
         raise H5ImportError(f"{path}: file not found") from exc
     tcga = options.clinical_dialect == "tcga"
-    required = [c for c in SLIDE_COLUMNS if c != "fold" and not (tcga and c == "case_id")]
+    optional = {"fold", *(["case_id"] if tcga else []), *(LABEL_COLUMNS if options.for_prediction else [])}
+    required = [c for c in SLIDE_COLUMNS if c not in optional]
     missing = [c for c in required if c not in slides.columns]
     if missing:
-        raise H5ImportError(f"{path}: missing column(s) {missing}; needs {required} (+ optional fold, {list(CLINICAL_COLUMNS)})")
+        hint = "; new patients without outcomes: --for-prediction" if set(missing) <= set(LABEL_COLUMNS) else ""
+        raise H5ImportError(
+            f"{path}: missing column(s) {missing}; needs {required} (+ optional fold, {list(CLINICAL_COLUMNS)}){hint}"
+        )
+    for column in LABEL_COLUMNS:
+        if column not in slides.columns:  # --for-prediction: the outcome is unknown
+            slides[column] = None if column == "subtype" else np.nan
     unsafe = [s for s in slides["slide_id"] if not isinstance(s, str) or not SAFE_SLIDE_ID.match(s)]
     if unsafe:
         raise H5ImportError(f"{path}: slide_id must be letters, digits, '.', '_' or '-': {unsafe[:5]}")
@@ -217,7 +244,7 @@ def _read_slide_table(path: Path, options: H5ImportOptions) -> pd.DataFrame:
             raise H5ImportError(
                 f"{path}: no case_id column, and {len(strays)} slide_id(s) are not TCGA barcodes to derive it from: {strays[:5]}"
             )
-    for column in CLINICAL_COLUMNS:
+    for column in (*CLINICAL_COLUMNS, "subtype"):
         if column in slides.columns and column != "age":
             slides[column] = slides[column].astype(object).where(slides[column].notna(), None)
     return _apply_zero_time(slides, path, options.zero_time)
@@ -234,41 +261,27 @@ def _apply_zero_time(slides: pd.DataFrame, path: Path, policy: str) -> pd.DataFr
     return slides.assign(time=pd.to_numeric(slides["time"], errors="coerce").mask(zero, ZERO_TIME_EPSILON))
 
 
-def _check_h5_files(h5_dir: Path, slide_ids: list[str]) -> tuple[int, dict[str, TileGeometry]]:
-    """Check every file's datasets and shapes (metadata only); return the common feature width
-    and each slide's tile geometry from its ``coords`` attributes."""
-    present = [s for s in slide_ids if (h5_dir / f"{s}.h5").is_file()]
-    if slide_ids and not present:
-        raise H5ImportError(f"none of the {len(slide_ids)} slides has a <slide_id>.h5 file in {h5_dir}{_layout_hint(h5_dir)}")
+def _check_feature_files(source: FeatureFormat, slide_ids: list[str]) -> tuple[int, dict[str, TileGeometry]]:
+    """Check every slide's file (metadata only); return the common feature width and each
+    slide's tile geometry."""
     problems: list[str] = []
     widths: dict[int, str] = {}
     geometries: dict[str, TileGeometry] = {}
     for slide_id in slide_ids:
-        path = h5_dir / f"{slide_id}.h5"
+        where = f"{source.path_of(slide_id)}: slide {slide_id}"
         try:
-            with h5py.File(path, "r") as handle:
-                if "feats" in handle and "features" not in handle:
-                    raise H5ImportError(f"{path}: a STAMP feature file ('feats', coordinates in micrometres): not supported yet")
-                missing = [name for name in ("features", "coords") if name not in handle]
-                if missing:
-                    problems.append(f"{path}: slide {slide_id}: missing dataset(s) {missing}")
-                    continue
-                n_features, dim = _squeezed_shape(handle["features"].shape, path, "features", problems)
-                n_coords, coord_dim = _squeezed_shape(handle["coords"].shape, path, "coords", problems)
-                geometries[slide_id] = TileGeometry.from_attrs(handle["coords"].attrs)
-        except FileNotFoundError:
-            problems.append(f"{path}: slide {slide_id}: h5 file not found")
+            info = source.inspect(slide_id)
+        except SlideFileProblem as exc:
+            problems.append(f"{where}: {exc}")
             continue
-        except OSError as exc:
-            problems.append(f"{path}: slide {slide_id}: not a readable HDF5 file ({exc})")
-            continue
-        if n_features == 0:
-            problems.append(f"{path}: slide {slide_id}: empty bag (no tiles)")
-        if (n_coords, coord_dim) != (n_features, 2):
-            problems.append(f"{path}: slide {slide_id}: coords shape ({n_coords}, {coord_dim}) != ({n_features}, 2)")
-        widths.setdefault(dim, slide_id)
+        if info.n_tiles == 0:
+            problems.append(f"{where}: empty bag (no tiles)")
+        if info.n_coords != info.n_tiles:
+            problems.append(f"{where}: coords shape ({info.n_coords}, 2) != ({info.n_tiles}, 2)")
+        widths.setdefault(info.feature_dim, slide_id)
+        geometries[slide_id] = info.geometry
     if len(widths) > 1:
-        problems.append(f"{h5_dir}: slides disagree on feature width: {', '.join(f'{d} (e.g. {s})' for d, s in widths.items())}")
+        problems.append(f"{source.folder}: slides disagree on feature width: {', '.join(f'{d} (e.g. {s})' for d, s in widths.items())}")
     if problems:
         raise H5ImportError("cannot import:\n  " + "\n  ".join(problems))
     return next(iter(widths)), geometries
@@ -282,23 +295,5 @@ def _layout_hint(h5_dir: Path) -> str:
     if trident:
         return f"; it looks like a TRIDENT job folder: pass one of its feature folders, e.g. {h5_dir / trident[0]}"
     if (h5_dir / "h5_files").is_dir():
-        return f"; it looks like CLAM's output: pass {h5_dir / 'h5_files'}"
-    if any(h5_dir.glob("*.pt")):
-        return "; it holds .pt files (CLAM's pt_files/ have no coordinates): pass the matching h5_files/ folder"
+        return f"; it looks like CLAM's output: pass {h5_dir / 'h5_files'} (or its pt_files/)"
     return ""
-
-
-def _squeezed_shape(shape: tuple[int, ...], path: Path, name: str, problems: list[str]) -> tuple[int, int]:
-    if len(shape) == 3 and shape[0] == 1:
-        shape = shape[1:]
-    if len(shape) != 2:
-        problems.append(f"{path}: dataset '{name}' must be 2-D (or 1 x N x D), got shape {shape}")
-        return (-1, -1)
-    return (int(shape[0]), int(shape[1]))
-
-
-def _read_h5(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with h5py.File(path, "r") as handle:
-        features = np.asarray(handle["features"][()])
-        coords = np.asarray(handle["coords"][()])
-    return features.reshape(-1, features.shape[-1]), coords.reshape(-1, 2).astype(np.int64)

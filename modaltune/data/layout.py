@@ -2,7 +2,7 @@
 
 A cohort folder::
 
-    cohort.json          format version, feature width, tile size, number of folds
+    cohort.json          format version, feature width, tile size, number of folds, labelled or not
     slides.parquet       one row per slide (see SLIDE_COLUMNS)
     labels.yaml          every label as text (modaltune.data.labels)
     features/<slide_id>.arrow   tile features + coordinates (modaltune.data.features)
@@ -38,6 +38,8 @@ SLIDE_COLUMNS: dict[str, str] = {
     "fold": "case-level cross-validation fold, 0..n_folds-1",
 }
 CASE_LEVEL_COLUMNS: tuple[str, ...] = ("cohort", "subtype", "time", "event", "fold")
+# The outcome columns: required to train, optional (empty) in a cohort imported for prediction.
+LABEL_COLUMNS: tuple[str, ...] = ("subtype", "time", "event")
 # Optional per-case columns of slides.parquet: the tissue source site (site-preserved folds).
 OPTIONAL_CASE_COLUMNS: tuple[str, ...] = ("site",)
 
@@ -46,10 +48,14 @@ SAFE_SLIDE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 @dataclass(frozen=True)
 class CohortManifest:
+    """``labelled=False``: new patients imported for ``predict`` (``import-h5 --for-prediction``),
+    whose subtype, time and event may be unknown; such a cohort cannot be trained on."""
+
     feature_dim: int
     tile_size_px: int = 256
     n_folds: int = 5
     format_version: int = FORMAT_VERSION
+    labelled: bool = True
 
 
 @dataclass(frozen=True)
@@ -121,6 +127,8 @@ def read_manifest(layout: CohortLayout) -> CohortManifest:
         value = getattr(manifest, field)
         if not isinstance(value, int) or value < 1:
             raise ManifestError(f"{layout.manifest}: {field} must be a positive integer, got {value!r}")
+    if not isinstance(manifest.labelled, bool):
+        raise ManifestError(f"{layout.manifest}: labelled must be true or false, got {manifest.labelled!r}")
     return manifest
 
 

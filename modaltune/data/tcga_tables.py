@@ -101,6 +101,10 @@ def normalise_tcga_table(slides: pd.DataFrame) -> pd.DataFrame:
         if column in slides.columns:
             values = [tcga_clinical_value(column, v) for v in slides[column]]
             slides[column] = _numeric_or_object(values, slides.index) if column == "age" else pd.Series(values, slides.index, object)
+    if "subtype" in slides.columns:  # unknown for new patients: "[Not Available]" like any other field
+        slides["subtype"] = pd.Series(
+            [None if is_missing(v) or str(v).strip().lower() in MISSING_WORDS else v for v in slides["subtype"]], slides.index, object
+        )
     if "event" in slides.columns:
         slides["event"] = _numeric_or_object([EVENT_WORDS.get(str(v).strip().lower(), v) for v in slides["event"]], slides.index)
     if "time" in slides.columns:

@@ -9,6 +9,10 @@ patch_size_level0), so one tile size, ``patch_size``, holds for the whole cohort
 position grid (GigaPath: one cell per 256-px tile at 20x, 1000 x 1000 cells) sees 40x and 20x
 scans alike. Slides patched at different target magnifications or patch sizes cover different
 tissue per tile and are refused.
+
+STAMP stores coordinates in micrometres with the tile's size in micrometres and in pixels
+(``tile_size_um``, ``tile_size_px``): they become pixels of the tile as it was fed to the tile
+encoder (µm x tile_size_px / tile_size_um), so one tile is again one grid cell.
 """
 
 from __future__ import annotations
@@ -27,12 +31,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TileGeometry:
-    """One slide's patching, as its file says (None: the file does not say)."""
+    """One slide's patching, as its file says (None: the file does not say). ``tile_size_um``
+    set: the coordinates are micrometres (STAMP) and ``patch_size`` is the tile in pixels."""
 
     patch_size_level0: int | None = None
     patch_size: int | None = None
     level0_magnification: float | None = None
     target_magnification: float | None = None
+    tile_size_um: float | None = None
 
     @classmethod
     def from_attrs(cls, attrs: Any) -> TileGeometry:
@@ -63,6 +69,8 @@ def cohort_geometry(geometries: dict[str, TileGeometry], tile_size_px: int | Non
     Raises ``InputError`` when the files disagree in a way no rescaling fixes, or disagree with
     the user's tile size.
     """
+    if any(g.tile_size_um is not None for g in geometries.values()):
+        return _micrometre_geometry(geometries, tile_size_px)
     known = {slide: g for slide, g in geometries.items() if g.patch_size_level0 is not None}
     if not known:
         return CohortGeometry(tile_size_px or default_tile_size, {})
@@ -92,6 +100,23 @@ def cohort_geometry(geometries: dict[str, TileGeometry], tile_size_px: int | Non
             len(scale), ", ".join(map(str, scans)), tile,
         )
     return CohortGeometry(tile, scale)
+
+
+def _micrometre_geometry(geometries: dict[str, TileGeometry], tile_size_px: int | None) -> CohortGeometry:
+    """STAMP's micrometre coordinates onto a grid of its tiles (see the module docstring)."""
+    tilings = Counter((g.tile_size_um, g.patch_size) for g in geometries.values())
+    if len(tilings) > 1:
+        described = ", ".join(
+            f"{n} slide(s) with {'pixel coordinates' if um is None else f'{um:g}-um tiles of {px} px'}"
+            for (um, px), n in tilings.most_common()
+        )
+        raise InputError(f"slides were tiled differently ({described}): one tile must cover the same tissue in a cohort")
+    ((tile_um, tile_px),) = tilings
+    assert tile_um is not None and tile_px is not None
+    if tile_size_px is not None and tile_size_px != tile_px:
+        raise InputError(f"--tile-size {tile_size_px} but the files say their tiles are {tile_px} px (STAMP's tile_size_px); leave --tile-size out")
+    logger.info("coordinates in micrometres: %g-um tiles of %d px, one grid cell each", tile_um, tile_px)
+    return CohortGeometry(tile_px, {slide: tile_px / tile_um for slide in geometries})
 
 
 def rescale_coords(coords: np.ndarray, scale: float) -> np.ndarray:

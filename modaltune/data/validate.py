@@ -107,12 +107,12 @@ def validate_cohort(
     return report
 
 
-def slide_table_problems(slides: pd.DataFrame, source: Path, labels: LabelSpec, n_folds: int) -> list[Problem]:
+def slide_table_problems(slides: pd.DataFrame, source: Path, labels: LabelSpec, n_folds: int, labelled: bool = True) -> list[Problem]:
     """``validate``'s row and case checks on a slide table before anything is written (the
     importer's up-front check); problems name ``source``, the user's file."""
     report = ValidationReport(root=source.parent)
     checker = _Checker(CohortLayout(source.parent), report, slides_path=source)
-    checker.slide_rows(slides, labels, CohortManifest(feature_dim=1, tile_size_px=1, n_folds=n_folds))
+    checker.slide_rows(slides, labels, CohortManifest(feature_dim=1, tile_size_px=1, n_folds=n_folds, labelled=labelled))
     checker.case_consistency(slides)
     return report.problems
 
@@ -188,6 +188,7 @@ class _Checker:
 
     def slide_rows(self, slides: pd.DataFrame, labels: LabelSpec | None, manifest: CohortManifest | None) -> None:
         path = self.slides_path
+        optional_labels = manifest is not None and not manifest.labelled  # new patients: outcomes may be unknown
         duplicated = slides["slide_id"][slides["slide_id"].duplicated(keep=False)]
         for slide_id in sorted(set(duplicated.astype(str))):
             self._problem(path, f"slide {slide_id}", "slide_id", f"duplicate slide_id ({int((duplicated.astype(str) == slide_id).sum())} rows)")
@@ -197,8 +198,8 @@ class _Checker:
                 self._problem(path, where, "slide_id", "must be a non-empty name of letters, digits, '.', '_' or '-'")
             if not isinstance(row.case_id, str) or not row.case_id:
                 self._problem(path, where, "case_id", f"must be a non-empty string, got {row.case_id!r}")
-            self._label_fields(path, where, row, labels)
-            self._survival_fields(path, where, row)
+            self._label_fields(path, where, row, labels, optional_labels)
+            self._survival_fields(path, where, row, optional_labels)
             if manifest is not None and not (_is_integer(row.fold) and 0 <= row.fold < manifest.n_folds):
                 self._problem(path, where, "fold", f"must be an integer in 0..{manifest.n_folds - 1}, got {row.fold!r}")
             for column in CLINICAL_COLUMNS:
@@ -207,19 +208,23 @@ class _Checker:
                     if message:
                         self._problem(path, where, column, message)
 
-    def _label_fields(self, path: Path, where: str, row: object, labels: LabelSpec | None) -> None:
+    def _label_fields(self, path: Path, where: str, row: object, labels: LabelSpec | None, optional: bool) -> None:
         if labels is None:
             return
         cohort, subtype = getattr(row, "cohort"), getattr(row, "subtype")
         if cohort not in labels.cohorts:
             self._problem(path, where, "cohort", f"{cohort!r} is not a cohort of labels.yaml ({sorted(labels.cohorts)})")
+        elif optional and _is_missing(subtype):
+            return
         elif subtype not in labels.cohorts[cohort].subtypes:
             self._problem(
                 path, where, "subtype", f"{subtype!r} is not a {cohort} subtype in labels.yaml ({labels.subtypes_of(cohort)})"
             )
 
-    def _survival_fields(self, path: Path, where: str, row: object) -> None:
+    def _survival_fields(self, path: Path, where: str, row: object, optional: bool) -> None:
         time, event = getattr(row, "time"), getattr(row, "event")
+        if optional and _is_missing(time) and _is_missing(event):
+            return
         if not isinstance(time, (int, float, np.number)) or not math.isfinite(time) or time <= 0:
             self._problem(path, where, "time", f"survival time must be a finite number of months > 0, got {time!r}")
         if not (_is_integer(event) and event in (0, 1)):
@@ -370,6 +375,10 @@ class _Checker:
 def _preview(names: list[str], limit: int = 5) -> str:
     """The first few names of a long list, so one message stays one line."""
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _is_missing(value: object) -> bool:
+    return value is None or (isinstance(value, (float, np.floating)) and math.isnan(value))
 
 
 def _is_numeric(dtype: pa.DataType) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import zlib
 from collections.abc import Callable, Sequence
@@ -13,6 +14,8 @@ from modaltune.atomic import atomic_path
 from modaltune.data import Cohort
 from modaltune.objectives import CaseBatch
 from modaltune.text import LabelBank
+
+UNKNOWN = -1  # subtype index, survival bin or event of a new patient whose outcome is not known
 
 
 class RnaNormalizer:
@@ -73,9 +76,9 @@ class CaseBatcher:
             rna=rna,
             clinical=torch.from_numpy(sample.clinical).unsqueeze(0),
             targets=torch.from_numpy(self._targets(case_id)),
-            subtype_index=self.cohort.labels.subtypes_of(record.cohort).index(record.subtype),
-            survival_bin=self.bank.bins.bin_of(record.time),
-            event=record.event,
+            subtype_index=UNKNOWN if record.subtype is None else self.cohort.labels.subtypes_of(record.cohort).index(record.subtype),
+            survival_bin=UNKNOWN if math.isnan(record.time) else self.bank.bins.bin_of(record.time),
+            event=UNKNOWN if record.event is None else record.event,
             time=record.time,
             all_tiles=sample.all_tiles,
         )

@@ -196,7 +196,7 @@ def _cases_frame(rows: Sequence[dict], classes_of: dict[str, list[str]]) -> pd.D
         {
             "case_id": [r["case_id"] for r in rows],
             "cohort": [r["cohort"] for r in rows],
-            "subtype": [classes_of[r["cohort"]][r["subtype_index"]] for r in rows],
+            "subtype": [classes_of[r["cohort"]][r["subtype_index"]] if r["subtype_index"] >= 0 else None for r in rows],
             "time": [r["time"] for r in rows],
             "event": [r["event"] for r in rows],
         }

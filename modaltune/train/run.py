@@ -42,6 +42,11 @@ class TrainingOutcome:
 
 def check_config_against_cohort(config: TrainConfig, cohort: Cohort) -> None:
     """The parts of a config that only make sense for a given cohort."""
+    if not cohort.labelled:
+        raise InputError(
+            f"{cohort.layout.manifest}: imported for prediction (import-h5 --for-prediction): "
+            "its cases have no outcomes to train on; use it with `modaltune predict`"
+        )
     for name, fold in (("fold", config.fold), ("test_fold", config.test_fold)):
         if fold is not None and fold >= cohort.manifest.n_folds:
             raise InputError(f"{name}: {fold} but the cohort has folds 0..{cohort.manifest.n_folds - 1}")

@@ -11,21 +11,12 @@ import pytest
 
 from modaltune.cli import main
 from modaltune.data import Cohort, H5ImportError, H5ImportOptions, import_h5_cohort, validate_cohort
-
-
-def _export_h5(cohort: Cohort, h5_dir: Path, *, leading_batch_axis: bool = False) -> None:
-    h5_dir.mkdir()
-    for slide_id in cohort.slides["slide_id"]:
-        slide = cohort.slide_features(slide_id)
-        features = slide.features.astype(np.float32)
-        with h5py.File(h5_dir / f"{slide_id}.h5", "w") as handle:
-            handle["features"] = features[None] if leading_batch_axis else features
-            handle["coords"] = slide.coords.astype(np.int64)
+from tests.feature_files import tcga_shaped, write_h5, write_trident
 
 
 def test_round_trip_without_folds_assigns_case_level_folds(small_cohort: Path, tmp_path: Path) -> None:
     source = Cohort(small_cohort)
-    _export_h5(source, tmp_path / "h5", leading_batch_axis=True)
+    write_h5(source, tmp_path / "h5", leading_batch_axis=True)
     csv = tmp_path / "slides.csv"
     source.slides.drop(columns=["fold"]).to_csv(csv, index=False)
 
@@ -45,7 +36,7 @@ def test_round_trip_without_folds_assigns_case_level_folds(small_cohort: Path, t
 
 def test_cli_import_with_rna_and_existing_folds(small_cohort: Path, tmp_path: Path) -> None:
     source = Cohort(small_cohort)
-    _export_h5(source, tmp_path / "h5")
+    write_h5(source, tmp_path / "h5")
     source.slides.to_csv(tmp_path / "slides.csv", index=False)
     code = main(
         [
@@ -63,7 +54,7 @@ def test_cli_import_with_rna_and_existing_folds(small_cohort: Path, tmp_path: Pa
 
 def test_bad_h5_inputs_are_all_reported_before_converting(small_cohort: Path, tmp_path: Path) -> None:
     source = Cohort(small_cohort)
-    _export_h5(source, tmp_path / "h5")
+    write_h5(source, tmp_path / "h5")
     slide_ids = list(source.slides["slide_id"])
     with h5py.File(tmp_path / "h5" / f"{slide_ids[0]}.h5", "a") as handle:
         del handle["coords"]
@@ -87,40 +78,11 @@ def test_missing_csv_column_is_named(tmp_path: Path) -> None:
     assert main(["import-h5", str(tmp_path / "h5"), "--slides", str(tmp_path / "s.csv"), str(tmp_path / "o")]) == 2
 
 
-def _tcga_shaped(source: Cohort, root: Path) -> tuple[Path, Path, pd.DataFrame]:
-    """The source cohort as a TCGA user has it: barcode slide ids, no case_id column, GDC /
-    cBioPortal values. Returns (h5 folder, slides.csv, the table as our vocabulary has it)."""
-    barcode = {case: f"TCGA-{i % 90 + 10:02d}-{i:04d}" for i, case in enumerate(source.case_ids)}
-    ours = source.slides.assign(
-        case_id=source.slides["case_id"].map(barcode),
-        slide_id=[f"{barcode[c]}-01Z-00-DX{s[-1]}" for c, s in zip(source.slides["case_id"], source.slides["slide_id"])],
-    )
-    h5_dir = root / "h5"
-    h5_dir.mkdir()
-    for old, new in zip(source.slides["slide_id"], ours["slide_id"]):
-        slide = source.slide_features(old)
-        with h5py.File(h5_dir / f"{new}.h5", "w") as handle:
-            handle["features"] = slide.features.astype(np.float32)
-            handle["coords"] = slide.coords.astype(np.int64)
-    theirs = ours.drop(columns=["case_id", "fold"]).astype({"age": object})
-    theirs["sex"] = theirs["sex"].str.upper()
-    theirs["stage"] = theirs["stage"].map(lambda s: f"{s}A" if s in ("Stage II", "Stage III") else s)
-    theirs["t_stage"] = theirs["t_stage"].map(lambda t: f"{t}b" if isinstance(t, str) and t != "TX" else t)
-    theirs["m_stage"] = theirs["m_stage"].map(lambda m: "cM0 (i+)" if m == "M0" else m)
-    theirs["event"] = theirs["event"].map({1: "1:DECEASED", 0: "0:LIVING"})
-    theirs.loc[theirs.index[0], "age"] = "[Not Available]"
-    theirs.loc[theirs["stage"].isna(), "stage"] = "[Not Applicable]"
-    ours.loc[ours.index[0], "age"] = np.nan
-    csv = root / "slides.csv"
-    theirs.to_csv(csv, index=False)
-    return h5_dir, csv, ours
-
-
 def test_a_tcga_table_imports_as_it_comes(small_cohort: Path, tmp_path: Path) -> None:
     """GDC / cBioPortal values and barcodes map onto the cohort's vocabulary; the strict
     dialect reports the same table by kind of problem, with counts, and writes nothing."""
     source = Cohort(small_cohort)
-    h5_dir, csv, ours = _tcga_shaped(source, tmp_path)
+    h5_dir, csv, ours = tcga_shaped(source, tmp_path)
     out = tmp_path / "strict"
     assert main(["import-h5", str(h5_dir), "--slides", str(csv), str(out), "--clinical-dialect", "strict"]) == 2
     assert not out.exists() and not list(tmp_path.glob(".strict*"))
@@ -147,7 +109,7 @@ def test_a_tcga_table_imports_as_it_comes(small_cohort: Path, tmp_path: Path) ->
 
 def test_zero_survival_times_need_an_explicit_choice(small_cohort: Path, tmp_path: Path) -> None:
     source = Cohort(small_cohort)
-    _export_h5(source, tmp_path / "h5")
+    write_h5(source, tmp_path / "h5")
     table = source.slides.drop(columns=["fold"])
     table.loc[table.index[:2], "time"] = 0.0
     table.to_csv(tmp_path / "slides.csv", index=False)
@@ -161,7 +123,7 @@ def test_zero_survival_times_need_an_explicit_choice(small_cohort: Path, tmp_pat
 
 def test_a_failed_import_leaves_nothing_and_a_reimport_replaces_the_cohort_whole(small_cohort: Path, tmp_path: Path) -> None:
     source = Cohort(small_cohort)
-    _export_h5(source, tmp_path / "h5")
+    write_h5(source, tmp_path / "h5")
     source.slides.to_csv(tmp_path / "slides.csv", index=False)
     rna = H5ImportOptions(rna=source.layout.rna, gene_groups=source.layout.gene_groups, n_folds=4)
     out = tmp_path / "out"
@@ -181,25 +143,10 @@ def test_a_failed_import_leaves_nothing_and_a_reimport_replaces_the_cohort_whole
     assert not (tmp_path / "poisoned").exists() and not list(tmp_path.glob(".poisoned*"))
 
 
-def _export_trident(cohort: Cohort, h5_dir: Path, level0_scale: dict[str, int], patch_size: int = 256, target: float = 20.0) -> None:
-    """TRIDENT's layout: coords in level-0 pixels with the patching in coords.attrs; a slide with
-    scale 2 is a 40x scan patched at 20x (512-px level-0 patches)."""
-    h5_dir.mkdir(parents=True)
-    for slide_id in cohort.slides["slide_id"]:
-        slide, scale = cohort.slide_features(slide_id), level0_scale.get(slide_id, 1)
-        with h5py.File(h5_dir / f"{slide_id}.h5", "w") as handle:
-            handle["features"] = slide.features.astype(np.float32)
-            handle["coords"] = slide.coords.astype(np.int64) * scale
-            handle["coords"].attrs.update(
-                patch_size=patch_size, patch_size_level0=patch_size * scale,
-                level0_magnification=target * scale, target_magnification=target,
-            )
-
-
 def test_trident_attributes_put_40x_and_20x_scans_on_one_tile_grid(small_cohort: Path, tmp_path: Path) -> None:
     source = Cohort(small_cohort)
     at_40x = {s: 2 for s in list(source.slides["slide_id"])[::3]}
-    _export_trident(source, tmp_path / "h5", at_40x)
+    write_trident(source, tmp_path / "h5", at_40x)
     source.slides.to_csv(tmp_path / "slides.csv", index=False)
     imported = Cohort(import_h5_cohort(tmp_path / "h5", tmp_path / "slides.csv", tmp_path / "out", H5ImportOptions(n_folds=4)).root)
     assert imported.manifest.tile_size_px == 256
@@ -211,7 +158,7 @@ def test_trident_attributes_put_40x_and_20x_scans_on_one_tile_grid(small_cohort:
 
 def test_slides_patched_at_other_magnifications_are_refused(small_cohort: Path, tmp_path: Path) -> None:
     source = Cohort(small_cohort)
-    _export_trident(source, tmp_path / "h5", {})
+    write_trident(source, tmp_path / "h5", {})
     first = source.slides["slide_id"][0]
     with h5py.File(tmp_path / "h5" / f"{first}.h5", "a") as handle:
         handle["coords"].attrs.update(target_magnification=10.0)
@@ -225,7 +172,7 @@ def test_a_trident_job_folder_is_named_once_not_per_slide(small_cohort: Path, tm
     source = Cohort(small_cohort)
     job = tmp_path / "trident_job"
     (job / "20x_256px_0px_overlap").mkdir(parents=True)
-    _export_h5(source, job / "20x_256px_0px_overlap" / "features_conch_v15")
+    write_h5(source, job / "20x_256px_0px_overlap" / "features_conch_v15")
     source.slides.to_csv(tmp_path / "slides.csv", index=False)
     with pytest.raises(H5ImportError) as error:
         import_h5_cohort(job, tmp_path / "slides.csv", tmp_path / "out")
@@ -245,7 +192,7 @@ def test_the_cohort_tile_size_reaches_the_model() -> None:
 
 def test_site_preserved_folds_from_tcga_barcodes(small_cohort: Path, tmp_path: Path) -> None:
     source = Cohort(small_cohort)
-    h5_dir, csv, ours = _tcga_shaped(source, tmp_path)
+    h5_dir, csv, ours = tcga_shaped(source, tmp_path)
     out = tmp_path / "by_site"
     assert main(["import-h5", str(h5_dir), "--slides", str(csv), str(out), "--folds-by", "site", "--folds", "4"]) == 0
     imported = Cohort(out)

@@ -1,0 +1,77 @@
+"""CLAM pt_files and STAMP files import like TRIDENT's: the format detected and named once,
+the coordinates put on the same tile grid, each format's own mistakes named in one line."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from modaltune.cli import main
+from modaltune.data import Cohort, H5ImportError, H5ImportOptions, import_h5_cohort, validate_cohort
+from tests.feature_files import write_clam, write_stamp
+
+
+def _same_tiles(source: Cohort, imported: Cohort) -> None:
+    for slide_id in source.slides["slide_id"]:
+        a, b = source.slide_features(slide_id), imported.slide_features(slide_id)
+        np.testing.assert_array_equal(a.features, b.features)
+        np.testing.assert_array_equal(a.coords, b.coords)
+
+
+def test_clam_pt_files_take_their_coordinates_from_h5_files(small_cohort: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    source = Cohort(small_cohort)
+    pt_files = write_clam(source, tmp_path / "clam")
+    source.slides.to_csv(tmp_path / "slides.csv", index=False)
+    with caplog.at_level(logging.INFO, logger="modaltune.data.feature_formats"):
+        imported = Cohort(import_h5_cohort(pt_files, tmp_path / "slides.csv", tmp_path / "out", H5ImportOptions(n_folds=4)).root)
+    assert [r.message for r in caplog.records if "CLAM pt_files" in r.message] == [f"{pt_files}: CLAM pt_files/ (tensors), coordinates from the h5_files/ beside them"]
+    _same_tiles(source, imported)
+
+    (pt_files / f"{source.slides['slide_id'][3]}.pt").write_bytes(b"not a tensor")
+    with pytest.raises(H5ImportError, match=rf"{source.slides['slide_id'][3]}: not a readable torch file"):
+        import_h5_cohort(pt_files, tmp_path / "slides.csv", tmp_path / "bad", H5ImportOptions(n_folds=4))
+    shutil.rmtree(tmp_path / "clam" / "h5_files")
+    with pytest.raises(H5ImportError) as error:
+        import_h5_cohort(pt_files, tmp_path / "slides.csv", tmp_path / "bad", H5ImportOptions(n_folds=4))
+    assert len(str(error.value).splitlines()) == 1 and "hold no tile coordinates" in str(error.value)
+
+
+def test_stamp_micrometre_coordinates_land_on_the_tile_grid(small_cohort: Path, tmp_path: Path) -> None:
+    """256-px tiles of 128 um (0.5 um per pixel, 20x): coordinates / 0.5 are the pixels the
+    cohort had; the features were stored in float16 by STAMP and come back unchanged."""
+    source = Cohort(small_cohort)
+    write_stamp(source, tmp_path / "stamp", tile_size_um=128.0, tile_size_px=256)
+    source.slides.to_csv(tmp_path / "slides.csv", index=False)
+    assert main(["import-h5", str(tmp_path / "stamp"), "--slides", str(tmp_path / "slides.csv"), str(tmp_path / "out"), "--folds", "4"]) == 0
+    imported = Cohort(tmp_path / "out")
+    assert imported.manifest.tile_size_px == 256
+    _same_tiles(source, imported)
+    assert validate_cohort(tmp_path / "out").ok
+
+    first = source.slides["slide_id"][0]
+    with h5py.File(tmp_path / "stamp" / f"{first}.h5", "a") as handle:
+        handle.attrs["tile_size_um"] = 256.0
+    with pytest.raises(H5ImportError, match=r"tiled differently \(79 slide\(s\) with 128-um tiles of 256 px, 1 slide\(s\) with 256-um"):
+        import_h5_cohort(tmp_path / "stamp", tmp_path / "slides.csv", tmp_path / "mixed", H5ImportOptions(n_folds=4))
+    with h5py.File(tmp_path / "stamp" / f"{first}.h5", "a") as handle:
+        del handle.attrs["tile_size_um"]
+    with pytest.raises(H5ImportError, match=rf"{first}: coordinates in micrometres but the file has no \['tile_size_um'\]"):
+        import_h5_cohort(tmp_path / "stamp", tmp_path / "slides.csv", tmp_path / "mixed", H5ImportOptions(n_folds=4))
+    assert not (tmp_path / "mixed").exists()
+
+
+def test_a_forced_format_that_does_not_fit_names_every_slide_once(small_cohort: Path, tmp_path: Path) -> None:
+    source = Cohort(small_cohort)
+    write_stamp(source, tmp_path / "stamp", tile_size_um=128.0, tile_size_px=256)
+    source.slides.to_csv(tmp_path / "slides.csv", index=False)
+    with pytest.raises(H5ImportError) as error:
+        import_h5_cohort(tmp_path / "stamp", tmp_path / "slides.csv", tmp_path / "out", H5ImportOptions(n_folds=4, feature_format="h5"))
+    lines = str(error.value).splitlines()[1:]
+    assert len(lines) == len(source.slides) and all(line.endswith("missing dataset(s) ['features']") for line in lines)
+    with pytest.raises(H5ImportError, match=r"feature format 'clam': choose from \['clam-pt', 'h5', 'stamp'\]"):
+        import_h5_cohort(tmp_path / "stamp", tmp_path / "slides.csv", tmp_path / "out", H5ImportOptions(feature_format="clam"))

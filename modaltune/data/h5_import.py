@@ -32,7 +32,7 @@ from modaltune.data.feature_formats import FeatureFormat, SlideFileProblem, dete
 from modaltune.data.features import write_slide_features
 from modaltune.data.folds import assign_case_folds
 from modaltune.data.labels import LabelSpec, default_labels, load_labels, save_labels
-from modaltune.data.tcga_tables import normalise_tcga_table
+from modaltune.data.tcga_tables import missing_time_hint, normalise_tcga_table, rename_cbioportal_columns
 from modaltune.data.tile_geometry import CohortGeometry, TileGeometry, cohort_geometry, rescale_coords
 from modaltune.data.validate import slide_table_problems, summarise_problems, validate_cohort
 from modaltune.errors import InputError
@@ -222,11 +222,16 @@ def _read_slide_table(path: Path, options: H5ImportOptions) -> pd.DataFrame:
     except FileNotFoundError as exc:
         raise H5ImportError(f"{path}: file not found") from exc
     tcga = options.clinical_dialect == "tcga"
+    if tcga:
+        slides, renamed = rename_cbioportal_columns(slides)
+        if renamed:
+            logger.info("%s: cBioPortal columns read as %s", path, ", ".join(f"{a} -> {b}" for a, b in renamed.items()))
     optional = {"fold", *(["case_id"] if tcga else []), *(LABEL_COLUMNS if options.for_prediction else [])}
     required = [c for c in SLIDE_COLUMNS if c not in optional]
     missing = [c for c in required if c not in slides.columns]
     if missing:
-        hint = "; new patients without outcomes: --for-prediction" if set(missing) <= set(LABEL_COLUMNS) else ""
+        hint = missing_time_hint(slides.columns) if "time" in missing else ""
+        hint += "; new patients without outcomes: --for-prediction" if set(missing) <= set(LABEL_COLUMNS) else ""
         raise H5ImportError(
             f"{path}: missing column(s) {missing}; needs {required} (+ optional fold, {list(CLINICAL_COLUMNS)}){hint}"
         )

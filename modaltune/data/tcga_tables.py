@@ -11,6 +11,7 @@ validator still names it; ``case_id_from_barcode`` derives the patient from a TC
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,13 @@ _TNM = {
 }
 _TNM_MAX = {"t_stage": 4, "n_stage": 3, "m_stage": 1}
 _TNM_MIN = {"t_stage": 1, "n_stage": 0, "m_stage": 0}
+# cBioPortal's clinical column names (TCGA PanCancer Atlas studies) -> ours; a column we already
+# have wins. TCGA-CDR's OS.time is in days and is not renamed (see ``missing_time_hint``).
+CBIOPORTAL_COLUMNS = {
+    "PATIENT_ID": "case_id", "OS_MONTHS": "time", "OS_STATUS": "event", "AGE": "age", "SEX": "sex",
+    "AJCC_PATHOLOGIC_TUMOR_STAGE": "stage", "PATH_T_STAGE": "t_stage", "PATH_N_STAGE": "n_stage", "PATH_M_STAGE": "m_stage",
+}
+DAYS_COLUMNS = ("OS.time", "days_to_death", "days_to_last_follow_up")
 _BARCODE = re.compile(r"^(TCGA-([A-Z0-9]{2})-[A-Z0-9]{4})", re.IGNORECASE)
 
 
@@ -84,6 +92,18 @@ def tcga_clinical_value(field: str, value: Any) -> Any:
     if not _TNM_MIN[field] <= number <= _TNM_MAX[field]:
         return None  # T0 (no evidence of primary tumour) has no place on the T1..T4 scale
     return f"{letter}{number}"
+
+
+def rename_cbioportal_columns(slides: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
+    """cBioPortal column names as ours (``CBIOPORTAL_COLUMNS``); returns the table and what was renamed."""
+    renamed = {theirs: ours for theirs, ours in CBIOPORTAL_COLUMNS.items() if theirs in slides.columns and ours not in slides.columns}
+    return slides.rename(columns=renamed), renamed
+
+
+def missing_time_hint(columns: Iterable[str]) -> str:
+    """What to do when ``time`` is missing but a survival time in days is there."""
+    days = [c for c in DAYS_COLUMNS if c in set(columns)]
+    return f"; {days[0]} is in days: add a time column in months ({days[0]} / 30.4375)" if days else ""
 
 
 def normalise_tcga_table(slides: pd.DataFrame) -> pd.DataFrame:

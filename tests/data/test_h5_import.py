@@ -106,6 +106,15 @@ def test_a_tcga_table_imports_as_it_comes(small_cohort: Path, tmp_path: Path) ->
         assert list(got[column].fillna("-")) == list(ours[column].fillna("-")), column
     np.testing.assert_array_equal(got["age"].to_numpy(float), ours["age"].to_numpy(float))
 
+    # cBioPortal's column names read as ours; TCGA-CDR's OS.time (days) is named, not guessed.
+    cbioportal = pd.read_csv(csv).rename(columns={"time": "OS_MONTHS", "event": "OS_STATUS", "age": "AGE", "stage": "AJCC_PATHOLOGIC_TUMOR_STAGE"})
+    cbioportal.to_csv(tmp_path / "cbioportal.csv", index=False)
+    renamed = Cohort(import_h5_cohort(h5_dir, tmp_path / "cbioportal.csv", tmp_path / "cbio").root)
+    pd.testing.assert_frame_equal(renamed.slides[imported.slides.columns], imported.slides)
+    cbioportal.rename(columns={"OS_MONTHS": "OS.time"}).to_csv(tmp_path / "cdr.csv", index=False)
+    with pytest.raises(H5ImportError, match=r"OS.time is in days: add a time column in months \(OS.time / 30.4375\)"):
+        import_h5_cohort(h5_dir, tmp_path / "cdr.csv", tmp_path / "cdr")
+
 
 def test_zero_survival_times_need_an_explicit_choice(small_cohort: Path, tmp_path: Path) -> None:
     source = Cohort(small_cohort)
@@ -203,3 +212,24 @@ def test_site_preserved_folds_from_tcga_barcodes(small_cohort: Path, tmp_path: P
     pd.read_csv(csv).assign(slide_id=[f"S{i}" for i in range(len(ours))], case_id=ours["case_id"].to_numpy()).to_csv(plain, index=False)
     with pytest.raises(H5ImportError, match="--folds-by site needs a 'site' column"):
         import_h5_cohort(h5_dir, plain, tmp_path / "no_site", H5ImportOptions(folds_by="site"))
+
+
+def test_new_patients_import_without_outcomes_and_cannot_be_trained_on(small_cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = Cohort(small_cohort)
+    h5_dir, csv, ours = tcga_shaped(source, tmp_path)
+    table = pd.read_csv(csv).drop(columns=["time", "event"])
+    unknown = ours["case_id"].isin(ours["case_id"].unique()[::2]).to_numpy()
+    table["subtype"] = table["subtype"].where(~unknown, "[Not Available]")  # known for some cases
+    table.to_csv(tmp_path / "new.csv", index=False)
+    assert main(["import-h5", str(h5_dir), "--slides", str(tmp_path / "new.csv"), str(tmp_path / "refused")]) == 2
+    assert "--for-prediction" in capsys.readouterr().err
+
+    assert main(["import-h5", str(h5_dir), "--slides", str(tmp_path / "new.csv"), str(tmp_path / "new"), "--for-prediction"]) == 0
+    new = Cohort(tmp_path / "new")
+    assert not new.labelled and validate_cohort(new.layout.root).ok
+    records = [new.record(c) for c in new.case_ids]
+    assert all(r.event is None and np.isnan(r.time) for r in records)
+    assert {r.subtype is None for r in records} == {True, False}
+    capsys.readouterr()
+    assert main(["train", "--cohort", str(new.layout.root), "--output", str(tmp_path / "run")]) == 2
+    assert "imported for prediction" in capsys.readouterr().err and not (tmp_path / "run").exists()

@@ -27,6 +27,7 @@ from modaltune.data.labels import default_labels, save_labels
 from modaltune.predict import ExportedModel, predict_member
 from sweeps.searcher import CellSearcher
 from tests.browser import loaded_images, screenshot
+from tests.feature_files import tcga_shaped
 from tests.studyproc import finish_study, markers, start_study, write_spec
 
 
@@ -175,6 +176,19 @@ def test_selected_model_is_exported_and_predicts_like_it_validated(smoke: Smoke,
     assert cli_main(["predict", str(best), "--cohort", str(mixed), "--out", str(tmp_path / "mixed.parquet")]) == 0
     scored = pd.read_parquet(tmp_path / "mixed.parquet")
     assert sorted(scored["case_id"]) == sorted(set(cohort.case_ids) - foreign)
+
+    # New patients as they come: TCGA barcodes, no outcomes, RNA for only some of them.
+    h5_dir, csv, ours = tcga_shaped(cohort, tmp_path / "new")
+    pd.read_csv(csv).drop(columns=["subtype", "time", "event"]).to_csv(csv, index=False)
+    barcode = dict(zip(cohort.slides["case_id"], ours["case_id"]))
+    rna = pd.read_parquet(cohort.layout.rna)
+    rna.assign(case_id=rna["case_id"].map(barcode)).iloc[::3].to_csv(tmp_path / "new" / "rna.csv", index=False)
+    assert cli_main(["import-h5", str(h5_dir), "--slides", str(csv), str(tmp_path / "new" / "cohort"), "--for-prediction",
+                     "--labels", str(cohort.layout.labels), "--rna", str(tmp_path / "new" / "rna.csv"),
+                     "--gene-groups", str(cohort.layout.gene_groups)]) == 0
+    assert cli_main(["predict", str(best), "--cohort", str(tmp_path / "new" / "cohort"), "--out", str(tmp_path / "new.parquet")]) == 0
+    new = pd.read_parquet(tmp_path / "new.parquet")
+    assert sorted(new["case_id"]) == sorted(barcode.values()) and new["risk"].notna().all()
 
 
 def test_interrupted_study_resumes_without_rerunning(tmp_path: Path) -> None:

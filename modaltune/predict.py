@@ -130,9 +130,8 @@ def predict_member(directory: Path, cohort: Cohort, ids: list[str], classes_of: 
     config = TrainConfig.model_validate(loop_config["train"])
     bank = LabelBank.load(directory / LABEL_BANK)
     use_rna = "rna" in config.model.modalities
-    group_sizes = tuple(cohort.rna_group_sizes) if use_rna else ()
     torch.manual_seed(config.model.encoder_init_seed)  # as the training worker: the same random-init SLFM without a checkpoint
-    model = ModalTuneModel(config.model.build(group_sizes, cohort.manifest.feature_dim, cohort.manifest.tile_size_px))
+    model = ModalTuneModel(config.model.for_cohort(cohort))
     torch.manual_seed(config.seed)
     module = TrainModule(model, build_objective(config.objective, bank, config.loss_weights))
     weights = torch.load(directory / ADAPTER, weights_only=True, map_location="cpu")

@@ -27,7 +27,7 @@ def test_a_distill_member_refits_its_probes_on_the_saved_training_embeddings(sma
     train_ids, val_ids = cohort.split(config.fold)
     bank = build_label_bank(cohort, build_text_encoder(config.text_encoder, cohort.labels), train_ids, out_dim=16)
     torch.manual_seed(config.model.encoder_init_seed)  # as the training worker builds it
-    model = ModalTuneModel(config.model.build(tuple(cohort.rna_group_sizes), cohort.manifest.feature_dim, cohort.manifest.tile_size_px))
+    model = ModalTuneModel(config.model.for_cohort(cohort))
     torch.manual_seed(123)  # adapters as if trained: anything but the init predict would make
     module = TrainModule(model, build_objective("distill", bank)).eval()
     with torch.no_grad():

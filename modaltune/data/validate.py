@@ -328,9 +328,9 @@ class _Checker:
                     self._problem(rna_path, f"case {case_id}", "case_id", "case has slides but no RNA row (complete cases required)")
             elif without:
                 self._warning(
-                    rna_path, f"{len(without)} of {len(cases)} cases ({len(without) / len(cases):.0%})", _preview(without),
-                    "no RNA row: models with RNA give these cases a learned missing-RNA token "
-                    "(validate --require-complete refuses them)",
+                    rna_path, f"{len(without)} of {len(cases)} cases ({len(without) / len(cases):.0%})", "",
+                    f"no RNA row (e.g. {_preview(without, 3)}): models with RNA give these cases a learned missing-RNA "
+                    "token (validate --require-complete refuses them)",
                 )
 
     def _rna_values(self, rna_file: pq.ParquetFile, genes: list[str]) -> set[str]:

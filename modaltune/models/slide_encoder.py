@@ -241,17 +241,8 @@ def load_slide_encoder(
     if not path.is_file():
         raise FileNotFoundError(f"slide encoder checkpoint not found: {path}")
     state = _read_state_dict(path)
-    expected = set(encoder.state_dict())
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise InputError(
-            f"slide encoder checkpoint {path} does not match the configured architecture: "
-            f"missing {len(missing)} keys {missing[:8]}, unexpected {len(unexpected)} keys {unexpected[:8]}"
-        )
-    try:
-        encoder.load_state_dict(state, strict=True)
-    except RuntimeError as error:  # shape mismatches
-        raise InputError(f"slide encoder checkpoint {path} does not fit the configured shapes: {error}") from error
+    _check_state(path, {name: tuple(t.shape) for name, t in encoder.state_dict().items()}, state)
+    encoder.load_state_dict(state, strict=True)
     logger.info("loaded slide encoder weights from %s", path)
     return encoder.freeze()
 
@@ -265,13 +256,37 @@ def _download(hub_id: str, filename: str) -> Path:
         raise FileNotFoundError(f"could not fetch {filename} from hub repo {hub_id}: {error}") from error
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def check_encoder_checkpoint(config: SlideEncoderConfig, checkpoint: str | Path) -> None:
+    """``load_slide_encoder``'s key and shape checks without loading anything: the model on the
+    meta device and the checkpoint memory-mapped, so a study or run refuses a checkpoint that
+    does not fit before any worker starts (raises ``InputError`` naming the path)."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise InputError(f"model.encoder_checkpoint: {path} does not exist")
+    with torch.device("meta"):
+        expected = {name: tuple(t.shape) for name, t in SlideEncoder(config).state_dict().items()}
+    _check_state(path, expected, _read_state_dict(path, mmap=True))
+
+
+def _check_state(path: Path, expected: dict[str, tuple[int, ...]], state: dict[str, torch.Tensor]) -> None:
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise InputError(
+            f"slide encoder checkpoint {path} does not match the configured architecture: "
+            f"missing {len(missing)} keys {missing[:8]}, unexpected {len(unexpected)} keys {unexpected[:8]}"
+        )
+    wrong = [f"{name} {tuple(state[name].shape)} != {shape}" for name, shape in expected.items() if tuple(state[name].shape) != shape]
+    if wrong:
+        raise InputError(f"slide encoder checkpoint {path} does not fit the configured shapes: {len(wrong)} tensor(s), e.g. {wrong[:3]}")
+
+
+def _read_state_dict(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(path))
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         raise InputError(
             f"slide encoder checkpoint {path} holds pickled objects besides tensors, which are not loaded for "

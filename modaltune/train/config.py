@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from modaltune.data.clinical import CLINICAL_VECTOR_SIZE
+from modaltune.data.cohort import Cohort
 from modaltune.errors import InputError, describe_validation_error, read_yaml_mapping
 from modaltune.models import MODALITIES, ModalTuneConfig, SlideEncoderConfig
 from modaltune.objectives import OBJECTIVES
@@ -56,6 +57,12 @@ class ModelSection(_Section):
         if unknown or "wsi" not in modalities:
             raise ValueError(f"modalities must be a subset of {list(MODALITIES)} containing 'wsi', got {modalities}")
         return modalities
+
+    def for_cohort(self, cohort: Cohort) -> ModalTuneConfig:
+        """``build`` with the cohort's gene groups (only when the model uses RNA: WSI-only runs
+        need no RNA files), feature width and tile size."""
+        rna_group_sizes = tuple(cohort.rna_group_sizes) if "rna" in self.modalities else ()
+        return self.build(rna_group_sizes, cohort.manifest.feature_dim, cohort.manifest.tile_size_px)
 
     def build(self, rna_group_sizes: tuple[int, ...], feature_dim: int, tile_size_px: int) -> ModalTuneConfig:
         """The model for a cohort: its tile-feature width and its tile size (level-0 pixels per

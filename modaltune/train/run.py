@@ -16,12 +16,13 @@ from typing import Any
 
 import pandas as pd
 import yaml
-from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, WorkerGroupError
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from modaltune.atomic import write_text_atomic
 from modaltune.data import Cohort, CohortInvalidError, validate_cohort
 from modaltune.errors import InputError
+from modaltune.models.slide_encoder import check_encoder_checkpoint
 from modaltune.text import TextEmbeddingCache, build_label_bank, build_text_encoder
 from modaltune.train import ray_session
 from modaltune.train.config import TrainConfig
@@ -63,9 +64,8 @@ def check_config_against_cohort(config: TrainConfig, cohort: Cohort) -> None:
             raise InputError(
                 f"model.modalities includes 'rna' but no training case of fold {config.fold} has a row in {cohort.layout.rna}"
             )
-    checkpoint = config.model.encoder_checkpoint
-    if checkpoint is not None and not Path(checkpoint).is_file():
-        raise InputError(f"model.encoder_checkpoint: {checkpoint} does not exist")
+    if config.model.encoder_checkpoint is not None:
+        check_encoder_checkpoint(config.model.for_cohort(cohort).encoder, config.model.encoder_checkpoint)
     resolve_precision(config)
 
 
@@ -110,6 +110,12 @@ def build_trainer(
     )
 
 
+def worker_input_error(error: WorkerGroupError) -> InputError | None:
+    """The input error a training worker raised, if that is why the run failed: bad data that
+    only reading it reveals, reported by the CLI in one line (exit 2) instead of a traceback."""
+    return next((e for e in error.worker_failures.values() if isinstance(e, InputError)), None)
+
+
 def run_training(
     cohort_dir: str | os.PathLike[str], config: TrainConfig, output: str | os.PathLike[str], *,
     address: str | None = None, resume_from: str | None = None, max_failures: int = 0,
@@ -136,7 +142,13 @@ def run_training(
         "tensorboard": str(output / "tensorboard"),
         "resume_from": resume_from,
     }
-    result = build_trainer([(config, paths)], output, "checkpoints", max_failures).fit()
+    try:
+        result = build_trainer([(config, paths)], output, "checkpoints", max_failures).fit()
+    except WorkerGroupError as error:
+        cause = worker_input_error(error)
+        if cause is None:
+            raise
+        raise InputError(f"{cause} (found by a training worker; fix it and re-run with --output {output} to resume)") from None
     frame = result.metrics_dataframe
     metrics = upsert_epoch_rows(output / "metrics.parquet", frame.to_dict("records")) if frame is not None and len(frame) else pd.DataFrame()
     return TrainingOutcome(output=output, metrics=metrics, checkpoint=result.checkpoint.path if result.checkpoint else None)

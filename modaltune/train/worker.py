@@ -93,8 +93,7 @@ def _train_run(run: dict[str, Any], index: int, checkpoint: ray.train.Checkpoint
     cohort = Cohort(paths["cohort"])
     train_ids, val_ids = cohort.split(config.fold, config.cohorts, config.test_fold)
     bank = LabelBank.load(paths["label_bank"])
-    rna_group_sizes = tuple(cohort.rna_group_sizes) if "rna" in config.model.modalities else ()  # WSI-only runs need no RNA files
-    model_config = config.model.build(rna_group_sizes, cohort.manifest.feature_dim, cohort.manifest.tile_size_px)
+    model_config = config.model.for_cohort(cohort)
     torch.manual_seed(config.model.encoder_init_seed)  # identical random-init SLFM everywhere
     model = ModalTuneModel(model_config)
     torch.manual_seed(config.seed)

@@ -88,9 +88,8 @@ def test_same_study_twice_gives_identical_metrics_and_a_killed_worker_changes_no
 
 
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(cohort: Path, tmp_path: Path) -> None:
-    broken = tmp_path / "broken-encoder.pt"
-    broken.write_bytes(b"this is not a checkpoint")
-    levels = ["tiny", {"name": "broken", "encoder": "tiny", "encoder_checkpoint": str(broken)}]
+    # Weights that only a worker fetches (a hub repo, offline here): nothing to check up front.
+    levels = ["tiny", {"name": "broken", "encoder": "tiny", "encoder_hub_id": "nobody/no-such-slide-encoder"}]
     spec = _spec(tmp_path, cohort, "failing", factors={"modalities": [["wsi", "rna"]], "slide_encoder": levels})
     code, output = _run(spec, tmp_path / "studies", timeout=400)
     assert code == 1, output[-3000:]

@@ -156,6 +156,28 @@ def test_mismatched_checkpoint_raises_naming_path_and_keys(tmp_path):
         load_slide_encoder(config, checkpoint=path, hub_id="prov-gigapath/prov-gigapath")
 
 
+def test_a_checkpoint_is_checked_without_loading_it_before_any_worker_starts(tmp_path, small_cohort, capsys):
+    """``train`` refuses a checkpoint that does not fit the cohort's model (exit 2, one line,
+    no run folder); the check itself builds nothing (meta device, memory-mapped read)."""
+    from modaltune.cli import main
+    from modaltune.data import Cohort
+    from modaltune.models.slide_encoder import check_encoder_checkpoint
+
+    cohort = Cohort(small_cohort)
+    fitting = SlideEncoderConfig.tiny(in_dim=cohort.manifest.feature_dim)
+    good, bad = tmp_path / "good.pth", tmp_path / "bad.pth"
+    torch.save({"model": SlideEncoder(fitting).state_dict()}, good)
+    torch.save({"model": SlideEncoder(SlideEncoderConfig.tiny(in_dim=cohort.manifest.feature_dim + 1)).state_dict()}, bad)
+    check_encoder_checkpoint(fitting, good)
+    with pytest.raises(InputError, match=rf"{bad} does not fit the configured shapes: 1 tensor\(s\), e.g. \['patch_embed"):
+        check_encoder_checkpoint(fitting, bad)
+    capsys.readouterr()
+    code = main(["train", "--cohort", str(small_cohort), "--output", str(tmp_path / "run"), "--set", f"model.encoder_checkpoint={bad}"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and str(bad) in err, err
+    assert not (tmp_path / "run").exists()
+
+
 def test_checkpoint_with_pickled_objects_is_refused(tmp_path):
     config = SlideEncoderConfig.tiny()
     path = tmp_path / "slide_encoder.pth"

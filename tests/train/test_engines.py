@@ -36,7 +36,7 @@ def process_group():
 
 def _module(cohort: Cohort, config) -> TrainModule:  # type: ignore[no-untyped-def]
     bank = build_label_bank(cohort, build_text_encoder("onehot", cohort.labels), cohort.split(0)[0], out_dim=config.model.out_dim)
-    model = ModalTuneModel(config.model.build(tuple(cohort.rna_group_sizes), cohort.manifest.feature_dim, cohort.manifest.tile_size_px))
+    model = ModalTuneModel(config.model.for_cohort(cohort))
     return TrainModule(model, build_objective(config.objective, bank))
 
 

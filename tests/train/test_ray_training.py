@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +16,7 @@ import ray
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from modaltune.cli import main as cli_main
 from modaltune.data import Cohort, SynthConfig, generate_cohort
 from modaltune.train import ray_session
 from modaltune.train.checkpoints import checkpoint_run
@@ -150,9 +153,31 @@ def test_a_run_after_another_in_the_same_worker_group_trains_exactly_as_alone(lo
 def test_wsi_only_run_needs_no_rna_files(local_ray, signal_cohort: Path, tmp_path: Path) -> None:
     """A cohort imported without RNA trains WSI-only models (it used to die on gene_groups.json)."""
     cohort = tmp_path / "no_rna"
-    shutil.copytree(signal_cohort, cohort, ignore=shutil.ignore_patterns("cache"))
+    shutil.copytree(small_cohort, cohort, ignore=shutil.ignore_patterns("cache"))
     (cohort / "rna.parquet").unlink()
     (cohort / "gene_groups.json").unlink()
     config = load_train_config(None, BASE + ["optim.epochs=1", "engine.backend=ddp", "model.modalities=[wsi]"])
     outcome = run_training(cohort, config, tmp_path / "wsi")
     assert outcome.metrics["val_balanced_accuracy"].notna().all()
+
+
+def test_bad_data_a_worker_finds_is_one_input_error_line(local_ray, small_cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A feature file that goes bad after validation (a shared file system, another job) is
+    found only by the worker that reads it: `train` reports it as exit 2, naming the file."""
+    cohort = tmp_path / "cohort"
+    shutil.copytree(small_cohort, cohort, ignore=shutil.ignore_patterns("cache"))
+    victim = cohort / "features" / f"{Cohort(cohort).slides['slide_id'][0]}.arrow"
+    output = tmp_path / "run"
+
+    def corrupt_once_validated() -> None:  # train_config.yaml is written right after validation
+        deadline = time.monotonic() + 120
+        while not (output / "train_config.yaml").exists() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        victim.write_bytes(b"truncated by another job")
+
+    corrupter = threading.Thread(target=corrupt_once_validated, daemon=True)
+    corrupter.start()
+    code = cli_main(["train", "--cohort", str(cohort), "--output", str(output), "--set", "optim.epochs=1", "--set", "max_tiles=32"])
+    corrupter.join()
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(err) == 1 and str(victim) in err[0] and "found by a training worker" in err[0], err

@@ -82,6 +82,7 @@ def analyze_study(study_dir: str | Path, metric: str | None = None, n_boot: int 
     builder.text(
         f"Cohort `{spec.cohort}`; design `{spec.design.type}`; {len(trials)} trials "
         f"({', '.join(f'{n} {s}' for s, n in sorted(states.items()))}); repetitions: folds {spec.fold_indices} x seeds {spec.seeds}"
+        + ("; site-preserved folds (each tissue source site in one fold, checked before the study)" if spec.folds_by == "site" else "")
         + (f"; held-out test fold {spec.test_fold}." if spec.test_fold is not None else "; no held-out test fold.")
     )
     builder.text("\n## Headline: each cell's best configuration\n")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from modaltune.data import Cohort, CohortInvalidError, generate_cohort, validate_cohort
+from modaltune.data.folds import sites_split_across_folds
 from modaltune.data.synthetic import SynthConfig
 from modaltune.errors import InputError
 from modaltune.objectives import check_loss_weights
@@ -119,6 +120,7 @@ def build_plan(spec: StudySpec, study_dir: Path) -> StudyPlan:
     if not report.ok:
         raise CohortInvalidError(report)
     cohort = Cohort(spec.cohort)
+    check_fold_grouping(cohort, spec.folds_by)
     cells = design_cells(spec.factors, spec.design)
     repetitions = [
         Repetition(index, fold, seed) for index, (seed, fold) in enumerate(itertools.product(spec.seeds, spec.fold_indices))
@@ -135,6 +137,26 @@ def build_plan(spec: StudySpec, study_dir: Path) -> StudyPlan:
                 except InputError as exc:
                     raise InputError(f"study {spec.name}, cell {cell.id} {cell.levels}: {exc}") from exc
     return plan
+
+
+def check_fold_grouping(cohort: Cohort, folds_by: str) -> None:
+    """``folds_by: site`` needs folds that keep each tissue source site whole (site-specific
+    stain and patients otherwise inflate scores, Howard et al. 2021); with ``case`` folds that
+    split sites are only warned about."""
+    has_sites = "site" in cohort.slides.columns
+    if folds_by == "site" and not has_sites:
+        raise InputError(
+            f"folds_by: site but {cohort.layout.slides} has no site column; re-import with "
+            "`modaltune import-h5 ... --folds-by site` (sites from a 'site' column or TCGA barcodes)"
+        )
+    split = sites_split_across_folds(cohort.slides) if has_sites else {}
+    if not split:
+        return
+    example = ", ".join(f"{site} in folds {folds}" for site, folds in list(split.items())[:3])
+    message = f"{len(split)} tissue source site(s) of {cohort.layout.slides} are split across folds (e.g. {example})"
+    if folds_by == "site":
+        raise InputError(f"folds_by: site but {message}; re-import with `modaltune import-h5 ... --folds-by site`")
+    logger.warning("%s: cross-validated scores may be inflated by site effects; `folds_by: site` refuses such folds", message)
 
 
 def prepare_label_banks(plan: StudyPlan) -> list[Path]:

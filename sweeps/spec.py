@@ -176,6 +176,7 @@ class StudySpec(_Strict):
     cohorts: list[str] | None = None
     tasks: dict[str, float] = Field(default_factory=dict)
     folds: int | list[int] = 2
+    folds_by: Literal["case", "site"] = "case"  # "site": refuse a cohort whose folds split a tissue source site
     test_fold: int | None = Field(default=None, ge=0)  # held out of every repetition: an unbiased test of the selected model
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     train: dict[str, Any] = Field(default_factory=dict)

@@ -46,3 +46,9 @@ def assign_case_folds(
         for fold, (_, test_index) in enumerate(splitter.split(np.zeros(len(cases)), stratum, group_ids)):
             folds[test_index] = fold
     return pd.Series(folds, index=cases["case_id"].to_numpy(), name="fold")
+
+
+def sites_split_across_folds(slides: pd.DataFrame) -> dict[str, list[int]]:
+    """Tissue source sites whose cases sit in more than one fold -> those folds (needs ``site``)."""
+    folds = slides.dropna(subset=["site"]).groupby("site")["fold"].agg(lambda f: sorted(set(int(x) for x in f)))
+    return {str(site): fs for site, fs in folds.items() if len(fs) > 1}

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import copy
+import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -180,3 +183,25 @@ def test_designs_crossed_one_at_a_time_and_sampled() -> None:
 def test_shipped_studies_are_valid(name: str) -> None:
     spec = load_study_spec(REPO / "sweeps" / "studies" / f"{name}.yaml")
     assert spec.name == name and spec.factors
+
+
+def test_folds_by_site_refuses_folds_that_split_a_site(small_cohort: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cohort = tmp_path / "cohort"
+    shutil.copytree(small_cohort, cohort, ignore=shutil.ignore_patterns("cache"))
+    spec = load_study_spec(_write(tmp_path, _edit(_base(cohort), "folds_by", "site")))
+    with pytest.raises(InputError, match="has no site column"):
+        build_plan(spec, tmp_path / "studies" / spec.name)
+    slides = pd.read_parquet(cohort / "slides.parquet")
+    slides["site"] = slides["fold"].map(lambda f: f"S{f}")  # one site per fold: preserved
+    slides.to_parquet(cohort / "slides.parquet", index=False)
+    build_plan(spec, tmp_path / "studies" / spec.name)
+    first_case = slides["case_id"].iloc[0]
+    slides.loc[slides["case_id"] == first_case, "site"] = "S9"
+    slides.loc[slides["case_id"] == slides.loc[slides["fold"] != slides["fold"].iloc[0], "case_id"].iloc[0], "site"] = "S9"
+    slides.to_parquet(cohort / "slides.parquet", index=False)
+    with pytest.raises(InputError, match=r"1 tissue source site\(s\) .* split across folds \(e.g. S9 in folds"):
+        build_plan(spec, tmp_path / "studies" / spec.name)
+    by_case = load_study_spec(_write(tmp_path, _base(cohort), "by_case.yaml"))
+    with caplog.at_level(logging.WARNING, logger="sweeps.plan"):
+        build_plan(by_case, tmp_path / "studies" / by_case.name)
+    assert any("may be inflated by site effects" in r.message for r in caplog.records)

@@ -40,8 +40,9 @@ SLIDE_COLUMNS: dict[str, str] = {
 CASE_LEVEL_COLUMNS: tuple[str, ...] = ("cohort", "subtype", "time", "event", "fold")
 # The outcome columns: required to train, optional (empty) in a cohort imported for prediction.
 LABEL_COLUMNS: tuple[str, ...] = ("subtype", "time", "event")
-# Optional per-case columns of slides.parquet: the tissue source site (site-preserved folds).
-OPTIONAL_CASE_COLUMNS: tuple[str, ...] = ("site",)
+# Optional per-case columns of slides.parquet: the tissue source site (site-preserved folds) and
+# the AJCC stage as written ("Stage IIIA"; the model reads the four-level `stage`).
+OPTIONAL_CASE_COLUMNS: tuple[str, ...] = ("site", "stage_detail")
 
 SAFE_SLIDE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 

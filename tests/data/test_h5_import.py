@@ -105,6 +105,8 @@ def test_a_tcga_table_imports_as_it_comes(small_cohort: Path, tmp_path: Path) ->
     for column in ("sex", "stage", "t_stage", "n_stage", "m_stage", "event"):
         assert list(got[column].fillna("-")) == list(ours[column].fillna("-")), column
     np.testing.assert_array_equal(got["age"].to_numpy(float), ours["age"].to_numpy(float))
+    substage = got["stage_detail"].where(got["stage"].isin(["Stage II", "Stage III"]))
+    assert set(substage.dropna()) == {"Stage IIA", "Stage IIIA"}  # the substage kept beside the model's four levels
 
     # cBioPortal's column names read as ours; TCGA-CDR's OS.time (days) is named, not guessed.
     cbioportal = pd.read_csv(csv).rename(columns={"time": "OS_MONTHS", "event": "OS_STATUS", "age": "AGE", "stage": "AJCC_PATHOLOGIC_TUMOR_STAGE"})

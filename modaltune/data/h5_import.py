@@ -65,6 +65,7 @@ FOLD_GROUPINGS = ("case", "site")
 ZERO_TIME_POLICIES = ("refuse", "drop", "epsilon")
 ZERO_TIME_EPSILON = 0.01  # months (about seven hours): an event on the day of diagnosis, ordered first
 DEFAULT_TILE_SIZE = 256  # GigaPath's: 256-px tiles at 20x
+WSI_SUFFIXES = ("svs", "ndpi", "tif", "tiff", "mrxs", "scn", "czi", "bif", "vms", "vmu", "qptiff", "svslide")  # OpenSlide's
 
 
 class H5ImportError(InputError):
@@ -238,6 +239,7 @@ def _read_slide_table(path: Path, options: H5ImportOptions) -> pd.DataFrame:
     for column in LABEL_COLUMNS:
         if column not in slides.columns:  # --for-prediction: the outcome is unknown
             slides[column] = None if column == "subtype" else np.nan
+    slides["slide_id"] = _without_slide_suffix(slides["slide_id"], path)
     unsafe = [s for s in slides["slide_id"] if not isinstance(s, str) or not SAFE_SLIDE_ID.match(s)]
     if unsafe:
         raise H5ImportError(f"{path}: slide_id must be letters, digits, '.', '_' or '-': {unsafe[:5]}")
@@ -253,6 +255,17 @@ def _read_slide_table(path: Path, options: H5ImportOptions) -> pd.DataFrame:
         if column in slides.columns and column != "age":
             slides[column] = slides[column].astype(object).where(slides[column].notna(), None)
     return _apply_zero_time(slides, path, options.zero_time)
+
+
+def _without_slide_suffix(slide_ids: pd.Series, path: Path) -> pd.Series:
+    """Slide ids as file names of the scans (``TCGA-...-DX1.<uuid>.svs``) name the feature files
+    without the scan's suffix, as TRIDENT, CLAM and STAMP write them."""
+    pattern = r"\.(?:" + "|".join(WSI_SUFFIXES) + r")$"
+    stripped = slide_ids.str.replace(pattern, "", case=False, regex=True)
+    changed = int((stripped != slide_ids).sum())
+    if changed:
+        logger.info("%s: %d slide id(s) named with a scan suffix (%s): read without it", path, changed, ", ".join(WSI_SUFFIXES))
+    return stripped
 
 
 def _apply_zero_time(slides: pd.DataFrame, path: Path, policy: str) -> pd.DataFrame:

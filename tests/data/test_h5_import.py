@@ -108,8 +108,10 @@ def test_a_tcga_table_imports_as_it_comes(small_cohort: Path, tmp_path: Path) ->
     substage = got["stage_detail"].where(got["stage"].isin(["Stage II", "Stage III"]))
     assert set(substage.dropna()) == {"Stage IIA", "Stage IIIA"}  # the substage kept beside the model's four levels
 
-    # cBioPortal's column names read as ours; TCGA-CDR's OS.time (days) is named, not guessed.
+    # cBioPortal's column names read as ours; TCGA-CDR's OS.time (days) is named, not guessed;
+    # slide ids written as the scans' file names name the feature files without the suffix.
     cbioportal = pd.read_csv(csv).rename(columns={"time": "OS_MONTHS", "event": "OS_STATUS", "age": "AGE", "stage": "AJCC_PATHOLOGIC_TUMOR_STAGE"})
+    cbioportal["slide_id"] = cbioportal["slide_id"] + np.where(cbioportal.index % 2 == 0, ".svs", ".NDPI")
     cbioportal.to_csv(tmp_path / "cbioportal.csv", index=False)
     renamed = Cohort(import_h5_cohort(h5_dir, tmp_path / "cbioportal.csv", tmp_path / "cbio").root)
     pd.testing.assert_frame_equal(renamed.slides[imported.slides.columns], imported.slides)

@@ -153,7 +153,7 @@ def test_a_run_after_another_in_the_same_worker_group_trains_exactly_as_alone(lo
 def test_wsi_only_run_needs_no_rna_files(local_ray, signal_cohort: Path, tmp_path: Path) -> None:
     """A cohort imported without RNA trains WSI-only models (it used to die on gene_groups.json)."""
     cohort = tmp_path / "no_rna"
-    shutil.copytree(small_cohort, cohort, ignore=shutil.ignore_patterns("cache"))
+    shutil.copytree(signal_cohort, cohort, ignore=shutil.ignore_patterns("cache"))
     (cohort / "rna.parquet").unlink()
     (cohort / "gene_groups.json").unlink()
     config = load_train_config(None, BASE + ["optim.epochs=1", "engine.backend=ddp", "model.modalities=[wsi]"])

@@ -90,24 +90,29 @@ def register_format(cls: type[FeatureFormat]) -> type[FeatureFormat]:
 class H5Features(FeatureFormat):
     name = "h5"
     description = "TRIDENT / CLAM .h5 ('features' and 'coords' in level-0 pixels)"
+    features_dataset: ClassVar[str] = "features"
 
     @classmethod
     def holds(cls, folder: Path, example: Path | None) -> bool:
-        return example is not None and example.suffix == ".h5" and _h5_has(example, "features")
+        return example is not None and example.suffix == ".h5" and _h5_has(example, cls.features_dataset)
 
     def path_of(self, slide_id: str) -> Path:
         return self.folder / f"{slide_id}.h5"
 
     def inspect(self, slide_id: str) -> SlideFileInfo:
         with _open_h5(self.path_of(slide_id)) as handle:
-            _require(handle, ("features", "coords"))
-            n_tiles, dim = _matrix_shape(handle["features"].shape, "features")
+            _require(handle, (self.features_dataset, "coords"))
+            n_tiles, dim = _matrix_shape(handle[self.features_dataset].shape, self.features_dataset)
             n_coords, _ = _coords_shape(handle["coords"].shape)
-            return SlideFileInfo(n_tiles, dim, n_coords, TileGeometry.from_attrs(handle["coords"].attrs))
+            return SlideFileInfo(n_tiles, dim, n_coords, self._geometry(handle))
 
     def read(self, slide_id: str) -> tuple[np.ndarray, np.ndarray]:
         with _open_h5(self.path_of(slide_id)) as handle:
-            return _as_matrix(handle["features"][()]), _as_coords(handle["coords"][()])
+            return _as_matrix(handle[self.features_dataset][()]), _as_coords(handle["coords"][()])
+
+    def _geometry(self, handle: h5py.File) -> TileGeometry:
+        """TRIDENT's patching, from ``coords.attrs`` (CLAM's files have none)."""
+        return TileGeometry.from_attrs(handle["coords"].attrs)
 
 
 @register_format
@@ -163,32 +168,15 @@ class ClamPtFeatures(FeatureFormat):
 
 
 @register_format
-class StampFeatures(FeatureFormat):
+class StampFeatures(H5Features):
     name = "stamp"
     description = "STAMP .h5 ('feats', coordinates in micrometres)"
+    features_dataset = "feats"
 
-    @classmethod
-    def holds(cls, folder: Path, example: Path | None) -> bool:
-        return example is not None and example.suffix == ".h5" and _h5_has(example, "feats")
-
-    def path_of(self, slide_id: str) -> Path:
-        return self.folder / f"{slide_id}.h5"
-
-    def inspect(self, slide_id: str) -> SlideFileInfo:
-        with _open_h5(self.path_of(slide_id)) as handle:
-            _require(handle, ("feats", "coords"))
-            n_tiles, dim = _matrix_shape(handle["feats"].shape, "feats")
-            n_coords, _ = _coords_shape(handle["coords"].shape)
-            return SlideFileInfo(n_tiles, dim, n_coords, self._geometry(handle.attrs))
-
-    def read(self, slide_id: str) -> tuple[np.ndarray, np.ndarray]:
-        with _open_h5(self.path_of(slide_id)) as handle:
-            return _as_matrix(handle["feats"][()]), _as_coords(handle["coords"][()])
-
-    @staticmethod
-    def _geometry(attrs: Any) -> TileGeometry:
+    def _geometry(self, handle: h5py.File) -> TileGeometry:
         """STAMP >= 2 says ``unit='um'`` with the tile's size in micrometres and pixels; older
         files say nothing and hold pixels."""
+        attrs = handle.attrs
         unit = attrs.get("unit")
         if unit is None:
             return TileGeometry()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
@@ -141,6 +142,22 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from sweeps.progress import EXIT_CODES, read_progress, render
+
+    while True:
+        progress = read_progress(args.study_dir)
+        state = progress.observed_state()
+        if args.watch and sys.stdout.isatty():
+            print("\033[H\033[J", end="")  # redraw in place
+        print("\n".join(render(progress)), flush=True)
+        if not args.watch or state != "running":
+            return EXIT_CODES[state]
+        time.sleep(args.every)
+        if not sys.stdout.isatty():
+            print()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modaltune", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
@@ -230,6 +247,15 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("study_dir", type=Path, help="STORAGE/STUDY folder of a study")
     select.add_argument("--metric", help="metric to select by (default: the study's primary metric)")
     select.set_defaults(run=_cmd_select)
+
+    status = commands.add_parser(
+        "status", help="how far a study is, what leads, what failed: read from its folder, while it runs or after",
+        description="Exit code: 0 finished, 1 failed (trials or the driver), 3 running, 4 interrupted (continue with --resume), 2 not a study.",
+    )
+    status.add_argument("study_dir", type=Path, help="STORAGE/STUDY folder of a study (a shared file system works)")
+    status.add_argument("--watch", action="store_true", help="repeat until the study is no longer running; exit with its final state")
+    status.add_argument("--every", type=float, default=10.0, help="seconds between updates with --watch")
+    status.set_defaults(run=_cmd_status)
 
     predict = commands.add_parser("predict", help="risk and subtype for a cohort's cases from an exported model")
     predict.add_argument("model_dir", type=Path, help="an exported model folder (STUDY/best)")

@@ -53,9 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         help="Ray cluster to join ('auto' on a cluster node, 'local' for an embedded Ray); "
         "default: $RAY_ADDRESS, else the cluster `ray start` started on this node, else an embedded Ray",
     )
+    parser.add_argument(
+        "--tune-table", action="store_true",
+        help="show Ray Tune's status table every 30 s instead of the study's progress display (a new study only: a resumed one keeps its first run's choice)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Tune's classic reporter shows our factor and metric columns; the new one ignores them.
+    # Tune's classic reporter (--tune-table) shows our factor and metric columns; the new one ignores them.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import optuna
 
@@ -70,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = load_study_spec(study)
         storage = storage_folder(choose_storage(args.storage, spec.storage))
-        outcome = run_study(spec, storage, resume=args.resume, address=args.address)
+        outcome = run_study(spec, storage, resume=args.resume, address=args.address, tune_table=args.tune_table)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

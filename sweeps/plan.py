@@ -21,7 +21,7 @@ from modaltune.data.synthetic import SynthConfig
 from modaltune.errors import InputError
 from modaltune.objectives import check_loss_weights
 from modaltune.train.config import TrainConfig, apply_override, validate_train_config
-from modaltune.train.run import check_config_against_cohort, ensure_label_bank
+from modaltune.train.run import RANDOM_ENCODER_WARNING, check_config_against_cohort, ensure_label_bank
 from sweeps.cells import Cell, design_cells
 from sweeps.spec import StudyLayout, StudySpec
 
@@ -127,15 +127,20 @@ def build_plan(spec: StudySpec, study_dir: Path) -> StudyPlan:
     ]
     plan = StudyPlan(spec=spec, study_dir=study_dir, cells=cells, repetitions=repetitions)
     _check_search_keys(spec)
+    random_encoder: set[str] = set()
     for cell in cells:
         for params in _corner_params(spec):
             for repetition in repetitions:
                 config = plan.train_config(cell, params, repetition)
+                if config.model.encoder_checkpoint is None and config.model.encoder_hub_id is None:
+                    random_encoder.add(cell.id)
                 try:
                     check_config_against_cohort(config, cohort)
                     check_loss_weights(config.objective, config.loss_weights)
                 except InputError as exc:
                     raise InputError(f"study {spec.name}, cell {cell.id} {cell.levels}: {exc}") from exc
+    if random_encoder:
+        logger.warning("%s: %s", ", ".join(sorted(random_encoder)), RANDOM_ENCODER_WARNING)
     return plan
 
 

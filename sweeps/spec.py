@@ -318,6 +318,14 @@ class StudyLayout:
         return self.root / "predictions"
 
     @property
+    def optuna(self) -> Path:
+        return self.root / "optuna.journal"  # the per-cell Optuna studies (sweeps/searcher.py), for optuna-dashboard
+
+    @property
+    def progress(self) -> Path:
+        return self.root / "progress.json"  # state and counts, kept by the driver (sweeps/progress.py)
+
+    @property
     def interrupted(self) -> Path:
         return self.root / "interrupted.json"  # why the driver interrupted the study (sweeps/interrupt.py)
 

@@ -28,6 +28,7 @@ from sweeps.channel import StudyChannel
 from sweeps.confirm import FixedConfigurations, confirmation_configs
 from sweeps.interrupt import clear_interruption, read_interruption
 from sweeps.plan import StudyPlan, build_plan, prepare_label_banks
+from sweeps.progress import ProgressTracker, mark_study
 from sweeps.reaper import WorkerGroupReaper
 from sweeps.results import UNFINISHED_STATES, ResultsWriter
 from sweeps.schedulers import make_scheduler
@@ -55,9 +56,12 @@ class StudyOutcome:
     unfinished: int  # > 0 when the driver was interrupted: continue with resume
 
 
-def run_study(spec: StudySpec, storage: Path, *, resume: bool = False, address: str | None = None) -> StudyOutcome:
+def run_study(
+    spec: StudySpec, storage: Path, *, resume: bool = False, address: str | None = None, tune_table: bool = False,
+) -> StudyOutcome:
     """Run (or with ``resume`` continue) the study into ``storage / spec.name``: the search,
-    then, if the spec asks for one, the confirm stage (sweeps/confirm.py)."""
+    then, if the spec asks for one, the confirm stage (sweeps/confirm.py). ``tune_table`` shows
+    Ray Tune's own status table instead of the study's progress display (sweeps/progress.py)."""
     storage = storage.resolve()
     layout = StudyLayout(storage / spec.name)
     started_before = Tuner.can_restore(str(layout.root)) if layout.root.exists() else False
@@ -74,26 +78,50 @@ def run_study(spec: StudySpec, storage: Path, *, resume: bool = False, address: 
         write_text_atomic(StudyLayout(stage.study_dir).spec, yaml.safe_dump(stage.spec.model_dump(mode="json"), sort_keys=False))
         prepare_label_banks(stage)
         clear_interruption(StudyLayout(stage.study_dir))
-    ray_session.connect(address, use_gpu=spec.resources.use_gpu, processes=_processes(spec))
+    mark_study(layout, spec.name, "running")
+    try:
+        ray_session.connect(address, use_gpu=spec.resources.use_gpu, processes=_processes(spec))
+        outcome = _run_stages(plan, confirmation, resume, tune_table)
+    except (StorageError, StudyStalledError, KeyboardInterrupt) as exc:
+        mark_study(layout, spec.name, "interrupted", str(exc) or "interrupted")
+        raise
+    except BaseException as exc:
+        mark_study(layout, spec.name, "failed", f"{type(exc).__name__}: {exc}")
+        raise
+    if outcome.unfinished:
+        mark_study(layout, spec.name, "interrupted", f"{outcome.unfinished} trials unfinished")
+    elif outcome.errors:
+        mark_study(layout, spec.name, "failed", f"{outcome.errors} of {outcome.trials} trials failed; see trials.parquet")
+    else:
+        mark_study(layout, spec.name, "finished")
+    return outcome
 
+
+def _run_stages(plan: StudyPlan, confirmation: StudyPlan | None, resume: bool, tune_table: bool) -> StudyOutcome:
+    layout = StudyLayout(plan.study_dir)
     channel = StudyChannel.remote()  # the trials' reports and verdicts; dies with this driver
-    outcome = _run_stage(plan, channel, storage, _tune_config(plan), resume)
+    outcome = _run_stage(plan, "search", channel, layout.root.parent, _tune_config(plan), resume, tune_table, layout)
     if confirmation is None or outcome.unfinished:  # an interrupted search is resumed before anything is confirmed
         return outcome
     configs = confirmation_configs(plan, confirmation)
     logger.info("confirm stage: %d cells' chosen configurations on seeds %s, folds %s", len(configs), confirmation.spec.seeds, confirmation.spec.fold_indices)
     tune_config = TuneConfig(
         search_alg=FixedConfigurations(configs), num_samples=len(configs),
-        max_concurrent_trials=spec.max_concurrent, trial_dirname_creator=trial_dirname,
+        max_concurrent_trials=plan.spec.max_concurrent, trial_dirname_creator=trial_dirname,
     )
-    confirmed = _run_stage(confirmation, channel, layout.root, tune_config, resume and Tuner.can_restore(str(layout.confirmation)))
+    confirm_resume = resume and Tuner.can_restore(str(layout.confirmation))
+    confirmed = _run_stage(confirmation, "confirm", channel, layout.root, tune_config, confirm_resume, tune_table, layout)
     return StudyOutcome(
         study_dir=layout.root, trials=outcome.trials + confirmed.trials, errors=outcome.errors + confirmed.errors, unfinished=confirmed.unfinished,
     )
 
 
-def _run_stage(plan: StudyPlan, channel: Any, storage: Path, tune_config: TuneConfig, resume: bool) -> StudyOutcome:
-    """One Tune run of a stage into ``storage / <its folder name>``; raises if it was interrupted."""
+def _run_stage(
+    plan: StudyPlan, stage: str, channel: Any, storage: Path, tune_config: TuneConfig, resume: bool, tune_table: bool,
+    study: StudyLayout,
+) -> StudyOutcome:
+    """One Tune run of a stage into ``storage / <its folder name>``; raises if it was interrupted.
+    Its progress goes to ``study``'s progress file under the name ``stage``."""
     layout = StudyLayout(plan.study_dir)
     trainable = tune.with_resources(tune.with_parameters(StudyTrial, plan=plan, channel=channel), TRIAL_DRIVER_RESOURCES)
     if resume:
@@ -102,7 +130,7 @@ def _run_stage(plan: StudyPlan, channel: Any, storage: Path, tune_config: TuneCo
         # often than max_failures) is what resume is for; a config that always fails fails fast again.
         tuner = Tuner.restore(str(layout.root), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        tuner = Tuner(trainable, tune_config=tune_config, run_config=_run_config(plan, storage, layout.root.name))
+        tuner = Tuner(trainable, tune_config=tune_config, run_config=_run_config(plan, storage, layout.root.name, ProgressTracker(plan, study, stage), tune_table))
     tuner.fit()
     states = pd.read_parquet(layout.trials)["state"] if layout.trials.exists() else pd.Series(dtype=str)
     outcome = StudyOutcome(
@@ -126,7 +154,7 @@ def _processes(spec: StudySpec) -> int:
 
 def _tune_config(plan: StudyPlan) -> TuneConfig:
     search = plan.spec.search
-    searcher = CellSearcher({cell.id: cell.levels for cell in plan.cells}, search, len(plan.repetitions))
+    searcher = CellSearcher({cell.id: cell.levels for cell in plan.cells}, search, len(plan.repetitions), StudyLayout(plan.study_dir).optuna)
     return TuneConfig(
         search_alg=searcher,
         scheduler=make_scheduler(plan),
@@ -136,24 +164,29 @@ def _tune_config(plan: StudyPlan) -> TuneConfig:
     )
 
 
-def _run_config(plan: StudyPlan, storage: Path, name: str) -> RunConfig:
-    reporter = CLIReporter(
-        parameter_columns=[CELL_KEY, *plan.factor_names, *plan.param_names],
-        metric_columns={DONE_KEY: "reps", "epoch": "epoch", **{cv_key(m): m for m in plan.metric_names}},
-        max_report_frequency=30,
-    )
+def _run_config(plan: StudyPlan, storage: Path, name: str, progress: ProgressTracker, tune_table: bool) -> RunConfig:
     watchdog = plan.spec.watchdog
+    callbacks = [ResultsWriter(plan), WorkerGroupReaper(plan), StallWatchdog(plan, watchdog.stall_after_s, watchdog.check_every_s), progress]
     return RunConfig(
         storage_path=str(storage),
         name=name,
-        callbacks=[ResultsWriter(plan), WorkerGroupReaper(plan), StallWatchdog(plan, watchdog.stall_after_s, watchdog.check_every_s)],
+        callbacks=callbacks,
         failure_config=FailureConfig(max_failures=plan.spec.max_failures),
         # A trial's state is its run folders (Ray Train checkpoints, finished.json); a restarted
         # trial resumes from them, so Tune keeps no checkpoints of its own (sweeps/trial.py).
         checkpoint_config=CheckpointConfig(checkpoint_at_end=False),
         stop=StorageGuard(storage, StudyLayout(plan.study_dir), plan.spec.min_free_mb),
-        progress_reporter=reporter,
-        verbose=1,
+        progress_reporter=_tune_table(plan) if tune_table else None,
+        verbose=1 if tune_table else 0,
+    )
+
+
+def _tune_table(plan: StudyPlan) -> CLIReporter:
+    """Ray Tune's status table with the study's factor and metric columns (``--tune-table``)."""
+    return CLIReporter(
+        parameter_columns=[CELL_KEY, *plan.factor_names, *plan.param_names],
+        metric_columns={DONE_KEY: "reps", "epoch": "epoch", **{cv_key(m): m for m in plan.metric_names}},
+        max_report_frequency=30,
     )
 
 

@@ -109,9 +109,12 @@ class StudyTrial(tune.Trainable):
         # Repetitions run in order, so those finished before a restart come first and the next may start at once.
         ray.get(channel.open.remote(self.trial_id, len(finished) - 1))
         # Same storage and name on a restart: Ray Train resumes from the trial's last checkpoint.
+        # Workers log warnings only: a study's progress is the driver's display, and every epoch's
+        # metrics are in results.parquet and TensorBoard.
         trainer = build_trainer(
             runs, plan.trial_dir(self.trial_id), "train", plan.spec.max_failures,
             callbacks=[ReportForwarder(plan, finished, channel, self.trial_id)], gate=VerdictGate(channel, self.trial_id),
+            log_level="WARNING",
         )
         self.fit = _Background(trainer.fit)
 

@@ -235,7 +235,7 @@ def load_slide_encoder(
         raise InputError(f"give a slide encoder checkpoint path or a hub id, not both ({checkpoint!r}, {hub_id!r})")
     encoder = SlideEncoder(config)
     if checkpoint is None and hub_id is None:
-        logger.warning("no slide encoder checkpoint configured: using randomly initialised weights")
+        logger.info("no slide encoder checkpoint configured: using randomly initialised weights")
         return encoder.freeze()
     path = Path(checkpoint) if checkpoint is not None else _download(hub_id, filename)
     if not path.is_file():

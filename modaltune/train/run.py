@@ -41,6 +41,13 @@ class TrainingOutcome:
     checkpoint: str | None
 
 
+# Said once by the driver (a study's plan, `modaltune train`), not by every worker of every run.
+RANDOM_ENCODER_WARNING = (
+    "no slide encoder checkpoint configured (model.encoder_checkpoint / encoder_hub_id): the frozen SLFM is randomly "
+    "initialised; fine for tests and demos, not for results"
+)
+
+
 def check_config_against_cohort(config: TrainConfig, cohort: Cohort) -> None:
     """The parts of a config that only make sense for a given cohort."""
     if not cohort.labelled:
@@ -81,7 +88,7 @@ def ensure_label_bank(cohort: Cohort, config: TrainConfig, path: Path) -> Path:
 
 def build_trainer(
     runs: Sequence[tuple[TrainConfig, dict[str, Any]]], storage_path: Path, name: str, max_failures: int = 0,
-    callbacks: list[Any] | None = None, gate: RunGate | None = None,
+    callbacks: list[Any] | None = None, gate: RunGate | None = None, log_level: str = "INFO",
 ) -> TorchTrainer:
     """A ``TorchTrainer`` whose worker group trains ``runs`` (config, paths) one after another.
 
@@ -89,6 +96,7 @@ def build_trainer(
     recorded with each worker); a single run is a list of one. All runs share one worker
     group, so they must ask for the same resources. ``callbacks`` are Ray Train callbacks, e.g.
     a sweep trial's forwarding of each epoch to Tune; ``gate`` is asked before each run.
+    ``log_level`` is the workers' own (modaltune) log level: INFO shows every epoch's line.
     """
     scaling = runs[0][0].scaling
     if any(config.scaling != scaling for config, _ in runs):
@@ -96,7 +104,7 @@ def build_trainer(
     resources = {"CPU": scaling.cpus_per_worker} | ({"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {})
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"runs": [{"train": config.model_dump(), "paths": paths} for config, paths in runs], "gate": gate},
+        train_loop_config={"runs": [{"train": config.model_dump(), "paths": paths} for config, paths in runs], "gate": gate, "log_level": log_level},
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
         run_config=RunConfig(
@@ -130,6 +138,8 @@ def run_training(
         raise CohortInvalidError(report)
     cohort = Cohort(cohort_dir)
     check_config_against_cohort(config, cohort)
+    if config.model.encoder_checkpoint is None and config.model.encoder_hub_id is None:
+        logger.warning("%s", RANDOM_ENCODER_WARNING)
     output.mkdir(parents=True, exist_ok=True)
     write_text_atomic(output / "train_config.yaml", yaml.safe_dump(config.model_dump(), sort_keys=False))
     bank = ensure_label_bank(cohort, config, output / "label_bank.npz")

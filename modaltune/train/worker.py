@@ -46,7 +46,7 @@ FINISHED_FILE = "finished.json"  # in a run's output folder: the run is done, wi
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Entry point handed to ``TorchTrainer``; ``loop_config = {"runs": [{"train": ..., "paths": ...}, ...], "gate": RunGate | None}``.
+    """Entry point handed to ``TorchTrainer``; ``loop_config = {"runs": [{"train": ..., "paths": ...}, ...], "gate": RunGate | None, "log_level": str}``.
 
     A sweep trial hands all its repetitions to one worker group, one after another: Ray Train's
     launch (actors, imports, process group) is paid once per trial instead of once per
@@ -58,7 +58,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
     # Ray Train logs every report at INFO from a logger named after its file; keep our epoch lines only.
     logging.getLogger().setLevel(logging.WARNING)
-    logging.getLogger("modaltune").setLevel(logging.INFO)
+    logging.getLogger("modaltune").setLevel(loop_config.get("log_level", "INFO"))
     latest = ray.train.get_checkpoint()
     latest_run = None
     if latest is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 import shutil
 import signal
 import subprocess
@@ -18,6 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
@@ -25,7 +27,6 @@ from modaltune.cli import main as cli_main
 from modaltune.data import Cohort
 from modaltune.data.labels import default_labels, save_labels
 from modaltune.predict import ExportedModel, predict_member
-from sweeps.searcher import CellSearcher
 from tests.browser import loaded_images, screenshot
 from tests.feature_files import tcga_shaped
 from tests.studyproc import finish_study, markers, start_study, write_spec
@@ -213,6 +214,8 @@ def test_interrupted_study_resumes_without_rerunning(tmp_path: Path) -> None:
     code, output = finish_study(first, timeout=180)
     assert code == 130, output[-4000:]
     assert "--resume" in output
+    status = subprocess.run([sys.executable, "-m", "modaltune.cli", "status", str(study)], capture_output=True, text=True)
+    assert status.returncode == 4 and "study race: interrupted" in status.stdout, status.stdout + status.stderr
     before = markers(study)
     interrupted = pd.read_parquet(study / "trials.parquet")
     assert (interrupted["state"] != "finished").any()
@@ -229,16 +232,22 @@ def test_interrupted_study_resumes_without_rerunning(tmp_path: Path) -> None:
     assert not results.duplicated(["trial_id", "fold", "seed", "epoch"]).any()
     assert set(results["trial_id"]) == set(trials["trial_id"])
 
-    searcher = CellSearcher.__new__(CellSearcher)
-    searcher.restore(str(max(study.glob("searcher-state-*.pkl"))))
-    optuna_trials = searcher.studies()["c000"].trials
-    assert len(optuna_trials) == 4
+    # The resumed driver continued the same Optuna study, which Optuna's own API opens from the folder.
+    storage = JournalStorage(JournalFileBackend(str(study / "optuna.journal")))
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["c000: modalities=wsi"]
+    optuna_trials = optuna.load_study(study_name="c000: modalities=wsi", storage=storage).trials
+    assert len(optuna_trials) == 4 and [t.number for t in optuna_trials] == [0, 1, 2, 3]
+    assert {t.user_attrs["tune_trial_id"] for t in optuna_trials} == set(trials["trial_id"])
     states = {t.state for t in optuna_trials}
     assert states <= {TrialState.COMPLETE, TrialState.PRUNED}
     stopped = set(trials.loc[trials["state"] == "stopped_early", "trial_id"])
     assert sum(t.state == TrialState.PRUNED for t in optuna_trials) == len(stopped)
     assert all(t.intermediate_values for t in optuna_trials)
-    assert pickle.dumps(searcher)  # the state Tune saves is whole
+
+    # Its progress record says finished, and `modaltune status` exits 0 with the counts.
+    status = subprocess.run([sys.executable, "-m", "modaltune.cli", "status", str(study)], capture_output=True, text=True)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "study race: finished" in status.stdout and "trials 4/4 done" in status.stdout
 
     # Finished, it was analysed: the selected model is scored on the held-out fold it never saw.
     selection = json.loads((study / "best" / "selection.json").read_text())

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from modaltune.errors import InputError, describe_validation_error, read_yaml_mapping
+from sweeps.trackers import TRACKERS
 
 FACTORS = ("adapter_depth", "llm", "modalities", "loss_weights", "slide_encoder", "cohorts")
 METRICS = {"c_index": "max", "balanced_accuracy": "max", "macro_auc": "max", "loss": "min"}
@@ -169,6 +170,24 @@ class ConfirmSpec(_Strict):
     folds: int | list[int] | None = None  # default: the search's folds
 
 
+class TrackerSpec(_Strict):
+    """An experiment tracker (sweeps/trackers.py): ``mlflow`` (``tracking_uri``, ``experiment``;
+    default a local store in the study folder) or ``wandb`` (``project``, ``mode``: offline by default)."""
+
+    name: str
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    project: str | None = None
+    mode: Literal["offline", "online"] = "offline"
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in TRACKERS:
+            raise ValueError(f"unknown tracker {name!r}; choose from {sorted(TRACKERS)}")
+        return name
+
+
 class StudySpec(_Strict):
     name: str
     cohort: Path
@@ -191,6 +210,12 @@ class StudySpec(_Strict):
     storage: str | None = None
     min_free_mb: float = Field(default=100.0, ge=0)  # the study stops (resumable) below this much free storage
     confirm: ConfirmSpec | None = None
+    trackers: list[TrackerSpec] = Field(default_factory=list)
+
+    @field_validator("trackers", mode="before")
+    @classmethod
+    def _tracker_shorthand(cls, value: Any) -> Any:
+        return [{"name": entry} if isinstance(entry, str) else entry for entry in value] if isinstance(value, list) else value
 
     @field_validator("design", mode="before")
     @classmethod

@@ -35,6 +35,7 @@ from sweeps.schedulers import make_scheduler
 from sweeps.searcher import CELL_KEY, DONE_KEY, CellSearcher, cv_key
 from sweeps.spec import StudyLayout, StudySpec
 from sweeps.storage import StorageError, StorageGuard, check_storage
+from sweeps.trackers import study_trackers
 from sweeps.trial import StudyTrial
 from sweeps.watchdog import StallWatchdog
 
@@ -72,6 +73,8 @@ def run_study(
     plan = build_plan(spec, layout.root)
     confirmation = build_plan(spec.confirmation(), layout.confirmation) if spec.confirm is not None else None
     check_storage(storage, spec.min_free_mb)
+    for tracker in study_trackers(spec, layout.root):
+        tracker.check()
 
     for stage in filter(None, (plan, confirmation)):
         StudyLayout(stage.study_dir).root.mkdir(parents=True, exist_ok=True)
@@ -130,7 +133,7 @@ def _run_stage(
         # often than max_failures) is what resume is for; a config that always fails fails fast again.
         tuner = Tuner.restore(str(layout.root), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        tuner = Tuner(trainable, tune_config=tune_config, run_config=_run_config(plan, storage, layout.root.name, ProgressTracker(plan, study, stage), tune_table))
+        tuner = Tuner(trainable, tune_config=tune_config, run_config=_run_config(plan, storage, layout.root.name, study, stage, tune_table))
     tuner.fit()
     states = pd.read_parquet(layout.trials)["state"] if layout.trials.exists() else pd.Series(dtype=str)
     outcome = StudyOutcome(
@@ -164,9 +167,12 @@ def _tune_config(plan: StudyPlan) -> TuneConfig:
     )
 
 
-def _run_config(plan: StudyPlan, storage: Path, name: str, progress: ProgressTracker, tune_table: bool) -> RunConfig:
+def _run_config(plan: StudyPlan, storage: Path, name: str, study: StudyLayout, stage: str, tune_table: bool) -> RunConfig:
     watchdog = plan.spec.watchdog
-    callbacks = [ResultsWriter(plan), WorkerGroupReaper(plan), StallWatchdog(plan, watchdog.stall_after_s, watchdog.check_every_s), progress]
+    callbacks = [
+        ResultsWriter(plan), WorkerGroupReaper(plan), StallWatchdog(plan, watchdog.stall_after_s, watchdog.check_every_s),
+        ProgressTracker(plan, study, stage), *(tracker.callback(stage) for tracker in study_trackers(plan.spec, study.root)),
+    ]
     return RunConfig(
         storage_path=str(storage),
         name=name,

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,6 +52,10 @@ def _wait_for(condition: Any, process: subprocess.Popen, what: str, timeout: flo
 def _epochs_done(study: Path) -> int:
     files = list((study / "trials").glob("*/fold0_seed0/metrics.parquet"))
     return len(pd.read_parquet(files[0])) if files else 0
+
+
+def _status(study: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "modaltune.cli", "status", str(study)], capture_output=True, text=True, timeout=60)
 
 
 def _final(study: Path) -> pd.DataFrame:
@@ -111,14 +116,20 @@ def test_killed_driver_resumes_with_nothing_lost_or_repeated(cohort: Path, tmp_p
     study = storage / "killed"
     process = start_study(spec, storage)
     _wait_for(lambda: len(markers(study)) >= 3, process, "three finished repetitions", timeout=400)
+    running = _status(study)  # read from the folder alone, as from another terminal
+    assert running.returncode == 3 and "study killed: running" in running.stdout, running.stdout + running.stderr
+    assert "repetitions " in running.stdout and "c000" in running.stdout
     time.sleep(1.0)  # into the next repetition: some epochs on disk, no marker yet
     os.kill(process.pid, signal.SIGKILL)  # the driver alone, no chance to save anything
     process.wait()
     kill_group(process)  # then its embedded Ray, which this test started
     before = markers(study)
+    gone = _status(study)  # the record still says running; its writer is gone
+    assert gone.returncode == 4 and "study killed: interrupted" in gone.stdout and "--resume" in gone.stdout, gone.stdout
 
     code, output = _run(spec, storage, "--resume", timeout=600)
     assert code == 0, output[-3000:]
+    assert _status(study).returncode == 0
     assert all(markers(study)[name] == stamp for name, stamp in before.items()), "a finished repetition ran again"
     trials = pd.read_parquet(study / "trials.parquet")
     assert len(trials) == 3 and set(trials["state"]) == {"finished"}

@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 5 * HEARTBEAT_S
 WRITE_EVERY_S = 5.0
+MIN_BAR_WIDTH = 60  # narrower (or a pty of zero columns) gets the log lines: a bar would wrap
 # `modaltune status` exits with the study's state, so scripts can wait on it; 2 is bad input.
 EXIT_CODES = {"finished": 0, "failed": 1, "running": 3, "interrupted": 4}
 STATES = tuple(EXIT_CODES)
@@ -254,7 +255,7 @@ class ProgressTracker(Callback):
 
     def setup(self, **info: Any) -> None:
         # Decided here, not at construction: a resumed study restores this callback from its first run.
-        self.use_bar = sys.stderr.isatty() if self.bar is None else self.bar
+        self.use_bar = _terminal_width() >= MIN_BAR_WIDTH if self.bar is None else self.bar
         self._started = time.time()
         self._seen_done, self._repetitions_this_run = {}, 0
         self._progress = study_running(self.layout, self.plan.spec.name)
@@ -300,17 +301,23 @@ class ProgressTracker(Callback):
         self._show(stage, now, ended)
 
     def _show(self, stage: StageProgress, now: float, ended: bool) -> None:
-        line = f"{self.stage}: {summary_line(stage, now)}"
         if self.use_bar:
             from tqdm import tqdm
 
             if self._bar is None:
-                self._bar = tqdm(total=stage.total("repetitions_total"), unit="rep", desc=f"{self.plan.spec.name} {self.stage}", dynamic_ncols=True)
+                self._bar = tqdm(
+                    total=stage.total("repetitions_total"), desc=f"{self.plan.spec.name} {self.stage}", dynamic_ncols=True,
+                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} repetitions [{elapsed}{postfix}]",
+                )
             self._bar.total = stage.total("repetitions_total")
             self._bar.n = stage.total("repetitions_done")
-            self._bar.set_postfix_str(line.split("; ", 1)[1], refresh=True)
+            left = "" if ended else f", left ~{_duration(stage.seconds_left(now))}"
+            self._bar.set_postfix_str(
+                f"trials {stage.total('trials_done')}/{stage.total('trials_total')} ({stage.total('stopped_early')} stopped, "
+                f"{stage.total('failed')} failed), {stage.total('running')} running{left}", refresh=True,
+            )
         elif ended or now - self._last_log >= self.log_every_s:
-            logger.info("%s", line)
+            logger.info("%s: %s", self.stage, summary_line(stage, now))
             self._last_log = now
 
 
@@ -324,6 +331,14 @@ def read_progress(study_dir: Path) -> StudyProgress:
         return StudyProgress.read(layout.progress)
     except (ValueError, TypeError, KeyError) as exc:
         raise InputError(f"{layout.progress}: unreadable progress record ({exc})") from exc
+
+
+def _terminal_width() -> int:
+    """Columns of the terminal on stderr; 0 when there is none (a log file, ``ray submit``)."""
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns if sys.stderr.isatty() else 0
+    except (OSError, ValueError):
+        return 0
 
 
 def study_running(layout: StudyLayout, name: str) -> StudyProgress:

@@ -241,6 +241,9 @@ def _ablation_sections(
         if f"val_{name}" in scores.columns:
             comparisons = compare_to_reference(spec, scores, name, design)
             builder.text(f"\n### {name}\n")
+            if comparisons.empty:  # every factor has one level: a study of one cell
+                builder.text("No factor has a second level: nothing to compare.\n")
+                continue
             builder.table(comparisons)
             if comparisons["difference"].notna().any():
                 builder.figure(lambda p, c=comparisons, n=name: plots.forest_plot(c, n, p), f"{stage.prefix}forest_{name}.png", f"paired differences: {name}")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from sweeps.result_parts import results_table
 from sweeps.spec import StudyLayout, StudySpec
 
 
@@ -20,7 +21,7 @@ def load_study(study_dir: str | Path) -> tuple[StudySpec, pd.DataFrame, pd.DataF
     """The study's spec (as run), epoch results and trial table."""
     layout = StudyLayout(study_dir)
     spec = StudySpec.model_validate(yaml.safe_load(layout.spec.read_text(encoding="utf-8")))
-    results = pd.read_parquet(layout.results) if layout.results.exists() else pd.DataFrame()
+    results = results_table(layout.results).read()  # results.parquet and any parts written since
     trials = pd.read_parquet(layout.trials) if layout.trials.exists() else pd.DataFrame()
     return spec, results, trials
 
@@ -28,9 +29,10 @@ def load_study(study_dir: str | Path) -> tuple[StudySpec, pd.DataFrame, pd.DataF
 def load_confirmation(study_dir: str | Path) -> tuple[StudySpec, pd.DataFrame, pd.DataFrame] | None:
     """The confirm stage's spec, results and trials (sweeps/confirm.py); None until it has results."""
     folder = StudyLayout(study_dir).confirmation
-    if not StudyLayout(folder).results.exists() or not StudyLayout(folder).trials.exists():
+    if not StudyLayout(folder).trials.exists():
         return None
-    return load_study(folder)
+    loaded = load_study(folder)
+    return loaded if len(loaded[1]) else None
 
 
 def final_epochs(results: pd.DataFrame) -> pd.DataFrame:

@@ -83,6 +83,14 @@ class StageProgress:
     def pending(self) -> int:
         return self.total("trials_total") - self.total("trials_done") - self.total("running")
 
+    def leader(self) -> str | None:
+        """The cell whose best finished trial scores best so far (None before any finishes)."""
+        scored = [c for c, cell in self.cells.items() if cell.best is not None]
+        if not scored:
+            return None
+        best = max if self.mode == "max" else min
+        return best(scored, key=lambda c: self.cells[c].best)
+
     def seconds_left(self, now: float) -> float | None:
         """Remaining repetitions at the pace this driver has measured (None before the first one ends)."""
         remaining = self.total("repetitions_total") - self.total("repetitions_done")
@@ -199,11 +207,26 @@ def summary_line(stage: StageProgress, now: float) -> str:
     reps_done, reps_total = stage.total("repetitions_done"), stage.total("repetitions_total")
     percent = 100.0 * reps_done / reps_total if reps_total else 100.0
     left = "" if stage.ended else f", left ~{_duration(stage.seconds_left(now))}"
+    leader = stage.leader()
+    leading = f"; leading {leader} {stage.cells[leader].best:.3f} {stage.metric}" if leader else ""
     return (
         f"repetitions {reps_done}/{reps_total} ({percent:.0f}%); trials {stage.total('trials_done')}/{stage.total('trials_total')} "
         f"done ({stage.total('stopped_early')} stopped early, {stage.total('failed')} failed), {stage.total('running')} running, "
-        f"{stage.pending} pending; elapsed {_duration(now - stage.started_at)}{left}"
+        f"{stage.pending} pending; elapsed {_duration(now - stage.started_at)}{left}{leading}"
     )
+
+
+def stage_table(stage: StageProgress) -> list[str]:
+    """Per cell: levels, trials done / budget, running, failed, repetitions, best finished trial."""
+    lines = [f"  {'cell':<6} {'levels':<34} {'trials':>7} {'running':>7} {'failed':>6} {'reps':>9}  best {stage.metric} ({stage.mode})"]
+    for cell_id, cell in stage.cells.items():
+        levels = ", ".join(f"{k}={v}" for k, v in cell.levels.items()) or "-"
+        best = f"{cell.best:.3f} ({cell.best_trial})" if cell.best is not None else "-"
+        lines.append(
+            f"  {cell_id:<6} {levels[:34]:<34} {cell.trials_done:>3}/{cell.trials_total:<3} {cell.running:>7} {cell.failed:>6} "
+            f"{cell.repetitions_done:>4}/{cell.repetitions_total:<4}  {best}"
+        )
+    return lines
 
 
 def render(progress: StudyProgress, now: float | None = None) -> list[str]:
@@ -218,16 +241,7 @@ def render(progress: StudyProgress, now: float | None = None) -> list[str]:
         f"  written by pid {progress.pid} on {progress.host}, {_duration(now - progress.updated_at)} ago; started {time.strftime('%Y-%m-%d %H:%M', time.localtime(progress.started_at))}",
     ]
     for name, stage in progress.stages.items():
-        lines += ["", f"{name}: {summary_line(stage, progress.updated_at)}"]
-        header = f"  {'cell':<6} {'levels':<34} {'trials':>7} {'running':>7} {'failed':>6} {'reps':>9}  best {stage.metric} ({stage.mode})"
-        lines.append(header)
-        for cell_id, cell in stage.cells.items():
-            levels = ", ".join(f"{k}={v}" for k, v in cell.levels.items()) or "-"
-            best = f"{cell.best:.3f} ({cell.best_trial})" if cell.best is not None else "-"
-            lines.append(
-                f"  {cell_id:<6} {levels[:34]:<34} {cell.trials_done:>3}/{cell.trials_total:<3} {cell.running:>7} {cell.failed:>6} "
-                f"{cell.repetitions_done:>4}/{cell.repetitions_total:<4}  {best}"
-            )
+        lines += ["", f"{name}: {summary_line(stage, progress.updated_at)}", *stage_table(stage)]
     return lines
 
 
@@ -283,14 +297,15 @@ class ProgressTracker(Callback):
             self._update(trials, now)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self._update(trials, time.time(), ended=True)
+        stage = self._update(trials, time.time(), ended=True)
         if self._bar is not None:
             self._bar.close()
+        logger.info("%s by cell:\n%s", self.stage, "\n".join(stage_table(stage)))
 
-    def _update(self, trials: list, now: float, ended: bool = False) -> None:
+    def _update(self, trials: list, now: float, ended: bool = False) -> StageProgress:
         stage = stage_progress(self.plan, trials, self._started, self._repetitions_this_run)
         stage.ended = ended
-        progress = self._progress or study_running(self.layout, self.plan.spec.name)
+        progress = self._progress = self._progress or study_running(self.layout, self.plan.spec.name)
         progress.stages[self.stage] = stage
         progress.updated_at = now
         try:
@@ -299,6 +314,7 @@ class ProgressTracker(Callback):
             logger.warning("could not write %s: %s", self.layout.progress, exc)
         self._last_write, self._changed = now, False
         self._show(stage, now, ended)
+        return stage
 
     def _show(self, stage: StageProgress, now: float, ended: bool) -> None:
         if self.use_bar:

@@ -2,10 +2,13 @@
 
 ``results.parquet``: one row per trial x repetition (fold, seed) x epoch, with the cell's
 factor levels, the tuned hyperparameters, every metric, timing and resources. Rows travel to the
-driver through Tune's own result channel, so this works unchanged on a multi-node cluster. The
-file is rewritten atomically (temp file + rename), at most every ``flush_every_s`` seconds and
-at every trial end, so readers always see a whole table; rows are keyed, so a resumed study
-that re-reports an epoch replaces the row instead of duplicating it.
+driver through Tune's own result channel, so this works unchanged on a multi-node cluster.
+While a stage runs, each flush (at most every ``flush_every_s`` seconds, and at every trial
+end) appends only the rows that arrived since the last one, as a part file under ``results/``
+(sweeps/result_parts.py: the cost of a flush does not grow with the study); when the stage's
+Tune run ends the parts are compacted into ``results.parquet``. Rows are keyed, so a resumed
+study that re-reports an epoch replaces the row instead of duplicating it;
+``results_table(path).read()`` reads both at any moment.
 
 ``trials.parquet``: one row per trial: cell, levels, hyperparameters, status (finished,
 stopped early, error with its message) and its final cross-validated scores.
@@ -26,13 +29,13 @@ from ray.tune import Callback
 
 from modaltune.atomic import write_parquet_atomic
 from sweeps.plan import StudyPlan
+from sweeps.result_parts import RESULT_KEY, results_table
 from sweeps.searcher import CELL_KEY, DONE_KEY, KIND_KEY, cv_key
 from sweeps.spec import StudyLayout
 from sweeps.trial import TRIAL_FILE
 
 logger = logging.getLogger(__name__)
 
-ROW_KEY = ("trial_id", "fold", "seed", "epoch")
 COMPLETED_STATES = ("finished", "stopped_early")
 UNFINISHED_STATES = ("interrupted", "running", "pending", "paused")
 # Tune's and the worker group's bookkeeping that says nothing about the model ("run" is the
@@ -47,7 +50,8 @@ class ResultsWriter(Callback):
     def __init__(self, plan: StudyPlan, flush_every_s: float = 5.0) -> None:
         self.plan = plan
         self.flush_every_s = flush_every_s
-        self._rows: dict[tuple, dict[str, Any]] = {}
+        self._pending: dict[tuple, dict[str, Any]] = {}  # arrived since the last flush
+        self._known: set[tuple] = set()  # keys of every row written or pending
         self._completed: set[str] = set()  # trials Tune completed (finished or stopped by the scheduler)
         self._last_flush = 0.0
 
@@ -58,11 +62,14 @@ class ResultsWriter(Callback):
     def setup(self, **info: Any) -> None:
         """On a resumed study, start from the rows already on disk, and add any the driver had
         not written when it died: every run folder keeps its own per-epoch metrics."""
-        if self.results_path.exists():
-            for row in pd.read_parquet(self.results_path).to_dict("records"):
-                self._rows[tuple(row[k] for k in ROW_KEY)] = row
+        written = results_table(self.results_path).read()
+        if len(written):
+            self._known = set(written[list(RESULT_KEY)].itertuples(index=False, name=None))
         for row in self.recover_rows():
-            self._rows.setdefault(tuple(row[k] for k in ROW_KEY), row)
+            key = tuple(row[k] for k in RESULT_KEY)
+            if key not in self._known:
+                self._pending[key] = row
+                self._known.add(key)
         trials_path = StudyLayout(self.plan.study_dir).trials
         if trials_path.exists():
             previous = pd.read_parquet(trials_path)
@@ -72,7 +79,9 @@ class ResultsWriter(Callback):
         if result.get(KIND_KEY) != "epoch":
             return
         row = self.epoch_row(trial.trial_id, trial.config, result)
-        self._rows[tuple(row[k] for k in ROW_KEY)] = row
+        key = tuple(row[k] for k in RESULT_KEY)
+        self._pending[key] = row
+        self._known.add(key)
         if time.monotonic() - self._last_flush >= self.flush_every_s:
             self.flush()
 
@@ -85,6 +94,10 @@ class ResultsWriter(Callback):
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.flush(trials)
+        try:
+            results_table(self.results_path).compact()  # once per stage run: one file for readers
+        except OSError as exc:  # a full disk: the parts stay, and read the same
+            logger.warning("results not compacted into %s (%s); its parts under %s hold every row", self.results_path, exc, self.results_path.with_suffix(""))
 
     def recover_rows(self) -> list[dict[str, Any]]:
         """Epoch rows rebuilt from ``trials/TRIAL/trial.json`` and each run's ``metrics.parquet``
@@ -112,9 +125,8 @@ class ResultsWriter(Callback):
         return row
 
     def flush(self, trials: list | None = None) -> None:
-        if self._rows:
-            frame = pd.DataFrame(list(self._rows.values())).sort_values(list(ROW_KEY), kind="stable")
-            write_parquet_atomic(self.results_path, pa.Table.from_pandas(frame, preserve_index=False))
+        results_table(self.results_path).append(list(self._pending.values()))
+        self._pending.clear()
         if trials is not None:
             table = trial_table(self.plan, trials, self._completed)
             write_parquet_atomic(StudyLayout(self.plan.study_dir).trials, pa.Table.from_pandas(table, preserve_index=False))

@@ -1,0 +1,55 @@
+"""The append-only results table: a flush writes only new rows, tiers merge, reads deduplicate by key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.dataset as ds
+
+from sweeps.result_parts import PartitionedTable
+
+
+def _rows(trial: str, epochs: range, value: float) -> list[dict]:
+    return [{"trial_id": trial, "fold": 0, "seed": 0, "epoch": e, "val_c_index": value} for e in epochs]
+
+
+def test_appends_merge_in_tiers_and_read_keeps_the_latest_version(tmp_path: Path) -> None:
+    table = PartitionedTable(tmp_path / "results", tmp_path / "results.parquet", ["trial_id", "fold", "seed", "epoch"], fan_in=3, top_level=2)
+    for flush in range(21):
+        table.append(_rows(f"t{flush}", range(3), 0.5))
+        parts = table.parts()
+        # Fewer than fan_in parts per merged level; one top-level part per fan_in ** 2 flushes.
+        assert all(sum(1 for p in parts if p[1] == level) < 3 for level in range(2))
+        assert sum(1 for p in parts if p[1] == 2) == (flush + 1) // 9
+    table.append(_rows("t3", range(2), 0.9))  # a resumed study re-reports t3's first two epochs
+    table.append([{"trial_id": "t0", "fold": 0, "seed": 0, "epoch": 9, "val_c_index": 0.1, "new_column": 1.0}])
+    frame = table.read()
+    assert len(frame) == 21 * 3 + 1 and not frame.duplicated(["trial_id", "fold", "seed", "epoch"]).any()
+    t3 = frame[frame["trial_id"] == "t3"].set_index("epoch")["val_c_index"]
+    assert list(t3) == [0.9, 0.9, 0.5]
+    assert frame["new_column"].notna().sum() == 1  # columns that appear later are kept
+
+    table.compact()
+    assert table.parts() == [] and not list((tmp_path / "results").glob("*.parquet"))
+    compacted = pd.read_parquet(tmp_path / "results.parquet")  # one file, as pandas / DuckDB / Polars read it
+    pd.testing.assert_frame_equal(compacted.reset_index(drop=True), frame.reset_index(drop=True))
+    assert ds.dataset(tmp_path / "results.parquet").count_rows() == len(frame)
+
+    # After compaction new rows go to new parts again and read on top of the compacted file.
+    table.append(_rows("t0", range(1), 0.7))
+    again = table.read()
+    assert len(again) == len(frame) and again.loc[(again["trial_id"] == "t0") & (again["epoch"] == 0), "val_c_index"].item() == 0.7
+
+
+def test_a_compaction_interrupted_before_its_deletes_reads_the_same(tmp_path: Path) -> None:
+    table = PartitionedTable(tmp_path / "results", tmp_path / "results.parquet", ["trial_id", "fold", "seed", "epoch"])
+    table.append(_rows("a", range(3), 0.5))
+    table.append(_rows("a", range(1), 0.8))
+    before = table.read()
+    kept = {p.name: p.read_bytes() for p in (tmp_path / "results").glob("*.parquet")}
+    table.compact()
+    for name, data in kept.items():  # as if the driver died after writing the compacted file
+        (tmp_path / "results" / name).write_bytes(data)
+    pd.testing.assert_frame_equal(table.read().reset_index(drop=True), before.reset_index(drop=True))
+    assert table.parts() == []  # the compacted file says which parts it already holds

@@ -1,4 +1,5 @@
-"""What a study cost: trials run, stopped early and failed, and CPU/GPU-hours per cell.
+"""What a study cost: trials run, stopped early and failed, and CPU/GPU-hours per cell; what
+the frozen-prefix cache saved.
 
 Hours are reserved resources x wall time (what a cluster bills): each trial's Tune wall time
 (``time_total_s``) times its Train workers' CPUs and GPUs (``num_workers x cpus_per_worker``).
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from modaltune.units import bytes_text, duration_text
 from sweeps.spec import StudySpec
 
 
@@ -34,3 +36,29 @@ def _per_trial(results: pd.DataFrame, trials: pd.DataFrame, column: str, default
     if column not in results.columns:
         return pd.Series(default, index=trials.index)
     return trials["trial_id"].map(results.groupby("trial_id")[column].first()).fillna(default)
+
+
+CACHE_COUNTS = ("prefix_cache_hits", "prefix_cache_misses", "prefix_cache_unstored", "prefix_cache_compute_s")
+
+
+def prefix_cache_line(results: pd.DataFrame) -> str:
+    """One sentence on the frozen-prefix cache: hits, computed, not kept, time saved, what it holds.
+
+    Each epoch row carries that epoch's counts summed over the run's ranks, so the sum over
+    the (deduplicated) rows is the study's; the time saved is the hits times the measured
+    mean time to compute one prefix. Empty when no run used the cache.
+    """
+    if "prefix_cache_hits" not in results.columns or results["prefix_cache_hits"].isna().all():
+        return ""
+    hits, misses, unstored, compute_s = (float(results[c].fillna(0).sum()) for c in CACHE_COUNTS)
+    if hits + misses == 0:
+        return "Frozen-prefix cache: no prefix was reusable, every case's tiles being sampled at random (`max_tiles` below its tile count)."
+    latest = results.dropna(subset=["prefix_cache_bytes"]).sort_values("epoch_started_at").iloc[-1]
+    saved_s = hits * compute_s / misses if misses else 0.0
+    passes = hits + misses
+    not_kept = f"; {unstored:,.0f} computed but not kept, the budget being full" if unstored else ""
+    return (
+        f"Frozen-prefix cache: {hits:,.0f} of {passes:,.0f} frozen-prefix passes read from the cache ({hits / passes:.0%}), "
+        f"{misses:,.0f} computed{not_kept}, saving about {duration_text(saved_s)} of frozen-layer compute; "
+        f"it holds {bytes_text(latest['prefix_cache_bytes'])} of its {bytes_text(latest['prefix_cache_budget_bytes'])} budget."
+    )

@@ -22,7 +22,7 @@ import pandas as pd
 from analysis import plots
 from analysis.ablation import ALPHA, TARGET_POWER, compare_to_reference, format_comparisons, level_table, one_sentence_verdict, reference_levels, repetition_scores, verdict
 from analysis.inference import FoldDesign
-from analysis.cost import cost_table
+from analysis.cost import cost_table, prefix_cache_line
 from analysis.hparams import write_hparams
 from analysis.predictions import RepetitionPredictions, trial_predictions
 from analysis.selection import OPTIMISM_NOTE, Selection, held_out_metrics, select_model
@@ -45,6 +45,7 @@ class Report:
     headline: str
     comparisons: str
     verdict: str  # the primary metric's comparisons in one sentence ("" without factors)
+    cache: str  # what the frozen-prefix cache saved and holds ("" when no run used it)
     spec: StudySpec
     selection: Selection | None
     test_metrics: pd.DataFrame | None  # the selected configuration's fold models on the held-out fold
@@ -59,6 +60,8 @@ class Report:
             parts.append(f"selected (1-SE rule on {self.selection.metric}): trial {self.selection.trial_id}, cell {row['cell']}, {self.selection.score_text}")
         if self.verdict:
             parts.append(self.verdict)
+        if self.cache:
+            parts.append(self.cache)
         parts.append(f"report: {self.html}")
         return "\n\n".join(parts)
 
@@ -110,9 +113,12 @@ def analyze_study(study_dir: str | Path, metric: str | None = None, n_boot: int 
     builder.text("\n## Cost\n")
     builder.text("Reserved resources x wall time per cell (what a cluster bills).\n")
     builder.table(cost_table(spec, results, trials))
+    cache = prefix_cache_line(results)
+    if cache:
+        builder.text(cache + "\n")
     hparams = write_hparams(study_dir, spec, results, trials)
     builder.text(f"\n## TensorBoard\n\nHParams view of every trial: `tensorboard --logdir {hparams.parent}`; per-epoch curves of every run: `tensorboard --logdir {StudyLayout(study_dir).runs}`.")
-    report = builder.write(spec, headline, comparisons, sentence, selection, test_metrics)
+    report = builder.write(spec, headline, comparisons, sentence, cache, selection, test_metrics)
     logger.info("report written to %s", report.html)
     return report
 
@@ -138,14 +144,15 @@ class _ReportBuilder:
         self.parts.append(f"![{caption}]({path.name})\n")
 
     def write(
-        self, spec: StudySpec, headline: str, comparisons: str, verdict: str, selection: Selection | None, test_metrics: pd.DataFrame | None
+        self, spec: StudySpec, headline: str, comparisons: str, verdict: str, cache: str, selection: Selection | None,
+        test_metrics: pd.DataFrame | None,
     ) -> Report:
         body = "\n".join(self.parts) + "\n"
         md_path = self.directory / "report.md"
         write_text_atomic(md_path, body)
         html_path = self.directory / "report.html"
         write_text_atomic(html_path, _html(spec.name, body, self.directory))
-        return Report(self.directory, md_path, html_path, headline, comparisons, verdict, spec, selection, test_metrics)
+        return Report(self.directory, md_path, html_path, headline, comparisons, verdict, cache, spec, selection, test_metrics)
 
 
 def _html(title: str, body: str, directory: Path) -> str:

@@ -31,6 +31,7 @@ from ray.tune.experiment import Trial
 
 from modaltune.atomic import write_json_atomic
 from modaltune.errors import InputError
+from modaltune.units import duration_text
 from sweeps.plan import StudyPlan
 from sweeps.searcher import CELL_KEY, DONE_KEY, KIND_KEY, cv_key
 from sweeps.spec import StudyLayout
@@ -188,31 +189,17 @@ def _better(score: float, best: float | None, mode: str) -> bool:
     return best is None or (score > best if mode == "max" else score < best)
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(round(seconds))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d{hours:02d}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
 def summary_line(stage: StageProgress, now: float) -> str:
     """One line: what a person needs at a glance, used for the bar's text and periodic log lines."""
     reps_done, reps_total = stage.total("repetitions_done"), stage.total("repetitions_total")
     percent = 100.0 * reps_done / reps_total if reps_total else 100.0
-    left = "" if stage.ended else f", left ~{_duration(stage.seconds_left(now))}"
+    left = "" if stage.ended else f", left ~{duration_text(stage.seconds_left(now))}"
     leader = stage.leader()
     leading = f"; leading {leader} {stage.cells[leader].best:.3f} {stage.metric}" if leader else ""
     return (
         f"repetitions {reps_done}/{reps_total} ({percent:.0f}%); trials {stage.total('trials_done')}/{stage.total('trials_total')} "
         f"done ({stage.total('stopped_early')} stopped early, {stage.total('failed')} failed), {stage.total('running')} running, "
-        f"{stage.pending} pending; elapsed {_duration(now - stage.started_at)}{left}{leading}"
+        f"{stage.pending} pending; elapsed {duration_text(now - stage.started_at)}{left}{leading}"
     )
 
 
@@ -238,7 +225,7 @@ def render(progress: StudyProgress, now: float | None = None) -> list[str]:
         said = f" (the driver, pid {progress.pid} on {progress.host}, stopped without saying so; continue with --resume)"
     lines = [
         f"study {progress.study}: {state}{said}",
-        f"  written by pid {progress.pid} on {progress.host}, {_duration(now - progress.updated_at)} ago; started {time.strftime('%Y-%m-%d %H:%M', time.localtime(progress.started_at))}",
+        f"  written by pid {progress.pid} on {progress.host}, {duration_text(now - progress.updated_at)} ago; started {time.strftime('%Y-%m-%d %H:%M', time.localtime(progress.started_at))}",
     ]
     for name, stage in progress.stages.items():
         lines += ["", f"{name}: {summary_line(stage, progress.updated_at)}", *stage_table(stage)]
@@ -327,7 +314,7 @@ class ProgressTracker(Callback):
                 )
             self._bar.total = stage.total("repetitions_total")
             self._bar.n = stage.total("repetitions_done")
-            left = "" if ended else f", left ~{_duration(stage.seconds_left(now))}"
+            left = "" if ended else f", left ~{duration_text(stage.seconds_left(now))}"
             self._bar.set_postfix_str(
                 f"trials {stage.total('trials_done')}/{stage.total('trials_total')} ({stage.total('stopped_early')} stopped, "
                 f"{stage.total('failed')} failed), {stage.total('running')} running{left}", refresh=True,

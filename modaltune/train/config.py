@@ -133,6 +133,7 @@ class TrainConfig(_Section):
     max_tiles: int | None = Field(default=25000, ge=1)
     evaluate_every: int = Field(default=1, ge=1)
     prefix_cache: bool = True  # cache the frozen layers before the first adapter per case (modaltune/train/prefix_cache.py)
+    prefix_cache_max_gb: float = Field(default=200.0, gt=0)  # the whole cache folder's budget; see prefix_cache.py for what is kept
     # Evaluation runs cases of equal tile count (e.g. all capped at max_tiles) together, up to this
     # many tiles a batch; 0 = one case at a time (ZeRO-3 always, whose ranks must run equal forwards).
     evaluation_batch_tiles: int = Field(default=8192, ge=0)

@@ -110,7 +110,7 @@ def _train_run(run: dict[str, Any], index: int, checkpoint: ray.train.Checkpoint
 
     batcher = CaseBatcher(cohort, bank, train_ids, use_rna="rna" in config.model.modalities, max_tiles=config.max_tiles)
     zero_stage = built.engine.zero_optimization_stage() if built.backend == "deepspeed" else None  # type: ignore[attr-defined]
-    cache = open_prefix_cache(config.prefix_cache, cohort.layout.cache_dir / "prefix", model, built.dtype, zero_stage)
+    cache = open_prefix_cache(config.prefix_cache, cohort.layout.cache_dir / "prefix", model, built.dtype, zero_stage, config.prefix_cache_max_gb)
     classes_of = {name: cohort.labels.subtypes_of(name) for name in cohort.labels.cohorts}
     batch_tiles = 0 if zero_stage == 3 else config.evaluation_batch_tiles  # ZeRO-3: every rank the same number of forwards
     writer = _tensorboard(paths.get("tensorboard")) if rank == 0 else None
@@ -142,6 +142,8 @@ def _train_run(run: dict[str, Any], index: int, checkpoint: ray.train.Checkpoint
         state.epoch = epoch
         metrics |= {"best_epoch": state.best_epoch, "epoch_time_s": time.time() - started, "epoch_started_at": started, "engine": built.backend}
         metrics |= {"run": index, "run_finished": final or stop, "frozen_checksum": _frozen_checksum(module, built)}
+        if cache is not None:  # every rank's hits and misses; the folder's size as this rank saw it
+            metrics |= _sum_across_ranks(cache.take_counts().as_metrics()) | cache.usage_metrics()
         _report(metrics, built, module, state, run, rank, paths, writer)
         if stop:
             logger.info("early stopping after epoch %d (best epoch %d)", epoch, state.best_epoch)
@@ -173,13 +175,18 @@ def _frozen_checksum(module: TrainModule, built: BuiltEngine) -> float:
     return float(sum(p.detach().double().sum() for p in module.model.frozen_parameters()))
 
 
-def _mean_across_ranks(values: dict[str, float]) -> dict[str, float]:
+def _sum_across_ranks(values: dict[str, float]) -> dict[str, float]:
     if not dist.is_initialized():
         return values
     keys = sorted(values)
     tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64)
     dist.all_reduce(tensor)
-    return {k: float(v) / dist.get_world_size() for k, v in zip(keys, tensor)}
+    return {k: float(v) for k, v in zip(keys, tensor)}
+
+
+def _mean_across_ranks(values: dict[str, float]) -> dict[str, float]:
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    return {k: v / world for k, v in _sum_across_ranks(values).items()}
 
 
 def _padded_shard(ids: Sequence[str], rank: int, world: int) -> list[str]:

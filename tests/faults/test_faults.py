@@ -74,6 +74,10 @@ def test_same_study_twice_gives_identical_metrics_and_a_killed_worker_changes_no
     assert code == 0, output[-3000:]
     first, second = _final(tmp_path / "a" / "tiny"), _final(tmp_path / "b" / "tiny")
     assert len(first) == EPOCHS
+    # Cases with fewer tiles than max_tiles use them all: their frozen prefix is cached, and
+    # the second run of the same study reads every one from the first run's cache.
+    assert first["prefix_cache_misses"].sum() > 0 and second["prefix_cache_misses"].sum() == 0
+    assert "Frozen-prefix cache:" in output and "budget" in output
     pd.testing.assert_frame_equal(first[METRICS], second[METRICS])  # determinism on CPU
 
     # Kill the Ray Train worker (rank 0) after its second epoch: max_failures=1 restarts it

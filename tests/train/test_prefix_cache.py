@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import os
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -14,7 +17,7 @@ from modaltune.objectives import build_objective
 from modaltune.text import build_label_bank, build_text_encoder
 from modaltune.train.batches import CaseBatcher, seeded_batches
 from modaltune.train.loop import TorchEngine, TrainModule, collect_case_outputs, train_epoch
-from modaltune.train.prefix_cache import PrefixCache, open_prefix_cache, with_prefixes
+from modaltune.train.prefix_cache import GB, LAST_USED, PrefixCache, folder_bytes, open_prefix_cache, with_prefixes
 
 EPOCHS = 2
 
@@ -32,10 +35,12 @@ def _module(cohort: Cohort, adapter_depth: int = 1) -> tuple[TrainModule, CaseBa
     return module, CaseBatcher(cohort, bank, train_ids, use_rna=True), train_ids
 
 
-def _train(cohort: Cohort, cache_dir: Path | None, max_tiles: int | None = None) -> tuple[list[float], dict[str, torch.Tensor], PrefixCache | None]:
+def _train(
+    cohort: Cohort, cache_dir: Path | None, max_tiles: int | None = None, max_gb: float = float("inf"),
+) -> tuple[list[float], dict[str, torch.Tensor], PrefixCache | None]:
     module, batcher, train_ids = _module(cohort)
     batcher.max_tiles = max_tiles
-    cache = open_prefix_cache(cache_dir is not None, cache_dir or Path("/nonexistent"), module.model, torch.float32, None)
+    cache = open_prefix_cache(cache_dir is not None, cache_dir or Path("/nonexistent"), module.model, torch.float32, None, max_gb)
     engine = TorchEngine(module, torch.optim.AdamW(module.trainable_parameters(), lr=2e-3))
     losses = []
     for epoch in range(EPOCHS):
@@ -97,3 +102,59 @@ def test_the_cache_is_off_where_it_cannot_help_or_be_correct(small_cohort: Path,
     with caplog.at_level("INFO"):
         assert open_prefix_cache(True, tmp_path, module.model, torch.float32, zero_stage) is None
     assert reason in caplog.text
+
+
+def _entry_bytes(cohort: Cohort, directory: Path) -> list[int]:
+    """Each training case's entry size, in the order training first reads them."""
+    _, _, cache = _train(cohort, directory)
+    assert cache is not None
+    _, _, train_ids = _module(cohort)
+    return [(cache.directory / f"{case}.pt").stat().st_size for case in train_ids[:24]]
+
+
+def test_a_budget_below_the_cohort_keeps_what_fits_and_trains_identically(small_cohort: Path, tmp_path: Path, single_thread: None) -> None:
+    cohort = Cohort(small_cohort)
+    sizes = _entry_bytes(cohort, tmp_path / "unbounded")
+    budget = sum(sizes[:10]) + sizes[10] // 2  # room for the first ten cases, not the eleventh
+    plain_losses, plain_weights, _ = _train(cohort, None)
+    cached_losses, cached_weights, cache = _train(cohort, tmp_path / "bounded", max_gb=budget / GB)
+    assert cached_losses == plain_losses
+    assert all(torch.equal(plain_weights[name], cached_weights[name]) for name in plain_weights)
+    assert cache is not None
+    assert len(list(cache.directory.glob("*.pt"))) == 10 and folder_bytes(tmp_path / "bounded") <= budget
+    # Epoch 1 computes all 24 and keeps 10; epoch 2 reads those 10 and computes the other 14 again.
+    assert (cache.hits, cache.misses) == (10, 24 + 14)
+    counts = cache.take_counts()
+    assert (counts.hits, counts.misses, counts.unstored) == (10, 38, 28) and counts.compute_s > 0
+    assert cache.usage_metrics() == {"prefix_cache_bytes": float(folder_bytes(tmp_path / "bounded")), "prefix_cache_budget_bytes": float(budget)}
+
+
+def _other_folder(root: Path, name: str, size: int, used_at: float) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "case.pt").write_bytes(b"\0" * size)
+    (folder / LAST_USED).touch()
+    os.utime(folder / LAST_USED, (used_at, used_at))
+    return folder
+
+
+def test_folders_unused_longest_are_evicted_first_and_folders_in_use_never(small_cohort: Path, tmp_path: Path, single_thread: None) -> None:
+    cohort = Cohort(small_cohort)
+    needed = sum(_entry_bytes(cohort, tmp_path / "unbounded"))
+    root, half, now = tmp_path / "prefix", needed // 2, time.time()
+    oldest = _other_folder(root, "oldest", half, used_at=now - 3 * 86400)
+    older = _other_folder(root, "older", half, used_at=now - 2 * 86400)
+    in_use = _other_folder(root, "in-use", half, used_at=now - 60)  # another depth a concurrent trial fills
+    budget = needed + 2 * half + 100  # the run's entries fit only once one folder is gone
+    _, _, cache = _train(cohort, root, max_gb=budget / GB)
+    assert cache is not None and cache.take_counts().unstored == 0
+    assert not oldest.exists() and older.exists() and in_use.exists()
+    assert len(list(cache.directory.glob("*.pt"))) == 24 and folder_bytes(root) <= budget
+
+    # Less room than that: the unused folder goes, the one in use stays, and what does not fit is not kept.
+    root = tmp_path / "tight"
+    older = _other_folder(root, "older", half, used_at=now - 2 * 86400)
+    in_use = _other_folder(root, "in-use", half, used_at=now - 60)
+    _, _, cache = _train(cohort, root, max_gb=(needed + 100) / GB)
+    assert cache is not None and cache.take_counts().unstored > 0
+    assert not older.exists() and in_use.exists() and folder_bytes(root) <= needed + 100

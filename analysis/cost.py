@@ -54,11 +54,11 @@ def prefix_cache_line(results: pd.DataFrame) -> str:
     if hits + misses == 0:
         return "Frozen-prefix cache: no prefix was reusable, every case's tiles being sampled at random (`max_tiles` below its tile count)."
     latest = results.dropna(subset=["prefix_cache_bytes"]).sort_values("epoch_started_at").iloc[-1]
-    saved_s = hits * compute_s / misses if misses else 0.0
+    saved = f"about {duration_text(hits * compute_s / misses)} of frozen-layer compute" if misses else "every frozen-layer pass"
     passes = hits + misses
     not_kept = f"; {unstored:,.0f} computed but not kept, the budget being full" if unstored else ""
     return (
         f"Frozen-prefix cache: {hits:,.0f} of {passes:,.0f} frozen-prefix passes read from the cache ({hits / passes:.0%}), "
-        f"{misses:,.0f} computed{not_kept}, saving about {duration_text(saved_s)} of frozen-layer compute; "
+        f"{misses:,.0f} computed{not_kept}, saving {saved}; "
         f"it holds {bytes_text(latest['prefix_cache_bytes'])} of its {bytes_text(latest['prefix_cache_budget_bytes'])} budget."
     )

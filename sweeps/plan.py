@@ -21,7 +21,7 @@ from modaltune.data.synthetic import SynthConfig
 from modaltune.errors import InputError
 from modaltune.objectives import check_loss_weights
 from modaltune.train.config import TrainConfig, apply_override, validate_train_config
-from modaltune.train.run import RANDOM_ENCODER_WARNING, check_config_against_cohort, ensure_label_bank
+from modaltune.train.run import RANDOM_ENCODER_WARNING, check_config_against_cohort, ensure_label_banks
 from sweeps.cells import Cell, design_cells
 from sweeps.spec import StudyLayout, StudySpec
 
@@ -165,19 +165,18 @@ def check_fold_grouping(cohort: Cohort, folds_by: str) -> None:
 
 
 def prepare_label_banks(plan: StudyPlan) -> list[Path]:
-    """Compute every label bank the study needs once, before any trial starts."""
-    cohort = Cohort(plan.spec.cohort)
+    """Compute every label bank the study needs once, before any trial starts (Ray connected:
+    those of a large text encoder go to a GPU node when the study trains on GPUs)."""
     first_params = _corner_params(plan.spec)[0]
-    paths: dict[Path, TrainConfig] = {}
+    banks: dict[Path, TrainConfig] = {}
     for cell in plan.cells:
         for repetition in plan.repetitions:
             config = plan.train_config(cell, first_params, repetition)
-            paths.setdefault(plan.label_bank_path(config), config)
-    for path, config in paths.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        ensure_label_bank(cohort, config, path)
-    logger.info("label banks ready: %d (text encoder x fold x cancer types)", len(paths))
-    return list(paths)
+            banks.setdefault(plan.label_bank_path(config), config)
+    StudyLayout(plan.study_dir).label_banks.mkdir(parents=True, exist_ok=True)
+    ensure_label_banks(Cohort(plan.spec.cohort), banks, plan.spec.resources.use_gpu)
+    logger.info("label banks ready: %d (text encoder x fold x cancer types)", len(banks))
+    return list(banks)
 
 
 def ensure_cohort(spec: StudySpec) -> None:

@@ -79,11 +79,12 @@ def run_study(
     for stage in filter(None, (plan, confirmation)):
         StudyLayout(stage.study_dir).root.mkdir(parents=True, exist_ok=True)
         write_text_atomic(StudyLayout(stage.study_dir).spec, yaml.safe_dump(stage.spec.model_dump(mode="json"), sort_keys=False))
-        prepare_label_banks(stage)
         clear_interruption(StudyLayout(stage.study_dir))
     mark_study(layout, spec.name, "running")
     try:
         ray_session.connect(address, use_gpu=spec.resources.use_gpu, processes=_processes(spec))
+        for stage in filter(None, (plan, confirmation)):
+            prepare_label_banks(stage)
         outcome = _run_stages(plan, confirmation, resume, tune_table)
     except (StorageError, StudyStalledError, KeyboardInterrupt) as exc:
         mark_study(layout, spec.name, "interrupted", str(exc) or "interrupted")

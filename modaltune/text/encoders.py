@@ -83,8 +83,8 @@ class HuggingFaceTextEncoder(TextEncoder):
         if self._tokenizer.pad_token is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token
         self._tokenizer.padding_side = "right"
-        self._model.eval()
-        logger.info("loaded text encoder %s (%s pooling)", self.name, self.pooling)
+        self._model.eval().to(inference_device())
+        logger.info("loaded text encoder %s (%s pooling) on %s", self.name, self.pooling, inference_device())
 
     @torch.inference_mode()
     def encode(self, prompts: Sequence[Prompt]) -> np.ndarray:
@@ -94,14 +94,14 @@ class HuggingFaceTextEncoder(TextEncoder):
         chunks = []
         for start in range(0, len(prompts), self.batch_size):
             texts = [p.text for p in prompts[start : start + self.batch_size]]
-            batch = self._tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+            batch = self._tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt").to(inference_device())
             hidden = self._model(**batch).last_hidden_state
             mask = batch["attention_mask"]
             if self.pooling == "mean":
                 pooled = (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
             else:
                 pooled = hidden[torch.arange(hidden.shape[0]), mask.sum(1) - 1]
-            chunks.append(pooled.float().numpy())
+            chunks.append(pooled.float().cpu().numpy())
         return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
 
 
@@ -123,9 +123,9 @@ class ConchTextEncoder(TextEncoder):
             raise InputError("text encoder 'conch:...' needs MahmoodLab's `conch` package installed") from exc
         if self._model is None:
             self._model, _ = create_model_from_pretrained("conch_ViT-B-16", checkpoint_path=self.checkpoint)
-            self._model.eval()
-        tokens = tokenize(texts=[p.text for p in prompts], tokenizer=get_tokenizer())
-        return self._model.encode_text(tokens).float().numpy()
+            self._model.eval().to(inference_device())
+        tokens = tokenize(texts=[p.text for p in prompts], tokenizer=get_tokenizer()).to(inference_device())
+        return self._model.encode_text(tokens).float().cpu().numpy()
 
 
 class OneHotTextEncoder(TextEncoder):
@@ -164,6 +164,17 @@ class TextEncoderSpec:
     source: str = ""
     revision: str | None = None
     pooling: Pooling = "mean"
+
+    @property
+    def wants_gpu(self) -> bool:
+        """A hub or local model (an LLM such as Llama-3.2-1B) or CONCH: worth a GPU node's time.
+        MiniLM (22M parameters) and one-hot take seconds on any CPU."""
+        return self.kind in ("hf", "conch")
+
+
+def inference_device() -> torch.device:
+    """The GPU when this process has one (a Ray task given ``num_gpus``), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def parse_text_encoder_spec(spec: str) -> TextEncoderSpec:

@@ -127,7 +127,9 @@ class PrefixCache:
 
     def usage_metrics(self) -> dict[str, float]:
         """The cache folder's size and budget, as this run last saw them."""
-        return {"prefix_cache_bytes": float(self.used_bytes or 0), "prefix_cache_budget_bytes": self.max_bytes}
+        if self.used_bytes is None:
+            self.used_bytes = folder_bytes(self.root)
+        return {"prefix_cache_bytes": float(self.used_bytes), "prefix_cache_budget_bytes": self.max_bytes}
 
     def _room_for(self, size: int) -> bool:
         """Whether ``size`` more bytes fit the budget, after evicting other fingerprints' folders if needed.

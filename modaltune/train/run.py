@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import ray
 import yaml
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, WorkerGroupError
 from ray.train.torch import TorchConfig, TorchTrainer
@@ -24,6 +25,7 @@ from modaltune.data import Cohort, CohortInvalidError, validate_cohort
 from modaltune.errors import InputError
 from modaltune.models.slide_encoder import check_encoder_checkpoint
 from modaltune.text import TextEmbeddingCache, build_label_bank, build_text_encoder
+from modaltune.text.encoders import parse_text_encoder_spec
 from modaltune.train import ray_session
 from modaltune.train.config import TrainConfig
 from modaltune.train.engines import resolve_precision
@@ -86,6 +88,35 @@ def ensure_label_bank(cohort: Cohort, config: TrainConfig, path: Path) -> Path:
     return path
 
 
+@ray.remote(num_gpus=1, max_retries=1)
+def _label_bank_on_gpu(cohort_dir: str, config: TrainConfig, path: Path) -> str:
+    """A label bank computed where Ray places a GPU (a GPU node, brought up by the autoscaler if needed)."""
+    ensure_label_bank(Cohort(cohort_dir), config, path)
+    return ray.util.get_node_ip_address()
+
+
+def ensure_label_banks(cohort: Cohort, banks: dict[Path, TrainConfig], use_gpu: bool) -> None:
+    """Every missing bank: those of a large text encoder (a hub or local LLM, CONCH) as Ray
+    tasks with a GPU when the runs train on GPUs — a 1B-parameter LLM over thousands of
+    prompts is minutes on a GPU and an hour on a CPU head node — the rest here, at once.
+
+    Ray must be connected when any bank goes to a GPU. A task's failure (e.g. a hub model that
+    cannot be loaded) is raised as its own error, not wrapped in Ray's.
+    """
+    missing = {path: config for path, config in banks.items() if not path.exists()}
+    remote = {path: config for path, config in missing.items() if use_gpu and parse_text_encoder_spec(config.text_encoder).wants_gpu}
+    tasks = {path: _label_bank_on_gpu.remote(str(cohort.layout.root), config, path) for path, config in remote.items()}
+    for path, config in missing.items():
+        if path not in remote:
+            ensure_label_bank(cohort, config, path)
+    for path, task in tasks.items():
+        try:
+            node = ray.get(task)
+        except ray.exceptions.RayTaskError as error:
+            raise error.cause from None
+        logger.info("label bank %s computed on the GPU node %s", path.name, node)
+
+
 def build_trainer(
     runs: Sequence[tuple[TrainConfig, dict[str, Any]]], storage_path: Path, name: str, max_failures: int = 0,
     callbacks: list[Any] | None = None, gate: RunGate | None = None, log_level: str = "INFO",
@@ -142,9 +173,9 @@ def run_training(
         logger.warning("%s", RANDOM_ENCODER_WARNING)
     output.mkdir(parents=True, exist_ok=True)
     write_text_atomic(output / "train_config.yaml", yaml.safe_dump(config.model_dump(), sort_keys=False))
-    bank = ensure_label_bank(cohort, config, output / "label_bank.npz")
-
     ray_session.connect(address, use_gpu=config.scaling.use_gpu)
+    bank = output / "label_bank.npz"
+    ensure_label_banks(cohort, {bank: config}, config.scaling.use_gpu)
     paths = {
         "cohort": str(Path(cohort_dir).resolve()),
         "label_bank": str(bank),

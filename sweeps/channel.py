@@ -8,7 +8,9 @@ scheduler stops ends its run there, through Ray Train's ordinary teardown, inste
 killed with a live worker group whose placement group would stay reserved.
 
 One ``StudyChannel`` actor serves every trial of a study (keyed by trial id): it is created by
-the driver and dies with it, and costs one process per study, not one per trial.
+the driver and dies with it, and costs one process per study, not one per trial. It lives on
+the driver's node (``open_channel``): on a cluster, a worker node lost mid-study (a spot
+instance) takes its trials with it, which restart, but must not take every trial's channel.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from modaltune.train.run_gate import RunGate
 
@@ -95,3 +98,9 @@ class VerdictGate(RunGate):
 
     def proceed(self, index: int) -> bool:
         return bool(ray.get(self.channel.verdict.remote(self.trial_id, index)))
+
+
+def open_channel() -> Any:
+    """The study's channel actor, on this (the driver's) node."""
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return StudyChannel.options(scheduling_strategy=here).remote()

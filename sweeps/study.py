@@ -11,6 +11,7 @@ studies continue from their saved state).
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from ray.tune.experiment import Trial
 from modaltune.atomic import write_text_atomic
 from modaltune.errors import InputError
 from modaltune.train import ray_session
-from sweeps.channel import StudyChannel
+from sweeps.channel import open_channel
 from sweeps.confirm import FixedConfigurations, confirmation_configs
 from sweeps.interrupt import clear_interruption, read_interruption
 from sweeps.plan import StudyPlan, build_plan, prepare_label_banks
@@ -59,12 +60,21 @@ class StudyOutcome:
 
 def run_study(
     spec: StudySpec, storage: Path, *, resume: bool = False, address: str | None = None, tune_table: bool = False,
+    trainable: type[tune.Trainable] = StudyTrial, reuse_actors: bool = False,
 ) -> StudyOutcome:
     """Run (or with ``resume`` continue) the study into ``storage / spec.name``: the search,
     then, if the spec asks for one, the confirm stage (sweeps/confirm.py). ``tune_table`` shows
-    Ray Tune's own status table instead of the study's progress display (sweeps/progress.py)."""
+    Ray Tune's own status table instead of the study's progress display (sweeps/progress.py).
+    ``trainable`` trains one trial (``setup(config, plan, channel)``): benchmarks/bench_driver.py
+    passes one that reports made-up epochs at once, to measure the driver alone, and
+    ``reuse_actors`` so that its trials share processes (``StudyTrial`` cannot: its Ray Train
+    run lives in the trial's process until the trial ends)."""
     storage = storage.resolve()
     layout = StudyLayout(storage / spec.name)
+    # Tune's own per-trial loggers (result.json, progress.csv, TensorBoard events of every
+    # result) repeat what the study writes (results/, each run's TensorBoard) and cost the
+    # driver ~6 ms a result: two thirds of its time per result (benchmarks/bench_driver.py).
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     started_before = Tuner.can_restore(str(layout.root)) if layout.root.exists() else False
     if resume and not started_before:
         raise InputError(f"--resume: there is no study to continue at {layout.root}")
@@ -85,7 +95,7 @@ def run_study(
         ray_session.connect(address, use_gpu=spec.resources.use_gpu, processes=_processes(spec))
         for stage in filter(None, (plan, confirmation)):
             prepare_label_banks(stage)
-        outcome = _run_stages(plan, confirmation, resume, tune_table)
+        outcome = _run_stages(plan, confirmation, resume, tune_table, trainable, reuse_actors)
     except (StorageError, StudyStalledError, KeyboardInterrupt) as exc:
         mark_study(layout, spec.name, "interrupted", str(exc) or "interrupted")
         raise
@@ -101,10 +111,13 @@ def run_study(
     return outcome
 
 
-def _run_stages(plan: StudyPlan, confirmation: StudyPlan | None, resume: bool, tune_table: bool) -> StudyOutcome:
+def _run_stages(
+    plan: StudyPlan, confirmation: StudyPlan | None, resume: bool, tune_table: bool, trainable: type[tune.Trainable],
+    reuse_actors: bool,
+) -> StudyOutcome:
     layout = StudyLayout(plan.study_dir)
-    channel = StudyChannel.remote()  # the trials' reports and verdicts; dies with this driver
-    outcome = _run_stage(plan, "search", channel, layout.root.parent, _tune_config(plan), resume, tune_table, layout)
+    channel = open_channel()  # the trials' reports and verdicts; dies with this driver
+    outcome = _run_stage(plan, "search", channel, layout.root.parent, _tune_config(plan, reuse_actors), resume, tune_table, layout, trainable)
     if confirmation is None or outcome.unfinished:  # an interrupted search is resumed before anything is confirmed
         return outcome
     configs = confirmation_configs(plan, confirmation)
@@ -114,7 +127,7 @@ def _run_stages(plan: StudyPlan, confirmation: StudyPlan | None, resume: bool, t
         max_concurrent_trials=plan.spec.max_concurrent, trial_dirname_creator=trial_dirname,
     )
     confirm_resume = resume and Tuner.can_restore(str(layout.confirmation))
-    confirmed = _run_stage(confirmation, "confirm", channel, layout.root, tune_config, confirm_resume, tune_table, layout)
+    confirmed = _run_stage(confirmation, "confirm", channel, layout.root, tune_config, confirm_resume, tune_table, layout, trainable)
     return StudyOutcome(
         study_dir=layout.root, trials=outcome.trials + confirmed.trials, errors=outcome.errors + confirmed.errors, unfinished=confirmed.unfinished,
     )
@@ -122,12 +135,12 @@ def _run_stages(plan: StudyPlan, confirmation: StudyPlan | None, resume: bool, t
 
 def _run_stage(
     plan: StudyPlan, stage: str, channel: Any, storage: Path, tune_config: TuneConfig, resume: bool, tune_table: bool,
-    study: StudyLayout,
+    study: StudyLayout, trainable: type[tune.Trainable],
 ) -> StudyOutcome:
     """One Tune run of a stage into ``storage / <its folder name>``; raises if it was interrupted.
     Its progress goes to ``study``'s progress file under the name ``stage``."""
     layout = StudyLayout(plan.study_dir)
-    trainable = tune.with_resources(tune.with_parameters(StudyTrial, plan=plan, channel=channel), TRIAL_DRIVER_RESOURCES)
+    trainable = tune.with_resources(tune.with_parameters(trainable, plan=plan, channel=channel), TRIAL_DRIVER_RESOURCES)
     if resume:
         logger.info("resuming %s", layout.root)
         # Errored trials resume too: what errors a trial mid-study (a full disk, a node lost more
@@ -156,7 +169,7 @@ def _processes(spec: StudySpec) -> int:
     return spec.max_concurrent * (6 + spec.resources.num_workers) + 2
 
 
-def _tune_config(plan: StudyPlan) -> TuneConfig:
+def _tune_config(plan: StudyPlan, reuse_actors: bool) -> TuneConfig:
     search = plan.spec.search
     searcher = CellSearcher({cell.id: cell.levels for cell in plan.cells}, search, len(plan.repetitions), StudyLayout(plan.study_dir).optuna)
     return TuneConfig(
@@ -164,7 +177,7 @@ def _tune_config(plan: StudyPlan) -> TuneConfig:
         scheduler=make_scheduler(plan),
         num_samples=len(plan.cells) * search.trials_per_cell,
         max_concurrent_trials=plan.spec.max_concurrent,
-        trial_dirname_creator=trial_dirname,
+        trial_dirname_creator=trial_dirname, reuse_actors=reuse_actors,
     )
 
 

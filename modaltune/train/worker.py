@@ -85,8 +85,6 @@ def _train_run(run: dict[str, Any], index: int, checkpoint: ray.train.Checkpoint
     paths = run["paths"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    if paths.get("output"):
-        _record_worker(Path(paths["output"]), rank, paths.get("owner"))
     torch.set_num_threads(max(1, int(round(config.scaling.cpus_per_worker))))
     device = ray.train.torch.get_device()
 
@@ -107,6 +105,8 @@ def _train_run(run: dict[str, Any], index: int, checkpoint: ray.train.Checkpoint
             state = load_checkpoint(Path(directory), built, module, rank)
         state.run = index  # a --resume-from checkpoint of another run continues as this one
         logger.info("rank %d resumed after epoch %d", rank, state.epoch)
+    if paths.get("output"):
+        _record_worker(Path(paths["output"]), rank, paths.get("owner"), state.epoch if checkpoint is not None else None)
 
     batcher = CaseBatcher(cohort, bank, train_ids, use_rna="rna" in config.model.modalities, max_tiles=config.max_tiles)
     zero_stage = built.engine.zero_optimization_stage() if built.backend == "deepspeed" else None  # type: ignore[attr-defined]
@@ -157,13 +157,17 @@ def _train_run(run: dict[str, Any], index: int, checkpoint: ray.train.Checkpoint
         )
 
 
-def _record_worker(output: Path, rank: int, owner: str | None) -> None:
-    """``workers/rank<r>.json``: which process on which host runs this rank now (rewritten when
-    Ray Train restarts a worker), for operators chasing a stuck or dying run; the placement
-    group holding the worker group's resources and who started the run (``owner``, e.g. a sweep
-    trial's incarnation), for ``sweeps`` to free the group if the run's starter dies."""
+def _record_worker(output: Path, rank: int, owner: str | None, resumed_after: int | None) -> None:
+    """``workers/rank<r>.json``: which process on which host and Ray node runs this rank now and
+    the epoch it resumed after (``None``: from scratch), rewritten when Ray Train restarts a
+    worker, for operators chasing a stuck or dying run; the placement group holding the worker
+    group's resources and who started the run (``owner``, e.g. a sweep trial's incarnation), for
+    ``sweeps`` to free the group if the run's starter dies."""
     group = ray.util.get_current_placement_group()
-    record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "placement_group": group.id.hex() if group else None}
+    record = {
+        "pid": os.getpid(), "host": socket.gethostname(), "node_id": ray.get_runtime_context().get_node_id(), "started": time.time(),
+        "placement_group": group.id.hex() if group else None, "resumed_after_epoch": resumed_after,
+    }
     write_json_atomic(output / "workers" / f"rank{rank}.json", record | {"owner": owner})
 
 

@@ -90,7 +90,9 @@ def test_same_study_twice_gives_identical_metrics_and_a_killed_worker_changes_no
     os.kill(victim, signal.SIGKILL)
     code, output = finish_study(process, timeout=300)
     assert code == 0, output[-3000:]
-    assert json.loads(record.read_text())["pid"] != victim, "the worker was not restarted"
+    restarted = json.loads(record.read_text())
+    assert restarted["pid"] != victim, "the worker was not restarted"
+    assert restarted["resumed_after_epoch"] is not None, "the restarted worker began from scratch, not from its checkpoint"
     killed = _final(study)
     assert not killed.duplicated(ROW_KEY).any() and len(killed) == EPOCHS
     pd.testing.assert_frame_equal(first[METRICS], killed[METRICS])

@@ -44,6 +44,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_sweep.py
 	$(BIN)/python benchmarks/bench_demo_engine.py
 	$(BIN)/python benchmarks/bench_results.py
+	$(BIN)/python benchmarks/bench_driver.py
 
 clean:
 	rm -rf $(VENV) runs

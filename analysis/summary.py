@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from sweeps.result_parts import results_table
+from sweeps.result_parts import results_table, trial_states_table
 from sweeps.spec import StudyLayout, StudySpec
 
 
@@ -22,14 +22,14 @@ def load_study(study_dir: str | Path) -> tuple[StudySpec, pd.DataFrame, pd.DataF
     layout = StudyLayout(study_dir)
     spec = StudySpec.model_validate(yaml.safe_load(layout.spec.read_text(encoding="utf-8")))
     results = results_table(layout.results).read()  # results.parquet and any parts written since
-    trials = pd.read_parquet(layout.trials) if layout.trials.exists() else pd.DataFrame()
+    trials = trial_states_table(layout.trials).read()
     return spec, results, trials
 
 
 def load_confirmation(study_dir: str | Path) -> tuple[StudySpec, pd.DataFrame, pd.DataFrame] | None:
     """The confirm stage's spec, results and trials (sweeps/confirm.py); None until it has results."""
     folder = StudyLayout(study_dir).confirmation
-    if not StudyLayout(folder).trials.exists():
+    if not trial_states_table(StudyLayout(folder).trials).exists():
         return None
     loaded = load_study(folder)
     return loaded if len(loaded[1]) else None

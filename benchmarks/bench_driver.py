@@ -12,7 +12,8 @@ trials take hours; the same study at the smallest size with a process per trial,
 trials run, is measured too, side by side. Each size runs in a fresh process (its own embedded
 Ray), so peak RSS and CPU time are that size's alone. Prints per size the driver's CPU-seconds
 per trial (all of it, and inside Tune's loop, where the per-trial work is),
-the median and worst results flush, peak RSS, the study folder's size and the analysis time
+the median and worst results flush (less the garbage collector's pauses inside it, counted on their
+own: the number of full collections and the longest), peak RSS, the study folder's size and the analysis time
 (the stub writes no checkpoints or predictions, so the report's model selection is left out),
 then ``BENCH driver ...`` with the growth of per-trial cost from the smallest to the largest.
 
@@ -22,6 +23,7 @@ then ``BENCH driver ...`` with the growth of per-trial cost from the smallest to
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -46,10 +48,9 @@ EPOCHS = 15
 
 def instant_trial(config: dict[str, Any], plan: Any, channel: Any) -> None:
     """What ``sweeps.trial.StudyTrial`` reports for one trial, at once: per epoch, per repetition, the end."""
+    from modaltune.atomic import write_json_atomic
     from sweeps.searcher import CELL_KEY, DONE_KEY, KIND_KEY, cv_key
     from sweeps.trial import TRIAL_FILE, repetition_report
-
-    from modaltune.atomic import write_json_atomic
 
     trial_id = tune.get_context().get_trial_id()
     write_json_atomic(plan.trial_dir(trial_id) / TRIAL_FILE, {"trial_id": trial_id, "config": config, "started": time.time()})
@@ -102,13 +103,16 @@ def measure(trials: int, concurrent: int, reuse_actors: bool, root: Path) -> dic
     from sweeps.study import run_study
 
     logging.basicConfig(level=logging.WARNING)
+    pauses = _GcPauses()
     flushes: list[float] = []
     original = ResultsWriter.flush
 
     def timed_flush(self: ResultsWriter, trials: list | None = None) -> None:
-        started = time.perf_counter()
+        # Less the garbage collector's pauses that fell inside it: those stop the whole driver
+        # wherever they land, and are counted on their own.
+        started, paused = time.perf_counter(), pauses.total
         original(self, trials)
-        flushes.append(time.perf_counter() - started)
+        flushes.append(time.perf_counter() - started - (pauses.total - paused))
 
     ResultsWriter.flush = timed_flush  # type: ignore[method-assign]
     tune_cpu: list[float] = []
@@ -135,8 +139,28 @@ def measure(trials: int, concurrent: int, reuse_actors: bool, root: Path) -> dic
         "trials": outcome.trials, "errors": outcome.errors, "cpu_s": cpu, "wall_s": wall, "cpu_ms_per_trial": 1000 * cpu / trials,
         "tune_cpu_ms_per_trial": 1000 * sum(tune_cpu) / trials,
         "flush_median_ms": 1000 * statistics.median(flushes), "flush_max_ms": 1000 * max(flushes), "flushes": len(flushes),
+        "gc_full_pauses": len(pauses.full), "gc_full_max_ms": 1000 * max(pauses.full, default=0.0),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "written_mb": size / 1e6, "analysis_s": analysis,
     }
+
+
+class _GcPauses:
+    """Wall time of this process's garbage collections: all of it, and each full (generation 2) one."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.full: list[float] = []
+        self._started = 0.0
+        gc.callbacks.append(self)
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._started
+        self.total += pause
+        if info["generation"] == 2:
+            self.full.append(pause)
 
 
 def main() -> None:
@@ -164,14 +188,15 @@ def main() -> None:
         f"BENCH driver trials={args.trials[0]}..{args.trials[-1]} tune_cpu_ms_per_trial_first={first['tune_cpu_ms_per_trial']:.1f} "
         f"tune_cpu_ms_per_trial_last={last['tune_cpu_ms_per_trial']:.1f} growth={growth:.2f} "
         f"process_per_trial_ms={own_process['tune_cpu_ms_per_trial']:.1f} flush_max_ms={max(f['flush_max_ms'] for f in figures.values()):.0f} "
-        f"rss_mb_first={first['peak_rss_mb']:.0f} rss_mb_last={last['peak_rss_mb']:.0f} rss_kb_per_trial={1024 * rss_growth:.0f}"
+        f"gc_full_max_ms={max(f['gc_full_max_ms'] for f in figures.values()):.0f} rss_mb_first={first['peak_rss_mb']:.0f} "
+        f"rss_mb_last={last['peak_rss_mb']:.0f} rss_kb_per_trial={1024 * rss_growth:.0f}"
     )
 
 
 def _child(trials: int, concurrent: int, process_per_trial: bool) -> dict[str, float]:
     env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false"}
     command = [sys.executable, __file__, "--one", str(trials), "--concurrent", str(concurrent)] + (["--process-per-trial"] if process_per_trial else [])
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
+    done = subprocess.run(command, check=False, capture_output=True, text=True, env=env, cwd=REPO)
     if done.returncode != 0:
         sys.exit(f"{trials} trials failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

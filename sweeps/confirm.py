@@ -19,11 +19,11 @@ import pickle
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from ray.tune.search import Searcher
 
 from analysis.summary import best_trials
 from sweeps.plan import StudyPlan
+from sweeps.result_parts import trial_states_table
 from sweeps.searcher import CELL_KEY
 from sweeps.spec import StudyLayout
 
@@ -34,7 +34,7 @@ CONFIRMS_KEY = "confirms"  # in a confirmation trial's config: the search trial 
 
 def confirmation_configs(search: StudyPlan, confirm: StudyPlan) -> list[dict[str, Any]]:
     """One Tune config per cell with a finished search trial: its levels and tuned values."""
-    trials = pd.read_parquet(StudyLayout(search.study_dir).trials)
+    trials = trial_states_table(StudyLayout(search.study_dir).trials).read()
     chosen = best_trials(search.spec, trials)
     rows = trials.set_index("trial_id")
     configs = []

@@ -11,7 +11,10 @@ study that re-reports an epoch replaces the row instead of duplicating it;
 ``results_table(path).read()`` reads both at any moment.
 
 ``trials.parquet``: one row per trial: cell, levels, hyperparameters, status (finished,
-stopped early, error with its message) and its final cross-validated scores.
+stopped early, error with its message) and its final cross-validated scores. The same way: each
+flush appends the rows of the trials that reported, started or ended since the last one, as a
+part under ``trial-states/``; the stage's end writes every trial's row and compacts;
+``trial_states_table(path).read()`` reads both.
 """
 
 from __future__ import annotations
@@ -24,12 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
 from ray.tune import Callback
 
-from modaltune.atomic import write_parquet_atomic
 from sweeps.plan import StudyPlan
-from sweeps.result_parts import RESULT_KEY, results_table
+from sweeps.result_parts import RESULT_KEY, results_table, trial_states_table
 from sweeps.searcher import CELL_KEY, DONE_KEY, KIND_KEY, cv_key
 from sweeps.spec import StudyLayout
 from sweeps.trial import TRIAL_FILE
@@ -53,6 +54,7 @@ class ResultsWriter(Callback):
         self._pending: dict[tuple, dict[str, Any]] = {}  # arrived since the last flush
         self._known: set[tuple] = set()  # keys of every row written or pending
         self._completed: set[str] = set()  # trials Tune completed (finished or stopped by the scheduler)
+        self._changed: set[str] = set()  # trials whose row changed since the last flush
         self._last_flush = 0.0
 
     @property
@@ -70,10 +72,12 @@ class ResultsWriter(Callback):
             if key not in self._known:
                 self._pending[key] = row
                 self._known.add(key)
-        trials_path = StudyLayout(self.plan.study_dir).trials
-        if trials_path.exists():
-            previous = pd.read_parquet(trials_path)
+        previous = trial_states_table(StudyLayout(self.plan.study_dir).trials).read()
+        if len(previous):
             self._completed |= set(previous.loc[previous["state"].isin(COMPLETED_STATES), "trial_id"])
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._changed.add(trial.trial_id)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if result.get(KIND_KEY) != "epoch":
@@ -82,22 +86,28 @@ class ResultsWriter(Callback):
         key = tuple(row[k] for k in RESULT_KEY)
         self._pending[key] = row
         self._known.add(key)
+        self._changed.add(trial.trial_id)
         if time.monotonic() - self._last_flush >= self.flush_every_s:
-            self.flush()
+            self.flush(trials)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._completed.add(trial.trial_id)
+        self._changed.add(trial.trial_id)
         self.flush(trials)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._changed.add(trial.trial_id)
         self.flush(trials)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
+        # Every trial's final row, pending and interrupted ones too: O(trials) once per stage run.
+        self._changed |= {trial.trial_id for trial in trials}
         self.flush(trials)
-        try:
-            results_table(self.results_path).compact()  # once per stage run: one file for readers
-        except OSError as exc:  # a full disk: the parts stay, and read the same
-            logger.warning("results not compacted into %s (%s); its parts under %s hold every row", self.results_path, exc, self.results_path.with_suffix(""))
+        for table in (results_table(self.results_path), trial_states_table(StudyLayout(self.plan.study_dir).trials)):
+            try:
+                table.compact()  # once per stage run: one file for readers
+            except OSError as exc:  # a full disk: the parts stay, and read the same
+                logger.warning("%s not compacted (%s); its parts under %s hold every row", table.compacted, exc, table.folder)
 
     def recover_rows(self) -> list[dict[str, Any]]:
         """Epoch rows rebuilt from ``trials/TRIAL/trial.json`` and each run's ``metrics.parquet``
@@ -125,11 +135,13 @@ class ResultsWriter(Callback):
         return row
 
     def flush(self, trials: list | None = None) -> None:
+        """New epoch rows, and (given Tune's ``trials``) the rows of the trials that changed."""
         results_table(self.results_path).append(list(self._pending.values()))
         self._pending.clear()
-        if trials is not None:
-            table = trial_table(self.plan, trials, self._completed)
-            write_parquet_atomic(StudyLayout(self.plan.study_dir).trials, pa.Table.from_pandas(table, preserve_index=False))
+        if trials is not None and self._changed:
+            changed = [trial for trial in trials if trial.trial_id in self._changed]
+            trial_states_table(StudyLayout(self.plan.study_dir).trials).append(trial_table(self.plan, changed, self._completed).to_dict("records"))
+            self._changed.clear()
         self._last_flush = time.monotonic()
 
 

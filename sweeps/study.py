@@ -31,6 +31,7 @@ from sweeps.interrupt import clear_interruption, read_interruption
 from sweeps.plan import StudyPlan, build_plan, prepare_label_banks
 from sweeps.progress import ProgressTracker, mark_study
 from sweeps.reaper import WorkerGroupReaper
+from sweeps.result_parts import trial_states_table
 from sweeps.results import UNFINISHED_STATES, ResultsWriter
 from sweeps.schedulers import make_scheduler
 from sweeps.searcher import CELL_KEY, DONE_KEY, CellSearcher, cv_key
@@ -75,6 +76,9 @@ def run_study(
     # result) repeat what the study writes (results/, each run's TensorBoard) and cost the
     # driver ~6 ms a result: two thirds of its time per result (benchmarks/bench_driver.py).
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # Without them, the ResultGrid that Tuner.fit builds (the study never reads it) finds no
+    # result.json and warns once per trial.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     started_before = Tuner.can_restore(str(layout.root)) if layout.root.exists() else False
     if resume and not started_before:
         raise InputError(f"--resume: there is no study to continue at {layout.root}")
@@ -149,7 +153,8 @@ def _run_stage(
     else:
         tuner = Tuner(trainable, tune_config=tune_config, run_config=_run_config(plan, storage, layout.root.name, study, stage, tune_table))
     tuner.fit()
-    states = pd.read_parquet(layout.trials)["state"] if layout.trials.exists() else pd.Series(dtype=str)
+    trials = trial_states_table(layout.trials).read()
+    states = trials["state"] if len(trials) else pd.Series(dtype=str)
     outcome = StudyOutcome(
         study_dir=layout.root, trials=len(states), errors=int((states == "error").sum()),
         unfinished=int(states.isin(UNFINISHED_STATES).sum()),

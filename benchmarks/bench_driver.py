@@ -12,8 +12,9 @@ trials take hours; the same study at the smallest size with a process per trial,
 trials run, is measured too, side by side. Each size runs in a fresh process (its own embedded
 Ray), so peak RSS and CPU time are that size's alone. Prints per size the driver's CPU-seconds
 per trial (all of it, and inside Tune's loop, where the per-trial work is),
-the median and worst results flush (less the garbage collector's pauses inside it, counted on their
-own: the number of full collections and the longest), peak RSS, the study folder's size and the analysis time
+the median and worst results flush (less the garbage collector's pauses inside it, counted on
+their own: the number of full collections and the longest) and the worst flush's CPU time,
+peak RSS, the study folder's size and the analysis time
 (the stub writes no checkpoints or predictions, so the report's model selection is left out),
 then ``BENCH driver ...`` with the growth of per-trial cost from the smallest to the largest.
 
@@ -105,14 +106,17 @@ def measure(trials: int, concurrent: int, reuse_actors: bool, root: Path) -> dic
     logging.basicConfig(level=logging.WARNING)
     pauses = _GcPauses()
     flushes: list[float] = []
+    flush_cpu: list[float] = []
     original = ResultsWriter.flush
 
     def timed_flush(self: ResultsWriter, trials: list | None = None) -> None:
         # Less the garbage collector's pauses that fell inside it: those stop the whole driver
-        # wherever they land, and are counted on their own.
-        started, paused = time.perf_counter(), pauses.total
+        # wherever they land, and are counted on their own. Its CPU time too: on 2 cores shared
+        # with the trials' processes, its wall time also holds the time it waited for a core.
+        started, started_cpu, paused = time.perf_counter(), time.thread_time(), pauses.total
         original(self, trials)
         flushes.append(time.perf_counter() - started - (pauses.total - paused))
+        flush_cpu.append(time.thread_time() - started_cpu)
 
     ResultsWriter.flush = timed_flush  # type: ignore[method-assign]
     tune_cpu: list[float] = []
@@ -138,7 +142,8 @@ def measure(trials: int, concurrent: int, reuse_actors: bool, root: Path) -> dic
     return {
         "trials": outcome.trials, "errors": outcome.errors, "cpu_s": cpu, "wall_s": wall, "cpu_ms_per_trial": 1000 * cpu / trials,
         "tune_cpu_ms_per_trial": 1000 * sum(tune_cpu) / trials,
-        "flush_median_ms": 1000 * statistics.median(flushes), "flush_max_ms": 1000 * max(flushes), "flushes": len(flushes),
+        "flush_median_ms": 1000 * statistics.median(flushes), "flush_max_ms": 1000 * max(flushes), "flush_cpu_max_ms": 1000 * max(flush_cpu),
+        "flushes": len(flushes),
         "gc_full_pauses": len(pauses.full), "gc_full_max_ms": 1000 * max(pauses.full, default=0.0),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "written_mb": size / 1e6, "analysis_s": analysis,
     }
@@ -188,6 +193,7 @@ def main() -> None:
         f"BENCH driver trials={args.trials[0]}..{args.trials[-1]} tune_cpu_ms_per_trial_first={first['tune_cpu_ms_per_trial']:.1f} "
         f"tune_cpu_ms_per_trial_last={last['tune_cpu_ms_per_trial']:.1f} growth={growth:.2f} "
         f"process_per_trial_ms={own_process['tune_cpu_ms_per_trial']:.1f} flush_max_ms={max(f['flush_max_ms'] for f in figures.values()):.0f} "
+        f"flush_cpu_max_ms={max(f['flush_cpu_max_ms'] for f in figures.values()):.0f} "
         f"gc_full_max_ms={max(f['gc_full_max_ms'] for f in figures.values()):.0f} rss_mb_first={first['peak_rss_mb']:.0f} "
         f"rss_mb_last={last['peak_rss_mb']:.0f} rss_kb_per_trial={1024 * rss_growth:.0f}"
     )

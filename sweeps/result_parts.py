@@ -39,12 +39,16 @@ THROUGH_KEY = b"modaltune.compacted_through"  # in the compacted file's metadata
 
 
 class PartitionedTable:
-    def __init__(self, folder: Path, compacted: Path, key: Sequence[str], fan_in: int = 4, top_level: int = 2) -> None:
+    def __init__(
+        self, folder: Path, compacted: Path, key: Sequence[str], fan_in: int = 4, top_level: int = 2, sort_by_key: bool = True,
+    ) -> None:
+        """``sort_by_key=False`` keeps keys in the order they were first written instead."""
         self.folder = folder
         self.compacted = compacted
         self.key = list(key)
         self.fan_in = fan_in
         self.top_level = top_level
+        self.sort_by_key = sort_by_key
 
     def parts(self) -> list[tuple[int, int, Path]]:
         """(sequence, level, path) of every part newer than the compacted file, oldest first."""
@@ -99,8 +103,11 @@ class PartitionedTable:
     def _deduplicated(self, files: list[Path]) -> pa.Table:
         tables = [pq.read_table(path) for path in files]
         frame = pa.concat_tables(tables, promote_options="permissive").to_pandas()
-        frame = frame.drop_duplicates(self.key, keep="last").sort_values(self.key, kind="stable")
-        return _table(frame)
+        if self.sort_by_key:
+            return _table(frame.drop_duplicates(self.key, keep="last").sort_values(self.key, kind="stable"))
+        first_written = frame.groupby(self.key, sort=False).ngroup().rename("_first_written")
+        latest = frame.join(first_written).drop_duplicates(self.key, keep="last")
+        return _table(latest.sort_values("_first_written", kind="stable").drop(columns="_first_written"))
 
     def compact(self) -> None:
         """The whole table into ``compacted``; the parts it now holds are removed."""
@@ -130,8 +137,8 @@ TRIAL_KEY = ("trial_id",)
 def trial_states_table(trials: Path) -> PartitionedTable:
     """A study's trial table: ``trials.parquet`` (compacted when a stage's run ends) plus parts
     under ``trial-states/`` holding the rows of the trials that changed since the last flush
-    (``trials/`` beside it is the trials' run folders)."""
-    return PartitionedTable(trials.with_name("trial-states"), trials, TRIAL_KEY)
+    (``trials/`` beside it is the trials' run folders). Rows stay in the order trials started."""
+    return PartitionedTable(trials.with_name("trial-states"), trials, TRIAL_KEY, sort_by_key=False)
 
 
 def _table(frame: pd.DataFrame) -> pa.Table:

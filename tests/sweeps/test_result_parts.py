@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.dataset as ds
 
-from sweeps.result_parts import PartitionedTable
+from sweeps.result_parts import PartitionedTable, trial_states_table
 
 
 def _rows(trial: str, epochs: range, value: float) -> list[dict]:
@@ -53,3 +53,16 @@ def test_a_compaction_interrupted_before_its_deletes_reads_the_same(tmp_path: Pa
         (tmp_path / "results" / name).write_bytes(data)
     pd.testing.assert_frame_equal(table.read().reset_index(drop=True), before.reset_index(drop=True))
     assert table.parts() == []  # the compacted file says which parts it already holds
+
+
+def test_the_trial_table_keeps_trials_in_the_order_they_started(tmp_path: Path) -> None:
+    table = trial_states_table(tmp_path / "trials.parquet")
+    assert not table.exists()
+    table.append([{"trial_id": "zz", "state": "running"}, {"trial_id": "aa", "state": "pending"}])
+    table.append([{"trial_id": "aa", "state": "running"}])
+    table.append([{"trial_id": "zz", "state": "finished", "error": None}, {"trial_id": "mm", "state": "running"}])
+    assert table.exists() and table.folder.name == "trial-states"  # trials/ is the run folders
+    expected = [("zz", "finished"), ("aa", "running"), ("mm", "running")]
+    assert list(table.read()[["trial_id", "state"]].itertuples(index=False, name=None)) == expected
+    table.compact()
+    assert list(pd.read_parquet(tmp_path / "trials.parquet")[["trial_id", "state"]].itertuples(index=False, name=None)) == expected

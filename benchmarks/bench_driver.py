@@ -116,7 +116,7 @@ def measure(trials: int, concurrent: int, reuse_actors: bool, root: Path) -> dic
         started, started_cpu, paused = time.perf_counter(), time.thread_time(), pauses.total
         original(self, trials)
         flushes.append(time.perf_counter() - started - (pauses.total - paused))
-        flush_cpu.append(time.thread_time() - started_cpu)
+        flush_cpu.append(time.thread_time() - started_cpu - (pauses.total - paused))
 
     ResultsWriter.flush = timed_flush  # type: ignore[method-assign]
     tune_cpu: list[float] = []

@@ -67,11 +67,7 @@ class ResultsWriter(Callback):
         written = results_table(self.results_path).read()
         if len(written):
             self._known = set(written[list(RESULT_KEY)].itertuples(index=False, name=None))
-        for row in self.recover_rows():
-            key = tuple(row[k] for k in RESULT_KEY)
-            if key not in self._known:
-                self._pending[key] = row
-                self._known.add(key)
+        self._backfill(None)
         previous = trial_states_table(StudyLayout(self.plan.study_dir).trials).read()
         if len(previous):
             self._completed |= set(previous.loc[previous["state"].isin(COMPLETED_STATES), "trial_id"])
@@ -93,11 +89,23 @@ class ResultsWriter(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._completed.add(trial.trial_id)
         self._changed.add(trial.trial_id)
+        self._backfill([trial.trial_id])
         self.flush(trials)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._changed.add(trial.trial_id)
+        self._backfill([trial.trial_id])
         self.flush(trials)
+
+    def _backfill(self, trial_ids: list[str] | None) -> None:
+        """Rows on disk that never reached the driver: every row after a driver's death, and a
+        report lost in flight when a trial died (its node lost after the epoch's checkpoint was
+        saved, so the restarted run resumes after that epoch and never reports it again)."""
+        for row in self.recover_rows(trial_ids):
+            key = tuple(row[k] for k in RESULT_KEY)
+            if key not in self._known:
+                self._pending[key] = row
+                self._known.add(key)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         # Every trial's final row, pending and interrupted ones too: O(trials) once per stage run.
@@ -109,11 +117,16 @@ class ResultsWriter(Callback):
             except OSError as exc:  # a full disk: the parts stay, and read the same
                 logger.warning("%s not compacted (%s); its parts under %s hold every row", table.compacted, exc, table.folder)
 
-    def recover_rows(self) -> list[dict[str, Any]]:
+    def recover_rows(self, trial_ids: list[str] | None = None) -> list[dict[str, Any]]:
         """Epoch rows rebuilt from ``trials/TRIAL/trial.json`` and each run's ``metrics.parquet``
-        (metrics and levels; Tune's timing columns are missing for these rows)."""
+        (metrics and levels; Tune's timing columns are missing for these rows), of every trial
+        or of ``trial_ids``."""
         rows = []
-        for trial_file in sorted(StudyLayout(self.plan.study_dir).runs.glob(f"*/{TRIAL_FILE}")):
+        if trial_ids is None:
+            files = sorted(StudyLayout(self.plan.study_dir).runs.glob(f"*/{TRIAL_FILE}"))
+        else:
+            files = [path for path in (self.plan.trial_dir(t) / TRIAL_FILE for t in trial_ids) if path.exists()]
+        for trial_file in files:
             trial = json.loads(trial_file.read_text(encoding="utf-8"))
             for repetition in self.plan.repetitions:
                 metrics = trial_file.parent / repetition.name / "metrics.parquet"

@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM := false
 export DS_ACCELERATOR ?= cpu
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/modaltune/torch_extensions
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test lint bench clean
 
 install: $(STAMP)
 
@@ -35,6 +35,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q tests
+
+# ruff's default rules (the version is pinned in pyproject.toml); CI runs it before the tests.
+lint: install
+	$(BIN)/ruff check .
 
 # On demand only, never in CI: each benchmark prints its ratios and a `BENCH name ...` line.
 # The GPU one is separate: bash benchmarks/bench_gpu.sh on a single-GPU machine.

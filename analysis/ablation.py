@@ -28,7 +28,7 @@ from statsmodels.stats.multitest import multipletests
 
 from analysis.inference import FoldDesign, bounded_interval, corrected_t_test, minimum_detectable_difference
 from analysis.summary import best_trials, final_epochs
-from sweeps.cells import factor_level
+from sweeps.factors import factor_level
 from sweeps.spec import StudySpec
 
 ALPHA = 0.05

@@ -15,9 +15,8 @@ import pandas as pd
 from torch.utils.tensorboard import SummaryWriter
 
 from analysis.summary import final_epochs
+from modaltune.metrics import METRICS
 from sweeps.spec import StudyLayout, StudySpec
-
-METRICS = ("c_index", "balanced_accuracy", "macro_auc")
 
 
 def write_hparams(study_dir: Path, spec: StudySpec, results: pd.DataFrame, trials: pd.DataFrame) -> Path:
@@ -25,7 +24,7 @@ def write_hparams(study_dir: Path, spec: StudySpec, results: pd.DataFrame, trial
     directory = StudyLayout(study_dir).tensorboard / "hparams"
     shutil.rmtree(directory, ignore_errors=True)
     finals = final_epochs(results) if len(results) else results
-    means = finals.groupby("trial_id")[[f"val_{m}" for m in METRICS if f"val_{m}" in finals.columns]].mean() if len(finals) else pd.DataFrame()
+    means = finals.groupby("trial_id")[[f"val_{m}" for m in METRICS.names() if f"val_{m}" in finals.columns]].mean() if len(finals) else pd.DataFrame()
     parameters = [*spec.factors, *[p for p in spec.search.params if p in trials.columns]]
     with SummaryWriter(log_dir=str(directory)) as writer:
         for row in trials.to_dict("records"):

@@ -18,13 +18,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.ablation import ALPHA, IMPLAUSIBLE_DIFFERENCE, TARGET_POWER, compare_to_reference, reference_levels, repetition_scores
+from analysis.ablation import (
+    ALPHA,
+    IMPLAUSIBLE_DIFFERENCE,
+    TARGET_POWER,
+    compare_to_reference,
+    reference_levels,
+    repetition_scores,
+)
 from analysis.inference import MIN_INTERVAL_UNITS, FoldDesign, minimum_detectable_difference
 from analysis.summary import load_study
 from modaltune.data.layout import CohortLayout, read_manifest
 from modaltune.errors import InputError
 from modaltune.train.config import validate_train_config
-from sweeps.cells import design_cells, factor_level
+from sweeps.cells import design_cells
+from sweeps.factors import factor_level
 from sweeps.spec import StudySpec
 
 
@@ -75,8 +83,10 @@ class StudyForecast:
         spec, resources = self.spec, self.spec.resources
         lines = [
             f"study {spec.name}: design {spec.design.type}, {self.cells} cells x {spec.search.trials_per_cell} trials = {self.trials} trials",
-            f"repetitions per trial: {len(spec.fold_indices)} folds x {len(spec.seeds)} seeds = {self.repetitions}; "
-            f"runs: {self.runs}; epochs: at most {self.runs * self.epochs} ({self.epochs} per run)",
+            (
+                f"repetitions per trial: {len(spec.fold_indices)} folds x {len(spec.seeds)} seeds = {self.repetitions}; "
+                f"runs: {self.runs}; epochs: at most {self.runs * self.epochs} ({self.epochs} per run)"
+            ),
         ]
         if self.confirm_runs:
             confirmation = spec.confirmation()

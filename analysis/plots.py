@@ -8,9 +8,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from lifelines import KaplanMeierFitter  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+from lifelines import KaplanMeierFitter
 
 DPI = 110
 

@@ -20,23 +20,40 @@ import markdown
 import pandas as pd
 
 from analysis import plots
-from analysis.ablation import ALPHA, TARGET_POWER, compare_to_reference, format_comparisons, level_table, one_sentence_verdict, reference_levels, repetition_scores, verdict
-from analysis.inference import FoldDesign
+from analysis.ablation import (
+    ALPHA,
+    TARGET_POWER,
+    compare_to_reference,
+    format_comparisons,
+    level_table,
+    one_sentence_verdict,
+    reference_levels,
+    repetition_scores,
+    verdict,
+)
 from analysis.cost import cost_table, prefix_cache_line
 from analysis.hparams import write_hparams
+from analysis.inference import FoldDesign
 from analysis.predictions import RepetitionPredictions, trial_predictions
 from analysis.selection import OPTIMISM_NOTE, Selection, held_out_metrics, select_model
 from analysis.summary import cell_summary, final_epochs, format_summary, load_confirmation, load_study
-from analysis.survival import bootstrap_c_index, ipcw_metrics, logrank_by_cohort, pooled_out_of_fold, risk_groups, summarise_ipcw
+from analysis.survival import (
+    bootstrap_c_index,
+    ipcw_metrics,
+    logrank_by_cohort,
+    pooled_out_of_fold,
+    risk_groups,
+    summarise_ipcw,
+)
 from analysis.tuning import param_importances, pareto_front
 from modaltune.atomic import write_text_atomic
 from modaltune.data.layout import CohortLayout, read_manifest
 from modaltune.errors import InputError
+from modaltune.metrics import METRICS
 from sweeps.spec import StudyLayout, StudySpec
 
 logger = logging.getLogger(__name__)
 
-TABLE_METRICS = ("c_index", "balanced_accuracy", "macro_auc")
 @dataclass(frozen=True)
 class Report:
     directory: Path
@@ -212,7 +229,7 @@ def _ablation_sections(
         "[95% corrected t-interval of the mean on the logit scale, so inside [0, 1]; n/a from fewer than 3 folds]. "
         "Reference levels are marked *.\n"
     )
-    for name in TABLE_METRICS:
+    for name in METRICS.names():
         if f"val_{name}" not in scores.columns:
             continue
         levels = level_table(spec, scores, name, design)

@@ -89,7 +89,7 @@ def risk_groups(repetitions: Sequence[RepetitionPredictions]) -> pd.DataFrame:
         if rep.seed != first_seed or rep.train is None:
             continue
         cutoffs = rep.train.groupby("cohort")["risk"].median()
-        val = rep.val[CASE_KEYS + ["risk"]].assign(fold=rep.fold, cutoff=lambda f: f["cohort"].map(cutoffs))
+        val = rep.val[CASE_KEYS + ["risk"]].assign(fold=rep.fold, cutoff=rep.val["cohort"].map(cutoffs))
         scored = val["risk"].notna() & val["cutoff"].notna()
         parts.append(val.assign(group=np.where(~scored, "unscored", np.where(val["risk"] > val["cutoff"], "high", "low"))))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[*CASE_KEYS, "risk", "fold", "cutoff", "group"])

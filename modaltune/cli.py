@@ -15,8 +15,6 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from modaltune.errors import InputError
-
 from modaltune.data import (
     Cohort,
     H5ImportOptions,
@@ -28,6 +26,7 @@ from modaltune.data import (
 )
 from modaltune.data.feature_formats import FEATURE_FORMATS
 from modaltune.data.h5_import import CLINICAL_DIALECTS, FOLD_GROUPINGS, ZERO_TIME_EPSILON, ZERO_TIME_POLICIES
+from modaltune.errors import InputError
 
 EXIT_BAD_INPUT = 2
 

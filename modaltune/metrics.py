@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from lifelines.utils import concordance_index
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+from modaltune.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +57,24 @@ def macro_auc(truth: Sequence[str], probabilities: np.ndarray, classes: Sequence
     )
 
 
+@dataclass(frozen=True)
+class CaseMetric:
+    """A validation metric computed per cancer type from its cases' predictions."""
+
+    direction: str  # "max" or "min": which way is better
+    score: Callable[[pd.DataFrame, list[str]], float]  # (one cancer type's predictions, its classes) -> value
+
+
+METRICS: Registry[CaseMetric] = Registry("metric")
+METRICS.register("c_index")(CaseMetric("max", lambda group, classes: c_index(group["time"], group["risk"], group["event"])))
+METRICS.register("balanced_accuracy")(CaseMetric("max", lambda group, classes: balanced_accuracy(group["subtype"], group["predicted_subtype"])))
+METRICS.register("macro_auc")(CaseMetric(
+    "max", lambda group, classes: macro_auc(list(group["subtype"]), np.stack(group["class_probabilities"].to_numpy()), classes),
+))
+
+
 def evaluate_predictions(predictions: pd.DataFrame, classes_of: dict[str, list[str]]) -> dict[str, float]:
-    """``c_index``, ``balanced_accuracy``, ``macro_auc`` per cohort (``BRCA/c_index``) and overall.
+    """Each registered metric per cohort (``BRCA/c_index``) and overall.
 
     Overall values are the mean over cancer types, as in the paper's tables; pan-cancer
     predictions are scored within each cancer type (risk scores of different cancers are not
@@ -63,13 +82,9 @@ def evaluate_predictions(predictions: pd.DataFrame, classes_of: dict[str, list[s
     """
     metrics: dict[str, float] = {}
     for cohort, group in predictions.groupby("cohort", sort=True):
-        classes = classes_of[cohort]
-        metrics[f"{cohort}/c_index"] = c_index(group["time"], group["risk"], group["event"])
-        metrics[f"{cohort}/balanced_accuracy"] = balanced_accuracy(group["subtype"], group["predicted_subtype"])
-        metrics[f"{cohort}/macro_auc"] = macro_auc(
-            list(group["subtype"]), np.stack(group["class_probabilities"].to_numpy()), classes
-        )
-    for name in ("c_index", "balanced_accuracy", "macro_auc"):
+        for name, metric in METRICS.items():
+            metrics[f"{cohort}/{name}"] = metric.score(group, classes_of[cohort])
+    for name in METRICS.names():
         values = [v for k, v in metrics.items() if k.endswith(f"/{name}") and not math.isnan(v)]
         metrics[name] = float(np.mean(values)) if values else math.nan
     return metrics

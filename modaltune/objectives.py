@@ -28,9 +28,15 @@ from torch import nn
 from modaltune.errors import InputError
 from modaltune.losses import cosine_logits, discrete_time_nll, distillation_kl, risk_from_hazard_logits
 from modaltune.models import ModalTuneModel
+from modaltune.registry import Registry
 from modaltune.text import TASKS, LabelBank
 
-OBJECTIVES = ("distill", "supervised")
+OBJECTIVES: Registry[type[Objective]] = Registry("objective")
+
+
+def _registered(cls: type[Objective]) -> type[Objective]:
+    """Adds an objective class to ``OBJECTIVES`` under its ``name``."""
+    return OBJECTIVES.register(cls.name)(cls)
 
 
 @dataclass
@@ -51,7 +57,7 @@ class CaseBatch:
     all_tiles: bool = False  # every tile of the case, in slide order (no random cap): its prefix may be cached
     prefix: torch.Tensor | None = None  # the frozen encoder's cached output before the first adapter
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "CaseBatch":
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> CaseBatch:
         def move(t: torch.Tensor | None, floating: bool = True) -> torch.Tensor | None:
             if t is None:
                 return None
@@ -155,6 +161,7 @@ class Objective(nn.Module, ABC):
         """Unweighted loss per task."""
 
 
+@_registered
 class DistillObjective(Objective):
     name = "distill"
     tasks = TASKS
@@ -172,6 +179,7 @@ class DistillObjective(Objective):
         }
 
 
+@_registered
 class SupervisedObjective(Objective):
     """Text-anchored heads: a learned logit scale per head and a learned bias per survival bin.
 
@@ -231,13 +239,9 @@ def _centred(anchors: np.ndarray) -> torch.Tensor:
 
 def check_loss_weights(objective: str, loss_weights: Mapping[str, float] | None) -> dict[str, float]:
     """``resolve_loss_weights`` by objective name, so a study checks weights before building anything."""
-    tasks = {cls.name: cls.tasks for cls in (DistillObjective, SupervisedObjective)}
-    return resolve_loss_weights(objective, tasks[objective], loss_weights)
+    return resolve_loss_weights(objective, OBJECTIVES[objective].tasks, loss_weights)
 
 
 def build_objective(name: str, bank: LabelBank, loss_weights: Mapping[str, float] | None = None, **options: float) -> Objective:
-    if name == "distill":
-        return DistillObjective(bank, loss_weights, **options)
-    if name == "supervised":
-        return SupervisedObjective(bank, loss_weights)
-    raise InputError(f"unknown objective {name!r}; choose from {list(OBJECTIVES)}")
+    """The objective registered as ``name``; ``options`` are its own keyword arguments."""
+    return OBJECTIVES[name](bank, loss_weights, **options)

@@ -62,7 +62,7 @@ class ExportedModel:
     members: list[str]
 
     @classmethod
-    def open(cls, root: str | Path) -> "ExportedModel":
+    def open(cls, root: str | Path) -> ExportedModel:
         root = Path(root)
         path = root / MODEL_FILE
         if not path.is_file():

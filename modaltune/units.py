@@ -7,7 +7,7 @@ def duration_text(seconds: float | None) -> str:
     """``"3m07s"``, ``"2h05m"``, ``"1d03h"``; ``"?"`` when unknown."""
     if seconds is None:
         return "?"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     days, rest = divmod(seconds, 86400)
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)

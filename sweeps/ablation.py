@@ -23,7 +23,7 @@ if sys.path and Path(sys.path[0]).resolve() == HERE:
     else:
         del sys.path[0]
 
-from sweeps.cli import main  # noqa: E402
+from sweeps.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

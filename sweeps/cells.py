@@ -10,19 +10,13 @@ reference level of every factor is its first level.
 from __future__ import annotations
 
 import itertools
-import json
 import random
 from dataclasses import dataclass, field
 from typing import Any
 
 from modaltune.errors import InputError
+from sweeps.factors import factor_level
 from sweeps.spec import DesignSpec
-
-
-@dataclass(frozen=True)
-class Level:
-    label: str
-    override: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -30,45 +24,6 @@ class Cell:
     id: str
     levels: dict[str, str] = field(default_factory=dict)  # factor -> level label
     overrides: tuple[dict[str, Any], ...] = ()
-
-
-def factor_level(factor: str, value: Any) -> Level:
-    """The label and run-config override of one level of ``factor``."""
-    where = f"factors.{factor}: level {value!r}"
-    if factor == "adapter_depth":
-        if isinstance(value, bool) or not isinstance(value, (int, list)):
-            raise InputError(f"{where} must be an int (number of adapters) or a layout (list of lists of layer indices)")
-        if isinstance(value, int):
-            return Level(str(value), {"model": {"adapter_depth": value, "adapter_layout": None}})
-        if not all(isinstance(block, list) and block for block in value):
-            raise InputError(f"{where} must be a list of non-empty lists of layer indices")
-        return Level("layout" + json.dumps(value, separators=(",", ":")), {"model": {"adapter_layout": value}})
-    if factor == "llm":
-        if not isinstance(value, str):
-            raise InputError(f"{where} must be a text encoder name such as 'minilm' or 'hf:NAME'")
-        return Level(value, {"text_encoder": value})
-    if factor == "modalities":
-        modalities = value.split("+") if isinstance(value, str) else value
-        if not isinstance(modalities, list) or not all(isinstance(m, str) for m in modalities):
-            raise InputError(f"{where} must be a list of modalities such as [wsi, rna]")
-        return Level("+".join(modalities), {"model": {"modalities": modalities}})
-    if factor == "loss_weights":
-        if not isinstance(value, dict) or not value:
-            raise InputError(f"{where} must be a mapping task -> weight, e.g. {{survival: 2.0}}")
-        return Level(",".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in value.items()), {"loss_weights": value})
-    if factor == "slide_encoder":
-        if isinstance(value, str):
-            return Level(value, {"model": {"encoder": value}})
-        if isinstance(value, dict) and isinstance(value.get("name"), str):
-            settings = {k: v for k, v in value.items() if k != "name"}
-            return Level(value["name"], {"model": settings})
-        raise InputError(f"{where} must be a preset name or a mapping with a 'name' and model.encoder* settings")
-    if factor == "cohorts":
-        cohorts = [value] if isinstance(value, str) else value
-        if not isinstance(cohorts, list) or not cohorts:
-            raise InputError(f"{where} must be a cancer type or a list of them")
-        return Level("+".join(cohorts), {"cohorts": cohorts})
-    raise InputError(f"factors: unknown factor {factor!r}")
 
 
 def design_cells(factors: dict[str, list[Any]], design: DesignSpec) -> list[Cell]:

@@ -113,7 +113,7 @@ def _conclude(study_dir: Path) -> None:
         for tracker in study_trackers(report.spec, study_dir):
             try:
                 tracker.log_report(report.directory)
-            except Exception as exc:  # an unreachable tracker server costs the upload, not the study's results
+            except Exception as exc:  # noqa: BLE001 - an unreachable tracker server costs the upload, not the study's results
                 print(f"could not log the report to {tracker.options.name}: {exc}", file=sys.stderr)
         if report.selection is not None:  # the report's own selection, not chosen a second time
             best = export_selection(study_dir, report.spec, report.selection, report.test_metrics)

@@ -7,6 +7,7 @@ only compose configs that are known to be valid. The plan is what every trial re
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import itertools
 import json
@@ -20,7 +21,7 @@ from modaltune.data.folds import sites_split_across_folds
 from modaltune.data.synthetic import SynthConfig
 from modaltune.errors import InputError
 from modaltune.objectives import check_loss_weights
-from modaltune.train.config import TrainConfig, apply_override, validate_train_config
+from modaltune.train.config import TrainConfig, set_dotted, validate_train_config
 from modaltune.train.run import RANDOM_ENCODER_WARNING, check_config_against_cohort, ensure_label_banks
 from sweeps.cells import Cell, design_cells
 from sweeps.spec import StudyLayout, StudySpec
@@ -73,7 +74,7 @@ class StudyPlan:
 
     def raw_train_config(self, cell: Cell, params: dict[str, Any], repetition: Repetition) -> dict[str, Any]:
         spec = self.spec
-        raw = json.loads(json.dumps(spec.train))
+        raw = copy.deepcopy(spec.train)
         if spec.cohorts is not None:
             raw["cohorts"] = spec.cohorts
         if spec.tasks:
@@ -83,7 +84,7 @@ class StudyPlan:
         if "loss_weights" in raw and spec.tasks:
             raw["loss_weights"] = dict(spec.tasks) | raw["loss_weights"]
         for key, value in params.items():
-            apply_override(raw, f"{key}={json.dumps(value)}")
+            set_dotted(raw, key, value)
         resources = spec.resources
         raw["scaling"] = {
             "num_workers": resources.num_workers,
@@ -237,4 +238,4 @@ def _merge(target: dict[str, Any], override: dict[str, Any], replace: tuple[str,
         if isinstance(value, dict) and isinstance(target.get(key), dict) and key not in replace:
             _merge(target[key], value)
         else:
-            target[key] = json.loads(json.dumps(value))
+            target[key] = copy.deepcopy(value)

@@ -19,8 +19,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ray.tune.experiment import Trial
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from sweeps.cell_schedulers import CELL_SCHEDULERS, CellRace
 from sweeps.plan import StudyPlan
 from sweeps.searcher import CELL_KEY, DONE_KEY, KIND_KEY, cv_key
 from sweeps.spec import SchedulerSpec
@@ -69,19 +70,14 @@ def make_scheduler(plan: StudyPlan) -> TrialScheduler:
     """The spec's scheduler, one per cell; FIFO when there is nothing to stop between."""
     spec = plan.spec.scheduler
     primary = plan.spec.search.primary
-    metric, mode, total = cv_key(primary.name), primary.direction, len(plan.repetitions)
-    if spec.type == "none" or total < 2 or plan.spec.search.trials_per_cell < 2:
+    race = CellRace(cv_key(primary.name), primary.direction, DONE_KEY, len(plan.repetitions))
+    if CELL_SCHEDULERS[spec.type](spec, race) is None or race.total < 2 or plan.spec.search.trials_per_cell < 2:
         return FIFOScheduler()
-    return PerCellScheduler(functools.partial(cell_scheduler, spec, metric, mode, total), metric, mode)
+    return PerCellScheduler(functools.partial(cell_scheduler, spec, race), race.metric, race.mode)
 
 
-def cell_scheduler(spec: SchedulerSpec, metric: str, mode: str, total: int) -> TrialScheduler:
+def cell_scheduler(spec: SchedulerSpec, race: CellRace) -> TrialScheduler:
     """A fresh scheduler for one cell (a module-level function, so the study state pickles)."""
-    if spec.type == "asha":
-        return ASHAScheduler(
-            time_attr=DONE_KEY, metric=metric, mode=mode,
-            max_t=total, grace_period=min(spec.grace_period, total), reduction_factor=spec.reduction_factor,
-        )
-    return MedianStoppingRule(
-        time_attr=DONE_KEY, metric=metric, mode=mode, grace_period=spec.grace_period, min_samples_required=spec.min_samples_required,
-    )
+    scheduler = CELL_SCHEDULERS[spec.type](spec, race)
+    assert scheduler is not None, "make_scheduler uses FIFO for a rule that stops nothing"
+    return scheduler

@@ -27,6 +27,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from sweeps.samplers import make_sampler
 from sweeps.spec import Distribution, SearchSpec
 
 logger = logging.getLogger(__name__)
@@ -47,27 +48,6 @@ def optuna_distribution(dist: Distribution) -> optuna.distributions.BaseDistribu
     if dist.type == "int":
         return optuna.distributions.IntDistribution(int(dist.low or 0), int(dist.high or 0), step=dist.step or 1, log=dist.log)
     return optuna.distributions.FloatDistribution(dist.low or 0.0, dist.high or 0.0, log=dist.type == "loguniform" or dist.log)
-
-
-def make_sampler(search: SearchSpec) -> optuna.samplers.BaseSampler:
-    if search.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=search.seed)
-    if search.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=search.seed)
-    if search.sampler == "grid":
-        return _BudgetedGridSampler({k: list(d.choices or []) for k, d in search.params.items()}, seed=search.seed)
-    if search.sampler == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=search.seed, warn_independent_sampling=False)
-    return optuna.samplers.NSGAIISampler(seed=search.seed)
-
-
-class _BudgetedGridSampler(optuna.samplers.GridSampler):
-    """Optuna's grid sampler without its stop: ``after_trial`` calls ``study.stop()`` once the
-    grid is visited, which only works inside ``study.optimize`` and raises under ask-and-tell,
-    as here. A cell's budget (``trials_per_cell``) says when it is done."""
-
-    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: TrialState, values: Any) -> None:
-        return None
 
 
 class CellStudy:

@@ -16,12 +16,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from modaltune.errors import InputError, describe_validation_error, read_yaml_mapping
+from modaltune.metrics import METRICS
+from sweeps.cell_schedulers import CELL_SCHEDULERS
+from sweeps.factors import FACTORS
+from sweeps.samplers import SAMPLERS
 from sweeps.trackers import TRACKERS
 
-FACTORS = ("adapter_depth", "llm", "modalities", "loss_weights", "slide_encoder", "cohorts")
-METRICS = {"c_index": "max", "balanced_accuracy": "max", "macro_auc": "max", "loss": "min"}
-SAMPLERS = ("tpe", "random", "grid", "cmaes", "nsga2")
-SCHEDULERS = ("asha", "median", "none", "pbt")
+LOSS_METRIC = "loss"  # the objective's validation loss: a study may also tune on it (lower is better)
 
 
 class _Strict(BaseModel):
@@ -71,32 +72,32 @@ class MetricGoal(_Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, name: str) -> str:
-        if name not in METRICS:
-            raise ValueError(f"unknown metric {name!r}; choose from {list(METRICS)}")
+        if name != LOSS_METRIC and name not in METRICS:
+            raise ValueError(f"unknown metric {name!r}; choose from {[*METRICS.names(), LOSS_METRIC]}")
         return name
 
     @property
     def direction(self) -> str:
-        return self.mode or METRICS[self.name]
+        return self.mode or ("min" if self.name == LOSS_METRIC else METRICS[self.name].direction)
 
 
 class SearchSpec(_Strict):
     """The nuisance hyperparameters tuned inside every cell, each cell with the same budget."""
 
     trials_per_cell: int = Field(default=1, ge=1)
-    sampler: Literal["tpe", "random", "grid", "cmaes", "nsga2"] = "tpe"
+    sampler: str = "tpe"
     seed: int = 0
     metrics: list[MetricGoal] = Field(default_factory=lambda: [MetricGoal(name="c_index")], min_length=1, max_length=3)
     params: dict[str, Distribution] = Field(default_factory=dict)
 
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, name: str) -> str:
+        return SAMPLERS.check(name)
+
     @model_validator(mode="after")
     def _sampler_fits(self) -> SearchSpec:
-        if self.sampler == "grid" and any(d.type != "categorical" for d in self.params.values()):
-            raise ValueError("sampler 'grid' needs every param to be categorical")
-        if self.sampler == "nsga2" and len(self.metrics) < 2:
-            raise ValueError("sampler 'nsga2' is multi-objective: give two or more metrics")
-        if self.sampler == "cmaes" and len(self.metrics) > 1:
-            raise ValueError("sampler 'cmaes' is single-objective: give one metric (or use 'nsga2' / 'tpe')")
+        SAMPLERS[self.sampler].check(self.sampler, self)
         names = [m.name for m in self.metrics]
         if len(set(names)) != len(names):
             raise ValueError(f"metrics repeat a name: {names}")
@@ -110,20 +111,20 @@ class SearchSpec(_Strict):
 class SchedulerSpec(_Strict):
     """Early stopping between repetitions (folds x seeds) of a trial; see sweeps/searcher.py."""
 
-    type: Literal["asha", "median", "none", "pbt"] = "asha"
+    type: str = "asha"
     grace_period: int = Field(default=1, ge=1)
     reduction_factor: float = Field(default=2.0, gt=1)
     min_samples_required: int = Field(default=3, ge=1)
 
     @field_validator("type")
     @classmethod
-    def _not_pbt(cls, kind: str) -> str:
-        if kind == "pbt":
+    def _known(cls, kind: str) -> str:
+        if kind == "pbt":  # a Tune scheduler users ask for, refused with the reason
             raise ValueError(
                 "pbt mutates hyperparameters inside running trials and Ray Tune refuses it together with a "
-                "search algorithm; studies tune with Optuna per cell, so use 'asha', 'median' or 'none'"
+                f"search algorithm; studies tune with Optuna per cell, so use one of {CELL_SCHEDULERS.names()}"
             )
-        return kind
+        return CELL_SCHEDULERS.check(kind)
 
 
 class ResourcesSpec(_Strict):
@@ -183,9 +184,7 @@ class TrackerSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, name: str) -> str:
-        if name not in TRACKERS:
-            raise ValueError(f"unknown tracker {name!r}; choose from {sorted(TRACKERS)}")
-        return name
+        return TRACKERS.check(name)
 
 
 class StudySpec(_Strict):
@@ -244,20 +243,19 @@ class StudySpec(_Strict):
     @classmethod
     def _factors(cls, factors: dict[str, list[Any]]) -> dict[str, list[Any]]:
         for name, levels in factors.items():
-            if name not in FACTORS:
-                raise ValueError(f"unknown factor {name!r}; choose from {list(FACTORS)}")
+            FACTORS.check(name)
             if not levels:
                 raise ValueError(f"factor {name!r} needs at least one level")
         return factors
 
     @model_validator(mode="after")
-    def _test_fold_held_out(self) -> "StudySpec":
+    def _test_fold_held_out(self) -> StudySpec:
         if isinstance(self.folds, list) and self.test_fold in self.folds:
             raise ValueError(f"test_fold {self.test_fold} is also one of the validation folds {self.folds}")
         return self
 
     @model_validator(mode="after")
-    def _confirmation_is_fresh(self) -> "StudySpec":
+    def _confirmation_is_fresh(self) -> StudySpec:
         if self.confirm is None:
             return self
         if self.confirm.folds is not None:
@@ -274,7 +272,7 @@ class StudySpec(_Strict):
         """The validation folds: ``folds`` as listed, or the first ``folds`` that are not the test fold."""
         return validation_folds(self.folds, self.test_fold)
 
-    def confirmation(self) -> "StudySpec":
+    def confirmation(self) -> StudySpec:
         """The confirm stage as a study of its own: one trial per cell (its configuration fixed
         by the search), the confirmation's seeds and folds, every repetition run (no scheduler)."""
         if self.confirm is None:

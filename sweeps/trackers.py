@@ -6,7 +6,8 @@ each finished repetition) as metrics at Tune's step. When the study has been ana
 report goes up as the artifacts of one more run, named ``report``. A tracker's package is
 imported only when a spec asks for it, and its absence is said before Ray starts.
 
-To add one: a ``Tracker`` subclass with ``callback`` and ``log_report``, registered in ``TRACKERS``.
+To add one: a ``Tracker`` subclass with ``callback`` and ``log_report``, registered in ``TRACKERS``
+(``@TRACKERS.register("name")``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from modaltune.errors import InputError
+from modaltune.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,10 @@ class Tracker:
         raise NotImplementedError
 
 
+TRACKERS: Registry[type[Tracker]] = Registry("tracker")
+
+
+@TRACKERS.register("mlflow")
 class MlflowTracker(Tracker):
     """MLflow: by default a local store in the study folder (``STUDY/mlflow.db``, artifacts under
     ``STUDY/mlflow-artifacts``; ``mlflow ui --backend-store-uri sqlite:///STUDY/mlflow.db``), or
@@ -88,6 +94,7 @@ class MlflowTracker(Tracker):
         logger.info("report logged to MLflow (%s, experiment %s, run %s)", self.tracking_uri, self.experiment, run.info.run_id)
 
 
+@TRACKERS.register("wandb")
 class WandbTracker(Tracker):
     """Weights & Biases, offline by default (``STUDY/wandb``; ``wandb sync`` uploads it later):
     ``mode: online`` and a ``project`` to log live."""
@@ -111,9 +118,6 @@ class WandbTracker(Tracker):
         artifact.add_dir(str(report_dir))
         run.log_artifact(artifact)
         run.finish()
-
-
-TRACKERS: dict[str, type[Tracker]] = {"mlflow": MlflowTracker, "wandb": WandbTracker}
 
 
 def study_trackers(spec: Any, study_dir: Path) -> list[Tracker]:

@@ -186,7 +186,7 @@ class _Background(threading.Thread):
     def run(self) -> None:
         try:
             self.function()
-        except BaseException as exc:  # handed to Tune from step(), where it errors the trial
+        except BaseException as exc:  # noqa: BLE001 - handed to Tune from step(), where it errors the trial
             self.error = exc
 
     def raise_error(self) -> None:

@@ -37,7 +37,7 @@ def test_unknown_cohort_is_a_clear_input_error(tmp_path: Path, capsys) -> None:
 
 
 def test_train_refuses_bad_input_before_starting_ray(cohort_copy: Path, tmp_path: Path, capsys) -> None:
-    (cohort_copy / "features" / sorted(p.name for p in (cohort_copy / "features").iterdir())[0]).write_bytes(b"junk")
+    (cohort_copy / "features" / min(p.name for p in (cohort_copy / "features").iterdir())).write_bytes(b"junk")
     output = tmp_path / "run"
     assert main(["train", "--cohort", str(cohort_copy), "--output", str(output)]) == 2
     err = capsys.readouterr().err

@@ -5,7 +5,7 @@ from modaltune.data.cohort import CaseRecord, CaseSample, Cohort
 from modaltune.data.features import FeatureFileError, SlideFeatures, read_slide_features, write_slide_features
 from modaltune.data.folds import assign_case_folds
 from modaltune.data.h5_import import H5ImportError, H5ImportOptions, import_h5_cohort
-from modaltune.data.labels import LabelSpec, LabelsFileError, default_labels, load_labels, save_labels
+from modaltune.data.labels import LabelsFileError, LabelSpec, default_labels, load_labels, save_labels
 from modaltune.data.layout import CohortLayout, CohortManifest, ManifestError, read_manifest
 from modaltune.data.synthetic import SynthConfig, generate_cohort
 from modaltune.data.validate import CohortInvalidError, Problem, ValidationReport, validate_cohort

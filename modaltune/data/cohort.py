@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 from modaltune.data.clinical import CLINICAL_COLUMNS, encode_clinical
 from modaltune.data.features import SlideFeatures, read_slide_features
 from modaltune.data.labels import LabelSpec, load_labels
-from modaltune.errors import InputError
 from modaltune.data.layout import CASE_LEVEL_COLUMNS, CohortLayout, CohortManifest, read_gene_groups, read_manifest
+from modaltune.errors import InputError
 
 
 @dataclass(frozen=True)

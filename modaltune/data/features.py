@@ -65,9 +65,8 @@ def write_slide_features(
         names=[FEATURES_COLUMN, COORDS_COLUMN],
     )
     schema = batch.schema.with_metadata({"slide_id": slide_id, "n_tiles": str(n_tiles), "feature_dim": str(dim)})
-    with atomic_path(path) as tmp:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-            writer.write_batch(batch)
+    with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+        writer.write_batch(batch)
 
 
 def read_slide_features(path: str | os.PathLike[str]) -> SlideFeatures:

@@ -50,5 +50,5 @@ def assign_case_folds(
 
 def sites_split_across_folds(slides: pd.DataFrame) -> dict[str, list[int]]:
     """Tissue source sites whose cases sit in more than one fold -> those folds (needs ``site``)."""
-    folds = slides.dropna(subset=["site"]).groupby("site")["fold"].agg(lambda f: sorted(set(int(x) for x in f)))
+    folds = slides.dropna(subset=["site"]).groupby("site")["fold"].agg(lambda f: sorted({int(x) for x in f}))
     return {str(site): fs for site, fs in folds.items() if len(fs) > 1}

@@ -32,11 +32,20 @@ from modaltune.data.feature_formats import FeatureFormat, SlideFileProblem, dete
 from modaltune.data.features import write_slide_features
 from modaltune.data.folds import assign_case_folds
 from modaltune.data.labels import LabelSpec, default_labels, load_labels, save_labels
+from modaltune.data.layout import (
+    LABEL_COLUMNS,
+    OPTIONAL_CASE_COLUMNS,
+    SAFE_SLIDE_ID,
+    SLIDE_COLUMNS,
+    CohortLayout,
+    CohortManifest,
+    read_gene_groups,
+    write_manifest,
+)
 from modaltune.data.tcga_tables import missing_time_hint, normalise_tcga_table, rename_cbioportal_columns
 from modaltune.data.tile_geometry import CohortGeometry, TileGeometry, cohort_geometry, rescale_coords
 from modaltune.data.validate import slide_table_problems, summarise_problems, validate_cohort
 from modaltune.errors import InputError
-from modaltune.data.layout import LABEL_COLUMNS, OPTIONAL_CASE_COLUMNS, SAFE_SLIDE_ID, SLIDE_COLUMNS, CohortLayout, CohortManifest, read_gene_groups, write_manifest
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from modaltune.atomic import write_text_atomic
-from modaltune.errors import InputError, describe_validation_error, read_yaml_mapping
 from modaltune.data.tcga import TCGA_COHORTS
+from modaltune.errors import InputError, describe_validation_error, read_yaml_mapping
 
 
 class CohortLabels(BaseModel):
@@ -48,7 +48,7 @@ class SurvivalLabels(BaseModel):
             raise ValueError("every survival bin needs a non-empty description")
         return bins
 
-    def model_post_init(self, __context: object) -> None:
+    def model_post_init(self, context: object, /) -> None:
         if len(self.bins) != self.n_bins:
             raise ValueError(f"survival.bins has {len(self.bins)} descriptions but n_bins is {self.n_bins}")
 

@@ -53,10 +53,10 @@ import pyarrow as pa
 from lifelines.utils import concordance_index
 
 from modaltune.atomic import write_json_atomic, write_parquet_atomic
-from modaltune.data.folds import assign_case_folds
-from modaltune.data.features import write_slide_features
-from modaltune.data.labels import default_labels, save_labels
 from modaltune.data.clinical import CLINICAL_COLUMNS
+from modaltune.data.features import write_slide_features
+from modaltune.data.folds import assign_case_folds
+from modaltune.data.labels import default_labels, save_labels
 from modaltune.data.layout import SLIDE_COLUMNS, CohortLayout, CohortManifest, write_manifest
 from modaltune.data.tcga import TCGA_COHORTS, CohortInfo
 from modaltune.errors import InputError
@@ -285,7 +285,7 @@ def _sample_cases(
     for cohort in config.cohorts:
         info = TCGA_COHORTS[cohort]
         # Enough cases that their slides (1 + a few extras) cover slides_per_cohort.
-        n_cases = max(config.n_folds, int(round(config.slides_per_cohort / (1 + config.extra_slide_probability))))
+        n_cases = max(config.n_folds, round(config.slides_per_cohort / (1 + config.extra_slide_probability)))
         prevalence = np.array([s.prevalence for s in info.subtypes])
         subtype_index = rng.choice(len(info.subtypes), size=n_cases, p=prevalence / prevalence.sum())
         frame = pd.DataFrame(
@@ -399,7 +399,7 @@ def _sample_slides(config: SynthConfig, cases: pd.DataFrame, rng: np.random.Gene
         slides_per_case = 1 + np.bincount(extra_slots, minlength=len(cohort_cases))
         for case_id, n_slides in zip(cohort_cases, slides_per_case):
             for j in range(n_slides):
-                n_tiles = int(round(math.exp(rng.uniform(math.log(config.min_tiles), math.log(config.max_tiles)))))
+                n_tiles = round(math.exp(rng.uniform(math.log(config.min_tiles), math.log(config.max_tiles))))
                 rows.append({"slide_id": f"{case_id}-DX{j + 1}", "case_id": case_id, "n_tiles": n_tiles})
     return pd.DataFrame(rows)
 
@@ -417,7 +417,7 @@ def _slide_tiles(
     stain_shift = 0.3 * rng.standard_normal(config.feature_dim)
     features = world.prototypes[labels] + stain_shift + config.tile_noise * rng.standard_normal((n_tiles, config.feature_dim))
 
-    side = int(math.ceil(math.sqrt(n_tiles * 1.6)))
+    side = math.ceil(math.sqrt(n_tiles * 1.6))
     cells = rng.choice(side * side, size=n_tiles, replace=False)
     origin = rng.integers(0, max(1, 900 - side), size=2)
     grid = np.stack([cells // side + origin[0], cells % side + origin[1]], axis=1)
@@ -480,7 +480,7 @@ def _truth(config: SynthConfig, world: _World, cases: pd.DataFrame, sites: _Site
     }
     return {
         "config": asdict(config),
-        "n_cases": int(len(cases)),
+        "n_cases": len(cases),
         "censored_fraction": float(1.0 - cases["event"].mean()),
         "hazard": {
             "model": "Weibull proportional hazards",

@@ -24,11 +24,10 @@ import pyarrow.parquet as pq
 from modaltune.data.clinical import CLINICAL_COLUMNS, clinical_value_problem
 from modaltune.data.features import FeatureFileError, read_slide_features
 from modaltune.data.labels import LabelsFileError, LabelSpec, load_labels
-from modaltune.errors import InputError
 from modaltune.data.layout import (
+    CASE_LEVEL_COLUMNS,
     OPTIONAL_CASE_COLUMNS,
     POSITION_GRID_SIZE,
-    CASE_LEVEL_COLUMNS,
     SAFE_SLIDE_ID,
     SLIDE_COLUMNS,
     CohortLayout,
@@ -37,6 +36,7 @@ from modaltune.data.layout import (
     read_gene_groups,
     read_manifest,
 )
+from modaltune.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ class _Checker:
     def _label_fields(self, path: Path, where: str, row: object, labels: LabelSpec | None, optional: bool) -> None:
         if labels is None:
             return
-        cohort, subtype = getattr(row, "cohort"), getattr(row, "subtype")
+        cohort, subtype = row.cohort, row.subtype
         if cohort not in labels.cohorts:
             self._problem(path, where, "cohort", f"{cohort!r} is not a cohort of labels.yaml ({sorted(labels.cohorts)})")
         elif optional and _is_missing(subtype):
@@ -222,7 +222,7 @@ class _Checker:
             )
 
     def _survival_fields(self, path: Path, where: str, row: object, optional: bool) -> None:
-        time, event = getattr(row, "time"), getattr(row, "event")
+        time, event = row.time, row.event
         if optional and _is_missing(time) and _is_missing(event):
             return
         if not isinstance(time, (int, float, np.number)) or not math.isfinite(time) or time <= 0:

@@ -8,6 +8,7 @@ from modaltune.models.modaltune_model import MODALITIES, ModalTuneConfig, ModalT
 from modaltune.models.slide_encoder import (
     GIGAPATH_CHECKPOINT_FILENAME,
     GIGAPATH_HUB_ID,
+    SLIDE_ENCODER_PRESETS,
     SlideEncoder,
     SlideEncoderConfig,
     load_slide_encoder,
@@ -19,6 +20,7 @@ __all__ = [
     "GIGAPATH_CHECKPOINT_FILENAME",
     "GIGAPATH_HUB_ID",
     "MODALITIES",
+    "SLIDE_ENCODER_PRESETS",
     "ClinicalEncoder",
     "DilatedSelfAttention",
     "FrozenSlideEncoder",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from modaltune.errors import InputError
 from modaltune.models.dilated_attention import longnet_segment_lengths
 from modaltune.models.frozen_encoder import FrozenSlideEncoder
 from modaltune.models.longnet import LongNetEncoder
+from modaltune.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +107,13 @@ class SlideEncoderConfig:
         and all ratios are exercised on bags of a few dozen tiles."""
         base = cls(in_dim=32, dim=64, depth=4, heads=4, dilation_ratios=(1, 2, 4), segment_lengths=(8, 16, 32))
         return replace(base, **overrides)
+
+
+
+SLIDE_ENCODER_PRESETS: Registry[Callable[..., SlideEncoderConfig]] = Registry("slide encoder preset")
+"""``model.encoder`` names: each entry makes the preset's config from keyword overrides."""
+SLIDE_ENCODER_PRESETS.register("gigapath")(SlideEncoderConfig.gigapath)
+SLIDE_ENCODER_PRESETS.register("tiny")(SlideEncoderConfig.tiny)
 
 
 def tile_position_index(coords: torch.Tensor, tile_size: int, grid_size: int) -> torch.Tensor:

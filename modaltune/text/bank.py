@@ -53,9 +53,8 @@ class TextEmbeddingCache:
             logger.info("embedding %d new prompt(s) with %s", len(missing), encoder.name)
             vectors = encoder.encode([p for _, p in missing])
             known.update(zip((k for k, _ in missing), vectors))
-            with atomic_path(path) as tmp:
-                with open(tmp, "wb") as handle:
-                    np.savez(handle, keys=np.array(list(known)), vectors=np.stack(list(known.values())))
+            with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+                np.savez(handle, keys=np.array(list(known)), vectors=np.stack(list(known.values())))
         return np.stack([known[k] for k in keys]).astype(np.float32)
 
 
@@ -107,19 +106,18 @@ class LabelBank:
     def save(self, path: str | os.PathLike[str]) -> None:
         arrays = {f"class/{c}": v for c, v in self.class_targets.items()}
         arrays |= {f"bin/{c}": v for c, v in self.bin_targets.items()}
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as handle:
-                np.savez(
-                    handle,
-                    encoder=np.array(self.encoder),
-                    edges=np.array(self.bins.edges),
-                    case_ids=np.array(self.case_ids),
-                    case_targets=self.case_targets,
-                    **arrays,
-                )
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            np.savez(
+                handle,
+                encoder=np.array(self.encoder),
+                edges=np.array(self.bins.edges),
+                case_ids=np.array(self.case_ids),
+                case_targets=self.case_targets,
+                **arrays,
+            )
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "LabelBank":
+    def load(cls, path: str | os.PathLike[str]) -> LabelBank:
         with np.load(path, allow_pickle=False) as stored:
             return cls(
                 encoder=str(stored["encoder"]),

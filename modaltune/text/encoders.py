@@ -139,7 +139,7 @@ class OneHotTextEncoder(TextEncoder):
         self.revision = hashlib.sha256(json.dumps(list(vocabulary)).encode()).hexdigest()[:16]
 
     @classmethod
-    def from_labels(cls, labels: LabelSpec) -> "OneHotTextEncoder":
+    def from_labels(cls, labels: LabelSpec) -> OneHotTextEncoder:
         vocabulary: list[tuple[str, str]] = [("cohort", c) for c in labels.cohorts]
         vocabulary += [("subtype", f"{c}/{s}") for c in labels.cohorts for s in labels.subtypes_of(c)]
         for field in ("stage", "t_stage", "n_stage", "m_stage"):

@@ -45,7 +45,7 @@ class SurvivalBins:
     edges: tuple[float, ...]  # n_bins + 1 values: 0, q1, ..., inf
 
     @classmethod
-    def fit(cls, times: Sequence[float], events: Sequence[int], n_bins: int) -> "SurvivalBins":
+    def fit(cls, times: Sequence[float], events: Sequence[int], n_bins: int) -> SurvivalBins:
         times_arr, events_arr = np.asarray(times, dtype=float), np.asarray(events, dtype=int)
         uncensored = times_arr[events_arr == 1]
         if uncensored.size < n_bins:

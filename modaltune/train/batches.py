@@ -25,21 +25,20 @@ class RnaNormalizer:
         self.mean, self.std = mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
 
     @classmethod
-    def fit(cls, matrix: np.ndarray) -> "RnaNormalizer":
+    def fit(cls, matrix: np.ndarray) -> RnaNormalizer:
         return cls(matrix.mean(axis=0), matrix.std(axis=0))
 
     @classmethod
-    def fit_on(cls, cohort: Cohort, training_cases: Sequence[str]) -> "RnaNormalizer":
+    def fit_on(cls, cohort: Cohort, training_cases: Sequence[str]) -> RnaNormalizer:
         """Fitted on the training cases that have RNA (the others get the missing-RNA token)."""
         return cls.fit(cohort.rna_matrix([c for c in training_cases if c in cohort.rna_cases]))
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as handle:
-                np.savez(handle, mean=self.mean, std=self.std)
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, mean=self.mean, std=self.std)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "RnaNormalizer":
+    def load(cls, path: str | os.PathLike[str]) -> RnaNormalizer:
         with np.load(path) as stored:
             return cls(stored["mean"], stored["std"])
 

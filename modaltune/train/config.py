@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from modaltune.data.clinical import CLINICAL_VECTOR_SIZE
 from modaltune.data.cohort import Cohort
 from modaltune.errors import InputError, describe_validation_error, read_yaml_mapping
-from modaltune.models import MODALITIES, ModalTuneConfig, SlideEncoderConfig
+from modaltune.models import MODALITIES, SLIDE_ENCODER_PRESETS, ModalTuneConfig
 from modaltune.objectives import OBJECTIVES
 from modaltune.text.encoders import parse_text_encoder_spec
 
@@ -46,9 +46,7 @@ class ModelSection(_Section):
     @field_validator("encoder")
     @classmethod
     def _known_preset(cls, name: str) -> str:
-        if name not in ("tiny", "gigapath"):
-            raise ValueError(f"unknown encoder preset {name!r}; choose 'tiny' or 'gigapath'")
-        return name
+        return SLIDE_ENCODER_PRESETS.check(name)
 
     @field_validator("modalities")
     @classmethod
@@ -67,8 +65,7 @@ class ModelSection(_Section):
     def build(self, rna_group_sizes: tuple[int, ...], feature_dim: int, tile_size_px: int) -> ModalTuneConfig:
         """The model for a cohort: its tile-feature width and its tile size (level-0 pixels per
         cell of the SLFM's position grid), unless ``encoder_overrides`` set them."""
-        preset = SlideEncoderConfig.gigapath if self.encoder == "gigapath" else SlideEncoderConfig.tiny
-        encoder = preset(**{"in_dim": feature_dim, "tile_size": tile_size_px, **self.encoder_overrides})
+        encoder = SLIDE_ENCODER_PRESETS[self.encoder](**{"in_dim": feature_dim, "tile_size": tile_size_px, **self.encoder_overrides})
         return ModalTuneConfig(
             encoder=encoder,
             modalities=tuple(self.modalities),
@@ -146,9 +143,7 @@ class TrainConfig(_Section):
     @field_validator("objective")
     @classmethod
     def _known_objective(cls, name: str) -> str:
-        if name not in OBJECTIVES:
-            raise ValueError(f"unknown objective {name!r}; choose from {list(OBJECTIVES)}")
-        return name
+        return OBJECTIVES.check(name)
 
     @field_validator("text_encoder")
     @classmethod
@@ -188,18 +183,25 @@ def validate_train_config(raw: dict[str, Any], source: str = "config") -> TrainC
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Set ``a.b.c=value`` in a nested dict; the value is parsed as YAML (numbers, lists, ...)."""
+    """Set ``a.b.c=value`` (a ``--set`` item) in a nested dict; the value is parsed as YAML
+    (numbers, lists, ...)."""
     key, sep, value = item.partition("=")
     if not sep or not key:
         raise InputError(f"--set expects key=value, got {item!r}")
+    set_dotted(raw, key, yaml.safe_load(value), where=f"--set {item!r}")
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any, where: str | None = None) -> None:
+    """Set ``raw[a][b][c] = value`` for ``key`` ``a.b.c``, the value as given (a tuned float stays a
+    float: no round trip through text, where YAML reads ``1e-05`` as a string)."""
     node = raw
     parts = key.split(".")
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise InputError(f"--set {item!r}: {part!r} is not a section")
+            raise InputError(f"{where or key}: {part!r} is not a section")
         node = child
-    node[parts[-1]] = yaml.safe_load(value)
+    node[parts[-1]] = value
 
 
 def _deep_copy(raw: dict[str, Any]) -> dict[str, Any]:

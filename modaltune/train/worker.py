@@ -85,7 +85,7 @@ def _train_run(run: dict[str, Any], index: int, checkpoint: ray.train.Checkpoint
     paths = run["paths"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    torch.set_num_threads(max(1, int(round(config.scaling.cpus_per_worker))))
+    torch.set_num_threads(max(1, round(config.scaling.cpus_per_worker)))
     device = ray.train.torch.get_device()
 
     cohort = Cohort(paths["cohort"])

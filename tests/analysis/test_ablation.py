@@ -42,14 +42,14 @@ def _tables(spec: StudySpec, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]
             trial_id = f"{cell.id}_{k}"
             state = "stopped_early" if k == 1 and number % 2 else "finished"
             values = []
-            for fold, seed in itertools.product(range(FOLDS), SEEDS):
+            for fold, run_seed in itertools.product(range(FOLDS), SEEDS):
                 value = 0.60 + rna - penalty + fold_effect[fold] + rng.normal(0, 0.01)
                 values.append(value)
                 for epoch in range(EPOCHS):
                     late = epoch == EPOCHS - 1
                     results.append(
                         {
-                            "trial_id": trial_id, "cell": cell.id, **cell.levels, "fold": fold, "seed": seed, "epoch": epoch,
+                            "trial_id": trial_id, "cell": cell.id, **cell.levels, "fold": fold, "seed": run_seed, "epoch": epoch,
                             "val_c_index": value if late else 0.5, "val_BRCA/c_index": value + 0.01 if late else 0.5,
                             "val_balanced_accuracy": 0.8,
                         }

@@ -5,10 +5,10 @@ from __future__ import annotations
 import copy
 import re
 import shlex
-import tomllib
 from pathlib import Path
 from typing import Any
 
+import tomllib
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+from typing_extensions import Self
 
 USER = "modaltune-ci"
 SSHD = Path("/usr/sbin/sshd")
@@ -188,7 +189,7 @@ class Sshd:
         self.port = free_port()
         self.process: subprocess.Popen | None = None
 
-    def __enter__(self) -> Sshd:
+    def __enter__(self) -> Self:
         host_key = self.directory / "host_ed25519"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
         config = self.directory / "sshd_config"

@@ -19,7 +19,15 @@ import yaml
 
 from tests.cluster.configs import REPO, load
 from tests.cluster.loopback import (
-    VENV_BIN, Sshd, User, ensure_user, free_port, missing_prerequisites, reset_home, ssh_client, traversable,
+    VENV_BIN,
+    Sshd,
+    User,
+    ensure_user,
+    free_port,
+    missing_prerequisites,
+    reset_home,
+    ssh_client,
+    traversable,
 )
 
 logger = logging.getLogger(__name__)

@@ -145,7 +145,7 @@ def test_planted_interaction_rewards_interaction_aware_fusion_only_when_present(
     pathway = truth["hazard"]["interaction"]["pathway"]
     if strength:
         assert gain > 0.08
-        assert pathway not in sum(truth["subtype_signal"]["rna_pathways"].values(), [])
+        assert pathway not in [p for pathways in truth["subtype_signal"]["rna_pathways"].values() for p in pathways]
         assert pathway not in truth["hazard"]["risk_pathways"]
     else:
         assert gain == 0.0 and pathway is None
@@ -164,7 +164,7 @@ def test_planted_interaction_rewards_interaction_aware_fusion_only_when_present(
 
 
 def test_rna_can_be_missing_at_random_or_more_often_with_age(tmp_path: Path) -> None:
-    base = dict(cohorts=("NSCLC",), slides_per_cohort=400, seed=3, feature_dim=8, min_tiles=5, max_tiles=10, n_genes=40, n_pathways=6)
+    base = {"cohorts": ("NSCLC",), "slides_per_cohort": 400, "seed": 3, "feature_dim": 8, "min_tiles": 5, "max_tiles": 10, "n_genes": 40, "n_pathways": 6}
     at_random = Cohort(generate_cohort(tmp_path / "mcar", SynthConfig(**base, rna_missing_fraction=0.2)).root)
     by_age = Cohort(generate_cohort(tmp_path / "age", SynthConfig(**base, rna_missing_fraction=0.2, rna_missing_age_log_odds_per_decade=1.0)).root)
     for cohort in (at_random, by_age):

@@ -55,7 +55,7 @@ def _epochs_done(study: Path) -> int:
 
 
 def _status(study: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "modaltune.cli", "status", str(study)], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "modaltune.cli", "status", str(study)], capture_output=True, text=True, timeout=60, check=False)
 
 
 def _final(study: Path) -> pd.DataFrame:
@@ -151,7 +151,7 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 24 MB tmpfs of this test's own (needs root and mount, as on CI machines)."""
     mount_point = tmp_path / "storage"
     mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount_point)], capture_output=True, text=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount_point)], capture_output=True, text=True, check=False)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:

@@ -142,6 +142,9 @@ def test_plan_composes_configs_per_cell_and_repetition(small_cohort: Path, tmp_p
     assert (config.model.adapter_depth, config.model.modalities, config.text_encoder) == (2, ["wsi", "rna"], "onehot")
     assert config.loss_weights == {"diagnosis": 1.0, "survival": 3.0}
     assert (config.fold, config.seed, config.optim.lr, config.scaling.num_workers) == (1, 0, 0.005, 1)
+    # A tuned value reaches an untyped field as the value it is (a text round trip read 1e-05 as a string).
+    tuned = plan.train_config(cell, {"optim.lr": 1e-05, "engine.deepspeed_overrides.optimizer.params.eps": 1e-08}, plan.repetitions[0])
+    assert tuned.optim.lr == 1e-05 and tuned.engine.deepspeed_overrides == {"optimizer": {"params": {"eps": 1e-08}}}
     # One label bank per (text encoder, fold), shared by every cell.
     banks = {plan.label_bank_path(plan.train_config(c, {}, r)) for c in plan.cells for r in plan.repetitions}
     assert len(banks) == 2

@@ -11,7 +11,15 @@ from transformers import AutoTokenizer, BertConfig, BertModel, GPT2Config, GPT2M
 
 from modaltune.data import Cohort
 from modaltune.errors import InputError
-from modaltune.text import TASKS, LabelBank, PromptBuilder, SurvivalBins, TextEmbeddingCache, build_label_bank, build_text_encoder
+from modaltune.text import (
+    TASKS,
+    LabelBank,
+    PromptBuilder,
+    SurvivalBins,
+    TextEmbeddingCache,
+    build_label_bank,
+    build_text_encoder,
+)
 from modaltune.text.encoders import TextEncoder, parse_text_encoder_spec
 from modaltune.text.prompts import Prompt
 

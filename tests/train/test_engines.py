@@ -6,7 +6,6 @@ import socket
 from pathlib import Path
 
 import pytest
-import torch
 import torch.distributed as dist
 
 from modaltune.data import Cohort

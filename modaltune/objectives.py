@@ -123,7 +123,8 @@ class Objective(nn.Module, ABC):
         task_ids = torch.tensor([TASKS.index(t) for t in self.tasks], device=batches[0].features.device).repeat(len(batches))
         rna = per_task(_stacked([batch.rna for batch in batches])) if batches[0].rna is not None else None
         clinical = per_task(_stacked([batch.clinical for batch in batches]))
-        outputs = model.forward_from_prefix(per_task(_stacked(prefixes)), task_ids, rna, clinical)  # type: ignore[arg-type]
+        coords = per_task(_stacked([batch.coords for batch in batches]))
+        outputs = model.forward_from_prefix(per_task(_stacked(prefixes)), coords, task_ids, rna, clinical)  # type: ignore[arg-type]
         return [
             {task: outputs[case * n_tasks + j : case * n_tasks + j + 1] for j, task in enumerate(self.tasks)}
             for case in range(len(batches))

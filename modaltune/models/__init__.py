@@ -1,17 +1,16 @@
 """Models: a frozen slide-level foundation model, Modal Adapters and modality encoders."""
 
 from modaltune.models.dilated_attention import DilatedSelfAttention, dilated_attention, longnet_segment_lengths
-from modaltune.models.frozen_encoder import FrozenSlideEncoder
+from modaltune.models.encoder_weights import check_encoder_checkpoint, load_slide_encoder
+from modaltune.models.frozen_encoder import SLIDE_ENCODER_PRESETS, EncoderConfig, FrozenSlideEncoder
 from modaltune.models.modal_adapter import ModalAdapter, resolve_adapter_layout
 from modaltune.models.modality_encoders import DEFAULT_TASKS, ClinicalEncoder, RnaPathwayEncoder, TaskTokens
 from modaltune.models.modaltune_model import MODALITIES, ModalTuneConfig, ModalTuneModel
 from modaltune.models.slide_encoder import (
     GIGAPATH_CHECKPOINT_FILENAME,
     GIGAPATH_HUB_ID,
-    SLIDE_ENCODER_PRESETS,
     SlideEncoder,
     SlideEncoderConfig,
-    load_slide_encoder,
     tile_position_index,
 )
 
@@ -23,6 +22,7 @@ __all__ = [
     "SLIDE_ENCODER_PRESETS",
     "ClinicalEncoder",
     "DilatedSelfAttention",
+    "EncoderConfig",
     "FrozenSlideEncoder",
     "ModalAdapter",
     "ModalTuneConfig",
@@ -31,6 +31,7 @@ __all__ = [
     "SlideEncoder",
     "SlideEncoderConfig",
     "TaskTokens",
+    "check_encoder_checkpoint",
     "dilated_attention",
     "load_slide_encoder",
     "longnet_segment_lengths",

@@ -1,17 +1,44 @@
 """The contract between a pretrained slide-level foundation model (SLFM) and the adapters.
 
 Modal Adapters need to run an SLFM layer by layer: embed the tiles, run some layers, inject,
-run more layers, extract, and normalise at the end. Any SLFM exposing that shape (Prov-GigaPath
-today, a TITAN-like ViT later) can be a sweep factor without touching the adapter code, and a
-frozen-prefix cache can run ``embed`` + ``layers[:p]`` once per slide.
+run more layers, extract, and normalise at the end. Any SLFM exposing that shape (Prov-GigaPath's
+LongNet, TITAN's ViT) can be a sweep factor without touching the adapter code, and a frozen-prefix
+cache can run ``embed`` + ``layers[:p]`` once per slide. An SLFM whose layers need more than the
+tokens (TITAN's attention bias from the tiles' grid positions) says so in ``layer_context``.
+
+Each SLFM has a config class (``EncoderConfig``: the widths and depth the rest of the model
+needs, and ``build``) and presets registered by name in ``SLIDE_ENCODER_PRESETS``
+(``model.encoder`` in a run config, the ``slide_encoder`` study factor).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from modaltune.registry import Registry
+
+
+class EncoderConfig(ABC):
+    """The shape of one SLFM architecture; a dataclass in each architecture's module."""
+
+    in_dim: int  # tile-feature width the SLFM takes (the cohort's features must have it)
+    dim: int  # token width
+    depth: int  # number of layers
+    tile_size: int  # level-0 pixels per cell of the SLFM's position grid
+    checkpoint_filename: ClassVar[str]  # the weights' file in the SLFM's hub repo
+
+    @abstractmethod
+    def build(self) -> FrozenSlideEncoder:
+        """The encoder with random weights (``load_slide_encoder`` loads a checkpoint into it)."""
+
+
+SLIDE_ENCODER_PRESETS: Registry[Callable[..., EncoderConfig]] = Registry("slide encoder preset")
+"""``model.encoder`` names: each entry makes the preset's config from keyword overrides."""
 
 
 class FrozenSlideEncoder(nn.Module, ABC):
@@ -53,15 +80,24 @@ class FrozenSlideEncoder(nn.Module, ABC):
     def frozen(self) -> bool:
         return self._frozen
 
-    def run_layers(self, tokens: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        """Run ``layers[start:stop]`` on ``tokens``."""
+    def layer_context(self, coords: torch.Tensor) -> Any:
+        """What every layer needs besides the tokens, from the tiles' level-0 coords ``[B, N, 2]``
+        (e.g. a position-dependent attention bias); ``None`` where positions are in the tokens."""
+        return None
+
+    def apply_layer(self, layer: nn.Module, tokens: torch.Tensor, context: Any) -> torch.Tensor:
+        """One layer on ``tokens``; an SLFM with a ``layer_context`` passes it here."""
+        return layer(tokens)
+
+    def run_layers(self, tokens: torch.Tensor, start: int = 0, stop: int | None = None, context: Any = None) -> torch.Tensor:
+        """Run ``layers[start:stop]`` on ``tokens`` (``context``: ``layer_context`` of their tiles)."""
         for layer in self.layers[start:stop]:
-            tokens = layer(tokens)
+            tokens = self.apply_layer(layer, tokens, context)
         return tokens
 
     def forward(self, features: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """The SLFM's own slide embedding: the normalised CLS token, ``[B, dim]``."""
-        return self.finalize(self.run_layers(self.embed(features, coords)))[:, 0]
+        return self.finalize(self.run_layers(self.embed(features, coords), context=self.layer_context(coords)))[:, 0]
 
     def freeze(self) -> FrozenSlideEncoder:
         """Stop gradients into every weight and pin eval mode, so a parent's ``.train()``

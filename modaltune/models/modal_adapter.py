@@ -21,7 +21,7 @@ projection (and one on the output) inside ``nn.MultiheadAttention``, which is dr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -166,9 +166,14 @@ class ModalitySelfAttention(nn.Module):
         return modality + self.attn(positioned, positioned, normed)
 
 
+LayerRunner = Callable[[torch.Tensor, int, int], torch.Tensor]
+"""``run(tokens, start, stop)``: the frozen SLFM's ``layers[start:stop]`` on ``tokens`` (with
+whatever else its layers need, such as TITAN's attention bias), owned by the encoder."""
+
+
 class InteractionBlock(nn.Module):
-    """Trainable parts of one interaction block; the frozen layers are passed in at call time
-    so that they stay owned (and checkpointed) by the encoder."""
+    """Trainable parts of one interaction block; the frozen layers run through the encoder
+    (``LayerRunner``) so that they stay owned (and checkpointed) by it."""
 
     def __init__(
         self,
@@ -189,14 +194,12 @@ class InteractionBlock(nn.Module):
         tokens: torch.Tensor,
         modality: torch.Tensor,
         modality_pos: torch.Tensor,
-        layers: Sequence[nn.Module],
+        run_block: Callable[[torch.Tensor], torch.Tensor],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.self_attn is not None:
             modality = self.self_attn(modality, modality_pos)
         tiles = self.injector(tokens[:, 1:], modality, modality_pos)
-        tokens = torch.cat([tokens[:, :1], tiles], dim=1)
-        for layer in layers:
-            tokens = layer(tokens)
+        tokens = run_block(torch.cat([tokens[:, :1], tiles], dim=1))
         for extractor in self.extractors:
             modality = extractor(modality, tokens[:, 1:], modality_pos)
         return tokens, modality
@@ -249,18 +252,20 @@ class ModalAdapter(nn.Module):
         return self.layout[0][0]
 
     def forward(
-        self, tokens: torch.Tensor, modality: torch.Tensor, layers: Sequence[nn.Module]
+        self, tokens: torch.Tensor, modality: torch.Tensor, run: LayerRunner, depth: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``tokens``: output of ``layers[:start]``, ``[B, 1+N, dim]``; ``modality``: ``[B, M, dim]``.
-        Returns the output of the last frozen layer and the extracted modality tokens."""
+        """``tokens``: output of ``layers[:start]``, ``[B, 1+N, dim]``; ``modality``: ``[B, M, dim]``;
+        ``run`` runs the encoder's frozen layers, ``depth`` of them in all. Returns the output of
+        the last frozen layer and the extracted modality tokens."""
         if modality.shape[1] != self.modality_pos.shape[0]:
             raise ValueError(f"expected {self.modality_pos.shape[0]} modality tokens, got {modality.shape[1]}")
         cursor = self.start
         for block, (start, end) in zip(self.blocks, self.layout, strict=True):
-            for layer in layers[cursor:start]:  # layers between blocks run unchanged
-                tokens = layer(tokens)
-            tokens, modality = block(tokens, modality, self.modality_pos, layers[start : end + 1])
+            tokens = run(tokens, cursor, start)  # layers between blocks run unchanged
+            tokens, modality = block(tokens, modality, self.modality_pos, _layers(run, start, end + 1))
             cursor = end + 1
-        for layer in layers[cursor:]:
-            tokens = layer(tokens)
-        return tokens, modality
+        return run(tokens, cursor, depth), modality
+
+
+def _layers(run: LayerRunner, start: int, stop: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda tokens: run(tokens, start, stop)

@@ -22,10 +22,11 @@ import torch
 from torch import nn
 
 from modaltune.errors import InputError
-from modaltune.models.frozen_encoder import FrozenSlideEncoder
+from modaltune.models.encoder_weights import load_slide_encoder
+from modaltune.models.frozen_encoder import EncoderConfig, FrozenSlideEncoder
 from modaltune.models.modal_adapter import Layout, ModalAdapter, resolve_adapter_layout
 from modaltune.models.modality_encoders import ClinicalEncoder, RnaPathwayEncoder, TaskTokens
-from modaltune.models.slide_encoder import SlideEncoderConfig, load_slide_encoder
+from modaltune.models.slide_encoder import SlideEncoderConfig
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class ModalTuneConfig:
     with neither the SLFM is random (tests, demos).
     """
 
-    encoder: SlideEncoderConfig = field(default_factory=SlideEncoderConfig.gigapath)
+    encoder: EncoderConfig = field(default_factory=SlideEncoderConfig.gigapath)
     modalities: tuple[str, ...] = ("wsi", "rna")
     adapter_layout: tuple[tuple[int, int], ...] | None = None
     adapter_depth: int | None = None
@@ -65,8 +66,6 @@ class ModalTuneConfig:
     encoder_hub_id: str | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.encoder, dict):
-            self.encoder = SlideEncoderConfig(**self.encoder)
         self.modalities = tuple(self.modalities)
         self.rna_group_sizes = tuple(self.rna_group_sizes)
         if self.adapter_layout is not None:
@@ -183,32 +182,41 @@ class ModalTuneModel(nn.Module):
         """``embed`` + ``layers[:prefix_depth]``: ``[B, 1+N, dim]``, constant during training, so
         it may be cached per slide (and reused across epochs and trials of the same SLFM and
         ``prefix_depth``)."""
-        return self.encoder.run_layers(self.encoder.embed(features, coords), 0, self.prefix_depth)
+        context = self.encoder.layer_context(coords)
+        return self.encoder.run_layers(self.encoder.embed(features, coords), 0, self.prefix_depth, context)
 
     def interact(
         self,
         prefix: torch.Tensor,
+        coords: torch.Tensor,
         task: torch.Tensor,
         rna: torch.Tensor | None = None,
         clinical: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the remaining layers with the adapters. Returns the final-normed CLS ``[B, dim]``
-        and the modality tokens ``[B, M, dim]`` (task first)."""
+        """Run the remaining layers with the adapters (``coords``: the prefix's tiles, for an SLFM
+        whose layers need their positions). Returns the final-normed CLS ``[B, dim]`` and the
+        modality tokens ``[B, M, dim]`` (task first)."""
         modality = self.modality_tokens(task, rna, clinical)
+        context = self.encoder.layer_context(coords)
+
+        def run(tokens: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+            return self.encoder.run_layers(tokens, start, stop, context)
+
         tokens = prefix
         if self.adapter is not None:
-            tokens, modality = self.adapter(tokens, modality, self.encoder.layers)
+            tokens, modality = self.adapter(tokens, modality, run, self.encoder.depth)
         return self.encoder.finalize(tokens)[:, 0], modality
 
     def forward_from_prefix(
         self,
         prefix: torch.Tensor,
+        coords: torch.Tensor,
         task: torch.Tensor,
         rna: torch.Tensor | None = None,
         clinical: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Embedding ``[B, out_dim]`` from a (cached) ``encode_prefix`` output."""
-        cls, modality = self.interact(prefix, task, rna, clinical)
+        """Embedding ``[B, out_dim]`` from a (cached) ``encode_prefix`` output of tiles at ``coords``."""
+        cls, modality = self.interact(prefix, coords, task, rna, clinical)
         summary = cls + modality[:, 0]
         if self.rna_encoder is not None:
             summary = summary + modality[:, 1 : 1 + self.config.n_rna_tokens].mean(dim=1)
@@ -227,7 +235,7 @@ class ModalTuneModel(nn.Module):
         """Tile features ``[B, N, in_dim]``, level-0 pixel coords ``[B, N, 2]``, task ids ``[B]``
         and, for configured modalities, ``rna [B, G]`` / ``clinical [B, C]`` -> ``[B, out_dim]``.
         Inputs of modalities that are not configured are ignored."""
-        return self.forward_from_prefix(self.encode_prefix(features, coords), task, rna, clinical)
+        return self.forward_from_prefix(self.encode_prefix(features, coords), coords, task, rna, clinical)
 
     def modality_tokens(
         self, task: torch.Tensor, rna: torch.Tensor | None, clinical: torch.Tensor | None

@@ -13,12 +13,8 @@ rebuilt on the fly from a 1000-row 1-D table, value for value.
 
 from __future__ import annotations
 
-import logging
-import pickle
-from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -26,18 +22,15 @@ from torch import nn
 from modaltune.data.layout import POSITION_GRID_SIZE
 from modaltune.errors import InputError
 from modaltune.models.dilated_attention import longnet_segment_lengths
-from modaltune.models.frozen_encoder import FrozenSlideEncoder
+from modaltune.models.frozen_encoder import SLIDE_ENCODER_PRESETS, EncoderConfig, FrozenSlideEncoder
 from modaltune.models.longnet import LongNetEncoder
-from modaltune.registry import Registry
-
-logger = logging.getLogger(__name__)
 
 GIGAPATH_HUB_ID = "prov-gigapath/prov-gigapath"
 GIGAPATH_CHECKPOINT_FILENAME = "slide_encoder.pth"
 
 
 @dataclass
-class SlideEncoderConfig:
+class SlideEncoderConfig(EncoderConfig):
     """Shape of a LongNet slide encoder.
 
     ``segment_lengths=None`` derives them from ``max_wsi_size`` the way Prov-GigaPath does
@@ -61,6 +54,8 @@ class SlideEncoderConfig:
     drop_path_rate: float = 0.0
     layer_norm_eps: float = 1e-5
     final_norm_eps: float = 1e-6
+
+    checkpoint_filename: ClassVar[str] = GIGAPATH_CHECKPOINT_FILENAME
 
     def __post_init__(self) -> None:
         self.dilation_ratios = tuple(self.dilation_ratios)
@@ -86,6 +81,9 @@ class SlideEncoderConfig:
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise InputError(f"SlideEncoderConfig.{key} must be in [0, 1), got {getattr(self, key)}")
 
+    def build(self) -> SlideEncoder:
+        return SlideEncoder(self)
+
     @property
     def resolved_segment_lengths(self) -> tuple[int, ...]:
         if self.segment_lengths is not None:
@@ -109,9 +107,6 @@ class SlideEncoderConfig:
         return replace(base, **overrides)
 
 
-
-SLIDE_ENCODER_PRESETS: Registry[Callable[..., SlideEncoderConfig]] = Registry("slide encoder preset")
-"""``model.encoder`` names: each entry makes the preset's config from keyword overrides."""
 SLIDE_ENCODER_PRESETS.register("gigapath")(SlideEncoderConfig.gigapath)
 SLIDE_ENCODER_PRESETS.register("tiny")(SlideEncoderConfig.tiny)
 
@@ -221,89 +216,3 @@ class SlideEncoder(FrozenSlideEncoder):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
         nn.init.normal_(self.cls_token, std=0.02)
-
-
-def load_slide_encoder(
-    config: SlideEncoderConfig,
-    checkpoint: str | Path | None = None,
-    hub_id: str | None = None,
-    *,
-    filename: str = GIGAPATH_CHECKPOINT_FILENAME,
-) -> SlideEncoder:
-    """Build a frozen slide encoder from a local checkpoint, a Hugging Face hub repo, or (when
-    neither is given) random weights for tests and demos.
-
-    The checkpoint is Prov-GigaPath's format, ``{"model": state_dict}``, or a bare state dict
-    (``.pth`` via ``torch.load(weights_only=True)``, or ``.safetensors``). A configured
-    checkpoint never falls back to random weights: a missing file raises ``FileNotFoundError``
-    and a key or shape mismatch raises ``InputError`` (a ``ValueError``), both naming the path.
-    ``hub_id`` downloads ``filename`` with ``huggingface_hub`` (Prov-GigaPath's repo is gated:
-    accept its terms and log in first).
-    """
-    if checkpoint is not None and hub_id is not None:
-        raise InputError(f"give a slide encoder checkpoint path or a hub id, not both ({checkpoint!r}, {hub_id!r})")
-    encoder = SlideEncoder(config)
-    if checkpoint is None and hub_id is None:
-        logger.info("no slide encoder checkpoint configured: using randomly initialised weights")
-        return encoder.freeze()
-    path = Path(checkpoint) if checkpoint is not None else _download(hub_id, filename)
-    if not path.is_file():
-        raise FileNotFoundError(f"slide encoder checkpoint not found: {path}")
-    state = _read_state_dict(path)
-    _check_state(path, {name: tuple(t.shape) for name, t in encoder.state_dict().items()}, state)
-    encoder.load_state_dict(state, strict=True)
-    logger.info("loaded slide encoder weights from %s", path)
-    return encoder.freeze()
-
-
-def _download(hub_id: str, filename: str) -> Path:
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return Path(hf_hub_download(repo_id=hub_id, filename=filename))
-    except Exception as error:  # network, auth and missing-file errors all mean "no weights"
-        raise FileNotFoundError(f"could not fetch {filename} from hub repo {hub_id}: {error}") from error
-
-
-def check_encoder_checkpoint(config: SlideEncoderConfig, checkpoint: str | Path) -> None:
-    """``load_slide_encoder``'s key and shape checks without loading anything: the model on the
-    meta device and the checkpoint memory-mapped, so a study or run refuses a checkpoint that
-    does not fit before any worker starts (raises ``InputError`` naming the path)."""
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise InputError(f"model.encoder_checkpoint: {path} does not exist")
-    with torch.device("meta"):
-        expected = {name: tuple(t.shape) for name, t in SlideEncoder(config).state_dict().items()}
-    _check_state(path, expected, _read_state_dict(path, mmap=True))
-
-
-def _check_state(path: Path, expected: dict[str, tuple[int, ...]], state: dict[str, torch.Tensor]) -> None:
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise InputError(
-            f"slide encoder checkpoint {path} does not match the configured architecture: "
-            f"missing {len(missing)} keys {missing[:8]}, unexpected {len(unexpected)} keys {unexpected[:8]}"
-        )
-    wrong = [f"{name} {tuple(state[name].shape)} != {shape}" for name, shape in expected.items() if tuple(state[name].shape) != shape]
-    if wrong:
-        raise InputError(f"slide encoder checkpoint {path} does not fit the configured shapes: {len(wrong)} tensor(s), e.g. {wrong[:3]}")
-
-
-def _read_state_dict(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as error:
-        raise InputError(
-            f"slide encoder checkpoint {path} holds pickled objects besides tensors, which are not loaded for "
-            "safety; re-save its state dict from a trusted copy, e.g. "
-            "torch.save(torch.load(path, weights_only=False)['model'], new_path)"
-        ) from error
-    if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
-        payload = payload["model"]
-    if not isinstance(payload, dict):
-        raise InputError(f"slide encoder checkpoint {path} holds a {type(payload).__name__}, not a state dict")
-    return payload

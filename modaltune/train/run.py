@@ -23,7 +23,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from modaltune.atomic import write_text_atomic
 from modaltune.data import Cohort, CohortInvalidError, validate_cohort
 from modaltune.errors import InputError
-from modaltune.models.slide_encoder import check_encoder_checkpoint
+from modaltune.models.encoder_weights import check_encoder_checkpoint
 from modaltune.text import TextEmbeddingCache, build_label_bank, build_text_encoder
 from modaltune.text.encoders import parse_text_encoder_spec
 from modaltune.train import ray_session

@@ -37,7 +37,7 @@ def test_untrained_model_reproduces_the_frozen_slfm(layout):
     model = _model(**layout).train()  # adapter dropout/drop-path on: must not reach the image path
     inputs = _batch(model.config)
     prefix = model.encode_prefix(inputs["features"], inputs["coords"])
-    cls, modality = model.interact(prefix, inputs["task"], inputs["rna"], inputs["clinical"])
+    cls, modality = model.interact(prefix, inputs["coords"], inputs["task"], inputs["rna"], inputs["clinical"])
     torch.testing.assert_close(cls, model.encoder(inputs["features"], inputs["coords"]), rtol=0, atol=1e-6)
     assert modality.shape == (2, model.config.n_modality_tokens, 64)
 
@@ -105,7 +105,7 @@ def test_cached_prefix_path_equals_full_forward(layout):
         model.encoder.embed(inputs["features"], inputs["coords"]), 0, model.prefix_depth
     )
     assert torch.equal(prefix, expected_prefix)
-    cached = model.forward_from_prefix(prefix.clone(), inputs["task"], inputs["rna"], inputs["clinical"])
+    cached = model.forward_from_prefix(prefix.clone(), inputs["coords"], inputs["task"], inputs["rna"], inputs["clinical"])
     assert torch.equal(cached, model(**inputs))
 
 

@@ -161,7 +161,7 @@ def test_a_checkpoint_is_checked_without_loading_it_before_any_worker_starts(tmp
     no run folder); the check itself builds nothing (meta device, memory-mapped read)."""
     from modaltune.cli import main
     from modaltune.data import Cohort
-    from modaltune.models.slide_encoder import check_encoder_checkpoint
+    from modaltune.models import check_encoder_checkpoint
 
     cohort = Cohort(small_cohort)
     fitting = SlideEncoderConfig.tiny(in_dim=cohort.manifest.feature_dim)

@@ -15,7 +15,7 @@ from ray.tune.schedulers import TrialScheduler
 
 from modaltune.errors import InputError
 from modaltune.metrics import METRICS, CaseMetric, evaluate_predictions
-from modaltune.models import SLIDE_ENCODER_PRESETS, SlideEncoderConfig
+from modaltune.models import SLIDE_ENCODER_PRESETS, EncoderConfig
 from modaltune.objectives import OBJECTIVES, build_objective
 from modaltune.registry import Registry, UnknownChoiceError
 from modaltune.train.config import ModelSection, TrainConfig
@@ -85,9 +85,12 @@ def test_an_unknown_objective_lists_the_registered_ones() -> None:
 @pytest.mark.parametrize("name", SLIDE_ENCODER_PRESETS.names())
 def test_every_slide_encoder_preset_is_accepted_and_built_for_the_cohort_width(name: str) -> None:
     encoder = ModelSection(encoder=name, modalities=["wsi"]).build((), feature_dim=48, tile_size_px=512).encoder
-    assert isinstance(encoder, SlideEncoderConfig) and encoder.in_dim == 48 and encoder.tile_size == 512
+    assert isinstance(encoder, EncoderConfig) and encoder.in_dim == 48 and encoder.tile_size == 512
+    assert encoder.build().dim == encoder.dim
     with pytest.raises(ValueError, match="unknown slide encoder preset 'uni'; choose from"):
         ModelSection(encoder="uni")
+    with pytest.raises(ValueError, match=rf"encoder_overrides \['dilation'\] are not settings of preset '{name}'"):
+        ModelSection(encoder=name, encoder_overrides={"dilation": 2})
 
 
 def test_a_registered_factor_is_a_spec_factor_with_its_own_labels_and_overrides(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from modaltune.models.slide_encoder import (
     SlideEncoderConfig,
     tile_position_index,
 )
+from modaltune.models.titan import TitanConfig, TitanSlideEncoder
 
 __all__ = [
     "DEFAULT_TASKS",
@@ -31,6 +32,8 @@ __all__ = [
     "SlideEncoder",
     "SlideEncoderConfig",
     "TaskTokens",
+    "TitanConfig",
+    "TitanSlideEncoder",
     "check_encoder_checkpoint",
     "dilated_attention",
     "load_slide_encoder",

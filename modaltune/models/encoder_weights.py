@@ -45,7 +45,7 @@ def load_slide_encoder(
     path = Path(checkpoint) if checkpoint is not None else _download(hub_id, filename or config.checkpoint_filename)
     if not path.is_file():
         raise FileNotFoundError(f"slide encoder checkpoint not found: {path}")
-    state = _read_state_dict(path)
+    state = _encoder_entries(_read_state_dict(path), config.checkpoint_prefix)
     _check_state(path, {name: tuple(t.shape) for name, t in encoder.state_dict().items()}, state)
     encoder.load_state_dict(state, strict=True)
     logger.info("loaded slide encoder weights from %s", path)
@@ -70,7 +70,16 @@ def check_encoder_checkpoint(config: EncoderConfig, checkpoint: str | Path) -> N
         raise InputError(f"model.encoder_checkpoint: {path} does not exist")
     with torch.device("meta"):
         expected = {name: tuple(t.shape) for name, t in config.build().state_dict().items()}
-    _check_state(path, expected, _read_state_dict(path, mmap=True))
+    _check_state(path, expected, _encoder_entries(_read_state_dict(path, mmap=True), config.checkpoint_prefix))
+
+
+def _encoder_entries(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The slide encoder's own entries of a checkpoint, without ``prefix`` (TITAN's full checkpoint
+    holds ``vision_encoder.*`` and its text tower); a checkpoint with no key under ``prefix`` is
+    taken to be the encoder's state dict alone."""
+    if not prefix or not any(key.startswith(prefix) for key in state):
+        return state
+    return {key[len(prefix):]: tensor for key, tensor in state.items() if key.startswith(prefix)}
 
 
 def _check_state(path: Path, expected: dict[str, tuple[int, ...]], state: dict[str, torch.Tensor]) -> None:

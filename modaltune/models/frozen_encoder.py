@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -31,14 +32,25 @@ class EncoderConfig(ABC):
     depth: int  # number of layers
     tile_size: int  # level-0 pixels per cell of the SLFM's position grid
     checkpoint_filename: ClassVar[str]  # the weights' file in the SLFM's hub repo
+    checkpoint_prefix: ClassVar[str] = ""  # the encoder's keys in a checkpoint that holds more (stripped)
 
     @abstractmethod
     def build(self) -> FrozenSlideEncoder:
         """The encoder with random weights (``load_slide_encoder`` loads a checkpoint into it)."""
 
 
-SLIDE_ENCODER_PRESETS: Registry[Callable[..., EncoderConfig]] = Registry("slide encoder preset")
-"""``model.encoder`` names: each entry makes the preset's config from keyword overrides."""
+@dataclass(frozen=True)
+class SlideEncoderPreset:
+    """A named SLFM configuration: how to make its config, and the tile features its pretrained
+    weights were trained on (``None`` for the CPU-sized presets, which take any width)."""
+
+    make: Callable[..., EncoderConfig]  # keyword overrides of the config's fields -> config
+    tile_encoder: str | None = None  # e.g. "CONCH v1.5"
+    feature_dim: int | None = None  # that tile encoder's feature width
+
+
+SLIDE_ENCODER_PRESETS: Registry[SlideEncoderPreset] = Registry("slide encoder preset")
+"""``model.encoder`` names (``train.model.encoder``, the ``slide_encoder`` study factor)."""
 
 
 class FrozenSlideEncoder(nn.Module, ABC):
@@ -95,9 +107,14 @@ class FrozenSlideEncoder(nn.Module, ABC):
             tokens = self.apply_layer(layer, tokens, context)
         return tokens
 
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The slide embedding ``[B, dim]`` from the last layer's tokens: the normalised CLS token
+        here; an SLFM that pools otherwise (TITAN's attentional pooler) overrides it."""
+        return self.finalize(tokens)[:, 0]
+
     def forward(self, features: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        """The SLFM's own slide embedding: the normalised CLS token, ``[B, dim]``."""
-        return self.finalize(self.run_layers(self.embed(features, coords), context=self.layer_context(coords)))[:, 0]
+        """The SLFM's own slide embedding, ``[B, dim]``."""
+        return self.pool(self.run_layers(self.embed(features, coords), context=self.layer_context(coords)))
 
     def freeze(self) -> FrozenSlideEncoder:
         """Stop gradients into every weight and pin eval mode, so a parent's ``.train()``

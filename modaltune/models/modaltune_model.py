@@ -2,8 +2,9 @@
 
 Per case and task: modality tokens ``[task; rna tokens; clinical]`` (those configured) interact
 with the SLFM's tile tokens through the adapters; the output is
-``Linear(LayerNorm(CLS + task token + mean(rna tokens) + clinical token))``, where CLS is the
-last frozen layer's CLS after the SLFM's final norm(s) and the modality terms are the
+``Linear(LayerNorm(slide + task token + mean(rna tokens) + clinical token))``, where slide is the
+SLFM's own slide embedding of the last frozen layer's tokens (GigaPath: CLS after its final
+norm(s); TITAN: its attentional pooler) and the modality terms are the
 extracted tokens. Each configured modality contributes one summand, as in the reference's
 ``token_agg="sum"``, ``prompt_agg="avg"`` setting (which, unlike here, skips the final norm).
 
@@ -194,8 +195,8 @@ class ModalTuneModel(nn.Module):
         clinical: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the remaining layers with the adapters (``coords``: the prefix's tiles, for an SLFM
-        whose layers need their positions). Returns the final-normed CLS ``[B, dim]`` and the
-        modality tokens ``[B, M, dim]`` (task first)."""
+        whose layers need their positions). Returns the SLFM's slide embedding ``[B, dim]`` (its
+        final-normed CLS, or TITAN's pooled one) and the modality tokens ``[B, M, dim]`` (task first)."""
         modality = self.modality_tokens(task, rna, clinical)
         context = self.encoder.layer_context(coords)
 
@@ -205,7 +206,7 @@ class ModalTuneModel(nn.Module):
         tokens = prefix
         if self.adapter is not None:
             tokens, modality = self.adapter(tokens, modality, run, self.encoder.depth)
-        return self.encoder.finalize(tokens)[:, 0], modality
+        return self.encoder.pool(tokens), modality
 
     def forward_from_prefix(
         self,

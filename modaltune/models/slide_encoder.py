@@ -22,7 +22,7 @@ from torch import nn
 from modaltune.data.layout import POSITION_GRID_SIZE
 from modaltune.errors import InputError
 from modaltune.models.dilated_attention import longnet_segment_lengths
-from modaltune.models.frozen_encoder import SLIDE_ENCODER_PRESETS, EncoderConfig, FrozenSlideEncoder
+from modaltune.models.frozen_encoder import SLIDE_ENCODER_PRESETS, EncoderConfig, FrozenSlideEncoder, SlideEncoderPreset
 from modaltune.models.longnet import LongNetEncoder
 
 GIGAPATH_HUB_ID = "prov-gigapath/prov-gigapath"
@@ -107,8 +107,8 @@ class SlideEncoderConfig(EncoderConfig):
         return replace(base, **overrides)
 
 
-SLIDE_ENCODER_PRESETS.register("gigapath")(SlideEncoderConfig.gigapath)
-SLIDE_ENCODER_PRESETS.register("tiny")(SlideEncoderConfig.tiny)
+SLIDE_ENCODER_PRESETS.register("gigapath")(SlideEncoderPreset(SlideEncoderConfig.gigapath, "Prov-GigaPath's tile encoder", 1536))
+SLIDE_ENCODER_PRESETS.register("tiny")(SlideEncoderPreset(SlideEncoderConfig.tiny))
 
 
 def tile_position_index(coords: torch.Tensor, tile_size: int, grid_size: int) -> torch.Tensor:

@@ -8,11 +8,12 @@ silently falls back to a default.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from modaltune.data.clinical import CLINICAL_VECTOR_SIZE
 from modaltune.data.cohort import Cohort
@@ -27,7 +28,9 @@ class _Section(BaseModel):
 
 
 class ModelSection(_Section):
-    """Shape of the model; ``encoder`` is a preset name (``tiny``, ``gigapath``) plus overrides."""
+    """Shape of the model; ``encoder`` is a slide-encoder preset (``SLIDE_ENCODER_PRESETS``:
+    ``gigapath``, ``titan`` and their CPU-sized ``tiny``, ``titan_tiny``) plus overrides of its
+    config's fields."""
 
     encoder: str = "tiny"
     encoder_overrides: dict[str, Any] = Field(default_factory=dict)
@@ -48,6 +51,14 @@ class ModelSection(_Section):
     def _known_preset(cls, name: str) -> str:
         return SLIDE_ENCODER_PRESETS.check(name)
 
+    @model_validator(mode="after")
+    def _overrides_fit_the_preset(self) -> ModelSection:
+        known = {f.name for f in dataclasses.fields(SLIDE_ENCODER_PRESETS[self.encoder].make())}
+        unknown = sorted(set(self.encoder_overrides) - known)
+        if unknown:
+            raise ValueError(f"encoder_overrides {unknown} are not settings of preset {self.encoder!r}; it has {sorted(known)}")
+        return self
+
     @field_validator("modalities")
     @classmethod
     def _known_modalities(cls, modalities: list[str]) -> list[str]:
@@ -65,7 +76,7 @@ class ModelSection(_Section):
     def build(self, rna_group_sizes: tuple[int, ...], feature_dim: int, tile_size_px: int) -> ModalTuneConfig:
         """The model for a cohort: its tile-feature width and its tile size (level-0 pixels per
         cell of the SLFM's position grid), unless ``encoder_overrides`` set them."""
-        encoder = SLIDE_ENCODER_PRESETS[self.encoder](**{"in_dim": feature_dim, "tile_size": tile_size_px, **self.encoder_overrides})
+        encoder = SLIDE_ENCODER_PRESETS[self.encoder].make(**{"in_dim": feature_dim, "tile_size": tile_size_px, **self.encoder_overrides})
         return ModalTuneConfig(
             encoder=encoder,
             modalities=tuple(self.modalities),

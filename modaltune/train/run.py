@@ -23,6 +23,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from modaltune.atomic import write_text_atomic
 from modaltune.data import Cohort, CohortInvalidError, validate_cohort
 from modaltune.errors import InputError
+from modaltune.models import SLIDE_ENCODER_PRESETS
 from modaltune.models.encoder_weights import check_encoder_checkpoint
 from modaltune.text import TextEmbeddingCache, build_label_bank, build_text_encoder
 from modaltune.text.encoders import parse_text_encoder_spec
@@ -73,9 +74,27 @@ def check_config_against_cohort(config: TrainConfig, cohort: Cohort) -> None:
             raise InputError(
                 f"model.modalities includes 'rna' but no training case of fold {config.fold} has a row in {cohort.layout.rna}"
             )
+    check_tile_features(config, cohort)
     if config.model.encoder_checkpoint is not None:
         check_encoder_checkpoint(config.model.for_cohort(cohort).encoder, config.model.encoder_checkpoint)
     resolve_precision(config)
+
+
+def check_tile_features(config: TrainConfig, cohort: Cohort) -> None:
+    """A cohort holds the features of one tile encoder, and a pretrained SLFM reads only its own
+    tile encoder's: refuse the pair, naming both, when the widths differ (before any worker
+    starts; a study that crosses SLFMs gives each the cohort of its tile encoder)."""
+    model, width = config.model, cohort.manifest.feature_dim
+    takes = model.for_cohort(cohort).encoder.in_dim
+    if takes != width:
+        raise InputError(f"model.encoder_overrides sets in_dim {takes}, but {cohort.layout.manifest} has {width}-wide tile features")
+    preset = SLIDE_ENCODER_PRESETS[model.encoder]
+    pretrained = model.encoder_checkpoint is not None or model.encoder_hub_id is not None
+    if pretrained and preset.feature_dim is not None and preset.feature_dim != width:
+        raise InputError(
+            f"model.encoder {model.encoder!r} (pretrained) reads {preset.feature_dim}-wide {preset.tile_encoder} tile features, "
+            f"but {cohort.layout.manifest} has {width}-wide ones: give this SLFM a cohort made with {preset.tile_encoder}"
+        )
 
 
 def ensure_label_bank(cohort: Cohort, config: TrainConfig, path: Path) -> Path:

@@ -27,7 +27,8 @@ import pandas as pd
 from statsmodels.stats.multitest import multipletests
 
 from analysis.inference import FoldDesign, bounded_interval, corrected_t_test, minimum_detectable_difference
-from analysis.summary import best_trials, final_epochs
+from analysis.summary import final_epochs
+from sweeps.confirm import best_trials
 from sweeps.factors import factor_level
 from sweeps.spec import StudySpec
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from sweeps.confirm import best_trials
 from sweeps.result_parts import results_table, trial_states_table
 from sweeps.spec import StudyLayout, StudySpec
 
@@ -39,15 +40,6 @@ def final_epochs(results: pd.DataFrame) -> pd.DataFrame:
     """The last epoch of every trial x repetition: the value a repetition is scored by."""
     ordered = results.sort_values("epoch")
     return ordered.groupby(["trial_id", "fold", "seed"], as_index=False).tail(1)
-
-
-def best_trials(spec: StudySpec, trials: pd.DataFrame) -> dict[str, str]:
-    """Each cell's best finished trial by the study's primary cross-validated metric."""
-    primary = spec.search.primary
-    column = f"cv_{primary.name}"
-    done = trials[(trials["state"] == "finished") & trials[column].notna()]
-    ordered = done.sort_values(column, ascending=primary.direction == "min", kind="stable")
-    return dict(ordered.groupby("cell")["trial_id"].first())
 
 
 def cell_summary(spec: StudySpec, results: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:

@@ -29,6 +29,7 @@ from typing import Any
 import pandas as pd
 from ray.tune import Callback
 
+from modaltune.train.layout import RunLayout
 from sweeps.plan import StudyPlan
 from sweeps.result_parts import RESULT_KEY, results_table, trial_states_table
 from sweeps.searcher import CELL_KEY, DONE_KEY, KIND_KEY, cv_key
@@ -129,7 +130,7 @@ class ResultsWriter(Callback):
         for trial_file in files:
             trial = json.loads(trial_file.read_text(encoding="utf-8"))
             for repetition in self.plan.repetitions:
-                metrics = trial_file.parent / repetition.name / "metrics.parquet"
+                metrics = RunLayout(trial_file.parent / repetition.name).metrics
                 if metrics.exists():
                     tags = {"fold": repetition.fold, "seed": repetition.seed, "repetition": repetition.index}
                     rows += [self.epoch_row(trial["trial_id"], trial["config"], record | tags) for record in pd.read_parquet(metrics).to_dict("records")]

@@ -42,8 +42,8 @@ from ray.tune.result import DONE
 
 from modaltune.atomic import write_json_atomic
 from modaltune.train.config import TrainConfig
+from modaltune.train.layout import RunInputs, RunLayout
 from modaltune.train.run import build_trainer
-from modaltune.train.worker import FINISHED_FILE
 from sweeps.channel import VerdictGate
 from sweeps.plan import Repetition, StudyPlan
 from sweeps.searcher import CELL_KEY, DONE_KEY, KIND_KEY, cv_key
@@ -157,21 +157,18 @@ class StudyTrial(tune.Trainable):
         return repetition_report(self.plan.metric_names, self.plan.repetitions[-1], finished) | {DONE: True}
 
     def _finished_scores(self) -> list[dict[str, float]]:
-        markers = [self.plan.run_dir(self.trial_id, repetition) / FINISHED_FILE for repetition in self.plan.repetitions]
+        markers = [RunLayout(self.plan.run_dir(self.trial_id, repetition)).finished for repetition in self.plan.repetitions]
         return [_scores(json.loads(marker.read_text(encoding="utf-8")), self.plan.metric_names) for marker in markers if marker.exists()]
 
-    def _run_paths(self, cell_id: str, repetition: Repetition, train: TrainConfig) -> dict[str, Any]:
-        run_dir = self.plan.run_dir(self.trial_id, repetition)
-        return {
-            "cohort": str(self.plan.spec.cohort),
-            "label_bank": str(self.plan.label_bank_path(train)),
-            "output": str(run_dir),
-            "predictions": str(self.plan.predictions_dir(self.trial_id, repetition)),
-            "tensorboard": str(run_dir / "tensorboard"),
-            "tags": {"trial_id": self.trial_id, "cell": cell_id},
-            "owner": self.incarnation,
-            "resume_from": None,
-        }
+    def _run_paths(self, cell_id: str, repetition: Repetition, train: TrainConfig) -> RunInputs:
+        return RunInputs(
+            cohort=self.plan.spec.cohort,
+            label_bank=self.plan.label_bank_path(train),
+            output=self.plan.run_dir(self.trial_id, repetition),
+            predictions=self.plan.predictions_dir(self.trial_id, repetition),
+            tags={"trial_id": self.trial_id, "cell": cell_id},
+            owner=self.incarnation,
+        )
 
 
 class _Background(threading.Thread):

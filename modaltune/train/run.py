@@ -30,6 +30,7 @@ from modaltune.text.encoders import parse_text_encoder_spec
 from modaltune.train import ray_session
 from modaltune.train.config import TrainConfig
 from modaltune.train.engines import resolve_precision
+from modaltune.train.layout import RunInputs, RunLayout
 from modaltune.train.records import upsert_epoch_rows
 from modaltune.train.run_gate import RunGate
 from modaltune.train.worker import train_loop_per_worker
@@ -137,13 +138,11 @@ def ensure_label_banks(cohort: Cohort, banks: dict[Path, TrainConfig], use_gpu: 
 
 
 def build_trainer(
-    runs: Sequence[tuple[TrainConfig, dict[str, Any]]], storage_path: Path, name: str, max_failures: int = 0,
+    runs: Sequence[tuple[TrainConfig, RunInputs]], storage_path: Path, name: str, max_failures: int = 0,
     callbacks: list[Any] | None = None, gate: RunGate | None = None, log_level: str = "INFO",
 ) -> TorchTrainer:
-    """A ``TorchTrainer`` whose worker group trains ``runs`` (config, paths) one after another.
-
-    ``paths`` has cohort, label_bank, output, and optionally ``owner`` (who started the run,
-    recorded with each worker); a single run is a list of one. All runs share one worker
+    """A ``TorchTrainer`` whose worker group trains ``runs`` (config, inputs) one after another;
+    a single run is a list of one. All runs share one worker
     group, so they must ask for the same resources. ``callbacks`` are Ray Train callbacks, e.g.
     a sweep trial's forwarding of each epoch to Tune; ``gate`` is asked before each run.
     ``log_level`` is the workers' own (modaltune) log level: INFO shows every epoch's line.
@@ -191,24 +190,18 @@ def run_training(
     if config.model.encoder_checkpoint is None and config.model.encoder_hub_id is None:
         logger.warning("%s", RANDOM_ENCODER_WARNING)
     output.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(output / "train_config.yaml", yaml.safe_dump(config.model_dump(), sort_keys=False))
+    write_text_atomic(RunLayout(output).config, yaml.safe_dump(config.model_dump(), sort_keys=False))
     ray_session.connect(address, use_gpu=config.scaling.use_gpu)
     bank = output / "label_bank.npz"
     ensure_label_banks(cohort, {bank: config}, config.scaling.use_gpu)
-    paths = {
-        "cohort": str(Path(cohort_dir).resolve()),
-        "label_bank": str(bank),
-        "output": str(output),
-        "tensorboard": str(output / "tensorboard"),
-        "resume_from": resume_from,
-    }
+    inputs = RunInputs(cohort=Path(cohort_dir).resolve(), label_bank=bank, output=output, resume_from=resume_from)
     try:
-        result = build_trainer([(config, paths)], output, "checkpoints", max_failures).fit()
+        result = build_trainer([(config, inputs)], output, "checkpoints", max_failures).fit()
     except WorkerGroupError as error:
         cause = worker_input_error(error)
         if cause is None:
             raise
         raise InputError(f"{cause} (found by a training worker; fix it and re-run with --output {output} to resume)") from None
     frame = result.metrics_dataframe
-    metrics = upsert_epoch_rows(output / "metrics.parquet", frame.to_dict("records")) if frame is not None and len(frame) else pd.DataFrame()
+    metrics = upsert_epoch_rows(inputs.layout.metrics, frame.to_dict("records")) if frame is not None and len(frame) else pd.DataFrame()
     return TrainingOutcome(output=output, metrics=metrics, checkpoint=result.checkpoint.path if result.checkpoint else None)

@@ -25,6 +25,7 @@ import pandas as pd
 import ray.train
 import torch
 import torch.distributed as dist
+from torch.utils.tensorboard import SummaryWriter
 
 from modaltune.atomic import write_json_atomic, write_parquet_atomic
 from modaltune.data import Cohort
@@ -35,6 +36,7 @@ from modaltune.train.batches import CaseBatcher, seeded_batches
 from modaltune.train.checkpoints import TrainState, checkpoint_run, directory_bytes, load_checkpoint, save_checkpoint
 from modaltune.train.config import TrainConfig
 from modaltune.train.engines import BuiltEngine, build_engine
+from modaltune.train.layout import RunInputs
 from modaltune.train.loop import TrainModule, collect_case_outputs, predict_cases, score_case_outputs, train_epoch
 from modaltune.train.prefix_cache import open_prefix_cache, with_prefixes
 from modaltune.train.records import upsert_epoch_rows
@@ -42,11 +44,8 @@ from modaltune.train.run_gate import RunGate
 
 logger = logging.getLogger(__name__)
 
-FINISHED_FILE = "finished.json"  # in a run's output folder: the run is done, with its last scores
-
-
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Entry point handed to ``TorchTrainer``; ``loop_config = {"runs": [{"train": ..., "paths": ...}, ...], "gate": RunGate | None, "log_level": str}``.
+    """Entry point handed to ``TorchTrainer``; ``loop_config = {"runs": [{"train": ..., "paths": RunInputs}, ...], "gate": RunGate | None, "log_level": str}``.
 
     A sweep trial hands all its repetitions to one worker group, one after another: Ray Train's
     launch (actors, imports, process group) is paid once per trial instead of once per
@@ -66,14 +65,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             latest_run = checkpoint_run(Path(directory))
     gate: RunGate | None = loop_config.get("gate")
     for index, run in enumerate(loop_config["runs"]):
-        output = run["paths"].get("output")
-        if output and (Path(output) / FINISHED_FILE).exists():
+        inputs: RunInputs = run["paths"]
+        if inputs.layout.finished.exists():
             continue
         if gate is not None and not gate.proceed(index):
             logger.info("run %d not started: told to stop (a sweep's scheduler pruned the trial)", index)
             return
-        resume_from = run["paths"].get("resume_from")
-        checkpoint = latest if latest_run == index else (ray.train.Checkpoint(resume_from) if resume_from else None)
+        checkpoint = latest if latest_run == index else (ray.train.Checkpoint(inputs.resume_from) if inputs.resume_from else None)
         _train_run(run, index, checkpoint)
         gc.collect()  # the finished run's model and engine, before the next run builds its own
 
@@ -82,15 +80,15 @@ def _train_run(run: dict[str, Any], index: int, checkpoint: ray.train.Checkpoint
     """Train one run (``{"train": ..., "paths": ...}``) from ``checkpoint`` or from scratch."""
     started_run = time.time()
     config = TrainConfig.model_validate(run["train"])
-    paths = run["paths"]
+    paths: RunInputs = run["paths"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(max(1, round(config.scaling.cpus_per_worker)))
     device = ray.train.torch.get_device()
 
-    cohort = Cohort(paths["cohort"])
+    cohort = Cohort(paths.cohort)
     train_ids, val_ids = cohort.split(config.fold, config.cohorts, config.test_fold)
-    bank = LabelBank.load(paths["label_bank"])
+    bank = LabelBank.load(paths.label_bank)
     model_config = config.model.for_cohort(cohort)
     torch.manual_seed(config.model.encoder_init_seed)  # identical random-init SLFM everywhere
     model = ModalTuneModel(model_config)
@@ -105,15 +103,14 @@ def _train_run(run: dict[str, Any], index: int, checkpoint: ray.train.Checkpoint
             state = load_checkpoint(Path(directory), built, module, rank)
         state.run = index  # a --resume-from checkpoint of another run continues as this one
         logger.info("rank %d resumed after epoch %d", rank, state.epoch)
-    if paths.get("output"):
-        _record_worker(Path(paths["output"]), rank, paths.get("owner"), state.epoch if checkpoint is not None else None)
+    _record_worker(paths.layout.worker_record(rank), paths.owner, state.epoch if checkpoint is not None else None)
 
     batcher = CaseBatcher(cohort, bank, train_ids, use_rna="rna" in config.model.modalities, max_tiles=config.max_tiles)
     zero_stage = built.engine.zero_optimization_stage() if built.backend == "deepspeed" else None  # type: ignore[attr-defined]
     cache = open_prefix_cache(config.prefix_cache, cohort.layout.cache_dir / "prefix", model, built.dtype, zero_stage, config.prefix_cache_max_gb)
     classes_of = {name: cohort.labels.subtypes_of(name) for name in cohort.labels.cohorts}
     batch_tiles = 0 if zero_stage == 3 else config.evaluation_batch_tiles  # ZeRO-3: every rank the same number of forwards
-    writer = _tensorboard(paths.get("tensorboard")) if rank == 0 else None
+    writer = SummaryWriter(log_dir=str(paths.layout.tensorboard)) if rank == 0 else None
 
     epochs = range(state.epoch + 1, config.optim.epochs) if not _patience_exhausted(state, config) else range(0)
     for epoch in epochs:
@@ -131,11 +128,11 @@ def _train_run(run: dict[str, Any], index: int, checkpoint: ray.train.Checkpoint
             state.scores = {k: float(v) for k, v in scores.items()}
             metrics |= {f"val_{k}": v for k, v in scores.items()}
             stop = _early_stopping(state, config, epoch, metrics)
-            directory = _predictions_dir(paths)
-            tags = {"fold": config.fold, "seed": config.seed, **paths.get("tags", {})}
-            if rank == 0 and directory is not None:
+            directory = paths.predictions_dir
+            tags = {"fold": config.fold, "seed": config.seed, **paths.tags}
+            if rank == 0:
                 _write_predictions(directory / f"epoch_{epoch:03d}.parquet", epoch, predictions, tags)
-            if directory is not None and (final or stop):
+            if final or stop:
                 _write_final_predictions(outputs, directory, epoch, tags, train_ids, cohort.test_cases(config.test_fold, config.cohorts))
         else:
             stop = False
@@ -150,14 +147,14 @@ def _train_run(run: dict[str, Any], index: int, checkpoint: ray.train.Checkpoint
             break
     if writer is not None:
         writer.close()
-    if rank == 0 and paths.get("output"):
+    if rank == 0:
         write_json_atomic(
-            Path(paths["output"]) / FINISHED_FILE,
-            {"run": index, **paths.get("tags", {}), "scores": state.scores, "started": started_run, "seconds": time.time() - started_run},
+            paths.layout.finished,
+            {"run": index, **paths.tags, "scores": state.scores, "started": started_run, "seconds": time.time() - started_run},
         )
 
 
-def _record_worker(output: Path, rank: int, owner: str | None, resumed_after: int | None) -> None:
+def _record_worker(path: Path, owner: str | None, resumed_after: int | None) -> None:
     """``workers/rank<r>.json``: which process on which host and Ray node runs this rank now and
     the epoch it resumed after (``None``: from scratch), rewritten when Ray Train restarts a
     worker, for operators chasing a stuck or dying run; the placement group holding the worker
@@ -168,7 +165,7 @@ def _record_worker(output: Path, rank: int, owner: str | None, resumed_after: in
         "pid": os.getpid(), "host": socket.gethostname(), "node_id": ray.get_runtime_context().get_node_id(), "started": time.time(),
         "placement_group": group.id.hex() if group else None, "resumed_after_epoch": resumed_after,
     }
-    write_json_atomic(output / "workers" / f"rank{rank}.json", record | {"owner": owner})
+    write_json_atomic(path, record | {"owner": owner})
 
 
 def _frozen_checksum(module: TrainModule, built: BuiltEngine) -> float:
@@ -254,12 +251,6 @@ class _Outputs:
         return predict_cases(self.module.objective, train_rows, rows, self.classes_of) if self.rank == 0 else None
 
 
-def _predictions_dir(paths: dict[str, Any]) -> Path | None:
-    if paths.get("predictions"):
-        return Path(paths["predictions"])
-    return Path(paths["output"]) / "predictions" if paths.get("output") else None
-
-
 def _write_final_predictions(
     outputs: _Outputs, directory: Path, epoch: int, tags: dict[str, Any], train_ids: Sequence[str], test_ids: Sequence[str]
 ) -> None:
@@ -298,17 +289,16 @@ def _early_stopping(state: TrainState, config: TrainConfig, epoch: int, metrics:
 
 def _report(
     metrics: dict[str, Any], built: BuiltEngine, module: TrainModule, state: TrainState, run: dict[str, Any],
-    rank: int, paths: dict[str, Any], writer: Any,
+    rank: int, paths: RunInputs, writer: Any,
 ) -> None:
     """Checkpoint (every rank writes its part) and report; rank 0 also logs and writes rows."""
     with tempfile.TemporaryDirectory(prefix="modaltune-ckpt-") as directory:
-        save_checkpoint(Path(directory), built, module, state, run, rank)
+        save_checkpoint(Path(directory), built, module, state, {"train": run["train"], "paths": paths.as_json()}, rank)
         if rank == 0:
             metrics["checkpoint_bytes"] = directory_bytes(directory)
             if writer is not None:
                 _write_scalars(writer, metrics)
-            if paths.get("output"):
-                upsert_epoch_rows(Path(paths["output"]) / "metrics.parquet", [metrics])
+            upsert_epoch_rows(paths.layout.metrics, [metrics])
             logger.info("epoch %d: %s", metrics["epoch"], _summary(metrics))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
@@ -316,14 +306,6 @@ def _report(
 def _summary(metrics: dict[str, Any]) -> str:
     keys = ("train_loss", "val_loss", "val_c_index", "val_balanced_accuracy", "val_macro_auc", "lr")
     return ", ".join(f"{k}={metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), float))
-
-
-def _tensorboard(directory: str | None) -> Any:
-    if not directory:
-        return None
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(log_dir=directory)
 
 
 def _write_scalars(writer: Any, metrics: dict[str, Any]) -> None:

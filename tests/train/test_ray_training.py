@@ -21,8 +21,8 @@ from modaltune.data import Cohort, SynthConfig, generate_cohort
 from modaltune.train import ray_session
 from modaltune.train.checkpoints import checkpoint_run
 from modaltune.train.config import load_train_config
+from modaltune.train.layout import RunInputs, RunLayout
 from modaltune.train.run import build_trainer, ensure_label_bank, run_training
-from modaltune.train.worker import FINISHED_FILE
 
 SIGNAL = SynthConfig(
     cohorts=("NSCLC",), slides_per_cohort=300, seed=0, feature_dim=32, min_tiles=30, max_tiles=150, n_genes=60,
@@ -134,7 +134,7 @@ def test_a_run_after_another_in_the_same_worker_group_trains_exactly_as_alone(lo
     alone = run_training(signal_cohort, second, tmp_path / "alone")
     cohort, group = Cohort(signal_cohort), tmp_path / "group"
     runs = [
-        (config, {"cohort": str(signal_cohort), "label_bank": str(ensure_label_bank(cohort, config, tmp_path / f"{name}.npz")), "output": str(group / name)})
+        (config, RunInputs(cohort=signal_cohort, label_bank=ensure_label_bank(cohort, config, tmp_path / f"{name}.npz"), output=group / name))
         for name, config in (("first", first), ("second", second))
     ]
     build_trainer(runs, group, "train").fit()
@@ -144,7 +144,7 @@ def test_a_run_after_another_in_the_same_worker_group_trains_exactly_as_alone(lo
     for column in ("train_loss", "val_loss", "val_c_index", "val_balanced_accuracy", "grad_norm"):
         assert list(together[column]) == list(alone.metrics[column]), column
     first_rows = pd.read_parquet(group / "first" / "metrics.parquet")
-    finished = json.loads((group / "first" / FINISHED_FILE).read_text())
+    finished = json.loads(RunLayout(group / "first").finished.read_text())
     assert finished["run"] == 0 and finished["scores"]["c_index"] == first_rows["val_c_index"].iloc[-1]
     # One Ray Train run holds both runs' checkpoints, each saying which run wrote it.
     assert sorted(checkpoint_run(p) for p in (group / "train").glob("checkpoint_*") if p.is_dir()) == [0, 1, 1]

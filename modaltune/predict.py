@@ -32,12 +32,11 @@ import torch
 from modaltune.atomic import write_parquet_atomic
 from modaltune.data import Cohort, CohortInvalidError, validate_cohort
 from modaltune.errors import InputError
-from modaltune.models import ModalTuneModel
-from modaltune.objectives import DistillObjective, build_objective
+from modaltune.objectives import DistillObjective
 from modaltune.text import LabelBank
 from modaltune.train.batches import CaseBatcher, RnaNormalizer, seeded_batches
 from modaltune.train.config import TrainConfig
-from modaltune.train.loop import TrainModule, collect_case_outputs, predict_cases
+from modaltune.train.loop import build_train_module, collect_case_outputs, predict_cases
 
 logger = logging.getLogger(__name__)
 
@@ -130,10 +129,7 @@ def predict_member(directory: Path, cohort: Cohort, ids: list[str], classes_of: 
     config = TrainConfig.model_validate(loop_config["train"])
     bank = LabelBank.load(directory / LABEL_BANK)
     use_rna = "rna" in config.model.modalities
-    torch.manual_seed(config.model.encoder_init_seed)  # as the training worker: the same random-init SLFM without a checkpoint
-    model = ModalTuneModel(config.model.for_cohort(cohort))
-    torch.manual_seed(config.seed)
-    module = TrainModule(model, build_objective(config.objective, bank, config.loss_weights))
+    module = build_train_module(config, cohort, bank)
     weights = torch.load(directory / ADAPTER, weights_only=True, map_location="cpu")
     trainable = {name: p for name, p in module.named_parameters() if p.requires_grad}
     if set(weights) != set(trainable):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import pandas as pd
@@ -19,8 +19,13 @@ from torch import nn
 
 from modaltune.metrics import evaluate_predictions
 from modaltune.models import ModalTuneModel
-from modaltune.objectives import CaseBatch, DistillObjective, Objective, SupervisedObjective
+from modaltune.objectives import CaseBatch, DistillObjective, Objective, SupervisedObjective, build_objective
 from modaltune.probes import ProbeInputs, fit_probe_predictions
+
+if TYPE_CHECKING:
+    from modaltune.data import Cohort
+    from modaltune.text import LabelBank
+    from modaltune.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +42,16 @@ class TrainModule(nn.Module):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
+
+
+def build_train_module(config: TrainConfig, cohort: Cohort, bank: LabelBank) -> TrainModule:
+    """The run's model and objective, as training builds them and ``predict`` rebuilds them: the
+    random-init SLFM (without a checkpoint) seeded by ``encoder_init_seed``, so that every worker
+    and every later prediction holds the same one, and the new modules by the run's seed."""
+    torch.manual_seed(config.model.encoder_init_seed)
+    model = ModalTuneModel(config.model.for_cohort(cohort))
+    torch.manual_seed(config.seed)
+    return TrainModule(model, build_objective(config.objective, bank, config.loss_weights))
 
 
 class Engine(Protocol):

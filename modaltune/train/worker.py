@@ -29,15 +29,21 @@ from torch.utils.tensorboard import SummaryWriter
 
 from modaltune.atomic import write_json_atomic, write_parquet_atomic
 from modaltune.data import Cohort
-from modaltune.models import ModalTuneModel
-from modaltune.objectives import CaseBatch, DistillObjective, build_objective
+from modaltune.objectives import CaseBatch, DistillObjective
 from modaltune.text import LabelBank
 from modaltune.train.batches import CaseBatcher, seeded_batches
 from modaltune.train.checkpoints import TrainState, checkpoint_run, directory_bytes, load_checkpoint, save_checkpoint
 from modaltune.train.config import TrainConfig
 from modaltune.train.engines import BuiltEngine, build_engine
 from modaltune.train.layout import RunInputs
-from modaltune.train.loop import TrainModule, collect_case_outputs, predict_cases, score_case_outputs, train_epoch
+from modaltune.train.loop import (
+    TrainModule,
+    build_train_module,
+    collect_case_outputs,
+    predict_cases,
+    score_case_outputs,
+    train_epoch,
+)
 from modaltune.train.prefix_cache import open_prefix_cache, with_prefixes
 from modaltune.train.records import upsert_epoch_rows
 from modaltune.train.run_gate import RunGate
@@ -89,11 +95,7 @@ def _train_run(run: dict[str, Any], index: int, checkpoint: ray.train.Checkpoint
     cohort = Cohort(paths.cohort)
     train_ids, val_ids = cohort.split(config.fold, config.cohorts, config.test_fold)
     bank = LabelBank.load(paths.label_bank)
-    model_config = config.model.for_cohort(cohort)
-    torch.manual_seed(config.model.encoder_init_seed)  # identical random-init SLFM everywhere
-    model = ModalTuneModel(model_config)
-    torch.manual_seed(config.seed)
-    module = TrainModule(model, build_objective(config.objective, bank, config.loss_weights)).to(device)
+    module = build_train_module(config, cohort, bank).to(device)
 
     steps_per_epoch = len(train_ids) // world
     built = build_engine(module, config, math.ceil(steps_per_epoch / config.optim.gradient_accumulation_steps))
@@ -107,7 +109,7 @@ def _train_run(run: dict[str, Any], index: int, checkpoint: ray.train.Checkpoint
 
     batcher = CaseBatcher(cohort, bank, train_ids, use_rna="rna" in config.model.modalities, max_tiles=config.max_tiles)
     zero_stage = built.engine.zero_optimization_stage() if built.backend == "deepspeed" else None  # type: ignore[attr-defined]
-    cache = open_prefix_cache(config.prefix_cache, cohort.layout.cache_dir / "prefix", model, built.dtype, zero_stage, config.prefix_cache_max_gb)
+    cache = open_prefix_cache(config.prefix_cache, cohort.layout.cache_dir / "prefix", module.model, built.dtype, zero_stage, config.prefix_cache_max_gb)
     classes_of = {name: cohort.labels.subtypes_of(name) for name in cohort.labels.cohorts}
     batch_tiles = 0 if zero_stage == 3 else config.evaluation_batch_tiles  # ZeRO-3: every rank the same number of forwards
     writer = SummaryWriter(log_dir=str(paths.layout.tensorboard)) if rank == 0 else None

@@ -19,6 +19,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -95,6 +96,9 @@ class Objective(nn.Module, ABC):
 
     name: str
     tasks: tuple[str, ...]
+    # Predictions come from probes fitted on the training cases' embeddings (the paper's distill),
+    # not from the objective's own heads: evaluation and predict embed the training cases too.
+    predicts_with_probes: ClassVar[bool] = False
 
     def __init__(self, bank: LabelBank, loss_weights: Mapping[str, float] | None) -> None:
         super().__init__()
@@ -166,6 +170,7 @@ class Objective(nn.Module, ABC):
 class DistillObjective(Objective):
     name = "distill"
     tasks = TASKS
+    predicts_with_probes = True
 
     def __init__(self, bank: LabelBank, loss_weights: Mapping[str, float] | None = None, temperature: float = 1.0, scale: float = 10.0) -> None:
         super().__init__(bank, loss_weights)

@@ -32,7 +32,6 @@ import torch
 from modaltune.atomic import write_parquet_atomic
 from modaltune.data import Cohort, CohortInvalidError, validate_cohort
 from modaltune.errors import InputError
-from modaltune.objectives import DistillObjective
 from modaltune.text import LabelBank
 from modaltune.train.batches import CaseBatcher, RnaNormalizer, seeded_batches
 from modaltune.train.config import TrainConfig
@@ -143,7 +142,7 @@ def predict_member(directory: Path, cohort: Cohort, ids: list[str], classes_of: 
     batches = seeded_batches(batcher, config.seed, "evaluation", torch.device("cpu"), torch.float32)
     rows = collect_case_outputs(module, batches, ids, with_loss=False, batch_tiles=config.evaluation_batch_tiles)
     train_cases = pd.read_parquet(directory / TRAIN_CASES)
-    train_rows = _rows_from_frame(train_cases, classes_of) if isinstance(module.objective, DistillObjective) else []
+    train_rows = _rows_from_frame(train_cases, classes_of) if module.objective.predicts_with_probes else []
     predictions = predict_cases(module.objective, train_rows, rows, classes_of)
     medians = predictions["cohort"].map(train_cases.groupby("cohort")["risk"].median())
     return predictions.assign(risk_z=training_standardised_risk(predictions, train_cases), above_median=predictions["risk"] > medians)

@@ -63,7 +63,7 @@ def _trainable_state(built: BuiltEngine, module: TrainModule) -> dict[str, torch
     """The trainable weights as full fp32 tensors (gathered across ranks under ZeRO-3)."""
     params = dict(module.named_parameters())
     trainable = {name: p for name, p in params.items() if p.requires_grad}
-    if built.backend == "deepspeed" and built.engine.zero_optimization_stage() == 3:  # type: ignore[attr-defined]
+    if built.zero_stage == 3:
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(list(trainable.values()), modifier_rank=None):

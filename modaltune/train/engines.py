@@ -88,6 +88,13 @@ class BuiltEngine:
             return float(norm) if norm is not None else math.nan
         return self.engine.last_grad_norm  # type: ignore[attr-defined]
 
+    @property
+    def zero_stage(self) -> int | None:
+        """DeepSpeed's ZeRO stage (3: parameters partitioned across ranks); None under DDP."""
+        if self.backend != "deepspeed":
+            return None
+        return int(self.engine.zero_optimization_stage())  # type: ignore[attr-defined]
+
     def lr(self) -> float:
         optimizer = self.engine.optimizer  # type: ignore[attr-defined]
         return float(optimizer.param_groups[0]["lr"])

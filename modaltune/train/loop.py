@@ -19,7 +19,7 @@ from torch import nn
 
 from modaltune.metrics import evaluate_predictions
 from modaltune.models import ModalTuneModel
-from modaltune.objectives import CaseBatch, DistillObjective, Objective, SupervisedObjective, build_objective
+from modaltune.objectives import CaseBatch, Objective, build_objective
 from modaltune.probes import ProbeInputs, fit_probe_predictions
 
 if TYPE_CHECKING:
@@ -183,14 +183,14 @@ def predict_cases(
     ``supervised`` reads predictions from its heads and ignores ``train_rows``.
     """
     predictions = _cases_frame(rows, classes_of)
-    if isinstance(objective, SupervisedObjective):
+    if objective.predicts_with_probes:
+        predictions = _probe(_cases_frame(train_rows, classes_of), train_rows, predictions, rows, classes_of)
+    else:
         predictions["risk"] = [r["risk"] for r in rows]
         predictions["class_probabilities"] = [r["class_probabilities"] for r in rows]
         predictions["predicted_subtype"] = [
             classes_of[r["cohort"]][int(np.argmax(r["class_probabilities"]))] for r in rows
         ]
-    else:
-        predictions = _probe(_cases_frame(train_rows, classes_of), train_rows, predictions, rows, classes_of)
     for task in objective.tasks:
         predictions[f"embedding_{task}"] = [r["embeddings"][task] for r in rows]
     return predictions
@@ -201,8 +201,7 @@ def evaluate(
     classes_of: dict[str, list[str]],
 ) -> tuple[dict[str, float], pd.DataFrame]:
     """Single-process evaluation: collect outputs, then score (see ``score_case_outputs``)."""
-    needs_train = isinstance(module.objective, DistillObjective)
-    train_rows = collect_case_outputs(module, batches, train_ids) if needs_train else []
+    train_rows = collect_case_outputs(module, batches, train_ids) if module.objective.predicts_with_probes else []
     return score_case_outputs(module.objective, train_rows, collect_case_outputs(module, batches, val_ids), classes_of)
 
 

@@ -29,7 +29,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from modaltune.atomic import write_json_atomic, write_parquet_atomic
 from modaltune.data import Cohort
-from modaltune.objectives import CaseBatch, DistillObjective
+from modaltune.objectives import CaseBatch
 from modaltune.text import LabelBank
 from modaltune.train.batches import CaseBatcher, seeded_batches
 from modaltune.train.checkpoints import TrainState, checkpoint_run, directory_bytes, load_checkpoint, save_checkpoint
@@ -108,7 +108,7 @@ def _train_run(run: dict[str, Any], index: int, checkpoint: ray.train.Checkpoint
     _record_worker(paths.layout.worker_record(rank), paths.owner, state.epoch if checkpoint is not None else None)
 
     batcher = CaseBatcher(cohort, bank, train_ids, use_rna="rna" in config.model.modalities, max_tiles=config.max_tiles)
-    zero_stage = built.engine.zero_optimization_stage() if built.backend == "deepspeed" else None  # type: ignore[attr-defined]
+    zero_stage = built.zero_stage
     cache = open_prefix_cache(config.prefix_cache, cohort.layout.cache_dir / "prefix", module.model, built.dtype, zero_stage, config.prefix_cache_max_gb)
     classes_of = {name: cohort.labels.subtypes_of(name) for name in cohort.labels.cohorts}
     batch_tiles = 0 if zero_stage == 3 else config.evaluation_batch_tiles  # ZeRO-3: every rank the same number of forwards
@@ -173,7 +173,7 @@ def _record_worker(path: Path, owner: str | None, resumed_after: int | None) -> 
 def _frozen_checksum(module: TrainModule, built: BuiltEngine) -> float:
     """Sum of the frozen SLFM's weights: constant over a run unless something trains it.
     NaN under ZeRO-3, where frozen weights are partitioned across ranks."""
-    if built.backend == "deepspeed" and built.engine.zero_optimization_stage() == 3:  # type: ignore[attr-defined]
+    if built.zero_stage == 3:
         return math.nan
     return float(sum(p.detach().double().sum() for p in module.model.frozen_parameters()))
 
@@ -238,7 +238,7 @@ class _Outputs:
     def score(self, train_ids: Sequence[str], val_ids: Sequence[str]) -> tuple[dict[str, float], pd.DataFrame]:
         """Validation metrics and predictions; rank 0 scores, and the metrics reach every rank."""
         val_rows = self.rows(val_ids)
-        train_rows = self.train_rows(train_ids) if isinstance(self.module.objective, DistillObjective) else []
+        train_rows = self.train_rows(train_ids) if self.module.objective.predicts_with_probes else []
         result: list[Any] = [None]
         if self.rank == 0:
             result[0] = score_case_outputs(self.module.objective, train_rows, val_rows, self.classes_of)
@@ -249,7 +249,7 @@ class _Outputs:
     def predict(self, train_ids: Sequence[str], ids: Sequence[str]) -> pd.DataFrame | None:
         """Predictions for ``ids`` on rank 0 (None elsewhere); every rank must call it."""
         rows = self.rows(ids)
-        train_rows = self.train_rows(train_ids) if isinstance(self.module.objective, DistillObjective) else []
+        train_rows = self.train_rows(train_ids) if self.module.objective.predicts_with_probes else []
         return predict_cases(self.module.objective, train_rows, rows, self.classes_of) if self.rank == 0 else None
 
 

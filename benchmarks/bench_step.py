@@ -10,7 +10,10 @@ Run: ``.venv/bin/python benchmarks/bench_step.py [--tiles 1000 --slides 12 --dim
    with a width-64 encoder, the size of CPU sweeps), one case per forward against bucketed:
    cases of equal tile count run together up to ``evaluation_batch_tiles`` tiles a batch (the
    paper's 3-block adapter, no prefix cache).
-3. Peak memory of one attention layer over one slide of ``--long-tiles`` tiles: Prov-GigaPath's
+3. The distill objective's three task passes (general, diagnosis, survival) per case: one
+   forward per task token, as the reference code runs them, against one forward whose rows are
+   the case's tasks (the frozen prefix shared), in slides/s of evaluation (3-block adapter).
+4. Peak memory of one attention layer over one slide of ``--long-tiles`` tiles: Prov-GigaPath's
    dilated attention (its segment lengths and ratios) against dense attention that materialises
    the full attention matrix, each in a fresh process (peak RSS growth).
 Prints the figures, the ratios measured side by side, and one ``BENCH step ...`` line.
@@ -34,7 +37,7 @@ from modaltune.data import CLINICAL_VECTOR_SIZE, Cohort, SynthConfig, generate_c
 from modaltune.models import ModalTuneConfig, ModalTuneModel, SlideEncoderConfig
 from modaltune.models.dilated_attention import dilated_attention, longnet_segment_lengths
 from modaltune.objectives import build_objective
-from modaltune.text import LabelBank, build_label_bank, build_text_encoder
+from modaltune.text import TASKS, LabelBank, build_label_bank, build_text_encoder
 from modaltune.train.batches import CaseBatcher, seeded_batches
 from modaltune.train.config import TrainConfig
 from modaltune.train.loop import TorchEngine, TrainModule, collect_case_outputs, train_epoch
@@ -43,8 +46,8 @@ from modaltune.train.prefix_cache import PrefixCache, with_prefixes
 LAYOUTS = {"no adapter (linear probe)": 0, "1 block (layers 8-11)": 1, "2 blocks (layers 4-11)": 2, "3 blocks (paper, layers 0-11)": 3}
 
 
-def _module(cohort: Cohort, dim: int, adapter_depth: int) -> tuple[TrainModule, LabelBank]:
-    """The supervised ModalTune model on a 12-layer GigaPath-shaped encoder of width ``dim``, and its label bank."""
+def _module(cohort: Cohort, dim: int, adapter_depth: int, objective: str = "supervised") -> tuple[TrainModule, LabelBank]:
+    """The ModalTune model (supervised unless said) on a 12-layer GigaPath-shaped encoder of width ``dim``, and its label bank."""
     bank = build_label_bank(cohort, build_text_encoder("onehot", cohort.labels), cohort.case_ids, out_dim=32)
     torch.manual_seed(0)
     config = ModalTuneConfig.tiny(
@@ -52,7 +55,7 @@ def _module(cohort: Cohort, dim: int, adapter_depth: int) -> tuple[TrainModule, 
         modalities=("wsi", "rna"), rna_group_sizes=tuple(cohort.rna_group_sizes), clinical_in_features=CLINICAL_VECTOR_SIZE,
         adapter_depth=adapter_depth, out_dim=32,
     )
-    return TrainModule(ModalTuneModel(config), build_objective("supervised", bank)), bank
+    return TrainModule(ModalTuneModel(config), build_objective(objective, bank)), bank
 
 
 def _evaluation_rate(cohort: Cohort, dim: int, max_tiles: int, batch_tiles: int) -> float:
@@ -65,6 +68,33 @@ def _evaluation_rate(cohort: Cohort, dim: int, max_tiles: int, batch_tiles: int)
         collect_case_outputs(module, batches, cohort.case_ids, batch_tiles=batch_tiles)
         seconds.append(time.perf_counter() - started)
     return len(cohort.case_ids) / seconds[-1]
+
+
+def _task_pass_rates(cohort: Cohort, dim: int, max_tiles: int) -> tuple[float, float]:
+    """Slides/s of the distill objective's task embeddings: one forward per task, and batched."""
+    module, bank = _module(cohort, dim, adapter_depth=3, objective="distill")
+    model, objective = module.model.eval(), module.objective
+    batcher = CaseBatcher(cohort, bank, cohort.case_ids, use_rna=True, max_tiles=max_tiles)
+    batches = [seeded_batches(batcher, 0, "evaluation", torch.device("cpu"), torch.float32)(case) for case in cohort.case_ids]
+    tasks = [torch.tensor([TASKS.index(task)]) for task in objective.tasks]
+
+    def per_task() -> None:
+        for b in batches:
+            for task in tasks:
+                model(b.features, b.coords, task, b.rna, b.clinical)
+
+    def batched() -> None:
+        for b in batches:
+            objective.evaluate_cases(model, [b], with_loss=False)
+
+    rates = []
+    with torch.no_grad():
+        for run in (per_task, batched):
+            run()  # warm-up
+            started = time.perf_counter()
+            run()
+            rates.append(len(batches) / (time.perf_counter() - started))
+    return rates[0], rates[1]
 
 
 def _step_rate(cohort: Cohort, dim: int, adapter_depth: int, cached: bool, cache_root: Path) -> float:
@@ -154,6 +184,10 @@ def main() -> None:
             eval_speedups[label] = bucketed / one
             print(f"\nevaluation: {len(eval_cohort.case_ids)} cases capped at {tiles} tiles, 3-block adapter, width {dim}")
             print(f"one case per forward {one:7.2f}/s   bucketed ({budget} tiles a batch) {bucketed:7.2f}/s   {bucketed / one:.2f}x")
+            if label == "mid":
+                per_task, batched = _task_pass_rates(eval_cohort, dim, tiles)
+                task_speedup = batched / per_task
+                print(f"distill task passes: one forward per task {per_task:7.2f}/s   the case's tasks as one batch {batched:7.2f}/s   {task_speedup:.2f}x")
     print(f"\nattention memory: one layer, one slide of {args.long_tiles} tiles, width {args.attention_dim}, {args.attention_heads} heads, fp32")
     memory = {kind: _attention_in_child(kind, args.long_tiles, args.attention_dim, args.attention_heads) for kind in ("dilated", "dense")}
     for kind, figures in memory.items():
@@ -164,6 +198,7 @@ def main() -> None:
         "BENCH step "
         + " ".join(f"cache_speedup_depth{d}={s:.2f}" for d, s in speedups.items())
         + "".join(f" bucketed_eval_speedup_{label}={value:.2f}" for label, value in eval_speedups.items())
+        + f" task_batching_speedup={task_speedup:.2f}"
         + f" dense_vs_dilated_memory={ratio:.1f} dilated_peak_mb={memory['dilated']['peak_mb']:.0f} dense_peak_mb={memory['dense']['peak_mb']:.0f}"
     )
 

@@ -12,9 +12,9 @@ import torch
 
 from modaltune.data import CLINICAL_VECTOR_SIZE, Cohort
 from modaltune.errors import InputError
-from modaltune.models import ModalTuneConfig, ModalTuneModel, SlideEncoderConfig
+from modaltune.models import ModalTuneConfig, ModalTuneModel, SlideEncoderConfig, TitanConfig
 from modaltune.objectives import CaseBatch, DistillObjective, SupervisedObjective, build_objective
-from modaltune.text import LabelBank, build_label_bank, build_text_encoder
+from modaltune.text import TASKS, LabelBank, build_label_bank, build_text_encoder
 from modaltune.train.batches import CaseBatcher
 from modaltune.train.loop import TorchEngine, TrainModule, train_epoch
 
@@ -163,3 +163,22 @@ def test_objective_classes_and_unknown_name(bank: LabelBank) -> None:
     assert isinstance(build_objective("supervised", bank), SupervisedObjective)
     with pytest.raises(InputError, match="unknown objective"):
         build_objective("contrastive", bank)
+
+
+@pytest.mark.parametrize("encoder", ["longnet", "titan"])
+def test_the_task_passes_run_as_one_forward_equal_to_one_forward_per_task(cohort: Cohort, bank: LabelBank, batch: CaseBatch, encoder: str) -> None:
+    """The reference code runs the model once per task token; here a case's tasks are rows of one
+    batch (the frozen prefix shared), with the same embeddings, for either SLFM."""
+    torch.manual_seed(0)
+    encoder_config = TitanConfig.tiny if encoder == "titan" else SlideEncoderConfig.tiny
+    config = ModalTuneConfig.tiny(
+        encoder=encoder_config(in_dim=cohort.manifest.feature_dim), rna_group_sizes=tuple(cohort.rna_group_sizes),
+        clinical_in_features=CLINICAL_VECTOR_SIZE, out_dim=OUT_DIM, adapter_depth=1,
+    )
+    model = ModalTuneModel(config).eval()
+    objective = DistillObjective(bank)
+    with torch.no_grad():
+        batched = objective.evaluate_cases(model, [batch], with_loss=False)[0].embeddings
+        for task in objective.tasks:
+            alone = model(batch.features, batch.coords, torch.tensor([TASKS.index(task)]), batch.rna, batch.clinical)
+            np.testing.assert_allclose(batched[task], alone[0].numpy(), rtol=0, atol=1e-5)

@@ -78,82 +78,120 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             logger.info("run %d not started: told to stop (a sweep's scheduler pruned the trial)", index)
             return
         checkpoint = latest if latest_run == index else (ray.train.Checkpoint(inputs.resume_from) if inputs.resume_from else None)
-        _train_run(run, index, checkpoint)
+        RunRecipe(run, index).run(checkpoint)
         gc.collect()  # the finished run's model and engine, before the next run builds its own
 
 
-def _train_run(run: dict[str, Any], index: int, checkpoint: ray.train.Checkpoint | None) -> None:
-    """Train one run (``{"train": ..., "paths": ...}``) from ``checkpoint`` or from scratch."""
-    started_run = time.time()
-    config = TrainConfig.model_validate(run["train"])
-    paths: RunInputs = run["paths"]
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    torch.set_num_threads(max(1, round(config.scaling.cpus_per_worker)))
-    device = ray.train.torch.get_device()
+class RunRecipe:
+    """One run on one rank as steps, in the manner of torchtune's recipes: ``setup`` (data,
+    model and engine, the checkpoint it resumes from, cache and writers), then per epoch
+    ``train_epoch`` and, when due, ``evaluate``, each epoch ``report``-ed with its checkpoint;
+    ``finish`` writes the run's marker. ``run`` chains them."""
 
-    cohort = Cohort(paths.cohort)
-    train_ids, val_ids = cohort.split(config.fold, config.cohorts, config.test_fold)
-    bank = LabelBank.load(paths.label_bank)
-    module = build_train_module(config, cohort, bank).to(device)
+    def __init__(self, run: dict[str, Any], index: int) -> None:
+        self.started = time.time()
+        self.run_config, self.index = run, index
+        self.config = TrainConfig.model_validate(run["train"])
+        self.paths: RunInputs = run["paths"]
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        self.device = ray.train.torch.get_device()
 
-    steps_per_epoch = len(train_ids) // world
-    built = build_engine(module, config, math.ceil(steps_per_epoch / config.optim.gradient_accumulation_steps))
-    state = TrainState(run=index)
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            state = load_checkpoint(Path(directory), built, module, rank)
-        state.run = index  # a --resume-from checkpoint of another run continues as this one
-        logger.info("rank %d resumed after epoch %d", rank, state.epoch)
-    _record_worker(paths.layout.worker_record(rank), paths.owner, state.epoch if checkpoint is not None else None)
-
-    batcher = CaseBatcher(cohort, bank, train_ids, use_rna="rna" in config.model.modalities, max_tiles=config.max_tiles)
-    zero_stage = built.zero_stage
-    cache = open_prefix_cache(config.prefix_cache, cohort.layout.cache_dir / "prefix", module.model, built.dtype, zero_stage, config.prefix_cache_max_gb)
-    classes_of = {name: cohort.labels.subtypes_of(name) for name in cohort.labels.cohorts}
-    batch_tiles = 0 if zero_stage == 3 else config.evaluation_batch_tiles  # ZeRO-3: every rank the same number of forwards
-    writer = SummaryWriter(log_dir=str(paths.layout.tensorboard)) if rank == 0 else None
-
-    epochs = range(state.epoch + 1, config.optim.epochs) if not _patience_exhausted(state, config) else range(0)
-    for epoch in epochs:
-        started = time.time()
-        order = [train_ids[i] for i in np.random.default_rng([config.seed, epoch]).permutation(len(train_ids))]
-        shard = order[rank::world][:steps_per_epoch]  # equal steps on every rank
-        module.train()
-        losses = _mean_across_ranks(train_epoch(built.engine, with_prefixes(seeded_batches(batcher, config.seed, epoch, device, built.dtype), cache), shard))
-        metrics: dict[str, Any] = {"epoch": epoch, **{f"train_{k}": v for k, v in losses.items()}}
-        metrics |= {"lr": built.lr(), "grad_norm": built.grad_norm()}
-        final = epoch + 1 == config.optim.epochs
-        if (epoch + 1) % config.evaluate_every == 0 or final:
-            outputs = _Outputs(with_prefixes(seeded_batches(batcher, config.seed, "evaluation", device, built.dtype), cache), module, classes_of, rank, world, batch_tiles)
-            scores, predictions = outputs.score(train_ids, val_ids)
-            state.scores = {k: float(v) for k, v in scores.items()}
-            metrics |= {f"val_{k}": v for k, v in scores.items()}
-            stop = _early_stopping(state, config, epoch, metrics)
-            directory = paths.predictions_dir
-            tags = {"fold": config.fold, "seed": config.seed, **paths.tags}
-            if rank == 0:
-                _write_predictions(directory / f"epoch_{epoch:03d}.parquet", epoch, predictions, tags)
-            if final or stop:
-                _write_final_predictions(outputs, directory, epoch, tags, train_ids, cohort.test_cases(config.test_fold, config.cohorts))
-        else:
+    def run(self, checkpoint: ray.train.Checkpoint | None) -> None:
+        self.setup(checkpoint)
+        for epoch in self.epochs():
+            started = time.time()
+            metrics = self.train_epoch(epoch)
+            final = epoch + 1 == self.config.optim.epochs
             stop = False
-        state.epoch = epoch
-        metrics |= {"best_epoch": state.best_epoch, "epoch_time_s": time.time() - started, "epoch_started_at": started, "engine": built.backend}
-        metrics |= {"run": index, "run_finished": final or stop, "frozen_checksum": _frozen_checksum(module, built)}
-        if cache is not None:  # every rank's hits and misses; the folder's size as this rank saw it
-            metrics |= _sum_across_ranks(cache.take_counts().as_metrics()) | cache.usage_metrics()
-        _report(metrics, built, module, state, run, rank, paths, writer)
-        if stop:
-            logger.info("early stopping after epoch %d (best epoch %d)", epoch, state.best_epoch)
-            break
-    if writer is not None:
-        writer.close()
-    if rank == 0:
-        write_json_atomic(
-            paths.layout.finished,
-            {"run": index, **paths.tags, "scores": state.scores, "started": started_run, "seconds": time.time() - started_run},
+            if (epoch + 1) % self.config.evaluate_every == 0 or final:
+                stop = self.evaluate(epoch, final, metrics)
+            self.state.epoch = epoch
+            metrics |= {"epoch_time_s": time.time() - started, "epoch_started_at": started, "run_finished": final or stop}
+            self.report(metrics)
+            if stop:
+                logger.info("early stopping after epoch %d (best epoch %d)", epoch, self.state.best_epoch)
+                break
+        self.finish()
+
+    def setup(self, checkpoint: ray.train.Checkpoint | None) -> None:
+        config = self.config
+        torch.set_num_threads(max(1, round(config.scaling.cpus_per_worker)))
+        self._setup_data()
+        self._setup_model(checkpoint)
+        self.cache = open_prefix_cache(
+            config.prefix_cache, self.cohort.layout.cache_dir / "prefix", self.module.model, self.built.dtype,
+            self.built.zero_stage, config.prefix_cache_max_gb,
         )
+        self.batch_tiles = 0 if self.built.zero_stage == 3 else config.evaluation_batch_tiles  # ZeRO-3: every rank the same number of forwards
+        self.writer = SummaryWriter(log_dir=str(self.paths.layout.tensorboard)) if self.rank == 0 else None
+
+    def _setup_data(self) -> None:
+        config = self.config
+        self.cohort = Cohort(self.paths.cohort)
+        self.train_ids, self.val_ids = self.cohort.split(config.fold, config.cohorts, config.test_fold)
+        self.bank = LabelBank.load(self.paths.label_bank)
+        self.batcher = CaseBatcher(self.cohort, self.bank, self.train_ids, use_rna="rna" in config.model.modalities, max_tiles=config.max_tiles)
+        self.classes_of = {name: self.cohort.labels.subtypes_of(name) for name in self.cohort.labels.cohorts}
+        self.steps_per_epoch = len(self.train_ids) // self.world  # equal steps on every rank
+
+    def _setup_model(self, checkpoint: ray.train.Checkpoint | None) -> None:
+        config = self.config
+        self.module = build_train_module(config, self.cohort, self.bank).to(self.device)
+        self.built = build_engine(self.module, config, math.ceil(self.steps_per_epoch / config.optim.gradient_accumulation_steps))
+        self.state = TrainState(run=self.index)
+        if checkpoint is not None:
+            with checkpoint.as_directory() as directory:
+                self.state = load_checkpoint(Path(directory), self.built, self.module, self.rank)
+            self.state.run = self.index  # a --resume-from checkpoint of another run continues as this one
+            logger.info("rank %d resumed after epoch %d", self.rank, self.state.epoch)
+        _record_worker(self.paths.layout.worker_record(self.rank), self.paths.owner, self.state.epoch if checkpoint is not None else None)
+
+    def epochs(self) -> range:
+        """The epochs left: after the checkpoint's, none once early stopping's patience ran out."""
+        return range(0) if _patience_exhausted(self.state, self.config) else range(self.state.epoch + 1, self.config.optim.epochs)
+
+    def _batches(self, epoch: int | str) -> Callable[[str], CaseBatch]:
+        return with_prefixes(seeded_batches(self.batcher, self.config.seed, epoch, self.device, self.built.dtype), self.cache)
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        order = [self.train_ids[i] for i in np.random.default_rng([self.config.seed, epoch]).permutation(len(self.train_ids))]
+        shard = order[self.rank :: self.world][: self.steps_per_epoch]
+        self.module.train()
+        losses = _mean_across_ranks(train_epoch(self.built.engine, self._batches(epoch), shard))
+        return {"epoch": epoch, **{f"train_{k}": v for k, v in losses.items()}, "lr": self.built.lr(), "grad_norm": self.built.grad_norm()}
+
+    def evaluate(self, epoch: int, final: bool, metrics: dict[str, Any]) -> bool:
+        """Score the validation cases into ``metrics``, write the predictions; whether to stop early."""
+        config = self.config
+        outputs = _Outputs(self._batches("evaluation"), self.module, self.classes_of, self.rank, self.world, self.batch_tiles)
+        scores, predictions = outputs.score(self.train_ids, self.val_ids)
+        self.state.scores = {k: float(v) for k, v in scores.items()}
+        metrics |= {f"val_{k}": v for k, v in scores.items()}
+        stop = _early_stopping(self.state, config, epoch, metrics)
+        directory = self.paths.predictions_dir
+        tags = {"fold": config.fold, "seed": config.seed, **self.paths.tags}
+        if self.rank == 0:
+            _write_predictions(directory / f"epoch_{epoch:03d}.parquet", epoch, predictions, tags)
+        if final or stop:
+            _write_final_predictions(outputs, directory, epoch, tags, self.train_ids, self.cohort.test_cases(config.test_fold, config.cohorts))
+        return stop
+
+    def report(self, metrics: dict[str, Any]) -> None:
+        metrics |= {"best_epoch": self.state.best_epoch, "engine": self.built.backend, "run": self.index}
+        metrics |= {"frozen_checksum": _frozen_checksum(self.module, self.built)}
+        if self.cache is not None:  # every rank's hits and misses; the folder's size as this rank saw it
+            metrics |= _sum_across_ranks(self.cache.take_counts().as_metrics()) | self.cache.usage_metrics()
+        _report(metrics, self.built, self.module, self.state, self.run_config, self.rank, self.paths, self.writer)
+
+    def finish(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.rank == 0:
+            write_json_atomic(
+                self.paths.layout.finished,
+                {"run": self.index, **self.paths.tags, "scores": self.state.scores, "started": self.started, "seconds": time.time() - self.started},
+            )
 
 
 def _record_worker(path: Path, owner: str | None, resumed_after: int | None) -> None:

@@ -84,7 +84,8 @@ def check_config_against_cohort(config: TrainConfig, cohort: Cohort) -> None:
 def check_tile_features(config: TrainConfig, cohort: Cohort) -> None:
     """A cohort holds the features of one tile encoder, and a pretrained SLFM reads only its own
     tile encoder's: refuse the pair, naming both, when the widths differ (before any worker
-    starts; a study that crosses SLFMs gives each the cohort of its tile encoder)."""
+    starts). A study has one cohort, so it can cross pretrained SLFMs only if they read the same
+    tile features; crossing them with cohorts of their own tile encoders is not supported yet."""
     model, width = config.model, cohort.manifest.feature_dim
     takes = model.for_cohort(cohort).encoder.in_dim
     if takes != width:

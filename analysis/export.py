@@ -23,8 +23,10 @@ from analysis.summary import final_epochs, load_study
 from modaltune import predict
 from modaltune.atomic import write_json_atomic, write_text_atomic
 from modaltune.data import Cohort
+from modaltune.data.modalities import COHORT_MODALITIES
 from modaltune.errors import InputError
-from modaltune.train.batches import RnaNormalizer
+from modaltune.models import IMAGE
+from modaltune.train.batches import fit_normalizers, normalizer_file
 from modaltune.train.config import TrainConfig
 from sweeps.spec import StudyLayout, StudySpec
 
@@ -42,14 +44,13 @@ def export_selection(study_dir: str | Path, spec: StudySpec, selection: Selectio
                 _export_member(layout, selection.trial_id, fold, seed, cohort, staging / predict.MEMBERS_DIR / name)
                 members.append(name)
         config = TrainConfig.model_validate(json.loads((staging / predict.MEMBERS_DIR / members[0] / predict.CONFIG).read_text())["train"])
-        uses_rna = "rna" in config.model.modalities
         meta = {
             "format": predict.FORMAT,
             "study": spec.name,
             "trial_id": selection.trial_id,
             "objective": config.objective,
             "feature_dim": cohort.manifest.feature_dim,
-            "gene_groups": cohort.gene_groups if uses_rna else None,
+            "modalities": {name: COHORT_MODALITIES[name].signature(cohort) for name in config.model.modalities if name != IMAGE},
             "classes": {name: cohort.labels.subtypes_of(name) for name in cohort.cohort_names},
             "members": members,
         }
@@ -79,9 +80,9 @@ def _export_member(layout: StudyLayout, trial_id: str, fold: int, seed: int, coh
     shutil.copy2(loop_config["paths"]["label_bank"], out / predict.LABEL_BANK)
     shutil.copy2(train_cases, out / predict.TRAIN_CASES)
     write_json_atomic(out / predict.CONFIG, {"train": loop_config["train"]})
-    if "rna" in config.model.modalities:  # the same normalisation the training worker fitted
-        train_ids, _ = cohort.split(config.fold, config.cohorts, config.test_fold)
-        RnaNormalizer.fit_on(cohort, train_ids).save(out / predict.RNA_NORMALIZER)
+    train_ids, _ = cohort.split(config.fold, config.cohorts, config.test_fold)
+    for name, normalizer in fit_normalizers(cohort, config.model.modalities, train_ids).items():  # as the training worker fitted them
+        normalizer.save(out / normalizer_file(name))
 
 
 def _selection_record(spec: StudySpec, selection: Selection, test_metrics: pd.DataFrame | None) -> dict:

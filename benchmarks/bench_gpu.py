@@ -77,10 +77,10 @@ def _run_layout(cohort: Cohort, device: torch.device, depth: int, args: argparse
     ids = cohort.case_ids
     bank = build_label_bank(cohort, build_text_encoder("onehot", cohort.labels), ids, out_dim=config.model.out_dim)
     torch.manual_seed(0)
-    model = ModalTuneModel(config.model.build(tuple(cohort.rna_group_sizes), cohort.manifest.feature_dim, cohort.manifest.tile_size_px))
+    model = ModalTuneModel(config.model.for_cohort(cohort))
     module = TrainModule(model, build_objective("supervised", bank)).to(device)
     built = build_engine(module, config, optimizer_steps_per_epoch=args.steps)
-    batcher = CaseBatcher(cohort, bank, ids, use_rna=True, max_tiles=args.tiles)
+    batcher = CaseBatcher(cohort, bank, ids, modalities=("rna", "clinical"), max_tiles=args.tiles)
     batches = seeded_batches(batcher, 0, 0, device, built.dtype)
     steps = [ids[i % len(ids)] for i in range(args.steps)]
     train_epoch(built.engine, batches, steps[: args.warmup])  # compile kernels, allocator warm-up

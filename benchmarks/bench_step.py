@@ -52,7 +52,7 @@ def _module(cohort: Cohort, dim: int, adapter_depth: int, objective: str = "supe
     torch.manual_seed(0)
     config = ModalTuneConfig.tiny(
         encoder=SlideEncoderConfig.gigapath(in_dim=cohort.manifest.feature_dim, dim=dim, heads=8, segment_lengths=(256, 512, 1024, 2048, 4096)),
-        modalities=("wsi", "rna"), rna_group_sizes=tuple(cohort.rna_group_sizes), clinical_in_features=CLINICAL_VECTOR_SIZE,
+        modalities=("wsi", "rna"), modality_inputs={"rna": tuple(cohort.rna_group_sizes), "clinical": (CLINICAL_VECTOR_SIZE,)},
         adapter_depth=adapter_depth, out_dim=32,
     )
     return TrainModule(ModalTuneModel(config), build_objective(objective, bank)), bank
@@ -61,7 +61,7 @@ def _module(cohort: Cohort, dim: int, adapter_depth: int, objective: str = "supe
 def _evaluation_rate(cohort: Cohort, dim: int, max_tiles: int, batch_tiles: int) -> float:
     """Slides/s of evaluating every case (second of two passes), ``batch_tiles`` 0 = one case per forward."""
     module, bank = _module(cohort, dim, adapter_depth=3)
-    batches = seeded_batches(CaseBatcher(cohort, bank, cohort.case_ids, use_rna=True, max_tiles=max_tiles), 0, "evaluation", torch.device("cpu"), torch.float32)
+    batches = seeded_batches(CaseBatcher(cohort, bank, cohort.case_ids, modalities=("rna", "clinical"), max_tiles=max_tiles), 0, "evaluation", torch.device("cpu"), torch.float32)
     seconds = []
     for _ in range(2):
         started = time.perf_counter()
@@ -74,14 +74,14 @@ def _task_pass_rates(cohort: Cohort, dim: int, max_tiles: int) -> tuple[float, f
     """Slides/s of the distill objective's task embeddings: one forward per task, and batched."""
     module, bank = _module(cohort, dim, adapter_depth=3, objective="distill")
     model, objective = module.model.eval(), module.objective
-    batcher = CaseBatcher(cohort, bank, cohort.case_ids, use_rna=True, max_tiles=max_tiles)
+    batcher = CaseBatcher(cohort, bank, cohort.case_ids, modalities=("rna", "clinical"), max_tiles=max_tiles)
     batches = [seeded_batches(batcher, 0, "evaluation", torch.device("cpu"), torch.float32)(case) for case in cohort.case_ids]
     tasks = [torch.tensor([TASKS.index(task)]) for task in objective.tasks]
 
     def per_task() -> None:
         for b in batches:
             for task in tasks:
-                model(b.features, b.coords, task, b.rna, b.clinical)
+                model(b.features, b.coords, task, b.modalities)
 
     def batched() -> None:
         for b in batches:
@@ -103,7 +103,7 @@ def _step_rate(cohort: Cohort, dim: int, adapter_depth: int, cached: bool, cache
     module, bank = _module(cohort, dim, adapter_depth)
     engine = TorchEngine(module, torch.optim.AdamW(module.trainable_parameters(), lr=1e-3))
     cache = PrefixCache(cache_root / f"depth{adapter_depth}", module.model, torch.float32) if cached and module.model.prefix_depth else None
-    batcher = CaseBatcher(cohort, bank, ids, use_rna=True)
+    batcher = CaseBatcher(cohort, bank, ids, modalities=("rna", "clinical"))
     module.train()
     rates = []
     for epoch in range(2):

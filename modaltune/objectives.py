@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
@@ -48,8 +48,7 @@ class CaseBatch:
     cohort: str
     features: torch.Tensor  # (1, N, in_dim) float
     coords: torch.Tensor  # (1, N, 2) long
-    rna: torch.Tensor | None  # (1, G)
-    clinical: torch.Tensor  # (1, C)
+    modalities: dict[str, torch.Tensor]  # name -> (1, width); a row of NaN: the case lacks the modality
     targets: torch.Tensor  # (len(TASKS), out_dim) text targets
     subtype_index: int  # -1 (batches.UNKNOWN) with survival_bin and event: a new patient, outcome unknown
     survival_bin: int
@@ -59,16 +58,14 @@ class CaseBatch:
     prefix: torch.Tensor | None = None  # the frozen encoder's cached output before the first adapter
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> CaseBatch:
-        def move(t: torch.Tensor | None, floating: bool = True) -> torch.Tensor | None:
-            if t is None:
-                return None
+        def move(t: torch.Tensor, floating: bool = True) -> torch.Tensor:
             return t.to(device=device, dtype=dtype if floating and dtype is not None else t.dtype)
 
-        return CaseBatch(
-            self.case_id, self.cohort, move(self.features), move(self.coords, floating=False), move(self.rna),
-            move(self.clinical), move(self.targets), self.subtype_index, self.survival_bin, self.event, self.time,
-            self.all_tiles, move(self.prefix),
-        )  # type: ignore[arg-type]
+        return replace(
+            self, features=move(self.features), coords=move(self.coords, floating=False),
+            modalities={name: move(values) for name, values in self.modalities.items()}, targets=move(self.targets),
+            prefix=None if self.prefix is None else move(self.prefix),
+        )
 
 
 @dataclass
@@ -125,10 +122,9 @@ class Objective(nn.Module, ABC):
             return rows.unsqueeze(1).expand(-1, n_tasks, *rows.shape[1:]).flatten(0, 1)
 
         task_ids = torch.tensor([TASKS.index(t) for t in self.tasks], device=batches[0].features.device).repeat(len(batches))
-        rna = per_task(_stacked([batch.rna for batch in batches])) if batches[0].rna is not None else None
-        clinical = per_task(_stacked([batch.clinical for batch in batches]))
+        inputs = {name: per_task(_stacked([batch.modalities[name] for batch in batches])) for name in batches[0].modalities}
         coords = per_task(_stacked([batch.coords for batch in batches]))
-        outputs = model.forward_from_prefix(per_task(_stacked(prefixes)), coords, task_ids, rna, clinical)  # type: ignore[arg-type]
+        outputs = model.forward_from_prefix(per_task(_stacked(prefixes)), coords, task_ids, inputs)  # type: ignore[arg-type]
         return [
             {task: outputs[case * n_tasks + j : case * n_tasks + j + 1] for j, task in enumerate(self.tasks)}
             for case in range(len(batches))

@@ -12,7 +12,7 @@ Layout of an exported model folder::
 
     model.json                    format, feature width, gene groups, classes per cancer type, members
     models/<member>/adapter.pt    trained weights (adapters, modality encoders, heads)
-    models/<member>/train_config.json, label_bank.npz, train_cases.parquet, rna_normalizer.npz
+    models/<member>/train_config.json, label_bank.npz, train_cases.parquet, <modality>_normalizer.npz (RNA)
 """
 
 from __future__ import annotations
@@ -31,22 +31,22 @@ import torch
 
 from modaltune.atomic import write_parquet_atomic
 from modaltune.data import Cohort, CohortInvalidError, validate_cohort
+from modaltune.data.modalities import COHORT_MODALITIES
 from modaltune.errors import InputError
 from modaltune.text import LabelBank
-from modaltune.train.batches import CaseBatcher, RnaNormalizer, seeded_batches
+from modaltune.train.batches import CaseBatcher, ModalityNormalizer, normalizer_file, seeded_batches
 from modaltune.train.config import TrainConfig
 from modaltune.train.loop import build_train_module, collect_case_outputs, predict_cases
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2  # 2: "modalities" (name -> what a cohort must match) replaced "gene_groups"
 MODEL_FILE = "model.json"
 MEMBERS_DIR = "models"
 ADAPTER = "adapter.pt"
 CONFIG = "train_config.json"
 LABEL_BANK = "label_bank.npz"
 TRAIN_CASES = "train_cases.parquet"
-RNA_NORMALIZER = "rna_normalizer.npz"
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class ExportedModel:
 
     root: Path
     feature_dim: int
-    gene_groups: dict[str, list[str]] | None
+    modalities: dict[str, Any]  # name -> the signature a cohort must reproduce (RNA: its gene groups)
     classes: dict[str, list[str]]
     members: list[str]
 
@@ -72,7 +72,7 @@ class ExportedModel:
             for name in (ADAPTER, CONFIG, LABEL_BANK, TRAIN_CASES):
                 if not (root / MEMBERS_DIR / member / name).is_file():
                     raise InputError(f"{root / MEMBERS_DIR / member / name}: missing from the exported model")
-        return cls(root, int(meta["feature_dim"]), meta.get("gene_groups"), meta["classes"], list(meta["members"]))
+        return cls(root, int(meta["feature_dim"]), meta["modalities"], meta["classes"], list(meta["members"]))
 
     def member_dir(self, member: str) -> Path:
         return self.root / MEMBERS_DIR / member
@@ -84,11 +84,13 @@ def check_cohort(model: ExportedModel, cohort: Cohort) -> list[str]:
     where = cohort.layout.root
     if cohort.manifest.feature_dim != model.feature_dim:
         raise InputError(f"{where}: tile features are {cohort.manifest.feature_dim}-d, the model was trained on {model.feature_dim}-d")
-    if model.gene_groups is not None:
-        if not cohort.has_rna:
-            raise InputError(f"{where}: the model uses RNA but {cohort.layout.rna} does not exist")
-        if cohort.gene_groups != model.gene_groups:
-            raise InputError(f"{cohort.layout.gene_groups}: gene groups differ from the ones the model was trained with")
+    for name, signature in model.modalities.items():
+        modality = COHORT_MODALITIES[name]
+        if not modality.present(cohort.layout):
+            raise InputError(f"{where}: the model uses {name} but {modality.source(cohort.layout)} does not exist")
+        problem = modality.signature_problem(cohort, signature)
+        if problem:
+            raise InputError(problem)
     known = [name for name in cohort.cohort_names if name in model.classes]
     unknown = sorted(set(cohort.cohort_names) - set(known))
     if not known:
@@ -127,7 +129,6 @@ def predict_member(directory: Path, cohort: Cohort, ids: list[str], classes_of: 
     loop_config = json.loads((directory / CONFIG).read_text(encoding="utf-8"))
     config = TrainConfig.model_validate(loop_config["train"])
     bank = LabelBank.load(directory / LABEL_BANK)
-    use_rna = "rna" in config.model.modalities
     module = build_train_module(config, cohort, bank)
     weights = torch.load(directory / ADAPTER, weights_only=True, map_location="cpu")
     trainable = {name: p for name, p in module.named_parameters() if p.requires_grad}
@@ -136,8 +137,12 @@ def predict_member(directory: Path, cohort: Cohort, ids: list[str], classes_of: 
     with torch.no_grad():
         for name, param in trainable.items():
             param.copy_(weights[name].to(param.dtype))
-    normalizer = RnaNormalizer.load(directory / RNA_NORMALIZER) if use_rna else None
-    batcher = CaseBatcher(cohort, bank, [], use_rna=use_rna, max_tiles=config.max_tiles, rna_normalizer=normalizer)
+    normalizers = {
+        name: ModalityNormalizer.load(directory / normalizer_file(name))
+        for name in config.model.modalities
+        if name in COHORT_MODALITIES and COHORT_MODALITIES[name].normalised
+    }
+    batcher = CaseBatcher(cohort, bank, [], modalities=config.model.modalities, max_tiles=config.max_tiles, normalizers=normalizers)
     module.eval()
     batches = seeded_batches(batcher, config.seed, "evaluation", torch.device("cpu"), torch.float32)
     rows = collect_case_outputs(module, batches, ids, with_loss=False, batch_tiles=config.evaluation_batch_tiles)

@@ -67,5 +67,8 @@ class Registry(Generic[T]):
     def items(self) -> Iterator[tuple[str, T]]:
         return iter(self._entries.items())
 
+    def values(self) -> Iterator[T]:
+        return iter(self._entries.values())
+
     def __contains__(self, name: object) -> bool:
         return name in self._entries

@@ -49,7 +49,7 @@ def batch(cohort: Cohort, bank: LabelBank) -> CaseBatch:
     """One training case that died (so the survival NLL has both of its terms), tiles capped for speed."""
     train_ids, _ = cohort.split(0)
     case_id = next(c for c in train_ids if cohort.record(c).event == 1)
-    batcher = CaseBatcher(cohort, bank, train_ids, use_rna=True, max_tiles=48)
+    batcher = CaseBatcher(cohort, bank, train_ids, modalities=("rna", "clinical"), max_tiles=48)
     return batcher.batch(case_id, np.random.default_rng(0))
 
 
@@ -58,8 +58,7 @@ def _model(cohort: Cohort, modalities: tuple[str, ...], layout: dict[str, Any], 
     config = ModalTuneConfig.tiny(
         encoder=SlideEncoderConfig.tiny(in_dim=cohort.manifest.feature_dim),
         modalities=modalities,
-        rna_group_sizes=tuple(cohort.rna_group_sizes),
-        clinical_in_features=CLINICAL_VECTOR_SIZE,
+        modality_inputs={"rna": tuple(cohort.rna_group_sizes), "clinical": (CLINICAL_VECTOR_SIZE,)},
         out_dim=OUT_DIM,
         **layout,
     )
@@ -72,8 +71,8 @@ def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def _trainable_submodules(model: ModalTuneModel) -> dict[str, torch.nn.Module]:
     """The new modules whose weights one step must move, where the configuration has them."""
-    names = ("adapter", "rna_encoder", "clinical_encoder")
-    return {name: getattr(model, name) for name in names if getattr(model, name) is not None}
+    modules = {"adapter": model.adapter} if model.adapter is not None else {}
+    return modules | {f"{name}_encoder": encoder for name, encoder in model.modality_encoders.items()}
 
 
 @pytest.mark.parametrize("objective_name", ["distill", "supervised"])
@@ -112,8 +111,9 @@ def test_one_step_trains_new_modules_and_leaves_the_slfm_untouched(
     expected_parts = {"adapter"} if model.config.layout else set()
     expected_parts |= {f"{m}_encoder" for m in ("rna", "clinical") if m in modalities}
     assert parts_before.keys() == expected_parts
+    parts_after = _trainable_submodules(model)
     for name, before in parts_before.items():
-        now = getattr(model, name).state_dict()
+        now = parts_after[name].state_dict()
         assert any(not torch.equal(before[k], now[k]) for k in before), f"no {name} parameter changed"
 
 
@@ -172,13 +172,12 @@ def test_the_task_passes_run_as_one_forward_equal_to_one_forward_per_task(cohort
     torch.manual_seed(0)
     encoder_config = TitanConfig.tiny if encoder == "titan" else SlideEncoderConfig.tiny
     config = ModalTuneConfig.tiny(
-        encoder=encoder_config(in_dim=cohort.manifest.feature_dim), rna_group_sizes=tuple(cohort.rna_group_sizes),
-        clinical_in_features=CLINICAL_VECTOR_SIZE, out_dim=OUT_DIM, adapter_depth=1,
+        encoder=encoder_config(in_dim=cohort.manifest.feature_dim), modality_inputs={"rna": tuple(cohort.rna_group_sizes), "clinical": (CLINICAL_VECTOR_SIZE,)}, out_dim=OUT_DIM, adapter_depth=1,
     )
     model = ModalTuneModel(config).eval()
     objective = DistillObjective(bank)
     with torch.no_grad():
         batched = objective.evaluate_cases(model, [batch], with_loss=False)[0].embeddings
         for task in objective.tasks:
-            alone = model(batch.features, batch.coords, torch.tensor([TASKS.index(task)]), batch.rna, batch.clinical)
+            alone = model(batch.features, batch.coords, torch.tensor([TASKS.index(task)]), batch.modalities)
             np.testing.assert_allclose(batched[task], alone[0].numpy(), rtol=0, atol=1e-5)

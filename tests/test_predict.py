@@ -16,7 +16,7 @@ from modaltune.data import Cohort
 from modaltune.models import ModalTuneModel
 from modaltune.objectives import build_objective
 from modaltune.text import build_label_bank, build_text_encoder
-from modaltune.train.batches import CaseBatcher, RnaNormalizer, seeded_batches
+from modaltune.train.batches import CaseBatcher, ModalityNormalizer, normalizer_file, seeded_batches
 from modaltune.train.config import load_train_config
 from modaltune.train.loop import TrainModule, collect_case_outputs, predict_cases
 
@@ -34,7 +34,7 @@ def test_a_distill_member_refits_its_probes_on_the_saved_training_embeddings(sma
         for param in module.trainable_parameters():
             param.normal_(0, 0.05)
     classes_of = {name: cohort.labels.subtypes_of(name) for name in cohort.labels.cohorts}
-    batches = seeded_batches(CaseBatcher(cohort, bank, train_ids, use_rna=True), config.seed, "evaluation", torch.device("cpu"), torch.float32)
+    batches = seeded_batches(CaseBatcher(cohort, bank, train_ids, modalities=("rna", "clinical")), config.seed, "evaluation", torch.device("cpu"), torch.float32)
     train_rows = collect_case_outputs(module, batches, train_ids)
     expected = predict_cases(module.objective, train_rows, collect_case_outputs(module, batches, val_ids), classes_of)
 
@@ -47,7 +47,7 @@ def test_a_distill_member_refits_its_probes_on_the_saved_training_embeddings(sma
     for column in [c for c in train_frame.columns if c.startswith("embedding_") or c == "class_probabilities"]:
         train_frame[column] = [np.asarray(v, dtype=np.float32).tolist() for v in train_frame[column]]
     write_parquet_atomic(member / predict.TRAIN_CASES, pa.Table.from_pandas(train_frame, preserve_index=False))
-    RnaNormalizer.fit(cohort.rna_matrix(train_ids)).save(member / predict.RNA_NORMALIZER)
+    ModalityNormalizer.fit_on(cohort, "rna", train_ids).save(member / normalizer_file("rna"))
 
     got = predict.predict_member(member, cohort, val_ids, classes_of)
     assert np.allclose(got["risk"], expected["risk"], atol=1e-4)

@@ -97,7 +97,7 @@ def test_every_feature_layout_imports_to_the_same_cohort(bundle: Bundle, tmp_pat
     reference = Cohort(tmp_path / "trident")
     report = validate_cohort(reference.layout.root)
     assert report.ok and len(report.warnings) == 1 and "no RNA row" in str(report.warnings[0])
-    assert len(reference.case_ids) - len(reference.rna_cases) >= 0.15 * len(reference.case_ids)
+    assert len(reference.case_ids) - len(reference.modality_cases("rna")) >= 0.15 * len(reference.case_ids)
     assert reference.slides.groupby("case_id").size().max() > 1
     assert reference.slides.groupby("subtype")["case_id"].nunique()["KIRP"] == 2
     assert reference.slides.loc[reference.slides["cohort"] == "BRCA", "event"].eq(0).all()

@@ -84,7 +84,7 @@ def test_an_unknown_objective_lists_the_registered_ones() -> None:
 
 @pytest.mark.parametrize("name", SLIDE_ENCODER_PRESETS.names())
 def test_every_slide_encoder_preset_is_accepted_and_built_for_the_cohort_width(name: str) -> None:
-    encoder = ModelSection(encoder=name, modalities=["wsi"]).build((), feature_dim=48, tile_size_px=512).encoder
+    encoder = ModelSection(encoder=name, modalities=["wsi"]).build({}, feature_dim=48, tile_size_px=512).encoder
     assert isinstance(encoder, EncoderConfig) and encoder.in_dim == 48 and encoder.tile_size == 512
     assert encoder.build().dim == encoder.dim
     with pytest.raises(ValueError, match="unknown slide encoder preset 'uni'; choose from"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -20,10 +20,11 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from modaltune.data.clinical import CLINICAL_COLUMNS, encode_clinical
+from modaltune.data.clinical import CLINICAL_COLUMNS
 from modaltune.data.features import SlideFeatures, read_slide_features
 from modaltune.data.labels import LabelSpec, load_labels
 from modaltune.data.layout import CASE_LEVEL_COLUMNS, CohortLayout, CohortManifest, read_gene_groups, read_manifest
+from modaltune.data.modalities import COHORT_MODALITIES
 from modaltune.errors import InputError
 
 
@@ -49,8 +50,7 @@ class CaseSample:
     record: CaseRecord
     features: np.ndarray  # (N, D) float16
     coords: np.ndarray  # (N, 2) int32
-    rna: np.ndarray | None  # (sum of group sizes,) float32, pathway-grouped; None: the case has no RNA row
-    clinical: np.ndarray  # (CLINICAL_VECTOR_SIZE,) float32
+    modalities: dict[str, np.ndarray | None]  # name -> float32 vector (see COHORT_MODALITIES); None: the case lacks it
     all_tiles: bool = True  # False when a random cap chose some of the tiles
 
 
@@ -63,6 +63,7 @@ class Cohort:
         self.labels: LabelSpec = load_labels(self.layout.labels)
         self.slides: pd.DataFrame = pq.read_table(self.layout.slides).to_pandas()
         self._cases = self._case_table(self.slides)
+        self._case_tables: dict[Path, tuple[dict[str, int], np.ndarray]] = {}
 
     @staticmethod
     def _case_table(slides: pd.DataFrame) -> pd.DataFrame:
@@ -84,10 +85,6 @@ class Cohort:
     def labelled(self) -> bool:
         """False for new patients imported for prediction: nothing to train on."""
         return self.manifest.labelled
-
-    @property
-    def has_rna(self) -> bool:
-        return self.layout.rna.exists()
 
     def cases(self, folds: Iterable[int] | None = None, cohorts: Iterable[str] | None = None) -> list[str]:
         """Case ids, optionally restricted to some folds and/or cancer types, in sorted order."""
@@ -137,8 +134,11 @@ class Cohort:
         """Zero-copy, read-only memory-mapped tiles of one slide."""
         return read_slide_features(self.layout.feature_file(slide_id))
 
-    def sample(self, case_id: str, max_tiles: int | None = None, rng: np.random.Generator | None = None) -> CaseSample:
-        """A case's tiles from all its slides, randomly capped at ``max_tiles`` (the paper: 25,000).
+    def sample(
+        self, case_id: str, max_tiles: int | None = None, rng: np.random.Generator | None = None, modalities: Sequence[str] = ()
+    ) -> CaseSample:
+        """A case's tiles from all its slides, randomly capped at ``max_tiles`` (the paper: 25,000),
+        and its vectors of ``modalities`` (names of ``COHORT_MODALITIES``).
 
         Without a cap, or when the case has fewer tiles, every tile is returned in slide order.
         """
@@ -149,8 +149,7 @@ class Cohort:
             record=record,
             features=features,
             coords=coords,
-            rna=self.rna_vector(case_id) if case_id in self.rna_cases else None,
-            clinical=encode_clinical(record.clinical),
+            modalities={name: COHORT_MODALITIES[name].vector(self, case_id) for name in modalities},
             all_tiles=max_tiles is None or sum(s.n_tiles for s in slides) <= max_tiles,
         )
 
@@ -160,32 +159,34 @@ class Cohort:
 
     @property
     def rna_group_sizes(self) -> list[int]:
-        """Genes per pathway, in the order of ``rna_vector``'s segments."""
+        """Genes per pathway, in the order of the RNA vector's segments."""
         return [len(genes) for genes in self.gene_groups.values()]
 
-    @cached_property
-    def _rna_matrix(self) -> tuple[dict[str, int], np.ndarray]:
-        """(case -> row, cases x grouped-genes float32); genes repeated per group they belong to."""
-        table = pq.read_table(self.layout.rna).to_pandas()
-        order = [gene for genes in self.gene_groups.values() for gene in genes]
-        values = table[order].to_numpy(dtype=np.float32)
-        return {case: i for i, case in enumerate(table["case_id"])}, values
+    def case_table(self, path: Path, columns: Callable[[], list[str]]) -> tuple[dict[str, int], np.ndarray]:
+        """(case -> row, cases x ``columns()`` float32) of a case table such as ``rna.parquet``,
+        read once per cohort (a column may repeat: a gene in two pathways)."""
+        if path not in self._case_tables:
+            order = columns()
+            table = pq.read_table(path, columns=["case_id", *dict.fromkeys(order)]).to_pandas()
+            self._case_tables[path] = {case: i for i, case in enumerate(table["case_id"])}, table[order].to_numpy(dtype=np.float32)
+        return self._case_tables[path]
 
-    @cached_property
-    def rna_cases(self) -> frozenset[str]:
-        """Cases with an RNA row (none without ``rna.parquet``); the others lack the modality."""
-        return frozenset(self._rna_matrix[0]) if self.has_rna else frozenset()
+    def modality_cases(self, name: str) -> frozenset[str]:
+        """The cases that have modality ``name`` (a name of ``COHORT_MODALITIES``)."""
+        return COHORT_MODALITIES[name].cases(self)
 
-    def rna_vector(self, case_id: str) -> np.ndarray:
-        """The case's expression values, concatenated pathway by pathway (see ``rna_group_sizes``)."""
-        rows, values = self._rna_matrix
-        if case_id not in rows:
-            raise KeyError(f"case {case_id!r} has no row in {self.layout.rna}")
-        return values[rows[case_id]]
+    def modality_vector(self, name: str, case_id: str) -> np.ndarray | None:
+        """The case's vector of modality ``name``; None when the case lacks it."""
+        return COHORT_MODALITIES[name].vector(self, case_id)
 
-    def rna_matrix(self, case_ids: Sequence[str]) -> np.ndarray:
-        """Grouped expression of many cases, e.g. to compute normalisation on a training split."""
-        return np.stack([self.rna_vector(c) for c in case_ids])
+    def modality_matrix(self, name: str, case_ids: Sequence[str]) -> np.ndarray:
+        """The vectors of those ``case_ids`` that have modality ``name`` (e.g. to normalise on a training split)."""
+        modality = COHORT_MODALITIES[name]
+        vectors = [modality.vector(self, c) for c in case_ids]
+        present = [v for v in vectors if v is not None]
+        if not present:
+            raise InputError(f"none of the {len(case_ids)} case(s) has a row in {modality.source(self.layout)}")
+        return np.stack(present)
 
 
 def _concatenate_capped(

@@ -1,14 +1,26 @@
-"""Encoders that turn non-image inputs into modality tokens ``[B, T, dim]`` for the adapters."""
+"""Encoders that turn non-image inputs into modality tokens ``[B, T, dim]`` for the adapters.
+
+Each modality the model can use is a ``ModalityEncoder`` registered in ``MODALITY_ENCODERS``
+under the modality's name (the name ``model.modalities`` lists); its cohort side (files,
+validation, per-case vectors) is the entry of the same name in
+``modaltune.data.modalities.COHORT_MODALITIES``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from modaltune.errors import InputError
+from modaltune.registry import Registry
+
+if TYPE_CHECKING:
+    from modaltune.models.modaltune_model import ModalTuneConfig
 
 # Task ids of the paper's three task tokens.
 DEFAULT_TASKS: tuple[str, ...] = ("general", "diagnosis", "survival")
@@ -72,7 +84,44 @@ class _MixerBlock(nn.Module):
         return x + self.channel_mix(self.channel_norm(x))
 
 
-class RnaPathwayEncoder(nn.Module):
+class ModalityEncoder(nn.Module, ABC):
+    """One modality's case vector ``[B, width]`` -> ``n_tokens`` tokens ``[B, n_tokens, dim]``.
+
+    A case that lacks the modality comes as a row of NaN (TCGA: about one case in six has no
+    RNA-seq); an encoder whose modality may be missing replaces that row's tokens by
+    ``missing_tokens``, learned, so every case trains and is scored in every cell of a modality
+    ablation and paired comparisons stay on the same cases. ``summary`` is the modality's summand
+    in the output embedding (the mean of its tokens, as the reference's ``prompt_agg="avg"``).
+    """
+
+    def __init__(self, width: int, n_tokens: int, dim: int, *, may_be_missing: bool = True) -> None:
+        super().__init__()
+        self.width, self.n_tokens = width, n_tokens
+        self.missing_tokens = nn.Parameter(torch.zeros(n_tokens, dim)) if may_be_missing else None
+
+    @abstractmethod
+    def encode(self, values: torch.Tensor) -> torch.Tensor:
+        """``[B, width]`` without NaN -> ``[B, n_tokens, dim]``."""
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        if values.ndim != 2 or values.shape[1] != self.width:
+            raise ValueError(f"expected {type(self).__name__} input [B, {self.width}], got {tuple(values.shape)}")
+        if self.missing_tokens is None:
+            return self.encode(values)
+        missing = values.isnan().any(dim=1)
+        tokens = self.encode(values.nan_to_num(0.0))
+        return torch.where(missing[:, None, None], self.missing_tokens.to(tokens.dtype).expand_as(tokens), tokens)
+
+    def summary(self, tokens: torch.Tensor) -> torch.Tensor:
+        """This modality's ``[B, n_tokens, dim]`` tokens after the adapters -> its ``[B, dim]`` summand."""
+        return tokens.mean(dim=1)
+
+
+# name -> (model config, segment sizes of the case vector, token width) -> encoder
+MODALITY_ENCODERS: Registry[Callable[[ModalTuneConfig, tuple[int, ...], int], ModalityEncoder]] = Registry("modality")
+
+
+class RnaPathwayEncoder(ModalityEncoder):
     """Bulk RNA-seq grouped into pathways -> ``n_tokens`` modality tokens.
 
     Input ``rna: [B, sum(group_sizes)]`` is each pathway's (z-scored) gene values concatenated in
@@ -80,9 +129,7 @@ class RnaPathwayEncoder(nn.Module):
     LayerNorm + projection to ``dim`` -> learned linear compression of the pathway axis to
     ``n_tokens`` (the paper: 331 Reactome/Hallmark pathways -> 64 tokens).
 
-    A case without RNA (a row with NaN, as in TCGA where about one case in six has no RNA-seq)
-    gets ``missing_tokens``, learned, in place of its tokens, so every case trains and is scored
-    in every cell of a modality ablation and paired comparisons stay on the same cases.
+    A case without RNA gets the learned missing tokens (``ModalityEncoder``).
     """
 
     def __init__(
@@ -95,14 +142,13 @@ class RnaPathwayEncoder(nn.Module):
         dropout: float = 0.25,
         mixer_expansion: float = 0.5,
     ) -> None:
-        super().__init__()
         if not group_sizes or min(group_sizes) < 1:
             raise InputError(
                 f"rna group sizes must be a non-empty list of positive gene counts, got {list(group_sizes)}"
             )
         if n_tokens < 1:
             raise InputError(f"n_rna_tokens must be >= 1, got {n_tokens}")
-        self.n_genes = int(sum(group_sizes))
+        super().__init__(int(sum(group_sizes)), n_tokens, dim)
         n_groups = len(group_sizes)
         self.pathway_mlps = _PathwayMLPs(group_sizes, hidden, dropout)
         self.mixer = nn.Sequential(
@@ -111,35 +157,43 @@ class RnaPathwayEncoder(nn.Module):
         self.norm = nn.LayerNorm(hidden)
         self.proj = nn.Linear(hidden, dim)
         self.compress = nn.Linear(n_groups, n_tokens)
-        self.missing_tokens = nn.Parameter(torch.zeros(n_tokens, dim))  # "no RNA information"; learned from there
 
-    def forward(self, rna: torch.Tensor) -> torch.Tensor:
-        if rna.ndim != 2 or rna.shape[1] != self.n_genes:
-            raise ValueError(
-                f"expected rna [B, {self.n_genes}] (genes concatenated by pathway), got {tuple(rna.shape)}"
-            )
-        missing = rna.isnan().any(dim=1)
-        tokens = self.proj(self.norm(self.mixer(self.pathway_mlps(rna.nan_to_num(0.0)))))  # [B, n_groups, dim]
-        tokens = self.compress(tokens.transpose(1, 2)).transpose(1, 2)
-        return torch.where(missing[:, None, None], self.missing_tokens.to(tokens.dtype).expand_as(tokens), tokens)
+    def encode(self, values: torch.Tensor) -> torch.Tensor:
+        tokens = self.proj(self.norm(self.mixer(self.pathway_mlps(values))))  # [B, n_groups, dim]
+        return self.compress(tokens.transpose(1, 2)).transpose(1, 2)
 
 
-class ClinicalEncoder(nn.Module):
-    """Numeric clinical fields (the paper: age, AJCC stage, T, N, M) -> one token."""
+class VectorEncoder(ModalityEncoder):
+    """A short numeric vector (clinical fields; a gene panel's mutation status) -> one token by a
+    two-layer MLP (the paper's clinical encoder)."""
 
-    def __init__(self, in_features: int, dim: int) -> None:
-        super().__init__()
-        if in_features < 1:
-            raise InputError(f"clinical_in_features must be >= 1, got {in_features}")
-        self.in_features = in_features
-        self.mlp = nn.Sequential(
-            nn.Linear(in_features, dim // 2), nn.ReLU(), nn.Linear(dim // 2, dim), nn.LayerNorm(dim)
-        )
+    def __init__(self, width: int, dim: int, *, may_be_missing: bool = True) -> None:
+        if width < 1:
+            raise InputError(f"a vector modality needs at least one value per case, got width {width}")
+        super().__init__(width, 1, dim, may_be_missing=may_be_missing)
+        self.mlp = nn.Sequential(nn.Linear(width, dim // 2), nn.ReLU(), nn.Linear(dim // 2, dim), nn.LayerNorm(dim))
 
-    def forward(self, clinical: torch.Tensor) -> torch.Tensor:
-        if clinical.ndim != 2 or clinical.shape[1] != self.in_features:
-            raise ValueError(f"expected clinical [B, {self.in_features}], got {tuple(clinical.shape)}")
-        return self.mlp(clinical).unsqueeze(1)
+    def encode(self, values: torch.Tensor) -> torch.Tensor:
+        return self.mlp(values).unsqueeze(1)
+
+
+@MODALITY_ENCODERS.register("rna")
+def _rna_encoder(config: ModalTuneConfig, segments: tuple[int, ...], dim: int) -> ModalityEncoder:
+    return RnaPathwayEncoder(
+        segments, dim, n_tokens=config.n_rna_tokens, mixer_depth=config.rna_mixer_depth, hidden=config.rna_hidden,
+        dropout=config.rna_dropout,
+    )
+
+
+@MODALITY_ENCODERS.register("clinical")
+def _clinical_encoder(config: ModalTuneConfig, segments: tuple[int, ...], dim: int) -> ModalityEncoder:
+    # Missing clinical fields are encoded field by field (value + indicator), never as a missing record.
+    return VectorEncoder(sum(segments), dim, may_be_missing=False)
+
+
+@MODALITY_ENCODERS.register("mutations")
+def _mutation_encoder(config: ModalTuneConfig, segments: tuple[int, ...], dim: int) -> ModalityEncoder:
+    return VectorEncoder(sum(segments), dim)
 
 
 class TaskTokens(nn.Module):

@@ -1,12 +1,14 @@
 """The ModalTune model: a frozen SLFM, Modal Adapters and modality encoders -> one embedding.
 
-Per case and task: modality tokens ``[task; rna tokens; clinical]`` (those configured) interact
-with the SLFM's tile tokens through the adapters; the output is
-``Linear(LayerNorm(slide + task token + mean(rna tokens) + clinical token))``, where slide is the
-SLFM's own slide embedding of the last frozen layer's tokens (GigaPath: CLS after its final
-norm(s); TITAN: its attentional pooler) and the modality terms are the
-extracted tokens. Each configured modality contributes one summand, as in the reference's
-``token_agg="sum"``, ``prompt_agg="avg"`` setting (which, unlike here, skips the final norm).
+Per case and task: modality tokens ``[task; each configured modality's tokens]`` (in the order
+of ``modalities``, each modality's encoder from ``MODALITY_ENCODERS``) interact with the SLFM's
+tile tokens through the adapters; the output is
+``Linear(LayerNorm(slide + task token + each modality's summary))`` (RNA: the mean of its tokens;
+clinical: its token), where slide is the SLFM's own slide embedding of the last frozen layer's
+tokens (GigaPath: CLS after its final norm(s); TITAN: its attentional pooler) and the modality
+terms are the extracted tokens. Each configured modality contributes one summand, as in the
+reference's ``token_agg="sum"``, ``prompt_agg="avg"`` setting (which, unlike here, skips the
+final norm).
 
 Frozen-prefix path: layers before the first interaction block see no trainable input, so
 ``encode_prefix`` (``embed`` + ``layers[:prefix_depth]``) can be computed once per slide and
@@ -16,6 +18,7 @@ cached; ``forward_from_prefix`` continues from it, and ``forward`` is exactly th
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -26,12 +29,12 @@ from modaltune.errors import InputError
 from modaltune.models.encoder_weights import load_slide_encoder
 from modaltune.models.frozen_encoder import EncoderConfig, FrozenSlideEncoder
 from modaltune.models.modal_adapter import Layout, ModalAdapter, resolve_adapter_layout
-from modaltune.models.modality_encoders import ClinicalEncoder, RnaPathwayEncoder, TaskTokens
+from modaltune.models.modality_encoders import MODALITY_ENCODERS, TaskTokens
 from modaltune.models.slide_encoder import SlideEncoderConfig
 
 logger = logging.getLogger(__name__)
 
-MODALITIES: tuple[str, ...] = ("wsi", "rna", "clinical")
+IMAGE = "wsi"  # the slide, always present; every other modality is an entry of MODALITY_ENCODERS
 
 
 @dataclass
@@ -42,7 +45,9 @@ class ModalTuneConfig:
     ``adapter_depth`` (that many blocks of ``adapter_block_size`` layers, default
     ``encoder.depth // 3``, over the last layers; 0 = no adapters); neither = the paper's
     three blocks. ``encoder_checkpoint`` / ``encoder_hub_id`` name pretrained SLFM weights;
-    with neither the SLFM is random (tests, demos).
+    with neither the SLFM is random (tests, demos). ``modality_inputs`` gives, for each modality
+    other than ``wsi``, the segment sizes of its case vector (RNA: genes per pathway; a plain
+    vector: its width), read from the cohort.
     """
 
     encoder: EncoderConfig = field(default_factory=SlideEncoderConfig.gigapath)
@@ -55,12 +60,11 @@ class ModalTuneConfig:
     adapter_drop_path: float = 0.1
     extra_extractors: int = 2
     modality_self_attention: bool = True
-    rna_group_sizes: tuple[int, ...] = ()
+    modality_inputs: dict[str, tuple[int, ...]] = field(default_factory=dict)
     n_rna_tokens: int = 64
     rna_hidden: int = 256
     rna_mixer_depth: int = 3
     rna_dropout: float = 0.25
-    clinical_in_features: int = 5
     n_tasks: int = 3
     out_dim: int = 256
     encoder_checkpoint: str | None = None
@@ -68,18 +72,20 @@ class ModalTuneConfig:
 
     def __post_init__(self) -> None:
         self.modalities = tuple(self.modalities)
-        self.rna_group_sizes = tuple(self.rna_group_sizes)
+        self.modality_inputs = {name: tuple(segments) for name, segments in self.modality_inputs.items()}
         if self.adapter_layout is not None:
             self.adapter_layout = tuple(tuple(block) for block in self.adapter_layout)
-        unknown = sorted(set(self.modalities) - set(MODALITIES))
-        if unknown or "wsi" not in self.modalities or len(set(self.modalities)) != len(self.modalities):
+        known = (IMAGE, *MODALITY_ENCODERS.names())
+        unknown = sorted(set(self.modalities) - set(known))
+        if unknown or IMAGE not in self.modalities or len(set(self.modalities)) != len(self.modalities):
             raise InputError(
-                f"ModalTuneConfig.modalities={list(self.modalities)} must be distinct entries of {list(MODALITIES)} "
-                "and include 'wsi'"
+                f"ModalTuneConfig.modalities={list(self.modalities)} must be distinct entries of {list(known)} "
+                f"and include {IMAGE!r}"
             )
-        if "rna" in self.modalities and not self.rna_group_sizes:
-            raise InputError("ModalTuneConfig.rna_group_sizes is empty but modalities include 'rna'")
-        for key in ("n_tasks", "out_dim", "adapter_heads", "n_rna_tokens", "rna_hidden", "clinical_in_features"):
+        for name in self.token_modalities:
+            if not self.modality_inputs.get(name):
+                raise InputError(f"ModalTuneConfig.modality_inputs has no input shape for modality {name!r}")
+        for key in ("n_tasks", "out_dim", "adapter_heads", "n_rna_tokens", "rna_hidden"):
             if getattr(self, key) < 1:
                 raise InputError(f"ModalTuneConfig.{key} must be >= 1, got {getattr(self, key)}")
         if self.extra_extractors < 0:
@@ -100,17 +106,18 @@ class ModalTuneConfig:
         )
 
     @property
-    def n_modality_tokens(self) -> int:
-        return 1 + self.n_rna_tokens * ("rna" in self.modalities) + ("clinical" in self.modalities)
+    def token_modalities(self) -> tuple[str, ...]:
+        """The configured modalities other than the slide, in token order."""
+        return tuple(name for name in self.modalities if name != IMAGE)
 
     @classmethod
     def tiny(cls, **overrides: Any) -> ModalTuneConfig:
-        """A CPU-sized model for tests and demos: tiny encoder, 6 pathways, 4 RNA tokens."""
+        """A CPU-sized model for tests and demos: tiny encoder, 6 pathways, 4 RNA tokens, an 8-gene mutation panel."""
         base = cls(
             encoder=SlideEncoderConfig.tiny(),
             modalities=("wsi", "rna", "clinical"),
             adapter_heads=4,
-            rna_group_sizes=(3, 5, 2, 4, 6, 3),
+            modality_inputs={"rna": (3, 5, 2, 4, 6, 3), "clinical": (5,), "mutations": (8,)},
             n_rna_tokens=4,
             rna_hidden=16,
             out_dim=16,
@@ -138,11 +145,15 @@ class ModalTuneModel(nn.Module):
         self.encoder = encoder.freeze()
         dim = encoder.dim
         layout = config.layout
+        self.task_tokens = TaskTokens(config.n_tasks, dim)
+        self.modality_encoders = nn.ModuleDict(
+            {name: MODALITY_ENCODERS[name](config, config.modality_inputs[name], dim) for name in config.token_modalities}
+        )
         self.adapter = (
             ModalAdapter(
                 dim,
                 layout,
-                config.n_modality_tokens,
+                self.n_modality_tokens,
                 heads=config.adapter_heads,
                 cffn_ratio=config.cffn_ratio,
                 drop_path=config.adapter_drop_path,
@@ -152,26 +163,15 @@ class ModalTuneModel(nn.Module):
             if layout
             else None
         )
-        self.task_tokens = TaskTokens(config.n_tasks, dim)
-        self.rna_encoder = (
-            RnaPathwayEncoder(
-                config.rna_group_sizes,
-                dim,
-                n_tokens=config.n_rna_tokens,
-                mixer_depth=config.rna_mixer_depth,
-                hidden=config.rna_hidden,
-                dropout=config.rna_dropout,
-            )
-            if "rna" in config.modalities
-            else None
-        )
-        self.clinical_encoder = (
-            ClinicalEncoder(config.clinical_in_features, dim) if "clinical" in config.modalities else None
-        )
         self.head_norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, config.out_dim)
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
+
+    @property
+    def n_modality_tokens(self) -> int:
+        """The task token and every modality's tokens."""
+        return 1 + sum(encoder.n_tokens for encoder in self.modality_encoders.values())
 
     @property
     def prefix_depth(self) -> int:
@@ -191,13 +191,12 @@ class ModalTuneModel(nn.Module):
         prefix: torch.Tensor,
         coords: torch.Tensor,
         task: torch.Tensor,
-        rna: torch.Tensor | None = None,
-        clinical: torch.Tensor | None = None,
+        inputs: Mapping[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the remaining layers with the adapters (``coords``: the prefix's tiles, for an SLFM
         whose layers need their positions). Returns the SLFM's slide embedding ``[B, dim]`` (its
         final-normed CLS, or TITAN's pooled one) and the modality tokens ``[B, M, dim]`` (task first)."""
-        modality = self.modality_tokens(task, rna, clinical)
+        modality = self.modality_tokens(task, inputs or {})
         context = self.encoder.layer_context(coords)
 
         def run(tokens: torch.Tensor, start: int, stop: int) -> torch.Tensor:
@@ -213,16 +212,14 @@ class ModalTuneModel(nn.Module):
         prefix: torch.Tensor,
         coords: torch.Tensor,
         task: torch.Tensor,
-        rna: torch.Tensor | None = None,
-        clinical: torch.Tensor | None = None,
+        inputs: Mapping[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Embedding ``[B, out_dim]`` from a (cached) ``encode_prefix`` output of tiles at ``coords``."""
-        cls, modality = self.interact(prefix, coords, task, rna, clinical)
-        summary = cls + modality[:, 0]
-        if self.rna_encoder is not None:
-            summary = summary + modality[:, 1 : 1 + self.config.n_rna_tokens].mean(dim=1)
-        if self.clinical_encoder is not None:
-            summary = summary + modality[:, -1]
+        cls, modality = self.interact(prefix, coords, task, inputs)
+        summary, start = cls + modality[:, 0], 1
+        for encoder in self.modality_encoders.values():
+            summary = summary + encoder.summary(modality[:, start : start + encoder.n_tokens])
+            start += encoder.n_tokens
         return self.head(self.head_norm(summary))
 
     def forward(
@@ -230,27 +227,21 @@ class ModalTuneModel(nn.Module):
         features: torch.Tensor,
         coords: torch.Tensor,
         task: torch.Tensor,
-        rna: torch.Tensor | None = None,
-        clinical: torch.Tensor | None = None,
+        inputs: Mapping[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Tile features ``[B, N, in_dim]``, level-0 pixel coords ``[B, N, 2]``, task ids ``[B]``
-        and, for configured modalities, ``rna [B, G]`` / ``clinical [B, C]`` -> ``[B, out_dim]``.
-        Inputs of modalities that are not configured are ignored."""
-        return self.forward_from_prefix(self.encode_prefix(features, coords), coords, task, rna, clinical)
+        and ``inputs``, each configured modality's case vectors by name (e.g. ``{"rna": [B, G],
+        "clinical": [B, C]}``) -> ``[B, out_dim]``. Inputs of modalities that are not configured
+        are ignored."""
+        return self.forward_from_prefix(self.encode_prefix(features, coords), coords, task, inputs)
 
-    def modality_tokens(
-        self, task: torch.Tensor, rna: torch.Tensor | None, clinical: torch.Tensor | None
-    ) -> torch.Tensor:
-        """``[task token; rna tokens; clinical token]`` for the configured modalities."""
+    def modality_tokens(self, task: torch.Tensor, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``[task token; each configured modality's tokens]``."""
         tokens = [self.task_tokens(task)]
-        if self.rna_encoder is not None:
-            if rna is None:
-                raise ValueError("the model is configured with the 'rna' modality but rna=None")
-            tokens.append(self.rna_encoder(rna))
-        if self.clinical_encoder is not None:
-            if clinical is None:
-                raise ValueError("the model is configured with the 'clinical' modality but clinical=None")
-            tokens.append(self.clinical_encoder(clinical))
+        for name, encoder in self.modality_encoders.items():
+            if name not in inputs:
+                raise ValueError(f"the model is configured with the {name!r} modality but inputs has no {name!r}")
+            tokens.append(encoder(inputs[name]))
         return torch.cat(tokens, dim=1)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -265,9 +256,11 @@ class ModalTuneModel(nn.Module):
             "trainable": sum(p.numel() for p in self.trainable_parameters()),
             "frozen": sum(p.numel() for p in self.frozen_parameters()),
         }
-        for name in ("adapter", "rna_encoder", "clinical_encoder", "task_tokens"):
+        for name in ("adapter", "task_tokens"):
             module = getattr(self, name)
             counts[name] = sum(p.numel() for p in module.parameters()) if module is not None else 0
+        for name, encoder in self.modality_encoders.items():
+            counts[f"{name}_encoder"] = sum(p.numel() for p in encoder.parameters())
         counts["head"] = sum(p.numel() for p in (*self.head_norm.parameters(), *self.head.parameters()))
         return counts
 

@@ -1,44 +1,46 @@
-"""Turning cohort cases into model-ready batches: tiles, normalised RNA, clinical, targets."""
+"""Turning cohort cases into model-ready batches: tiles, each modality's vector, targets."""
 
 from __future__ import annotations
 
 import math
 import os
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from modaltune.atomic import atomic_path
 from modaltune.data import Cohort
+from modaltune.data.modalities import COHORT_MODALITIES
+from modaltune.models import IMAGE
 from modaltune.objectives import CaseBatch
 from modaltune.text import LabelBank
 
 UNKNOWN = -1  # subtype index, survival bin or event of a new patient whose outcome is not known
 
 
-class RnaNormalizer:
-    """Per-gene z-scores with mean and spread from the training split only (no leakage)."""
+class ModalityNormalizer:
+    """Per-feature z-scores (RNA: per gene) with mean and spread from the training split only (no leakage)."""
 
     def __init__(self, mean: np.ndarray, std: np.ndarray) -> None:
         self.mean, self.std = mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
 
     @classmethod
-    def fit(cls, matrix: np.ndarray) -> RnaNormalizer:
+    def fit(cls, matrix: np.ndarray) -> ModalityNormalizer:
         return cls(matrix.mean(axis=0), matrix.std(axis=0))
 
     @classmethod
-    def fit_on(cls, cohort: Cohort, training_cases: Sequence[str]) -> RnaNormalizer:
-        """Fitted on the training cases that have RNA (the others get the missing-RNA token)."""
-        return cls.fit(cohort.rna_matrix([c for c in training_cases if c in cohort.rna_cases]))
+    def fit_on(cls, cohort: Cohort, modality: str, training_cases: Sequence[str]) -> ModalityNormalizer:
+        """Fitted on the training cases that have the modality (the others get its missing tokens)."""
+        return cls.fit(cohort.modality_matrix(modality, training_cases))
 
     def save(self, path: str | os.PathLike[str]) -> None:
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, mean=self.mean, std=self.std)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> RnaNormalizer:
+    def load(cls, path: str | os.PathLike[str]) -> ModalityNormalizer:
         with np.load(path) as stored:
             return cls(stored["mean"], stored["std"])
 
@@ -46,34 +48,45 @@ class RnaNormalizer:
         return (vector - self.mean) / self.std
 
 
+def normalizer_file(modality: str) -> str:
+    """Where a trained model keeps a normalised modality's training statistics (``rna_normalizer.npz``)."""
+    return f"{modality}_normalizer.npz"
+
+
+def fit_normalizers(cohort: Cohort, modalities: Sequence[str], training_cases: Sequence[str]) -> dict[str, ModalityNormalizer]:
+    """The training split's normalisation of each normalised modality among ``modalities``."""
+    return {
+        name: ModalityNormalizer.fit_on(cohort, name, training_cases)
+        for name in modalities
+        if name in COHORT_MODALITIES and COHORT_MODALITIES[name].normalised
+    }
+
+
 class CaseBatcher:
-    """Builds ``CaseBatch`` objects for one fold: reads tiles on demand, caps them at random."""
+    """Builds ``CaseBatch`` objects for one fold: reads tiles on demand, caps them at random, and
+    each configured modality's vector (normalised where the modality is; a case that lacks it
+    gets a row of NaN, the model's missing tokens)."""
 
     def __init__(
-        self, cohort: Cohort, bank: LabelBank, training_cases: Sequence[str], *, use_rna: bool, max_tiles: int | None = None,
-        rna_normalizer: RnaNormalizer | None = None,
+        self, cohort: Cohort, bank: LabelBank, training_cases: Sequence[str], *, modalities: Sequence[str],
+        max_tiles: int | None = None, normalizers: Mapping[str, ModalityNormalizer] | None = None,
     ) -> None:
-        """``rna_normalizer`` (a trained model's, when predicting on another cohort) replaces the
-        one fitted on ``training_cases``."""
+        """``normalizers`` (a trained model's, when predicting on another cohort) replace the ones
+        fitted on ``training_cases``."""
         self.cohort, self.bank, self.max_tiles = cohort, bank, max_tiles
-        if rna_normalizer is None and use_rna:
-            rna_normalizer = RnaNormalizer.fit_on(cohort, training_cases)
-        self.rna_normalizer = rna_normalizer if use_rna else None
+        self.modalities = [name for name in modalities if name != IMAGE]
+        self.normalizers = dict(normalizers) if normalizers is not None else fit_normalizers(cohort, self.modalities, training_cases)
+        self.widths = {name: sum(COHORT_MODALITIES[name].segments(cohort)) for name in self.modalities}
 
     def batch(self, case_id: str, rng: np.random.Generator | None = None) -> CaseBatch:
-        sample = self.cohort.sample(case_id, self.max_tiles, rng)
+        sample = self.cohort.sample(case_id, self.max_tiles, rng, self.modalities)
         record = sample.record
-        rna = None
-        if self.rna_normalizer is not None:  # a case without RNA is a row of NaN: the model's missing-RNA token
-            values = self.rna_normalizer(sample.rna) if sample.rna is not None else np.full(self.rna_normalizer.mean.shape, np.nan, np.float32)
-            rna = torch.from_numpy(values).unsqueeze(0)
         return CaseBatch(
             case_id=case_id,
             cohort=record.cohort,
             features=torch.from_numpy(sample.features).float().unsqueeze(0),  # torch's f16->f32 is vectorised
             coords=torch.from_numpy(sample.coords.astype(np.int64)).unsqueeze(0),
-            rna=rna,
-            clinical=torch.from_numpy(sample.clinical).unsqueeze(0),
+            modalities={name: torch.from_numpy(self._vector(name, value)).unsqueeze(0) for name, value in sample.modalities.items()},
             targets=torch.from_numpy(self._targets(case_id)),
             subtype_index=UNKNOWN if record.subtype is None else self.cohort.labels.subtypes_of(record.cohort).index(record.subtype),
             survival_bin=UNKNOWN if math.isnan(record.time) else self.bank.bins.bin_of(record.time),
@@ -81,6 +94,12 @@ class CaseBatcher:
             time=record.time,
             all_tiles=sample.all_tiles,
         )
+
+    def _vector(self, name: str, value: np.ndarray | None) -> np.ndarray:
+        if value is None:
+            return np.full(self.widths[name], np.nan, np.float32)
+        normalizer = self.normalizers.get(name)
+        return normalizer(value) if normalizer is not None else np.asarray(value, np.float32)
 
     def _targets(self, case_id: str) -> np.ndarray:
         """The case's text targets; zeros for a case the bank has never seen (new slides at

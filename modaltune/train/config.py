@@ -15,10 +15,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from modaltune.data.clinical import CLINICAL_VECTOR_SIZE
 from modaltune.data.cohort import Cohort
+from modaltune.data.modalities import COHORT_MODALITIES
 from modaltune.errors import InputError, describe_validation_error, read_yaml_mapping
-from modaltune.models import MODALITIES, SLIDE_ENCODER_PRESETS, ModalTuneConfig
+from modaltune.models import IMAGE, MODALITY_ENCODERS, SLIDE_ENCODER_PRESETS, ModalTuneConfig
 from modaltune.objectives import OBJECTIVES
 from modaltune.text.encoders import parse_text_encoder_spec
 
@@ -62,18 +62,19 @@ class ModelSection(_Section):
     @field_validator("modalities")
     @classmethod
     def _known_modalities(cls, modalities: list[str]) -> list[str]:
-        unknown = sorted(set(modalities) - set(MODALITIES))
-        if unknown or "wsi" not in modalities:
-            raise ValueError(f"modalities must be a subset of {list(MODALITIES)} containing 'wsi', got {modalities}")
+        known = [IMAGE, *(name for name in MODALITY_ENCODERS.names() if name in COHORT_MODALITIES)]
+        unknown = sorted(set(modalities) - set(known))
+        if unknown or IMAGE not in modalities or len(set(modalities)) != len(modalities):
+            raise ValueError(f"modalities must be distinct entries of {known} containing {IMAGE!r}, got {modalities}")
         return modalities
 
     def for_cohort(self, cohort: Cohort) -> ModalTuneConfig:
-        """``build`` with the cohort's gene groups (only when the model uses RNA: WSI-only runs
-        need no RNA files), feature width and tile size."""
-        rna_group_sizes = tuple(cohort.rna_group_sizes) if "rna" in self.modalities else ()
-        return self.build(rna_group_sizes, cohort.manifest.feature_dim, cohort.manifest.tile_size_px)
+        """``build`` with the input shapes of the modalities the model uses (only those: WSI-only
+        runs need no RNA files), the cohort's feature width and tile size."""
+        inputs = {name: COHORT_MODALITIES[name].segments(cohort) for name in self.modalities if name != IMAGE}
+        return self.build(inputs, cohort.manifest.feature_dim, cohort.manifest.tile_size_px)
 
-    def build(self, rna_group_sizes: tuple[int, ...], feature_dim: int, tile_size_px: int) -> ModalTuneConfig:
+    def build(self, modality_inputs: dict[str, tuple[int, ...]], feature_dim: int, tile_size_px: int) -> ModalTuneConfig:
         """The model for a cohort: its tile-feature width and its tile size (level-0 pixels per
         cell of the SLFM's position grid), unless ``encoder_overrides`` set them."""
         encoder = SLIDE_ENCODER_PRESETS[self.encoder].make(**{"in_dim": feature_dim, "tile_size": tile_size_px, **self.encoder_overrides})
@@ -84,10 +85,9 @@ class ModelSection(_Section):
             adapter_depth=None if self.adapter_layout else self.adapter_depth,
             adapter_heads=self.adapter_heads,
             cffn_ratio=self.cffn_ratio,
-            rna_group_sizes=rna_group_sizes if "rna" in self.modalities else (),
+            modality_inputs=modality_inputs,
             n_rna_tokens=self.n_rna_tokens,
             rna_hidden=self.rna_hidden,
-            clinical_in_features=CLINICAL_VECTOR_SIZE,
             out_dim=self.out_dim,
             encoder_checkpoint=self.encoder_checkpoint,
             encoder_hub_id=self.encoder_hub_id,

@@ -22,8 +22,9 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from modaltune.atomic import write_text_atomic
 from modaltune.data import Cohort, CohortInvalidError, validate_cohort
+from modaltune.data.modalities import COHORT_MODALITIES
 from modaltune.errors import InputError
-from modaltune.models import SLIDE_ENCODER_PRESETS
+from modaltune.models import IMAGE, SLIDE_ENCODER_PRESETS
 from modaltune.models.encoder_weights import check_encoder_checkpoint
 from modaltune.text import TextEmbeddingCache, build_label_bank, build_text_encoder
 from modaltune.text.encoders import parse_text_encoder_spec
@@ -67,14 +68,10 @@ def check_config_against_cohort(config: TrainConfig, cohort: Cohort) -> None:
     unknown = sorted(set(config.cohorts or []) - set(cohort.cohort_names))
     if unknown:
         raise InputError(f"cohorts: {unknown} are not in the cohort (it has {cohort.cohort_names})")
-    if "rna" in config.model.modalities:
-        if not cohort.has_rna:
-            raise InputError(f"model.modalities includes 'rna' but {cohort.layout.rna} does not exist")
-        train_ids, _ = cohort.split(config.fold, config.cohorts, config.test_fold)
-        if not cohort.rna_cases.intersection(train_ids):
-            raise InputError(
-                f"model.modalities includes 'rna' but no training case of fold {config.fold} has a row in {cohort.layout.rna}"
-            )
+    train_ids, _ = cohort.split(config.fold, config.cohorts, config.test_fold)
+    for name in config.model.modalities:
+        if name != IMAGE:
+            COHORT_MODALITIES[name].check_trainable(cohort, train_ids, config.fold)
     check_tile_features(config, cohort)
     if config.model.encoder_checkpoint is not None:
         check_encoder_checkpoint(config.model.for_cohort(cohort).encoder, config.model.encoder_checkpoint)

@@ -131,7 +131,7 @@ class RunRecipe:
         self.cohort = Cohort(self.paths.cohort)
         self.train_ids, self.val_ids = self.cohort.split(config.fold, config.cohorts, config.test_fold)
         self.bank = LabelBank.load(self.paths.label_bank)
-        self.batcher = CaseBatcher(self.cohort, self.bank, self.train_ids, use_rna="rna" in config.model.modalities, max_tiles=config.max_tiles)
+        self.batcher = CaseBatcher(self.cohort, self.bank, self.train_ids, modalities=config.model.modalities, max_tiles=config.max_tiles)
         self.classes_of = {name: self.cohort.labels.subtypes_of(name) for name in self.cohort.labels.cohorts}
         self.steps_per_epoch = len(self.train_ids) // self.world  # equal steps on every rank
 

@@ -63,11 +63,12 @@ def test_sample_concatenates_slides_and_caps_tiles(small_cohort: Path) -> None:
 def test_rna_vector_follows_group_order_and_clinical_encoding(small_cohort: Path) -> None:
     cohort = Cohort(small_cohort)
     case = cohort.case_ids[0]
-    sample = cohort.sample(case)
-    assert sample.rna is not None and sample.rna.shape == (sum(cohort.rna_group_sizes),)
+    sample = cohort.sample(case, modalities=["rna", "clinical"])
+    rna_vector, clinical = sample.modalities["rna"], sample.modalities["clinical"]
+    assert rna_vector is not None and rna_vector.shape == (sum(cohort.rna_group_sizes),)
     first_group = next(iter(cohort.gene_groups.values()))
     rna = pd.read_parquet(cohort.layout.rna).set_index("case_id")
-    np.testing.assert_allclose(sample.rna[: len(first_group)], rna.loc[case, first_group].to_numpy(np.float32))
-    assert sample.clinical.shape == (CLINICAL_VECTOR_SIZE,)
+    np.testing.assert_allclose(rna_vector[: len(first_group)], rna.loc[case, first_group].to_numpy(np.float32))
+    assert clinical is not None and clinical.shape == (CLINICAL_VECTOR_SIZE,)
     vector = encode_clinical({"age": 60.0, "sex": "male", "stage": "Stage IV", "t_stage": "TX", "n_stage": None, "m_stage": "M1"})
     np.testing.assert_allclose(vector, [0.5, 1.0, 1.0, 0.0, 0.0, 1.0, 0, 0, 0, 1, 1, 0])

@@ -49,7 +49,7 @@ def test_cli_import_with_rna_and_existing_folds(small_cohort: Path, tmp_path: Pa
     imported = Cohort(tmp_path / "out")
     assert (imported.slides["fold"].to_numpy() == source.slides["fold"].to_numpy()).all()
     case = source.case_ids[0]
-    np.testing.assert_array_equal(imported.rna_vector(case), source.rna_vector(case))
+    np.testing.assert_array_equal(imported.modality_vector("rna", case), source.modality_vector("rna", case))
 
 
 def test_bad_h5_inputs_are_all_reported_before_converting(small_cohort: Path, tmp_path: Path) -> None:
@@ -198,9 +198,9 @@ def test_the_cohort_tile_size_reaches_the_model() -> None:
     from modaltune.train.config import load_train_config
 
     model = load_train_config(None, ["model.modalities=[wsi]"]).model
-    assert model.build((), 32, 512).encoder.tile_size == 512
+    assert model.build({}, 32, 512).encoder.tile_size == 512
     overridden = load_train_config(None, ["model.modalities=[wsi]", "model.encoder_overrides={tile_size: 256}"]).model
-    assert overridden.build((), 32, 512).encoder.tile_size == 256
+    assert overridden.build({}, 32, 512).encoder.tile_size == 256
 
 
 def test_site_preserved_folds_from_tcga_barcodes(small_cohort: Path, tmp_path: Path) -> None:

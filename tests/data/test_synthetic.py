@@ -74,7 +74,7 @@ def test_subtype_is_visible_in_mean_pooled_tiles(larger_cohort: Cohort) -> None:
 
 def _pathway_scores(cohort: Cohort, case_ids: list[str]) -> pd.DataFrame:
     """Mean signed expression per pathway; the sign of each gene's loading is unknown, so use PCA-1."""
-    matrix = cohort.rna_matrix(case_ids)
+    matrix = cohort.modality_matrix("rna", case_ids)
     scores, start = {}, 0
     for name, size in zip(cohort.gene_groups, cohort.rna_group_sizes):
         block = matrix[:, start : start + size]
@@ -168,13 +168,13 @@ def test_rna_can_be_missing_at_random_or_more_often_with_age(tmp_path: Path) -> 
     at_random = Cohort(generate_cohort(tmp_path / "mcar", SynthConfig(**base, rna_missing_fraction=0.2)).root)
     by_age = Cohort(generate_cohort(tmp_path / "age", SynthConfig(**base, rna_missing_fraction=0.2, rna_missing_age_log_odds_per_decade=1.0)).root)
     for cohort in (at_random, by_age):
-        missing = 1 - len(cohort.rna_cases) / len(cohort.case_ids)
+        missing = 1 - len(cohort.modality_cases("rna")) / len(cohort.case_ids)
         assert 0.12 < missing < 0.3, missing
-        assert cohort.sample(next(c for c in cohort.case_ids if c not in cohort.rna_cases)).rna is None
+        assert cohort.sample(next(c for c in cohort.case_ids if c not in cohort.modality_cases("rna")), modalities=["rna"]).modalities["rna"] is None
 
     def age_gap(cohort: Cohort) -> float:
         ages = pd.Series({c: cohort.record(c).clinical["age"] for c in cohort.case_ids})
-        without = ages.index.isin(list(cohort.rna_cases))
+        without = ages.index.isin(list(cohort.modality_cases("rna")))
         return float(ages[~without].mean() - ages[without].mean())
 
     assert abs(age_gap(at_random)) < 4  # years: missingness unrelated to age

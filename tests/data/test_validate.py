@@ -219,7 +219,7 @@ def test_cases_without_rna_are_counted_or_refused_on_request(cohort_copy: Path, 
     err = capsys.readouterr().err
     assert "no RNA row (complete cases required)" in err and "1 problem(s)" in err
     cohort = Cohort(cohort_copy)
-    assert len(cohort.rna_cases) == len(cohort.case_ids) - 1
+    assert len(cohort.modality_cases("rna")) == len(cohort.case_ids) - 1
 
 
 def test_cli_exits_0_on_a_valid_cohort(small_cohort: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modaltune.models import ClinicalEncoder, RnaPathwayEncoder, TaskTokens
+from modaltune.models import RnaPathwayEncoder, TaskTokens, VectorEncoder
 
 GROUP_SIZES = (3, 1, 5, 2, 7)
 
@@ -37,7 +37,7 @@ def test_rna_encoder_output_and_input_checks():
     assert tokens.shape == (2, 3, 32)
     tokens.sum().backward()
     assert encoder.pathway_mlps.in_weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match=r"expected rna \[B, 18\]"):
+    with pytest.raises(ValueError, match=r"expected RnaPathwayEncoder input \[B, 18\]"):
         encoder(torch.randn(2, 17))
 
 
@@ -56,9 +56,18 @@ def test_a_case_without_rna_gets_the_learned_missing_tokens():
     assert all(torch.isfinite(p.grad).all() for p in encoder.parameters() if p.grad is not None)
 
 
-def test_clinical_and_task_tokens():
-    clinical = ClinicalEncoder(5, dim=32)
-    assert clinical(torch.randn(3, 5)).shape == (3, 1, 32)
+def test_a_mutation_panel_without_a_row_gets_its_missing_token_and_clinical_has_none():
+    mutations = VectorEncoder(8, dim=32).eval()
+    panel = torch.bernoulli(torch.full((3, 8), 0.3))
+    panel[2] = float("nan")  # not sequenced
+    tokens = mutations(panel)
+    assert tokens.shape == (3, 1, 32) and torch.equal(tokens[2], mutations.missing_tokens.detach())
+    torch.testing.assert_close(tokens[:2], mutations(panel[:2]))
+    clinical = VectorEncoder(5, dim=32, may_be_missing=False)
+    assert clinical.missing_tokens is None and clinical(torch.randn(3, 5)).shape == (3, 1, 32)
+
+
+def test_task_tokens():
     tasks = TaskTokens(3, dim=32)
     tokens = tasks(torch.tensor([0, 1, 2, 0]))
     assert tokens.shape == (4, 1, 32)

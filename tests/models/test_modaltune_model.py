@@ -8,7 +8,7 @@ import torch
 from modaltune.errors import InputError
 from modaltune.models import ModalTuneConfig, ModalTuneModel, SlideEncoder, SlideEncoderConfig
 
-SUBSETS = [("wsi",), ("wsi", "rna"), ("wsi", "rna", "clinical"), ("wsi", "clinical")]
+SUBSETS = [("wsi",), ("wsi", "rna"), ("wsi", "rna", "clinical"), ("wsi", "clinical"), ("wsi", "mutations", "rna")]
 LAYOUTS = [{"adapter_depth": 0}, {"adapter_depth": 1}, {"adapter_depth": 2}, {"adapter_layout": [[0, 0], [2, 3]]}]
 
 
@@ -17,14 +17,13 @@ def _model(seed: int = 0, **overrides) -> ModalTuneModel:
     return ModalTuneModel(ModalTuneConfig.tiny(**overrides))
 
 
-def _batch(config: ModalTuneConfig, batch: int = 2, n: int = 37, seed: int = 1) -> dict[str, torch.Tensor]:
+def _batch(config: ModalTuneConfig, batch: int = 2, n: int = 37, seed: int = 1) -> dict:
     gen = torch.Generator().manual_seed(seed)
     return {
         "features": torch.randn(batch, n, config.encoder.in_dim, generator=gen),
         "coords": torch.randint(0, 30 * 256, (batch, n, 2), generator=gen),
         "task": torch.arange(batch) % config.n_tasks,
-        "rna": torch.randn(batch, sum(config.rna_group_sizes), generator=gen),
-        "clinical": torch.randn(batch, config.clinical_in_features, generator=gen),
+        "inputs": {name: torch.randn(batch, sum(segments), generator=gen) for name, segments in config.modality_inputs.items()},
     }
 
 
@@ -37,9 +36,9 @@ def test_untrained_model_reproduces_the_frozen_slfm(layout):
     model = _model(**layout).train()  # adapter dropout/drop-path on: must not reach the image path
     inputs = _batch(model.config)
     prefix = model.encode_prefix(inputs["features"], inputs["coords"])
-    cls, modality = model.interact(prefix, inputs["coords"], inputs["task"], inputs["rna"], inputs["clinical"])
+    cls, modality = model.interact(prefix, inputs["coords"], inputs["task"], inputs["inputs"])
     torch.testing.assert_close(cls, model.encoder(inputs["features"], inputs["coords"]), rtol=0, atol=1e-6)
-    assert modality.shape == (2, model.config.n_modality_tokens, 64)
+    assert modality.shape == (2, model.n_modality_tokens, 64)
 
 
 def test_encoder_is_frozen_and_unchanged_by_training():
@@ -51,7 +50,7 @@ def test_encoder_is_frozen_and_unchanged_by_training():
     trainable_before = [p.detach().clone() for p in model.trainable_parameters()]
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2, weight_decay=5e-4)
     inputs = _batch(model.config)
-    inputs["rna"][1] = float("nan")  # a case without RNA, so the missing-RNA tokens train too
+    inputs["inputs"]["rna"][1] = float("nan")  # a case without RNA, so the missing-RNA tokens train too
     for _ in range(3):
         optimizer.zero_grad()
         model(**inputs).square().mean().backward()
@@ -84,7 +83,7 @@ def test_every_modality_subset_and_layout_trains(modalities, layout):
     attention = model.adapter.blocks[0].injector.attn  # ... and opens it once gamma moved:
     values = attention.v_proj.weight.grad.abs().max()
     assert values > 0  # what the tiles read changes them
-    if model.config.n_modality_tokens == 1:
+    if model.n_modality_tokens == 1:
         # One key: the softmax is exactly 1 whatever the scores, so queries and keys get no
         # gradient. Measured on an AMD EPYC with torch's AVX512, AVX2 and default kernels
         # (ATEN_CPU_CAPABILITY; 5 seeds x 1-2 threads x 3 layouts): exactly 0. The CPU this test
@@ -105,7 +104,7 @@ def test_cached_prefix_path_equals_full_forward(layout):
         model.encoder.embed(inputs["features"], inputs["coords"]), 0, model.prefix_depth
     )
     assert torch.equal(prefix, expected_prefix)
-    cached = model.forward_from_prefix(prefix.clone(), inputs["coords"], inputs["task"], inputs["rna"], inputs["clinical"])
+    cached = model.forward_from_prefix(prefix.clone(), inputs["coords"], inputs["task"], inputs["inputs"])
     assert torch.equal(cached, model(**inputs))
 
 
@@ -137,10 +136,10 @@ def test_a_given_encoder_must_match_the_config():
 def test_missing_and_unconfigured_modality_inputs():
     model = _model(modalities=("wsi", "rna")).eval()
     inputs = _batch(model.config)
-    with pytest.raises(ValueError, match="'rna' modality but rna=None"):
+    with pytest.raises(ValueError, match="'rna' modality but inputs has no 'rna'"):
         model(inputs["features"], inputs["coords"], inputs["task"])
     with_clinical = model(**inputs)
-    without = model(inputs["features"], inputs["coords"], inputs["task"], rna=inputs["rna"])
+    without = model(inputs["features"], inputs["coords"], inputs["task"], {"rna": inputs["inputs"]["rna"]})
     assert torch.equal(with_clinical, without)  # clinical is not configured: ignored
 
 
@@ -149,7 +148,7 @@ def test_missing_and_unconfigured_modality_inputs():
     [
         ({"modalities": ("rna",)}, "include 'wsi'"),
         ({"modalities": ("wsi", "dna")}, "must be distinct entries"),
-        ({"rna_group_sizes": ()}, "rna_group_sizes is empty"),
+        ({"modality_inputs": {"clinical": (5,)}}, "no input shape for modality 'rna'"),
         ({"adapter_heads": 3}, "adapter_heads=3 must divide the adapter bottleneck"),
         ({"adapter_layout": [[0, 4]]}, r"end < 4"),
         ({"adapter_depth": 5}, "adapter_depth=5"),
@@ -166,7 +165,7 @@ def test_parameter_counts_at_gigapath_scale():
         encoder=SlideEncoderConfig.gigapath(),
         modalities=("wsi", "rna", "clinical"),
         adapter_layout=[[0, 3], [4, 7], [8, 11]],
-        rna_group_sizes=sizes,
+        modality_inputs={"rna": sizes, "clinical": (5,)},
         n_rna_tokens=64,
     )
     with torch.device("meta"):

@@ -113,13 +113,12 @@ def _titan_model(**overrides: object) -> ModalTuneModel:
     return ModalTuneModel(ModalTuneConfig.tiny(encoder=TitanConfig.tiny(), **overrides))
 
 
-def _case(config: ModalTuneConfig, batch: int = 2) -> dict[str, torch.Tensor]:
+def _case(config: ModalTuneConfig, batch: int = 2) -> dict:
     features, coords = _tiles(batch=batch)
     gen = torch.Generator().manual_seed(1)
     return {
         "features": features, "coords": coords, "task": torch.arange(batch) % config.n_tasks,
-        "rna": torch.randn(batch, sum(config.rna_group_sizes), generator=gen),
-        "clinical": torch.randn(batch, config.clinical_in_features, generator=gen),
+        "inputs": {name: torch.randn(batch, sum(segments), generator=gen) for name, segments in config.modality_inputs.items()},
     }
 
 
@@ -128,9 +127,9 @@ def test_a_modaltune_model_on_titan_has_titans_adapter_layout_and_starts_as_the_
     assert model.config.layout == ((0, 1), (2, 3), (4, 5)) and model.prefix_depth == 0
     inputs = _case(model.config)
     prefix = model.encode_prefix(inputs["features"], inputs["coords"])
-    slide, modality = model.interact(prefix, inputs["coords"], inputs["task"], inputs["rna"], inputs["clinical"])
+    slide, modality = model.interact(prefix, inputs["coords"], inputs["task"], inputs["inputs"])
     torch.testing.assert_close(slide, model.encoder(inputs["features"], inputs["coords"]), rtol=0, atol=1e-6)
-    assert modality.shape == (2, model.config.n_modality_tokens, 64)
+    assert modality.shape == (2, model.n_modality_tokens, 64)
     loss = model(**inputs).square().sum()
     loss.backward()
     assert all(p.grad is None for p in model.encoder.parameters())
@@ -143,5 +142,5 @@ def test_the_cached_prefix_path_equals_the_full_forward_on_titan(adapter_depth: 
     inputs = _case(model.config)
     prefix = model.encode_prefix(inputs["features"], inputs["coords"])
     assert model.prefix_depth == 6 - 2 * adapter_depth
-    cached = model.forward_from_prefix(prefix.clone(), inputs["coords"], inputs["task"], inputs["rna"], inputs["clinical"])
+    cached = model.forward_from_prefix(prefix.clone(), inputs["coords"], inputs["task"], inputs["inputs"])
     assert torch.equal(cached, model(**inputs))

@@ -85,7 +85,7 @@ def test_smoke_study_end_to_end(smoke: Smoke) -> None:
     cases_per_cell = validated.groupby(["fold", "cell"])["case_id"].agg(frozenset)
     for fold, cells in cases_per_cell.groupby(level="fold"):
         assert cells.nunique() == 1, f"fold {fold}: cells scored different cases"
-    without_rna = set(validated["case_id"]) - Cohort(tmp_path / "cohort").rna_cases
+    without_rna = set(validated["case_id"]) - Cohort(tmp_path / "cohort").modality_cases("rna")
     assert without_rna and validated.loc[validated["case_id"].isin(without_rna), "risk"].notna().all()
 
     # truth.json: RNA carries risk the slide does not show. Final-epoch C-index, WSI+RNA vs WSI.

@@ -19,8 +19,8 @@ from modaltune.train.prefix_cache import PrefixCache, with_prefixes
 
 def _case(case_id: str, tiles: int, cached: bool = False) -> CaseBatch:
     return CaseBatch(
-        case_id=case_id, cohort="X", features=torch.zeros(1, tiles, 4), coords=torch.zeros(1, tiles, 2, dtype=torch.long), rna=None,
-        clinical=torch.zeros(1, 3), targets=torch.zeros(2, 4), subtype_index=0, survival_bin=0, event=0, time=1.0,
+        case_id=case_id, cohort="X", features=torch.zeros(1, tiles, 4), coords=torch.zeros(1, tiles, 2, dtype=torch.long),
+        modalities={"clinical": torch.zeros(1, 3)}, targets=torch.zeros(2, 4), subtype_index=0, survival_bin=0, event=0, time=1.0,
         prefix=torch.zeros(1, tiles + 1, 4) if cached else None,
     )
 
@@ -61,10 +61,10 @@ def _module(cohort: Cohort, objective: str) -> tuple[TrainModule, CaseBatcher, l
     torch.manual_seed(0)
     config = ModalTuneConfig.tiny(
         encoder=SlideEncoderConfig.tiny(in_dim=cohort.manifest.feature_dim, depth=4), modalities=("wsi", "rna", "clinical"),
-        rna_group_sizes=tuple(cohort.rna_group_sizes), clinical_in_features=CLINICAL_VECTOR_SIZE, adapter_depth=1, out_dim=16,
+        modality_inputs={"rna": tuple(cohort.rna_group_sizes), "clinical": (CLINICAL_VECTOR_SIZE,)}, adapter_depth=1, out_dim=16,
     )
     module = TrainModule(ModalTuneModel(config), build_objective(objective, bank))
-    return module, CaseBatcher(cohort, bank, train_ids, use_rna=True, max_tiles=40), train_ids, val_ids
+    return module, CaseBatcher(cohort, bank, train_ids, modalities=("rna", "clinical"), max_tiles=40), train_ids, val_ids
 
 
 @pytest.mark.parametrize("objective", ["supervised", "distill"])

@@ -85,7 +85,7 @@ def _train(cohort: Cohort, objective: str, text_encoder: str, cache: TextEmbeddi
     bank = build_label_bank(
         cohort, build_text_encoder(text_encoder, cohort.labels), train_ids, out_dim=OUT_DIM, cache=cache
     )
-    batcher = CaseBatcher(cohort, bank, train_ids, use_rna=True)  # no tile cap: batches are deterministic
+    batcher = CaseBatcher(cohort, bank, train_ids, modalities=("rna", "clinical"))  # no tile cap: batches are deterministic
     cached: dict[str, CaseBatch] = {}
 
     def batches(case_id: str) -> CaseBatch:
@@ -97,8 +97,7 @@ def _train(cohort: Cohort, objective: str, text_encoder: str, cache: TextEmbeddi
     config = ModalTuneConfig.tiny(
         encoder=SlideEncoderConfig.tiny(in_dim=cohort.manifest.feature_dim),
         modalities=("wsi", "rna"),
-        rna_group_sizes=tuple(cohort.rna_group_sizes),
-        clinical_in_features=CLINICAL_VECTOR_SIZE,
+        modality_inputs={"rna": tuple(cohort.rna_group_sizes), "clinical": (CLINICAL_VECTOR_SIZE,)},
         adapter_depth=1,
         out_dim=OUT_DIM,
     )

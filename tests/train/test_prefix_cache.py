@@ -27,11 +27,11 @@ def _module(cohort: Cohort, adapter_depth: int = 1) -> tuple[TrainModule, CaseBa
     torch.manual_seed(0)
     config = ModalTuneConfig.tiny(
         encoder=SlideEncoderConfig.tiny(in_dim=cohort.manifest.feature_dim, depth=6), modalities=("wsi", "rna"),
-        rna_group_sizes=tuple(cohort.rna_group_sizes), clinical_in_features=CLINICAL_VECTOR_SIZE,
+        modality_inputs={"rna": tuple(cohort.rna_group_sizes), "clinical": (CLINICAL_VECTOR_SIZE,)},
         adapter_depth=adapter_depth, out_dim=16,
     )
     module = TrainModule(ModalTuneModel(config), build_objective("supervised", bank))
-    return module, CaseBatcher(cohort, bank, train_ids, use_rna=True), train_ids
+    return module, CaseBatcher(cohort, bank, train_ids, modalities=("rna", "clinical")), train_ids
 
 
 def _train(

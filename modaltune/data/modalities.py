@@ -1,0 +1,299 @@
+"""The modalities besides the slide, as a cohort holds them, chosen by name.
+
+Each entry of ``COHORT_MODALITIES`` says where a cohort keeps one modality, which cases have it,
+each case's vector (``None``: the case lacks it), the vector's segment sizes (the model's input
+shape), what a model trained on it needs a new cohort to match, and how ``validate`` checks its
+files. The model side of the same name is ``modaltune.models.modality_encoders.MODALITY_ENCODERS``.
+
+Most modalities are a case table, ``<name>.parquet`` with ``case_id`` and one numeric column per
+feature (``CaseTableModality``): RNA (genes, grouped into pathways by ``gene_groups.json``) and
+mutations (0/1 per gene of a panel). A case without a row lacks the modality; the model gives it
+learned missing tokens.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from modaltune.data.clinical import CLINICAL_COLUMNS, CLINICAL_VECTOR_SIZE, encode_clinical
+from modaltune.data.layout import CohortLayout, ManifestError, read_gene_groups
+from modaltune.errors import InputError
+from modaltune.registry import Registry
+
+if TYPE_CHECKING:
+    from modaltune.data.cohort import Cohort
+
+
+class Findings(Protocol):
+    """Where a modality's checks report (``validate``'s checker)."""
+
+    require_complete: bool
+
+    def problem(self, path: Path, where: str, field_name: str, message: str) -> None: ...
+
+    def warning(self, path: Path, where: str, field_name: str, message: str) -> None: ...
+
+
+class CohortModality(ABC):
+    """One modality's cohort side; subclasses are registered in ``COHORT_MODALITIES``."""
+
+    name: ClassVar[str]
+    normalised: ClassVar[bool] = False  # z-scored with the training split's statistics (RNA)
+
+    @abstractmethod
+    def source(self, layout: CohortLayout) -> Path:
+        """The file that holds the modality (named in messages)."""
+
+    @abstractmethod
+    def present(self, layout: CohortLayout) -> bool:
+        """Whether the cohort has this modality at all."""
+
+    @abstractmethod
+    def cases(self, cohort: Cohort) -> frozenset[str]:
+        """The cases that have it."""
+
+    @abstractmethod
+    def vector(self, cohort: Cohort, case_id: str) -> np.ndarray | None:
+        """The case's float32 vector, or None when the case lacks the modality."""
+
+    @abstractmethod
+    def segments(self, cohort: Cohort) -> tuple[int, ...]:
+        """Segment sizes of the vector (RNA: genes per pathway; a plain vector: its width)."""
+
+    @abstractmethod
+    def signature(self, cohort: Cohort) -> Any:
+        """JSON that a cohort scored by a trained model must reproduce (the columns, in order)."""
+
+    def signature_problem(self, cohort: Cohort, trained: Any) -> str | None:
+        """Why ``cohort`` cannot feed a model trained with ``trained``, or None."""
+        if self.signature(cohort) != trained:
+            return f"{self.source(cohort.layout)}: {self.name} columns differ from the ones the model was trained with"
+        return None
+
+    def validate(self, layout: CohortLayout, case_ids: set[str] | None, findings: Findings) -> None:
+        """Report every problem of the modality's files (nothing to check by default)."""
+
+    def check_trainable(self, cohort: Cohort, training_cases: list[str], fold: int) -> None:
+        """Refuse, before any worker starts, a run whose training split has none of this modality."""
+        source = self.source(cohort.layout)
+        if not self.present(cohort.layout):
+            raise InputError(f"model.modalities includes {self.name!r} but {source} does not exist")
+        if not self.cases(cohort).intersection(training_cases):
+            raise InputError(f"model.modalities includes {self.name!r} but no training case of fold {fold} has a row in {source}")
+
+
+COHORT_MODALITIES: Registry[CohortModality] = Registry("modality")
+
+
+def _registered(cls: type[CohortModality]) -> type[CohortModality]:
+    COHORT_MODALITIES.register(cls.name)(cls())
+    return cls
+
+
+@_registered
+class ClinicalModality(CohortModality):
+    """The clinical fields of ``slides.parquet`` (checked with the slide rows), every case."""
+
+    name = "clinical"
+
+    def source(self, layout: CohortLayout) -> Path:
+        return layout.slides
+
+    def present(self, layout: CohortLayout) -> bool:
+        return True
+
+    def cases(self, cohort: Cohort) -> frozenset[str]:
+        return frozenset(cohort.case_ids)
+
+    def vector(self, cohort: Cohort, case_id: str) -> np.ndarray:
+        return encode_clinical(cohort.record(case_id).clinical)
+
+    def segments(self, cohort: Cohort) -> tuple[int, ...]:
+        return (CLINICAL_VECTOR_SIZE,)
+
+    def signature(self, cohort: Cohort) -> Any:
+        return list(CLINICAL_COLUMNS)
+
+
+class CaseTableModality(CohortModality):
+    """``<name>.parquet``: ``case_id`` and one numeric column per feature, one row per case."""
+
+    label: ClassVar[str]  # how messages name the modality ("RNA")
+    value_name: ClassVar[str]  # what its values are ("expression")
+
+    def source(self, layout: CohortLayout) -> Path:
+        return layout.root / f"{self.name}.parquet"
+
+    def present(self, layout: CohortLayout) -> bool:
+        return self.source(layout).exists()
+
+    def columns(self, cohort: Cohort) -> list[str]:
+        """The vector's columns, in order: the file's own order by default."""
+        return [name for name in pq.read_schema(self.source(cohort.layout)).names if name != "case_id"]
+
+    def cases(self, cohort: Cohort) -> frozenset[str]:
+        return frozenset(self._table(cohort)[0]) if self.present(cohort.layout) else frozenset()
+
+    def vector(self, cohort: Cohort, case_id: str) -> np.ndarray | None:
+        rows, values = self._table(cohort)
+        return values[rows[case_id]] if case_id in rows else None
+
+    def segments(self, cohort: Cohort) -> tuple[int, ...]:
+        return (self._table(cohort)[1].shape[1],)
+
+    def _table(self, cohort: Cohort) -> tuple[dict[str, int], np.ndarray]:
+        return cohort.case_table(self.source(cohort.layout), lambda: self.columns(cohort))
+
+    def signature(self, cohort: Cohort) -> Any:
+        return self.columns(cohort)
+
+    def validate(self, layout: CohortLayout, case_ids: set[str] | None, findings: Findings) -> None:
+        path = self.source(layout)
+        if not path.exists():
+            return
+        try:
+            table = pq.ParquetFile(path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            findings.problem(path, "", "", f"not a readable Parquet file ({exc})")
+            return
+        schema = table.schema_arrow
+        if "case_id" not in schema.names:
+            findings.problem(path, "", "case_id", "required column is missing")
+            return
+        columns = [name for name in schema.names if name != "case_id"]
+        for column in columns:
+            if not is_numeric(schema.field(column).type):
+                findings.problem(path, "", column, f"{self.value_name} must be numeric, got {schema.field(column).type}")
+        present = self._check_rows(path, table, [c for c in columns if is_numeric(schema.field(c).type)], findings)
+        self.check_columns(layout, columns, findings)
+        if case_ids is not None:
+            self._check_coverage(path, case_ids, present, findings)
+
+    def check_columns(self, layout: CohortLayout, columns: list[str], findings: Findings) -> None:
+        """Checks of the columns against other files (RNA: the gene group map)."""
+
+    def value_problem(self, values: np.ndarray) -> np.ndarray:
+        """Per value of a row, whether it is not a valid value of this modality."""
+        return ~np.isfinite(values)
+
+    def _check_rows(self, path: Path, table: pq.ParquetFile, numeric: list[str], findings: Findings) -> set[str]:
+        """Stream the rows in batches: invalid values per case, duplicate cases. Returns the case ids."""
+        seen: set[str] = set()
+        for batch in table.iter_batches(batch_size=1024, columns=["case_id", *numeric]):
+            case_ids = batch.column("case_id").to_pylist()
+            values = np.column_stack(
+                [np.zeros(len(case_ids))] + [batch.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in numeric]
+            )[:, 1:]
+            bad = self.value_problem(values)
+            for row, case_id in enumerate(case_ids):
+                if case_id in seen:
+                    findings.problem(path, f"case {case_id}", "case_id", f"duplicate {self.label} row for this case")
+                seen.add(str(case_id))
+                if bad[row].any():
+                    columns = [numeric[j] for j in np.flatnonzero(bad[row])]
+                    findings.problem(path, f"case {case_id}", preview(columns), self.bad_value_message(len(columns)))
+        return seen
+
+    def bad_value_message(self, count: int) -> str:
+        return f"NaN or Inf {self.value_name} in {count} column(s)"
+
+    def _check_coverage(self, path: Path, case_ids: set[str], present: set[str], findings: Findings) -> None:
+        without = sorted(case_ids - present)
+        if findings.require_complete:
+            for case_id in without:
+                findings.problem(path, f"case {case_id}", "case_id", f"case has slides but no {self.label} row (complete cases required)")
+        elif without:
+            findings.warning(
+                path, f"{len(without)} of {len(case_ids)} cases ({len(without) / len(case_ids):.0%})", "",
+                f"no {self.label} row (e.g. {preview(without, 3)}): models with {self.label} give these cases a learned "
+                f"missing-{self.label} token (validate --require-complete refuses them)",
+            )
+
+
+@_registered
+class RnaModality(CaseTableModality):
+    """Bulk RNA-seq (``rna.parquet``, one column per gene) grouped into pathways by
+    ``gene_groups.json``; the vector is each pathway's genes in turn (a gene in two pathways
+    appears twice) and is z-scored with the training split's statistics."""
+
+    name = "rna"
+    label = "RNA"
+    value_name = "expression"
+    normalised = True
+
+    def source(self, layout: CohortLayout) -> Path:
+        return layout.rna
+
+    def columns(self, cohort: Cohort) -> list[str]:
+        return [gene for genes in cohort.gene_groups.values() for gene in genes]
+
+    def segments(self, cohort: Cohort) -> tuple[int, ...]:
+        return tuple(len(genes) for genes in cohort.gene_groups.values())
+
+    def signature(self, cohort: Cohort) -> Any:
+        return cohort.gene_groups
+
+    def signature_problem(self, cohort: Cohort, trained: Any) -> str | None:
+        if cohort.gene_groups != trained:
+            return f"{cohort.layout.gene_groups}: gene groups differ from the ones the model was trained with"
+        return None
+
+    def bad_value_message(self, count: int) -> str:
+        return f"NaN or Inf expression in {count} gene(s)"
+
+    def validate(self, layout: CohortLayout, case_ids: set[str] | None, findings: Findings) -> None:
+        if not layout.rna.exists() and layout.gene_groups.exists():
+            findings.warning(layout.gene_groups, "", "", "gene group map without rna.parquet (ignored)")
+        super().validate(layout, case_ids, findings)
+
+    def check_columns(self, layout: CohortLayout, columns: list[str], findings: Findings) -> None:
+        groups_path = layout.gene_groups
+        try:
+            groups = read_gene_groups(groups_path)
+        except ManifestError as exc:
+            findings.problem(groups_path, "", "", str(exc).split(": ", 1)[-1] + " (rna.parquet needs a gene group map)")
+            return
+        grouped = {gene for members in groups.values() for gene in members}
+        ungrouped = [g for g in columns if g not in grouped]
+        if ungrouped:
+            findings.problem(groups_path, "", preview(ungrouped), f"{len(ungrouped)} RNA gene(s) of rna.parquet are missing from the group map")
+        present = set(columns)
+        for name, members in groups.items():
+            absent = [g for g in members if g not in present]
+            if not members:
+                findings.problem(groups_path, f"group {name}", "", "group has no genes")
+            elif absent:
+                findings.problem(groups_path, f"group {name}", preview(absent), f"{len(absent)} gene(s) of this group are not columns of rna.parquet")
+
+
+@_registered
+class MutationModality(CaseTableModality):
+    """Somatic mutation status of a gene panel (``mutations.parquet``: 1 = the case's tumour
+    carries a non-silent mutation in the gene, 0 = sequenced and wild-type; a case without a
+    row was not sequenced). ``modaltune import-h5 --mutations`` writes it from a table of that
+    shape or from a cBioPortal MAF (``data_mutations.txt``)."""
+
+    name = "mutations"
+    label = "mutation"
+    value_name = "mutation status"
+
+    def value_problem(self, values: np.ndarray) -> np.ndarray:
+        return (values != 0) & (values != 1)
+
+    def bad_value_message(self, count: int) -> str:
+        return f"mutation status must be 0 or 1, not in {count} gene(s)"
+
+
+def preview(names: list[str], limit: int = 5) -> str:
+    """The first few names of a long list, so one message stays one line."""
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def is_numeric(kind: pa.DataType) -> bool:
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind)

@@ -74,7 +74,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_import_h5(args: argparse.Namespace) -> int:
     options = H5ImportOptions(
-        labels=args.labels, rna=args.rna, gene_groups=args.gene_groups, n_folds=args.folds, seed=args.seed,
+        labels=args.labels, rna=args.rna, gene_groups=args.gene_groups, mutations=args.mutations,
+        mutation_genes=args.mutation_genes.split(",") if args.mutation_genes else None, n_folds=args.folds, seed=args.seed,
         tile_size_px=args.tile_size, clinical_dialect=args.clinical_dialect, zero_time=args.zero_time, overwrite=args.overwrite,
         folds_by=args.folds_by, for_prediction=args.for_prediction, feature_format=args.format,
     )
@@ -198,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("--labels", type=Path, help="labels.yaml (default: built-in TCGA descriptions)")
     importer.add_argument("--rna", type=Path, help="case x gene table (.csv or .parquet) with a case_id column")
     importer.add_argument("--gene-groups", type=Path, help="JSON: pathway -> list of genes")
+    importer.add_argument(
+        "--mutations", type=Path,
+        help="somatic mutations: a case x gene 0/1 table with case_id (.csv/.parquet) or a MAF (cBioPortal data_mutations.txt)",
+    )
+    importer.add_argument("--mutation-genes", help="comma-separated panel for a MAF (default: genes mutated in >= 5%% of its cases)")
     importer.add_argument("--folds", type=int, default=5, help="case-level folds, when the CSV has no fold column")
     importer.add_argument("--seed", type=int, default=0)
     importer.add_argument(

@@ -42,6 +42,7 @@ from modaltune.data.layout import (
     read_gene_groups,
     write_manifest,
 )
+from modaltune.data.modalities import COHORT_MODALITIES, read_mutation_table
 from modaltune.data.tcga_tables import missing_time_hint, normalise_tcga_table, rename_cbioportal_columns
 from modaltune.data.tile_geometry import CohortGeometry, TileGeometry, cohort_geometry, rescale_coords
 from modaltune.data.validate import slide_table_problems, summarise_problems, validate_cohort
@@ -58,6 +59,8 @@ class H5ImportOptions:
     labels: Path | None = None
     rna: Path | None = None
     gene_groups: Path | None = None
+    mutations: Path | None = None  # case x gene 0/1 table or a MAF (modalities.read_mutation_table)
+    mutation_genes: list[str] | None = None  # the panel; None: the genes mutated in 5% of the MAF's cases
     n_folds: int = 5
     seed: int = 0
     tile_size_px: int | None = None  # level-0 pixels per tile; None: from the files' attributes, else 256
@@ -107,6 +110,7 @@ def import_h5_cohort(
         raise H5ImportError(f"{out} exists; --overwrite replaces it whole (features, tables, RNA and labels)")
     if (options.rna is None) != (options.gene_groups is None):
         raise H5ImportError("--rna and --gene-groups go together: give both or neither")
+    mutations = read_mutation_table(options.mutations, options.mutation_genes) if options.mutations is not None else None
     slides = _read_slide_table(slides_csv, options)
     labels = load_labels(options.labels) if options.labels else default_labels(sorted(slides["cohort"].dropna().unique()))
     if options.for_prediction:
@@ -144,7 +148,7 @@ def import_h5_cohort(
     staging = out.with_name(f".{out.name}.importing-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        _write_cohort(CohortLayout(staging), source, slides, labels, feature_dim, geometry, options, progress)
+        _write_cohort(CohortLayout(staging), source, slides, labels, feature_dim, geometry, options, mutations, progress)
         report = validate_cohort(staging)
         if not report.ok:
             raise H5ImportError(
@@ -162,7 +166,7 @@ def import_h5_cohort(
 
 def _write_cohort(
     layout: CohortLayout, source: FeatureFormat, slides: pd.DataFrame, labels: LabelSpec, feature_dim: int,
-    geometry: CohortGeometry, options: H5ImportOptions, progress: Progress | None,
+    geometry: CohortGeometry, options: H5ImportOptions, mutations: pd.DataFrame | None, progress: Progress | None,
 ) -> None:
     """Convert every slide, then the tables. Values are scanned as each file is read (one read,
     not two); a slide with NaN/Inf features or an unreadable chunk is noted and the others
@@ -194,6 +198,8 @@ def _write_cohort(
         rna = pd.read_csv(options.rna) if options.rna.suffix == ".csv" else pd.read_parquet(options.rna)
         write_parquet_atomic(layout.rna, pa.Table.from_pandas(rna, preserve_index=False))
         write_json_atomic(layout.gene_groups, read_gene_groups(options.gene_groups))
+    if mutations is not None:
+        write_parquet_atomic(COHORT_MODALITIES["mutations"].source(layout), pa.Table.from_pandas(mutations, preserve_index=False))
     write_manifest(layout, CohortManifest(
         feature_dim=feature_dim, tile_size_px=geometry.tile_size_px, n_folds=options.n_folds, labelled=not options.for_prediction,
     ))

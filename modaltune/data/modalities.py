@@ -13,11 +13,13 @@ learned missing tokens.
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -288,6 +290,41 @@ class MutationModality(CaseTableModality):
 
     def bad_value_message(self, count: int) -> str:
         return f"mutation status must be 0 or 1, not in {count} gene(s)"
+
+
+# MAF variant classes that do not change the protein (left out of a mutation panel's status).
+SILENT_VARIANTS = frozenset({"Silent", "Intron", "3'UTR", "5'UTR", "3'Flank", "5'Flank", "IGR", "RNA"})
+TCGA_PATIENT = re.compile(r"^(TCGA-[A-Z0-9]{2}-[A-Z0-9]{4})")
+
+
+def read_mutation_table(path: Path, genes: list[str] | None = None, min_fraction: float = 0.05) -> pd.DataFrame:
+    """A user's mutations as ``mutations.parquet`` holds them: either already a case x gene 0/1
+    table (``case_id`` column; CSV or Parquet) or a MAF such as cBioPortal's ``data_mutations.txt``
+    (``Hugo_Symbol``, ``Tumor_Sample_Barcode``, ``Variant_Classification``), pivoted to 1 where a
+    case's tumour has a non-silent mutation in the gene. Every case of a MAF was sequenced, so it
+    gets a row; a TCGA sample barcode becomes its patient's (``TCGA-05-4244-01`` -> ``TCGA-05-4244``).
+    The panel is ``genes``, or the genes mutated in at least ``min_fraction`` of the MAF's cases."""
+    if path.suffix == ".parquet":
+        table = pd.read_parquet(path)
+    else:
+        table = pd.read_csv(path, sep="," if path.suffix == ".csv" else "\t", comment="#", low_memory=False)
+    if "case_id" in table.columns:
+        return table
+    needed = ["Hugo_Symbol", "Tumor_Sample_Barcode"]
+    if any(column not in table.columns for column in needed):
+        raise InputError(f"{path}: neither a case x gene table (a case_id column) nor a MAF (columns {needed})")
+    barcodes = table["Tumor_Sample_Barcode"].astype(str)
+    table = table.assign(case_id=barcodes.str.extract(TCGA_PATIENT, expand=False).fillna(barcodes))
+    cases = sorted(table["case_id"].unique())
+    if "Variant_Classification" in table.columns:
+        table = table[~table["Variant_Classification"].isin(SILENT_VARIANTS)]
+    mutated = table.groupby("Hugo_Symbol")["case_id"].agg(set)
+    if genes is None:
+        genes = sorted(g for g, carriers in mutated.items() if len(carriers) >= min_fraction * len(cases))
+        if not genes:
+            raise InputError(f"{path}: no gene is mutated in {min_fraction:.0%} of its {len(cases)} cases; name the panel with --mutation-genes")
+    status = {g: [int(c in mutated.get(g, set())) for c in cases] for g in genes}
+    return pd.DataFrame({"case_id": cases, **status}).astype({g: np.int8 for g in genes})
 
 
 def preview(names: list[str], limit: int = 5) -> str:

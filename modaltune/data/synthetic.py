@@ -71,6 +71,8 @@ SHARED_PROTOTYPE_LOGITS = (1.0, 0.3, -1.2, -0.6, -1.0, -1.5)
 HIGH_GRADE_PROTOTYPES = ("necrosis", "mitotic_tumour")
 
 # Log-hazard ratios of subtypes relative to the cohort's first subtype (GBM is far deadlier than LGG).
+# The mutation panel's genes, most often mutated pan-cancer drivers first (TCGA PanCancer Atlas).
+DRIVER_GENES = ("TP53", "PIK3CA", "KRAS", "PTEN", "ARID1A", "EGFR", "BRAF", "CDKN2A", "NF1", "RB1", "IDH1", "VHL")
 SUBTYPE_LOG_HAZARD: dict[str, float] = {"GBM": 1.2, "LGG": 0.0, "KIRP": -0.2, "KICH": -0.6, "LUSC": 0.15}
 
 HALLMARK_NAMES = (
@@ -116,6 +118,10 @@ class SynthConfig:
     gene_overlap_probability: float = 0.1
     rna_missing_fraction: float = 0.0  # share of cases without an RNA row (at age 60 when age-dependent)
     rna_missing_age_log_odds_per_decade: float = 0.0
+    n_mutation_genes: int = 0  # a somatic mutation panel (mutations.parquet) of this many driver genes; 0: none
+    mutation_prevalence: float = 0.15  # each panel gene's share of mutated tumours
+    mutation_log_hazard: float = 0.0  # log-hazard of a mutation in the panel's first gene (TP53)
+    mutation_missing_fraction: float = 0.0  # share of cases not sequenced (no row), completely at random
     n_sites: int = 0
     site_log_hazard: float = 0.0  # SD of the sites' baseline log-hazards
     site_stain_shift: float = 0.0  # SD of the sites' shift of every tile feature
@@ -138,6 +144,11 @@ class SynthConfig:
             raise InputError(f"n_genes must be at least 2 per pathway ({2 * self.n_pathways}), got {self.n_genes}")
         if not 0.0 <= self.rna_missing_fraction < 1.0:
             raise InputError(f"rna_missing_fraction must be in [0, 1), got {self.rna_missing_fraction}")
+        if not 0 <= self.n_mutation_genes <= len(DRIVER_GENES):
+            raise InputError(f"n_mutation_genes must be in [0, {len(DRIVER_GENES)}], got {self.n_mutation_genes}")
+        for name in ("mutation_prevalence", "mutation_missing_fraction"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise InputError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.site_preserved_folds and self.n_sites < self.n_folds:
             raise InputError(f"site_preserved_folds needs at least n_folds ({self.n_folds}) sites, got n_sites={self.n_sites}")
         if self.slides_per_cohort < self.n_folds:
@@ -188,10 +199,12 @@ def generate_cohort(
     seeds = np.random.SeedSequence(config.seed)
     world_seed, case_seed, slide_seed, tile_seed, rna_seed = seeds.spawn(5)
     (site_seed,) = seeds.spawn(1)  # spawned after the others, so cohorts without sites are unchanged
+    (mutation_seed,) = seeds.spawn(1)  # likewise for cohorts without a mutation panel
     world = _build_world(config, np.random.default_rng(world_seed))
     site_rng = np.random.default_rng(site_seed)
     sites = _Sites.sample(config, site_rng) if config.n_sites else None
-    cases = _sample_cases(config, world, np.random.default_rng(case_seed), sites, site_rng)
+    mutation_rng = np.random.default_rng(mutation_seed)
+    cases = _sample_cases(config, world, np.random.default_rng(case_seed), sites, site_rng, mutation_rng)
     slides = _sample_slides(config, cases, np.random.default_rng(slide_seed))
     logger.info("synthesising %d slides of %d cases into %s", len(slides), len(cases), layout.root)
 
@@ -214,6 +227,9 @@ def generate_cohort(
     rna = rna[~_rna_missing(config, cases, rna_rng)]
     write_parquet_atomic(layout.rna, pa.Table.from_pandas(rna, preserve_index=False))
     write_json_atomic(layout.gene_groups, world.gene_groups)
+    if config.n_mutation_genes:
+        mutations = _mutation_table(config, cases, mutation_rng)
+        write_parquet_atomic(layout.root / "mutations.parquet", pa.Table.from_pandas(mutations, preserve_index=False))
     save_labels(layout.labels, default_labels(list(config.cohorts)))
     write_json_atomic(layout.truth, _truth(config, world, cases, sites))
     write_manifest(
@@ -278,9 +294,10 @@ def _build_world(config: SynthConfig, rng: np.random.Generator) -> _World:
 
 
 def _sample_cases(
-    config: SynthConfig, world: _World, rng: np.random.Generator, sites: _Sites | None, site_rng: np.random.Generator
+    config: SynthConfig, world: _World, rng: np.random.Generator, sites: _Sites | None, site_rng: np.random.Generator,
+    mutation_rng: np.random.Generator,
 ) -> pd.DataFrame:
-    """One row per case (indexed by case_id): labels, latents, clinical fields, survival."""
+    """One row per case (indexed by case_id): labels, latents, clinical fields, mutation status, survival."""
     frames = []
     for cohort in config.cohorts:
         info = TCGA_COHORTS[cohort]
@@ -304,6 +321,8 @@ def _sample_cases(
         frame = pd.concat([frame, _clinical(info, n_cases, rng)], axis=1)
         frames.append(frame)
     cases = pd.concat(frames, ignore_index=True).set_index("case_id", drop=False)
+    panel = list(DRIVER_GENES[: config.n_mutation_genes])
+    cases[panel] = (mutation_rng.random((len(cases), len(panel))) < config.mutation_prevalence).astype(np.int8)
     log_hazard = _log_hazard_components(config, world, cases)
     if sites is not None:
         cases["site"] = site_rng.choice(sites.names, size=len(cases))
@@ -360,15 +379,16 @@ def _log_hazard_components(config: SynthConfig, world: _World, cases: pd.DataFra
         if world.interaction_pathway
         else np.zeros(len(cases))
     )
-    return pd.DataFrame(
-        {
-            "wsi": config.image_log_hazard * cases["z_image"].to_numpy() + subtype_effect,
-            "rna": rna,
-            "clinical": clinical,
-            "wsi_x_rna": interaction,
-        },
-        index=cases.index,
-    )
+    components = {
+        "wsi": config.image_log_hazard * cases["z_image"].to_numpy() + subtype_effect,
+        "rna": rna,
+        "clinical": clinical,
+        "wsi_x_rna": interaction,
+    }
+    if config.n_mutation_genes:
+        driver = cases[DRIVER_GENES[0]].to_numpy()
+        components["mutations"] = config.mutation_log_hazard * (driver - driver.mean())
+    return pd.DataFrame(components, index=cases.index)
 
 
 def _survival(config: SynthConfig, log_hazard: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -456,6 +476,13 @@ def _rna_missing(config: SynthConfig, cases: pd.DataFrame, rng: np.random.Genera
     return rng.random(len(cases)) < 1.0 / (1.0 + np.exp(-log_odds))
 
 
+def _mutation_table(config: SynthConfig, cases: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    """``mutations.parquet``: 0/1 per panel gene; the cases not sequenced have no row."""
+    panel = list(DRIVER_GENES[: config.n_mutation_genes])
+    sequenced = rng.random(len(cases)) >= config.mutation_missing_fraction
+    return cases.loc[sequenced, ["case_id", *panel]].reset_index(drop=True)
+
+
 def _truth(config: SynthConfig, world: _World, cases: pd.DataFrame, sites: _Sites | None) -> dict:
     components = _log_hazard_components(config, world, cases)
     total_variance = float(components.sum(axis=1).var())
@@ -478,6 +505,12 @@ def _truth(config: SynthConfig, world: _World, cases: pd.DataFrame, sites: _Site
         "wsi+rna": oracle(["wsi", "rna"]),
         "wsi+rna+clinical": oracle(["wsi", "rna", "clinical"]),
     }
+    mutations = {}
+    if config.n_mutation_genes:
+        oracle_c_index["wsi+rna+clinical+mutations"] = oracle(list(components))
+        mutations = {
+            "mutations": {"driver": DRIVER_GENES[0], "log_hazard": config.mutation_log_hazard, "panel": list(DRIVER_GENES[: config.n_mutation_genes])}
+        }
     return {
         "config": asdict(config),
         "n_cases": len(cases),
@@ -498,12 +531,18 @@ def _truth(config: SynthConfig, world: _World, cases: pd.DataFrame, sites: _Site
             "variance_share": {k: float(components[k].var() / total_variance) for k in components},
             "oracle_c_index": oracle_c_index,
             "late_fusion_oracle_c_index": late_fusion_c_index,
+            **mutations,
         },
         "expected": {
             "rna_adds_c_index_over_wsi": oracle_c_index["wsi+rna"] - oracle_c_index["wsi"],
             "clinical_adds_c_index_over_wsi": oracle_c_index["wsi+clinical"] - oracle_c_index["wsi"],
             "interaction_adds_c_index_over_late_fusion": oracle_c_index["wsi+rna+clinical"]
             - late_fusion_c_index["wsi+rna+clinical"],
+            **(
+                {"mutations_add_c_index_over_wsi_rna_clinical": oracle_c_index["wsi+rna+clinical+mutations"] - oracle_c_index["wsi+rna+clinical"]}
+                if config.n_mutation_genes
+                else {}
+            ),
         },
         "subtype_signal": {
             "image": "prototype proportions: each subtype's own tumour prototype gets "

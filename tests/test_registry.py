@@ -127,3 +127,13 @@ def test_a_registered_metric_is_scored_per_cancer_type_and_can_be_a_study_goal()
         assert SearchSpec(metrics=[{"name": "accuracy"}]).primary.direction == "max"
     assert scores["BRCA/accuracy"] == 0.75 and scores["accuracy"] == 0.75
     assert "accuracy" not in evaluate_predictions(predictions, {"BRCA": ["a", "b"], "NSCLC": ["a", "b"]})
+
+
+def test_every_modality_has_a_cohort_side_and_a_model_side() -> None:
+    """A modality is chosen by one name in both registries; the spec validator offers exactly those."""
+    from modaltune.data.modalities import COHORT_MODALITIES
+    from modaltune.models import MODALITY_ENCODERS
+
+    assert sorted(COHORT_MODALITIES.names()) == sorted(MODALITY_ENCODERS.names()) == ["clinical", "mutations", "rna"]
+    with pytest.raises(ValueError, match=r"distinct entries of \['wsi', 'rna', 'clinical', 'mutations'\]"):
+        ModelSection(modalities=["wsi", "methylation"])

@@ -2,9 +2,9 @@
 (``scheduler.type``); ``sweeps.schedulers.PerCellScheduler`` keeps one per cell.
 
 Each entry makes a fresh Ray Tune scheduler for one cell from the spec and the race its trials
-run (``CellRace``: the metric, its mode, the time axis and its length), or ``None`` for no early
-stopping. A new
-rule is one registered function here; the spec's validator reads the names from this table.
+run (``CellRace``: the metric, its mode, the time axis and its length); ``none`` is registered as
+``None``: nothing to stop, so the study runs FIFO. A new rule is one registered function here;
+the spec's validator reads the names from this table.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from sweeps.spec import SchedulerSpec
 
 
-
 @dataclass(frozen=True)
 class CellRace:
     metric: str
@@ -30,8 +29,8 @@ class CellRace:
     total: int  # repetitions a trial runs in all
 
 
-CellSchedulerFactory = Callable[["SchedulerSpec", CellRace], "TrialScheduler | None"]
-CELL_SCHEDULERS: Registry[CellSchedulerFactory] = Registry("scheduler")
+CellSchedulerFactory = Callable[["SchedulerSpec", CellRace], TrialScheduler]
+CELL_SCHEDULERS: Registry[CellSchedulerFactory | None] = Registry("scheduler")
 
 
 @CELL_SCHEDULERS.register("asha")
@@ -50,6 +49,4 @@ def _median(spec: SchedulerSpec, race: CellRace) -> TrialScheduler:
     )
 
 
-@CELL_SCHEDULERS.register("none")
-def _none(spec: SchedulerSpec, race: CellRace) -> None:
-    return None
+CELL_SCHEDULERS.register("none")(None)

@@ -71,13 +71,13 @@ def make_scheduler(plan: StudyPlan) -> TrialScheduler:
     spec = plan.spec.scheduler
     primary = plan.spec.search.primary
     race = CellRace(cv_key(primary.name), primary.direction, DONE_KEY, len(plan.repetitions))
-    if CELL_SCHEDULERS[spec.type](spec, race) is None or race.total < 2 or plan.spec.search.trials_per_cell < 2:
+    if CELL_SCHEDULERS[spec.type] is None or race.total < 2 or plan.spec.search.trials_per_cell < 2:
         return FIFOScheduler()
     return PerCellScheduler(functools.partial(cell_scheduler, spec, race), race.metric, race.mode)
 
 
 def cell_scheduler(spec: SchedulerSpec, race: CellRace) -> TrialScheduler:
     """A fresh scheduler for one cell (a module-level function, so the study state pickles)."""
-    scheduler = CELL_SCHEDULERS[spec.type](spec, race)
-    assert scheduler is not None, "make_scheduler uses FIFO for a rule that stops nothing"
-    return scheduler
+    factory = CELL_SCHEDULERS[spec.type]
+    assert factory is not None, "make_scheduler uses FIFO for a rule that stops nothing"
+    return factory(spec, race)

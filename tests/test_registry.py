@@ -67,8 +67,8 @@ def test_an_unknown_sampler_lists_the_registered_ones_instead_of_becoming_anothe
 @pytest.mark.parametrize("name", CELL_SCHEDULERS.names())
 def test_every_registered_scheduler_is_accepted_and_made_for_a_cell(name: str) -> None:
     spec = SchedulerSpec(type=name)
-    made = CELL_SCHEDULERS[spec.type](spec, CellRace("cv_c_index", "max", "repetitions_done", 4))
-    assert made is None or isinstance(made, TrialScheduler)
+    factory = CELL_SCHEDULERS[spec.type]
+    assert factory is None or isinstance(factory(spec, CellRace("cv_c_index", "max", "repetitions_done", 4)), TrialScheduler)
 
 
 @pytest.mark.parametrize("name", OBJECTIVES.names())

@@ -56,13 +56,14 @@ SLIDE_ENCODER_PRESETS: Registry[SlideEncoderPreset] = Registry("slide encoder pr
 class FrozenSlideEncoder(nn.Module, ABC):
     """A pretrained slide encoder that stays frozen and in eval mode once ``freeze``-d.
 
-    Subclasses provide ``embed``, ``layers`` and ``finalize``; the token layout is
+    Subclasses provide ``embed_tiles``, ``layers`` and ``finalize``; the token layout is
     ``[CLS; tile tokens]`` throughout, shape ``[B, 1 + N, dim]``, and each layer maps it to the
     same shape.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
+        self.config = config
         self._frozen = False
 
     @property
@@ -75,10 +76,19 @@ class FrozenSlideEncoder(nn.Module, ABC):
     def layers(self) -> nn.ModuleList:
         """The transformer layers in order; each is ``layer(tokens) -> tokens``."""
 
-    @abstractmethod
     def embed(self, features: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """Tile features ``[B, N, in_dim]`` and level-0 pixel coords ``[B, N, 2]`` -> tokens
-        ``[B, 1 + N, dim]`` with the CLS token first."""
+        ``[B, 1 + N, dim]`` with the CLS token first (``embed_tiles``, after the shape check)."""
+        in_dim = self.config.in_dim
+        if features.ndim != 3 or features.shape[-1] != in_dim or coords.shape != (*features.shape[:2], 2):
+            raise ValueError(
+                f"expected features [B, N, {in_dim}] and coords [B, N, 2], got {tuple(features.shape)} and {tuple(coords.shape)}"
+            )
+        return self.embed_tiles(features, coords)
+
+    @abstractmethod
+    def embed_tiles(self, features: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """``embed`` for inputs of the checked shapes."""
 
     @abstractmethod
     def finalize(self, tokens: torch.Tensor) -> torch.Tensor:

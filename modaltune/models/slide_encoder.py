@@ -166,9 +166,10 @@ class SlideEncoder(FrozenSlideEncoder):
     pretrained weights come from ``load_slide_encoder``.
     """
 
+    config: SlideEncoderConfig
+
     def __init__(self, config: SlideEncoderConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.patch_embed = _PatchEmbed(config.in_dim, config.dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.dim))
         self.register_buffer("position_table", sincos_table(config.grid_size, config.dim // 2), persistent=False)
@@ -195,12 +196,7 @@ class SlideEncoder(FrozenSlideEncoder):
     def layers(self) -> nn.ModuleList:
         return self.encoder.layers
 
-    def embed(self, features: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        if features.ndim != 3 or coords.shape != (*features.shape[:2], 2):
-            raise ValueError(
-                f"expected features [B, N, {self.config.in_dim}] and coords [B, N, 2], "
-                f"got {tuple(features.shape)} and {tuple(coords.shape)}"
-            )
+    def embed_tiles(self, features: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         tokens = self.patch_embed(features.to(self.cls_token.dtype))
         index = tile_position_index(coords, self.config.tile_size, self.config.grid_size)
         tokens = tokens + grid_position_embedding(index, self.position_table, self.config.grid_size).to(tokens.dtype)

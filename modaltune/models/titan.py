@@ -95,10 +95,12 @@ def alibi_slopes(heads: int) -> torch.Tensor:
 def grid_alibi_bias(coords: torch.Tensor, tile_size: int, heads: int) -> torch.Tensor:
     """``[B, heads, 1+N, 1+N]``: ``-slope_h * |cell_i - cell_j|`` between the tiles' grid cells
     (``floor((coords - min) / tile_size)``), zero in CLS's row and column."""
-    cells = torch.div(coords - coords.amin(dim=1, keepdim=True), tile_size, rounding_mode="floor").double()
-    distance = torch.cdist(cells, cells)  # [B, N, N], Euclidean in cells
-    bias = -alibi_slopes(heads).to(coords.device)[None, :, None, None] * distance[:, None]
-    return F.pad(bias, (1, 0, 1, 0)).float()
+    cells = torch.div(coords - coords.amin(dim=1, keepdim=True), tile_size, rounding_mode="floor").float()
+    # Euclidean in cells, [B, N, N]; without cdist's matrix-product shortcut, which loses the small
+    # distances between far-off cells in float32 (so no float64 copy of the N x N matrix is needed).
+    distance = torch.cdist(cells, cells, compute_mode="donot_use_mm_for_euclid_dist")
+    bias = -alibi_slopes(heads).to(device=coords.device, dtype=distance.dtype)[None, :, None, None] * distance[:, None]
+    return F.pad(bias, (1, 0, 1, 0))
 
 
 class _Attention(nn.Module):
@@ -168,9 +170,10 @@ class TitanSlideEncoder(FrozenSlideEncoder):
     """TITAN's ViT behind the ``FrozenSlideEncoder`` interface; its layers need the grid
     bias (``layer_context``) and its slide embedding is the pooler's (``pool``)."""
 
+    config: TitanConfig
+
     def __init__(self, config: TitanConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.cls_token = nn.Parameter(torch.randn(1, 1, config.dim) * 1e-6)
         self.patch_embed = nn.Sequential(nn.Linear(config.in_dim, config.dim), nn.GELU())
         self.blocks = _Blocks(config)
@@ -187,12 +190,7 @@ class TitanSlideEncoder(FrozenSlideEncoder):
     def layers(self) -> nn.ModuleList:
         return self.blocks.modules_list
 
-    def embed(self, features: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        if features.ndim != 3 or coords.shape != (*features.shape[:2], 2):
-            raise ValueError(
-                f"expected features [B, N, {self.config.in_dim}] and coords [B, N, 2], "
-                f"got {tuple(features.shape)} and {tuple(coords.shape)}"
-            )
+    def embed_tiles(self, features: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         tokens = self.patch_embed(features.to(self.cls_token.dtype))
         return torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
 

@@ -28,7 +28,8 @@ from modaltune.errors import InputError
 from modaltune.models import IMAGE
 from modaltune.train.batches import fit_normalizers, normalizer_file
 from modaltune.train.config import TrainConfig
-from sweeps.spec import StudyLayout, StudySpec
+from sweeps.layout import StudyLayout
+from sweeps.spec import StudySpec
 
 
 def export_selection(study_dir: str | Path, spec: StudySpec, selection: Selection, test_metrics: pd.DataFrame | None = None) -> Path:

@@ -16,7 +16,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 from analysis.summary import final_epochs
 from modaltune.metrics import METRICS
-from sweeps.spec import StudyLayout, StudySpec
+from sweeps.layout import StudyLayout
+from sweeps.spec import StudySpec
 
 
 def write_hparams(study_dir: Path, spec: StudySpec, results: pd.DataFrame, trials: pd.DataFrame) -> Path:

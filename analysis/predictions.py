@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sweeps.spec import StudyLayout
+from sweeps.layout import StudyLayout
 
 SPLITS = ("val", "train", "test")
 

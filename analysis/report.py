@@ -50,7 +50,8 @@ from modaltune.atomic import write_text_atomic
 from modaltune.data.layout import CohortLayout, read_manifest
 from modaltune.errors import InputError
 from modaltune.metrics import METRICS
-from sweeps.spec import StudyLayout, StudySpec
+from sweeps.layout import StudyLayout
+from sweeps.spec import StudySpec
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,8 @@ from modaltune.data import Cohort
 from modaltune.errors import InputError
 from modaltune.metrics import evaluate_predictions
 from modaltune.train.checkpoints import ADAPTER_FILE, CONFIG_FILE, STATE_FILE
-from sweeps.spec import StudyLayout, StudySpec
+from sweeps.layout import StudyLayout
+from sweeps.spec import StudySpec
 
 OPTIMISM_NOTE = (
     "Out-of-fold scores of the selected model are optimistic: the same folds that score it also chose it. "

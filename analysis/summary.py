@@ -14,8 +14,9 @@ import pandas as pd
 import yaml
 
 from sweeps.confirm import best_trials
+from sweeps.layout import StudyLayout
 from sweeps.result_parts import results_table, trial_states_table
-from sweeps.spec import StudyLayout, StudySpec
+from sweeps.spec import StudySpec
 
 
 def load_study(study_dir: str | Path) -> tuple[StudySpec, pd.DataFrame, pd.DataFrame]:

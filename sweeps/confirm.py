@@ -22,10 +22,11 @@ import numpy as np
 import pandas as pd
 from ray.tune.search import Searcher
 
+from sweeps.layout import StudyLayout
 from sweeps.plan import StudyPlan
 from sweeps.result_parts import trial_states_table
 from sweeps.searcher import CELL_KEY
-from sweeps.spec import StudyLayout, StudySpec
+from sweeps.spec import StudySpec
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import signal
 from dataclasses import dataclass
 
 from modaltune.atomic import write_json_atomic
-from sweeps.spec import StudyLayout
+from sweeps.layout import StudyLayout
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,8 @@ from modaltune.objectives import check_loss_weights
 from modaltune.train.config import TrainConfig, set_dotted, validate_train_config
 from modaltune.train.run import RANDOM_ENCODER_WARNING, check_config_against_cohort, ensure_label_banks
 from sweeps.cells import Cell, design_cells
-from sweeps.spec import StudyLayout, StudySpec
+from sweeps.layout import StudyLayout
+from sweeps.spec import StudySpec
 
 logger = logging.getLogger(__name__)
 

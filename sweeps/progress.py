@@ -32,9 +32,9 @@ from ray.tune.experiment import Trial
 from modaltune.atomic import write_json_atomic
 from modaltune.errors import InputError
 from modaltune.units import duration_text
+from sweeps.layout import StudyLayout
 from sweeps.plan import StudyPlan
 from sweeps.searcher import CELL_KEY, DONE_KEY, KIND_KEY, cv_key
-from sweeps.spec import StudyLayout
 
 logger = logging.getLogger(__name__)
 

@@ -30,10 +30,10 @@ import pandas as pd
 from ray.tune import Callback
 
 from modaltune.train.layout import RunLayout
+from sweeps.layout import StudyLayout
 from sweeps.plan import StudyPlan
 from sweeps.result_parts import RESULT_KEY, results_table, trial_states_table
 from sweeps.searcher import CELL_KEY, DONE_KEY, KIND_KEY, cv_key
-from sweeps.spec import StudyLayout
 from sweeps.trial import TRIAL_FILE
 
 logger = logging.getLogger(__name__)

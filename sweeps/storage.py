@@ -18,7 +18,7 @@ from ray.tune.stopper import Stopper
 
 from modaltune.errors import InputError
 from sweeps.interrupt import interrupt_study
-from sweeps.spec import StudyLayout
+from sweeps.layout import StudyLayout
 
 logger = logging.getLogger(__name__)
 

@@ -28,6 +28,7 @@ from modaltune.train import ray_session
 from sweeps.channel import open_channel
 from sweeps.confirm import FixedConfigurations, confirmation_configs
 from sweeps.interrupt import clear_interruption, read_interruption
+from sweeps.layout import StudyLayout
 from sweeps.plan import StudyPlan, build_plan, prepare_label_banks
 from sweeps.progress import ProgressTracker, mark_study
 from sweeps.reaper import WorkerGroupReaper
@@ -35,7 +36,7 @@ from sweeps.result_parts import trial_states_table
 from sweeps.results import UNFINISHED_STATES, ResultsWriter
 from sweeps.schedulers import make_scheduler
 from sweeps.searcher import CELL_KEY, DONE_KEY, CellSearcher, cv_key
-from sweeps.spec import StudyLayout, StudySpec
+from sweeps.spec import StudySpec
 from sweeps.storage import StorageError, StorageGuard, check_storage
 from sweeps.trackers import study_trackers
 from sweeps.trial import StudyTrial

@@ -23,8 +23,8 @@ import ray
 from ray.tune import Callback
 
 from sweeps.interrupt import interrupt_study
+from sweeps.layout import StudyLayout
 from sweeps.plan import StudyPlan
-from sweeps.spec import StudyLayout
 from sweeps.trial import TRIAL_FILE
 from sweeps.worker_groups import describe_bundles, group_table, recorded_groups, remove_live
 

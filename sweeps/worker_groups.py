@@ -19,8 +19,8 @@ from typing import Any
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
+from sweeps.layout import StudyLayout
 from sweeps.plan import StudyPlan
-from sweeps.spec import StudyLayout
 
 ENDED = ("REMOVED",)
 

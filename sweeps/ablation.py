@@ -18,12 +18,12 @@ from pathlib import Path
 # a copy elsewhere (``ray submit`` runs ~/ablation.py) imports the installed project.
 HERE = Path(__file__).resolve().parent
 if sys.path and Path(sys.path[0]).resolve() == HERE:
-    if (HERE.parent / "sweeps" / "cli.py").is_file():
+    if (HERE.parent / "cli" / "ablation.py").is_file():
         sys.path[0] = str(HERE.parent)
     else:
         del sys.path[0]
 
-from sweeps.cli import main
+from cli.ablation import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from modaltune.cli import main
+from cli.main import main
 
 
 def test_synth_then_validate_through_the_console_script(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 import ray
 import yaml
 
-from sweeps.cli import REPO_ROOT
+from cli.ablation import REPO_ROOT
 from sweeps.spec import load_study_spec
 from sweeps.storage import storage_folder
 from tests.cluster.configs import CLUSTER, env_from_docker, env_from_setup, load, pin, validated

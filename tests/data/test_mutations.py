@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from modaltune.cli import main
+from cli.main import main
 from modaltune.data import Cohort, validate_cohort
 from modaltune.data.modalities import read_mutation_table
 from tests.feature_files import write_h5

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from modaltune.cli import main
+from cli.main import main
 from modaltune.data import Cohort, CohortLayout, read_slide_features, validate_cohort, write_slide_features
 
 

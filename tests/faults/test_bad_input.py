@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sweeps.cli import main
+from cli.ablation import main
 from tests.data.test_validate import CORRUPTIONS
 from tests.studyproc import REPO
 

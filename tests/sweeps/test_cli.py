@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from cli.ablation import DEMO_STUDY, REPO_ROOT, choose_storage, choose_study
 from modaltune.errors import InputError
-from sweeps.cli import DEMO_STUDY, REPO_ROOT, choose_storage, choose_study
 from sweeps.storage import storage_folder
 
 

@@ -2,7 +2,7 @@
 
 Each study's trials ask for 1.5 CPUs (a 1-worker Ray Train run) on a 2-CPU Ray, so a single
 worker group left reserved by an ended trial leaves no room for the next one: a leak shows up as
-a stuck study, not as a slow one. The studies run in this process (``sweeps.cli.main``) on the
+a stuck study, not as a slow one. The studies run in this process (``cli.ablation.main``) on the
 Ray this module starts, so the tests can read Ray's placement-group table afterwards, plant
 stand-in groups, and kill a trial's process by pid as a lost node would.
 """
@@ -25,8 +25,8 @@ import pytest
 import ray
 from ray.util.placement_group import PlacementGroup, placement_group, placement_group_table, remove_placement_group
 
+from cli.ablation import main as study_main
 from modaltune.train import ray_session
-from sweeps.cli import main as study_main
 from tests.studyproc import finish_study, start_study, write_spec
 
 CPUS = 2

@@ -16,7 +16,7 @@ import ray
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from modaltune.cli import main as cli_main
+from cli.main import main as cli_main
 from modaltune.data import Cohort, SynthConfig, generate_cohort
 from modaltune.train import ray_session
 from modaltune.train.checkpoints import checkpoint_run

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 
@@ -24,6 +26,8 @@ from modaltune.train.loop import Engine, TorchEngine, TrainModule
 logger = logging.getLogger(__name__)
 
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DEEPSPEED_TAG = "engine"  # the sub-folder DeepSpeed's checkpoint goes in
+DDP_FILE = "ddp_state.pt"
 
 
 def resolve_precision(config: TrainConfig) -> str:
@@ -75,29 +79,99 @@ def warmup_cosine(optimizer_steps_per_epoch: int, config: TrainConfig) -> Callab
 
 
 @dataclass
-class BuiltEngine:
+class BuiltEngine(ABC):
+    """A run's engine behind one interface (Lightning Fabric's ``Strategy``): stepping goes
+    through ``engine``; gradient norm, ZeRO stage, the trainable weights and the engine's own
+    checkpoint state are the backend's business, not its callers'."""
+
     engine: Engine
-    backend: str
     precision: str
     dtype: torch.dtype
-    deepspeed_config: dict[str, Any] | None
+    backend: ClassVar[str]
 
+    @abstractmethod
     def grad_norm(self) -> float:
-        if self.backend == "deepspeed":
-            norm = self.engine.get_global_grad_norm()  # type: ignore[attr-defined]
-            return float(norm) if norm is not None else math.nan
-        return self.engine.last_grad_norm  # type: ignore[attr-defined]
+        """The last optimizer step's global gradient norm (NaN when the engine has none)."""
 
     @property
     def zero_stage(self) -> int | None:
         """DeepSpeed's ZeRO stage (3: parameters partitioned across ranks); None under DDP."""
-        if self.backend != "deepspeed":
-            return None
-        return int(self.engine.zero_optimization_stage())  # type: ignore[attr-defined]
+        return None
 
     def lr(self) -> float:
         optimizer = self.engine.optimizer  # type: ignore[attr-defined]
         return float(optimizer.param_groups[0]["lr"])
+
+    def trainable_state(self, module: TrainModule) -> dict[str, torch.Tensor]:
+        """The trainable weights as full fp32 CPU tensors (every rank must call it: ZeRO-3 gathers)."""
+        return {name: p.detach().float().cpu().clone() for name, p in module.named_parameters() if p.requires_grad}
+
+    @abstractmethod
+    def save_state(self, directory: Path, rank: int) -> None:
+        """Write this rank's optimizer, schedule and step state into ``directory``."""
+
+    @abstractmethod
+    def load_state(self, directory: Path, module: TrainModule, weights: Path) -> None:
+        """Restore what ``save_state`` wrote and the trainable weights (``weights``: the file of
+        the checkpoint's ``trainable_state``, for an engine that does not keep them itself)."""
+
+
+@dataclass
+class DeepSpeedEngine(BuiltEngine):
+    deepspeed_config: dict[str, Any] = field(default_factory=dict)
+    backend: ClassVar[str] = "deepspeed"
+
+    def grad_norm(self) -> float:
+        norm = self.engine.get_global_grad_norm()  # type: ignore[attr-defined]
+        return float(norm) if norm is not None else math.nan
+
+    @property
+    def zero_stage(self) -> int | None:
+        return int(self.engine.zero_optimization_stage())  # type: ignore[attr-defined]
+
+    def trainable_state(self, module: TrainModule) -> dict[str, torch.Tensor]:
+        if self.zero_stage != 3:
+            return super().trainable_state(module)
+        import deepspeed
+
+        trainable = [p for p in module.parameters() if p.requires_grad]
+        with deepspeed.zero.GatheredParameters(trainable, modifier_rank=None):
+            return super().trainable_state(module)
+
+    def save_state(self, directory: Path, rank: int) -> None:
+        # DeepSpeed's own layout: each rank its optimizer shard, the trainable weights once.
+        self.engine.save_checkpoint(str(directory), tag=DEEPSPEED_TAG, exclude_frozen_parameters=True)  # type: ignore[attr-defined]
+
+    def load_state(self, directory: Path, module: TrainModule, weights: Path) -> None:
+        self.engine.load_checkpoint(str(directory), tag=DEEPSPEED_TAG, load_module_strict=False)  # type: ignore[attr-defined]
+
+
+@dataclass
+class DdpEngine(BuiltEngine):
+    backend: ClassVar[str] = "ddp"
+
+    def grad_norm(self) -> float:
+        return self.engine.last_grad_norm  # type: ignore[attr-defined]
+
+    def save_state(self, directory: Path, rank: int) -> None:
+        if rank == 0:  # replicated on every rank: one copy
+            engine = self.engine
+            torch.save(
+                {"optimizer": engine.optimizer.state_dict(), "scheduler": engine.scheduler.state_dict(), "micro_steps": engine.micro_steps},  # type: ignore[attr-defined]
+                directory / DDP_FILE,
+            )
+
+    def load_state(self, directory: Path, module: TrainModule, weights: Path) -> None:
+        trainable = torch.load(weights, weights_only=True)
+        with torch.no_grad():
+            for name, param in module.named_parameters():
+                if param.requires_grad:
+                    param.copy_(trainable[name].to(param.dtype))
+        saved = torch.load(directory / DDP_FILE, weights_only=False)
+        engine = self.engine
+        engine.optimizer.load_state_dict(saved["optimizer"])  # type: ignore[attr-defined]
+        engine.scheduler.load_state_dict(saved["scheduler"])  # type: ignore[attr-defined]
+        engine.micro_steps = saved["micro_steps"]  # type: ignore[attr-defined]
 
 
 def build_engine(module: TrainModule, config: TrainConfig, optimizer_steps_per_epoch: int) -> BuiltEngine:
@@ -118,7 +192,7 @@ def build_engine(module: TrainModule, config: TrainConfig, optimizer_steps_per_e
                 lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule), dist_init_required=False,
             )
             logger.info("engine: DeepSpeed ZeRO-%d, %s", config.engine.zero_stage, precision)
-            return BuiltEngine(engine, "deepspeed", precision, PRECISION_DTYPES[precision], ds_config)
+            return DeepSpeedEngine(engine, precision, PRECISION_DTYPES[precision], ds_config)
     from ray.train.torch import prepare_model
 
     if precision != "fp32":
@@ -130,4 +204,4 @@ def build_engine(module: TrainModule, config: TrainConfig, optimizer_steps_per_e
         gradient_clipping=config.optim.gradient_clipping or None,
     )
     logger.info("engine: torch DDP, %s", precision)
-    return BuiltEngine(engine, "ddp", precision, PRECISION_DTYPES[precision], None)
+    return DdpEngine(engine, precision, PRECISION_DTYPES[precision])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -117,8 +118,17 @@ class ModalityEncoder(nn.Module, ABC):
         return tokens.mean(dim=1)
 
 
-# name -> (model config, segment sizes of the case vector, token width) -> encoder
-MODALITY_ENCODERS: Registry[Callable[[ModalTuneConfig, tuple[int, ...], int], ModalityEncoder]] = Registry("modality")
+@dataclass(frozen=True)
+class ModalityEncoderEntry:
+    """How to build one modality's encoder, and how many tokens it makes, from the model config
+    (known before any encoder is built: the adapters are sized and initialised first, so a
+    config's random initialisation does not depend on which modalities it adds)."""
+
+    build: Callable[[ModalTuneConfig, tuple[int, ...], int], ModalityEncoder]  # (config, segment sizes, width)
+    n_tokens: Callable[[ModalTuneConfig], int] = lambda config: 1
+
+
+MODALITY_ENCODERS: Registry[ModalityEncoderEntry] = Registry("modality")
 
 
 class RnaPathwayEncoder(ModalityEncoder):
@@ -177,7 +187,6 @@ class VectorEncoder(ModalityEncoder):
         return self.mlp(values).unsqueeze(1)
 
 
-@MODALITY_ENCODERS.register("rna")
 def _rna_encoder(config: ModalTuneConfig, segments: tuple[int, ...], dim: int) -> ModalityEncoder:
     return RnaPathwayEncoder(
         segments, dim, n_tokens=config.n_rna_tokens, mixer_depth=config.rna_mixer_depth, hidden=config.rna_hidden,
@@ -185,15 +194,18 @@ def _rna_encoder(config: ModalTuneConfig, segments: tuple[int, ...], dim: int) -
     )
 
 
-@MODALITY_ENCODERS.register("clinical")
 def _clinical_encoder(config: ModalTuneConfig, segments: tuple[int, ...], dim: int) -> ModalityEncoder:
     # Missing clinical fields are encoded field by field (value + indicator), never as a missing record.
     return VectorEncoder(sum(segments), dim, may_be_missing=False)
 
 
-@MODALITY_ENCODERS.register("mutations")
 def _mutation_encoder(config: ModalTuneConfig, segments: tuple[int, ...], dim: int) -> ModalityEncoder:
     return VectorEncoder(sum(segments), dim)
+
+
+MODALITY_ENCODERS.register("rna")(ModalityEncoderEntry(_rna_encoder, lambda config: config.n_rna_tokens))
+MODALITY_ENCODERS.register("clinical")(ModalityEncoderEntry(_clinical_encoder))
+MODALITY_ENCODERS.register("mutations")(ModalityEncoderEntry(_mutation_encoder))
 
 
 class TaskTokens(nn.Module):

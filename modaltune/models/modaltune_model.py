@@ -106,6 +106,11 @@ class ModalTuneConfig:
         )
 
     @property
+    def n_modality_tokens(self) -> int:
+        """The task token and every configured modality's tokens."""
+        return 1 + sum(MODALITY_ENCODERS[name].n_tokens(self) for name in self.token_modalities)
+
+    @property
     def token_modalities(self) -> tuple[str, ...]:
         """The configured modalities other than the slide, in token order."""
         return tuple(name for name in self.modalities if name != IMAGE)
@@ -145,15 +150,11 @@ class ModalTuneModel(nn.Module):
         self.encoder = encoder.freeze()
         dim = encoder.dim
         layout = config.layout
-        self.task_tokens = TaskTokens(config.n_tasks, dim)
-        self.modality_encoders = nn.ModuleDict(
-            {name: MODALITY_ENCODERS[name](config, config.modality_inputs[name], dim) for name in config.token_modalities}
-        )
         self.adapter = (
             ModalAdapter(
                 dim,
                 layout,
-                self.n_modality_tokens,
+                config.n_modality_tokens,
                 heads=config.adapter_heads,
                 cffn_ratio=config.cffn_ratio,
                 drop_path=config.adapter_drop_path,
@@ -163,15 +164,14 @@ class ModalTuneModel(nn.Module):
             if layout
             else None
         )
+        self.task_tokens = TaskTokens(config.n_tasks, dim)
+        self.modality_encoders = nn.ModuleDict(
+            {name: MODALITY_ENCODERS[name].build(config, config.modality_inputs[name], dim) for name in config.token_modalities}
+        )
         self.head_norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, config.out_dim)
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
-
-    @property
-    def n_modality_tokens(self) -> int:
-        """The task token and every modality's tokens."""
-        return 1 + sum(encoder.n_tokens for encoder in self.modality_encoders.values())
 
     @property
     def prefix_depth(self) -> int:

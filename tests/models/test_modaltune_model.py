@@ -38,7 +38,7 @@ def test_untrained_model_reproduces_the_frozen_slfm(layout):
     prefix = model.encode_prefix(inputs["features"], inputs["coords"])
     cls, modality = model.interact(prefix, inputs["coords"], inputs["task"], inputs["inputs"])
     torch.testing.assert_close(cls, model.encoder(inputs["features"], inputs["coords"]), rtol=0, atol=1e-6)
-    assert modality.shape == (2, model.n_modality_tokens, 64)
+    assert modality.shape == (2, model.config.n_modality_tokens, 64)
 
 
 def test_encoder_is_frozen_and_unchanged_by_training():
@@ -83,7 +83,7 @@ def test_every_modality_subset_and_layout_trains(modalities, layout):
     attention = model.adapter.blocks[0].injector.attn  # ... and opens it once gamma moved:
     values = attention.v_proj.weight.grad.abs().max()
     assert values > 0  # what the tiles read changes them
-    if model.n_modality_tokens == 1:
+    if model.config.n_modality_tokens == 1:
         # One key: the softmax is exactly 1 whatever the scores, so queries and keys get no
         # gradient. Measured on an AMD EPYC with torch's AVX512, AVX2 and default kernels
         # (ATEN_CPU_CAPABILITY; 5 seeds x 1-2 threads x 3 layouts): exactly 0. The CPU this test

@@ -129,7 +129,7 @@ def test_a_modaltune_model_on_titan_has_titans_adapter_layout_and_starts_as_the_
     prefix = model.encode_prefix(inputs["features"], inputs["coords"])
     slide, modality = model.interact(prefix, inputs["coords"], inputs["task"], inputs["inputs"])
     torch.testing.assert_close(slide, model.encoder(inputs["features"], inputs["coords"]), rtol=0, atol=1e-6)
-    assert modality.shape == (2, model.n_modality_tokens, 64)
+    assert modality.shape == (2, model.config.n_modality_tokens, 64)
     loss = model(**inputs).square().sum()
     loss.backward()
     assert all(p.grad is None for p in model.encoder.parameters())

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from modaltune.data import CLINICAL_VECTOR_SIZE, Cohort, SynthConfig, generate_cohort
+from modaltune.data import Cohort, SynthConfig, generate_cohort, modality_inputs
 from modaltune.models import ModalTuneConfig, ModalTuneModel, SlideEncoderConfig
 from modaltune.models.dilated_attention import dilated_attention, longnet_segment_lengths
 from modaltune.objectives import build_objective
@@ -52,7 +52,7 @@ def _module(cohort: Cohort, dim: int, adapter_depth: int, objective: str = "supe
     torch.manual_seed(0)
     config = ModalTuneConfig.tiny(
         encoder=SlideEncoderConfig.gigapath(in_dim=cohort.manifest.feature_dim, dim=dim, heads=8, segment_lengths=(256, 512, 1024, 2048, 4096)),
-        modalities=("wsi", "rna"), modality_inputs={"rna": tuple(cohort.rna_group_sizes), "clinical": (CLINICAL_VECTOR_SIZE,)},
+        modalities=("wsi", "rna"), modality_inputs=modality_inputs(cohort, ["rna", "clinical"]),
         adapter_depth=adapter_depth, out_dim=32,
     )
     return TrainModule(ModalTuneModel(config), build_objective(objective, bank)), bank

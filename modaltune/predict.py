@@ -31,7 +31,7 @@ import torch
 
 from modaltune.atomic import write_parquet_atomic
 from modaltune.data import Cohort, CohortInvalidError, validate_cohort
-from modaltune.data.modalities import COHORT_MODALITIES
+from modaltune.data.modalities import COHORT_MODALITIES, normalised_modalities
 from modaltune.errors import InputError
 from modaltune.text import LabelBank
 from modaltune.train.batches import CaseBatcher, ModalityNormalizer, normalizer_file, seeded_batches
@@ -137,11 +137,7 @@ def predict_member(directory: Path, cohort: Cohort, ids: list[str], classes_of: 
     with torch.no_grad():
         for name, param in trainable.items():
             param.copy_(weights[name].to(param.dtype))
-    normalizers = {
-        name: ModalityNormalizer.load(directory / normalizer_file(name))
-        for name in config.model.modalities
-        if name in COHORT_MODALITIES and COHORT_MODALITIES[name].normalised
-    }
+    normalizers = {name: ModalityNormalizer.load(directory / normalizer_file(name)) for name in normalised_modalities(config.model.modalities)}
     batcher = CaseBatcher(cohort, bank, [], modalities=config.model.modalities, max_tiles=config.max_tiles, normalizers=normalizers)
     module.eval()
     batches = seeded_batches(batcher, config.seed, "evaluation", torch.device("cpu"), torch.float32)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from modaltune.data import CLINICAL_VECTOR_SIZE, Cohort
+from modaltune.data import Cohort, modality_inputs
 from modaltune.errors import InputError
 from modaltune.models import ModalTuneConfig, ModalTuneModel, SlideEncoderConfig, TitanConfig
 from modaltune.objectives import CaseBatch, DistillObjective, SupervisedObjective, build_objective
@@ -58,7 +58,7 @@ def _model(cohort: Cohort, modalities: tuple[str, ...], layout: dict[str, Any], 
     config = ModalTuneConfig.tiny(
         encoder=SlideEncoderConfig.tiny(in_dim=cohort.manifest.feature_dim),
         modalities=modalities,
-        modality_inputs={"rna": tuple(cohort.rna_group_sizes), "clinical": (CLINICAL_VECTOR_SIZE,)},
+        modality_inputs=modality_inputs(cohort, ["rna", "clinical"]),
         out_dim=OUT_DIM,
         **layout,
     )
@@ -172,7 +172,7 @@ def test_the_task_passes_run_as_one_forward_equal_to_one_forward_per_task(cohort
     torch.manual_seed(0)
     encoder_config = TitanConfig.tiny if encoder == "titan" else SlideEncoderConfig.tiny
     config = ModalTuneConfig.tiny(
-        encoder=encoder_config(in_dim=cohort.manifest.feature_dim), modality_inputs={"rna": tuple(cohort.rna_group_sizes), "clinical": (CLINICAL_VECTOR_SIZE,)}, out_dim=OUT_DIM, adapter_depth=1,
+        encoder=encoder_config(in_dim=cohort.manifest.feature_dim), modality_inputs=modality_inputs(cohort, ["rna", "clinical"]), out_dim=OUT_DIM, adapter_depth=1,
     )
     model = ModalTuneModel(config).eval()
     objective = DistillObjective(bank)

@@ -7,6 +7,7 @@ from modaltune.data.folds import assign_case_folds
 from modaltune.data.h5_import import H5ImportError, H5ImportOptions, import_h5_cohort
 from modaltune.data.labels import LabelsFileError, LabelSpec, default_labels, load_labels, save_labels
 from modaltune.data.layout import CohortLayout, CohortManifest, ManifestError, read_manifest
+from modaltune.data.modalities import modality_inputs
 from modaltune.data.synthetic import SynthConfig, generate_cohort
 from modaltune.data.validate import CohortInvalidError, Problem, ValidationReport, validate_cohort
 
@@ -35,6 +36,7 @@ __all__ = [
     "generate_cohort",
     "import_h5_cohort",
     "load_labels",
+    "modality_inputs",
     "read_manifest",
     "read_slide_features",
     "save_labels",

@@ -157,11 +157,6 @@ class Cohort:
     def gene_groups(self) -> dict[str, list[str]]:
         return read_gene_groups(self.layout.gene_groups)
 
-    @property
-    def rna_group_sizes(self) -> list[int]:
-        """Genes per pathway, in the order of the RNA vector's segments."""
-        return [len(genes) for genes in self.gene_groups.values()]
-
     def case_table(self, path: Path, columns: Callable[[], list[str]]) -> tuple[dict[str, int], np.ndarray]:
         """(case -> row, cases x ``columns()`` float32) of a case table such as ``rna.parquet``,
         read once per cohort (a column may repeat: a gene in two pathways)."""

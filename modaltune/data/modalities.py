@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -98,6 +99,17 @@ def _registered(cls: type[CohortModality]) -> type[CohortModality]:
     return cls
 
 
+def modality_inputs(cohort: Cohort, names: Iterable[str]) -> dict[str, tuple[int, ...]]:
+    """The segment sizes in ``cohort`` of each of ``names`` held here (the model's
+    ``ModalTuneConfig.modality_inputs``; the slide, not a case vector, is skipped)."""
+    return {name: COHORT_MODALITIES[name].segments(cohort) for name in names if name in COHORT_MODALITIES}
+
+
+def normalised_modalities(names: Iterable[str]) -> list[str]:
+    """Those of ``names`` that are z-scored with the training split's statistics."""
+    return [name for name in names if name in COHORT_MODALITIES and COHORT_MODALITIES[name].normalised]
+
+
 @_registered
 class ClinicalModality(CohortModality):
     """The clinical fields of ``slides.parquet`` (checked with the slide rows), every case."""
@@ -147,7 +159,7 @@ class CaseTableModality(CohortModality):
         return values[rows[case_id]] if case_id in rows else None
 
     def segments(self, cohort: Cohort) -> tuple[int, ...]:
-        return (self._table(cohort)[1].shape[1],)
+        return (len(self.columns(cohort)),)
 
     def _table(self, cohort: Cohort) -> tuple[dict[str, int], np.ndarray]:
         return cohort.case_table(self.source(cohort.layout), lambda: self.columns(cohort))

@@ -12,7 +12,7 @@ import torch
 
 from modaltune.atomic import atomic_path
 from modaltune.data import Cohort
-from modaltune.data.modalities import COHORT_MODALITIES
+from modaltune.data.modalities import modality_inputs, normalised_modalities
 from modaltune.models import IMAGE
 from modaltune.objectives import CaseBatch
 from modaltune.text import LabelBank
@@ -55,11 +55,7 @@ def normalizer_file(modality: str) -> str:
 
 def fit_normalizers(cohort: Cohort, modalities: Sequence[str], training_cases: Sequence[str]) -> dict[str, ModalityNormalizer]:
     """The training split's normalisation of each normalised modality among ``modalities``."""
-    return {
-        name: ModalityNormalizer.fit_on(cohort, name, training_cases)
-        for name in modalities
-        if name in COHORT_MODALITIES and COHORT_MODALITIES[name].normalised
-    }
+    return {name: ModalityNormalizer.fit_on(cohort, name, training_cases) for name in normalised_modalities(modalities)}
 
 
 class CaseBatcher:
@@ -76,7 +72,7 @@ class CaseBatcher:
         self.cohort, self.bank, self.max_tiles = cohort, bank, max_tiles
         self.modalities = [name for name in modalities if name != IMAGE]
         self.normalizers = dict(normalizers) if normalizers is not None else fit_normalizers(cohort, self.modalities, training_cases)
-        self.widths = {name: sum(COHORT_MODALITIES[name].segments(cohort)) for name in self.modalities}
+        self.widths = {name: sum(segments) for name, segments in modality_inputs(cohort, self.modalities).items()}
 
     def batch(self, case_id: str, rng: np.random.Generator | None = None) -> CaseBatch:
         sample = self.cohort.sample(case_id, self.max_tiles, rng, self.modalities)

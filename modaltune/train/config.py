@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from modaltune.data.cohort import Cohort
-from modaltune.data.modalities import COHORT_MODALITIES
+from modaltune.data.modalities import modality_inputs
 from modaltune.errors import InputError, describe_validation_error, read_yaml_mapping
 from modaltune.models import IMAGE, MODALITY_ENCODERS, SLIDE_ENCODER_PRESETS, ModalTuneConfig
 from modaltune.objectives import OBJECTIVES
@@ -62,7 +62,7 @@ class ModelSection(_Section):
     @field_validator("modalities")
     @classmethod
     def _known_modalities(cls, modalities: list[str]) -> list[str]:
-        known = [IMAGE, *(name for name in MODALITY_ENCODERS.names() if name in COHORT_MODALITIES)]
+        known = [IMAGE, *MODALITY_ENCODERS.names()]
         unknown = sorted(set(modalities) - set(known))
         if unknown or IMAGE not in modalities or len(set(modalities)) != len(modalities):
             raise ValueError(f"modalities must be distinct entries of {known} containing {IMAGE!r}, got {modalities}")
@@ -71,8 +71,7 @@ class ModelSection(_Section):
     def for_cohort(self, cohort: Cohort) -> ModalTuneConfig:
         """``build`` with the input shapes of the modalities the model uses (only those: WSI-only
         runs need no RNA files), the cohort's feature width and tile size."""
-        inputs = {name: COHORT_MODALITIES[name].segments(cohort) for name in self.modalities if name != IMAGE}
-        return self.build(inputs, cohort.manifest.feature_dim, cohort.manifest.tile_size_px)
+        return self.build(modality_inputs(cohort, self.modalities), cohort.manifest.feature_dim, cohort.manifest.tile_size_px)
 
     def build(self, modality_inputs: dict[str, tuple[int, ...]], feature_dim: int, tile_size_px: int) -> ModalTuneConfig:
         """The model for a cohort: its tile-feature width and its tile size (level-0 pixels per

@@ -65,7 +65,7 @@ def test_rna_vector_follows_group_order_and_clinical_encoding(small_cohort: Path
     case = cohort.case_ids[0]
     sample = cohort.sample(case, modalities=["rna", "clinical"])
     rna_vector, clinical = sample.modalities["rna"], sample.modalities["clinical"]
-    assert rna_vector is not None and rna_vector.shape == (sum(cohort.rna_group_sizes),)
+    assert rna_vector is not None and rna_vector.shape == (sum(len(genes) for genes in cohort.gene_groups.values()),)
     first_group = next(iter(cohort.gene_groups.values()))
     rna = pd.read_parquet(cohort.layout.rna).set_index("case_id")
     np.testing.assert_allclose(rna_vector[: len(first_group)], rna.loc[case, first_group].to_numpy(np.float32))

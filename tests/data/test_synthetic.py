@@ -76,9 +76,9 @@ def _pathway_scores(cohort: Cohort, case_ids: list[str]) -> pd.DataFrame:
     """Mean signed expression per pathway; the sign of each gene's loading is unknown, so use PCA-1."""
     matrix = cohort.modality_matrix("rna", case_ids)
     scores, start = {}, 0
-    for name, size in zip(cohort.gene_groups, cohort.rna_group_sizes):
-        block = matrix[:, start : start + size]
-        start += size
+    for name, genes in cohort.gene_groups.items():
+        block = matrix[:, start : start + len(genes)]
+        start += len(genes)
         scores[name] = PCA(1, random_state=0).fit_transform((block - block.mean(0)) / block.std(0))[:, 0]
     return pd.DataFrame(scores, index=case_ids)
 

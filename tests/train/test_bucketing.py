@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from modaltune.data import CLINICAL_VECTOR_SIZE, Cohort
+from modaltune.data import Cohort, modality_inputs
 from modaltune.models import ModalTuneConfig, ModalTuneModel, SlideEncoderConfig
 from modaltune.objectives import CaseBatch, build_objective
 from modaltune.text import build_label_bank, build_text_encoder
@@ -61,7 +61,7 @@ def _module(cohort: Cohort, objective: str) -> tuple[TrainModule, CaseBatcher, l
     torch.manual_seed(0)
     config = ModalTuneConfig.tiny(
         encoder=SlideEncoderConfig.tiny(in_dim=cohort.manifest.feature_dim, depth=4), modalities=("wsi", "rna", "clinical"),
-        modality_inputs={"rna": tuple(cohort.rna_group_sizes), "clinical": (CLINICAL_VECTOR_SIZE,)}, adapter_depth=1, out_dim=16,
+        modality_inputs=modality_inputs(cohort, ["rna", "clinical"]), adapter_depth=1, out_dim=16,
     )
     module = TrainModule(ModalTuneModel(config), build_objective(objective, bank))
     return module, CaseBatcher(cohort, bank, train_ids, modalities=("rna", "clinical"), max_tiles=40), train_ids, val_ids

@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 import torch
 
-from modaltune.data import CLINICAL_VECTOR_SIZE, Cohort, SynthConfig, generate_cohort
+from modaltune.data import Cohort, SynthConfig, generate_cohort, modality_inputs
 from modaltune.models import ModalTuneConfig, ModalTuneModel, SlideEncoderConfig
 from modaltune.objectives import CaseBatch, build_objective
 from modaltune.text import TextEmbeddingCache, build_label_bank, build_text_encoder
@@ -97,7 +97,7 @@ def _train(cohort: Cohort, objective: str, text_encoder: str, cache: TextEmbeddi
     config = ModalTuneConfig.tiny(
         encoder=SlideEncoderConfig.tiny(in_dim=cohort.manifest.feature_dim),
         modalities=("wsi", "rna"),
-        modality_inputs={"rna": tuple(cohort.rna_group_sizes), "clinical": (CLINICAL_VECTOR_SIZE,)},
+        modality_inputs=modality_inputs(cohort, ["rna", "clinical"]),
         adapter_depth=1,
         out_dim=OUT_DIM,
     )

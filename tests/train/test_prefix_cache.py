@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from modaltune.data import CLINICAL_VECTOR_SIZE, Cohort
+from modaltune.data import Cohort, modality_inputs
 from modaltune.models import ModalTuneConfig, ModalTuneModel, SlideEncoderConfig
 from modaltune.objectives import build_objective
 from modaltune.text import build_label_bank, build_text_encoder
@@ -27,7 +27,7 @@ def _module(cohort: Cohort, adapter_depth: int = 1) -> tuple[TrainModule, CaseBa
     torch.manual_seed(0)
     config = ModalTuneConfig.tiny(
         encoder=SlideEncoderConfig.tiny(in_dim=cohort.manifest.feature_dim, depth=6), modalities=("wsi", "rna"),
-        modality_inputs={"rna": tuple(cohort.rna_group_sizes), "clinical": (CLINICAL_VECTOR_SIZE,)},
+        modality_inputs=modality_inputs(cohort, ["rna", "clinical"]),
         adapter_depth=adapter_depth, out_dim=16,
     )
     module = TrainModule(ModalTuneModel(config), build_objective("supervised", bank))

@@ -75,7 +75,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_import_h5(args: argparse.Namespace) -> int:
     options = H5ImportOptions(
         labels=args.labels, rna=args.rna, gene_groups=args.gene_groups, mutations=args.mutations,
-        mutation_genes=args.mutation_genes.split(",") if args.mutation_genes else None, n_folds=args.folds, seed=args.seed,
+        mutation_genes=args.mutation_genes.split(",") if args.mutation_genes else None, sequenced_cases=args.sequenced_cases,
+        n_folds=args.folds, seed=args.seed,
         tile_size_px=args.tile_size, clinical_dialect=args.clinical_dialect, zero_time=args.zero_time, overwrite=args.overwrite,
         folds_by=args.folds_by, for_prediction=args.for_prediction, feature_format=args.format,
     )
@@ -204,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="somatic mutations: a case x gene 0/1 table with case_id (.csv/.parquet) or a MAF (cBioPortal data_mutations.txt)",
     )
     importer.add_argument("--mutation-genes", help="comma-separated panel for a MAF (default: genes mutated in >= 5%% of its cases)")
+    importer.add_argument(
+        "--sequenced-cases", type=Path,
+        help="with a MAF: cBioPortal's case_lists/cases_sequenced.txt (or one sample ID per line); a listed case without "
+        "mutations gets 0s, not 'not sequenced' (default: the MAF's samples are the sequenced ones)",
+    )
     importer.add_argument("--folds", type=int, default=5, help="case-level folds, when the CSV has no fold column")
     importer.add_argument("--seed", type=int, default=0)
     importer.add_argument(

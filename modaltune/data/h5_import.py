@@ -42,7 +42,7 @@ from modaltune.data.layout import (
     read_gene_groups,
     write_manifest,
 )
-from modaltune.data.modalities import COHORT_MODALITIES, read_mutation_table
+from modaltune.data.modalities import COHORT_MODALITIES, read_case_list, read_mutation_table
 from modaltune.data.tcga_tables import missing_time_hint, normalise_tcga_table, rename_cbioportal_columns
 from modaltune.data.tile_geometry import CohortGeometry, TileGeometry, cohort_geometry, rescale_coords
 from modaltune.data.validate import slide_table_problems, summarise_problems, validate_cohort
@@ -61,6 +61,7 @@ class H5ImportOptions:
     gene_groups: Path | None = None
     mutations: Path | None = None  # case x gene 0/1 table or a MAF (modalities.read_mutation_table)
     mutation_genes: list[str] | None = None  # the panel; None: the genes mutated in 5% of the MAF's cases
+    sequenced_cases: Path | None = None  # with a MAF: cBioPortal's cases_sequenced.txt (who was sequenced)
     n_folds: int = 5
     seed: int = 0
     tile_size_px: int | None = None  # level-0 pixels per tile; None: from the files' attributes, else 256
@@ -110,7 +111,16 @@ def import_h5_cohort(
         raise H5ImportError(f"{out} exists; --overwrite replaces it whole (features, tables, RNA and labels)")
     if (options.rna is None) != (options.gene_groups is None):
         raise H5ImportError("--rna and --gene-groups go together: give both or neither")
-    mutations = read_mutation_table(options.mutations, options.mutation_genes) if options.mutations is not None else None
+    if options.sequenced_cases is not None and options.mutations is None:
+        raise H5ImportError("--sequenced-cases goes with --mutations (the MAF whose samples it lists)")
+    mutations = (
+        read_mutation_table(
+            options.mutations, options.mutation_genes,
+            sequenced=read_case_list(options.sequenced_cases) if options.sequenced_cases is not None else None,
+        )
+        if options.mutations is not None
+        else None
+    )
     slides = _read_slide_table(slides_csv, options)
     labels = load_labels(options.labels) if options.labels else default_labels(sorted(slides["cohort"].dropna().unique()))
     if options.for_prediction:

@@ -309,25 +309,37 @@ SILENT_VARIANTS = frozenset({"Silent", "Intron", "3'UTR", "5'UTR", "3'Flank", "5
 TCGA_PATIENT = re.compile(r"^(TCGA-[A-Z0-9]{2}-[A-Z0-9]{4})")
 
 
-def read_mutation_table(path: Path, genes: list[str] | None = None, min_fraction: float = 0.05) -> pd.DataFrame:
+def read_mutation_table(
+    path: Path, genes: list[str] | None = None, min_fraction: float = 0.05, sequenced: list[str] | None = None,
+) -> pd.DataFrame:
     """A user's mutations as ``mutations.parquet`` holds them: either already a case x gene 0/1
     table (``case_id`` column; CSV or Parquet) or a MAF such as cBioPortal's ``data_mutations.txt``
     (``Hugo_Symbol``, ``Tumor_Sample_Barcode``, ``Variant_Classification``), pivoted to 1 where a
-    case's tumour has a non-silent mutation in the gene. Every case of a MAF was sequenced, so it
-    gets a row; a TCGA sample barcode becomes its patient's (``TCGA-05-4244-01`` -> ``TCGA-05-4244``).
-    The panel is ``genes``, or the genes mutated in at least ``min_fraction`` of the MAF's cases."""
+    case's tumour has a non-silent mutation in the gene. A MAF lists only mutations, so a sequenced
+    tumour without any is absent from it: ``sequenced`` (``read_case_list`` of cBioPortal's
+    ``cases_sequenced.txt``) names every sequenced sample, which then gets a row (of 0s where the
+    MAF has nothing); without it, the MAF's own samples are taken as the sequenced ones. A TCGA
+    sample barcode becomes its patient's (``TCGA-05-4244-01`` -> ``TCGA-05-4244``). The panel is
+    ``genes``, or the genes mutated in at least ``min_fraction`` of the sequenced cases."""
     if path.suffix == ".parquet":
         table = pd.read_parquet(path)
     else:
         table = pd.read_csv(path, sep="," if path.suffix == ".csv" else "\t", comment="#", low_memory=False)
     if "case_id" in table.columns:
+        if sequenced is not None:
+            raise InputError(f"{path}: a case x gene table says itself which cases were sequenced (its rows); a case list goes with a MAF")
         return table
     needed = ["Hugo_Symbol", "Tumor_Sample_Barcode"]
     if any(column not in table.columns for column in needed):
         raise InputError(f"{path}: neither a case x gene table (a case_id column) nor a MAF (columns {needed})")
-    barcodes = table["Tumor_Sample_Barcode"].astype(str)
-    table = table.assign(case_id=barcodes.str.extract(TCGA_PATIENT, expand=False).fillna(barcodes))
+    table = table.assign(case_id=_patients(table["Tumor_Sample_Barcode"].astype(str)))
     cases = sorted(table["case_id"].unique())
+    if sequenced is not None:
+        listed = set(_patients(pd.Series(sequenced, dtype=str)))
+        unlisted = sorted(set(cases) - listed)
+        if unlisted:
+            raise InputError(f"{path}: {len(unlisted)} case(s) with mutations are not in the list of sequenced cases ({preview(unlisted)})")
+        cases = sorted(listed)
     if "Variant_Classification" in table.columns:
         table = table[~table["Variant_Classification"].isin(SILENT_VARIANTS)]
     mutated = table.groupby("Hugo_Symbol")["case_id"].agg(set)
@@ -337,6 +349,25 @@ def read_mutation_table(path: Path, genes: list[str] | None = None, min_fraction
             raise InputError(f"{path}: no gene is mutated in {min_fraction:.0%} of its {len(cases)} cases; name the panel with --mutation-genes")
     status = {g: [int(c in mutated.get(g, set())) for c in cases] for g in genes}
     return pd.DataFrame({"case_id": cases, **status}).astype({g: np.int8 for g in genes})
+
+
+def read_case_list(path: Path) -> list[str]:
+    """The sample IDs of a cBioPortal case list (``case_lists/cases_sequenced.txt``: a
+    ``case_list_ids:`` line, tab-separated), or of a plain file with one ID per line."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the case list ({exc})") from exc
+    keyed = [line.split(":", 1)[1] for line in lines if line.startswith("case_list_ids:")]
+    ids = keyed[0].split() if keyed else [line.strip() for line in lines if line.strip()]
+    if not ids:
+        raise InputError(f"{path}: the case list names no case (a 'case_list_ids:' line or one ID per line)")
+    return ids
+
+
+def _patients(barcodes: pd.Series) -> pd.Series:
+    """TCGA sample barcodes as patient IDs; any other ID unchanged."""
+    return barcodes.str.extract(TCGA_PATIENT, expand=False).fillna(barcodes)
 
 
 def preview(names: list[str], limit: int = 5) -> str:

@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from cli.main import main
 from modaltune.data import Cohort, validate_cohort
-from modaltune.data.modalities import read_mutation_table
+from modaltune.data.modalities import read_case_list, read_mutation_table
 from tests.feature_files import write_h5
 
 MAF_COLUMNS = ["Hugo_Symbol", "Entrez_Gene_Id", "Variant_Classification", "Tumor_Sample_Barcode"]
@@ -46,6 +47,40 @@ def test_a_maf_is_imported_as_a_panel_and_cases_absent_from_it_lack_the_modality
     assert imported.modality_vector("mutations", source.case_ids[3]) is None
 
 
+def _write_case_list(path: Path, samples: list[str]) -> None:
+    """cBioPortal's ``case_lists/cases_sequenced.txt``."""
+    path.write_text(
+        "cancer_study_identifier: demo_tcga\nstable_id: demo_tcga_sequenced\ncase_list_name: Samples with mutation data\n"
+        "case_list_description: Samples with mutation data\ncase_list_ids: " + "\t".join(samples) + "\n",
+        encoding="utf-8",
+    )
+
+
+def test_a_sequenced_case_without_mutations_is_wild_type_and_an_unlisted_case_is_not_sequenced(
+    small_cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    source = Cohort(small_cohort)
+    a, b, quiet, unsequenced = source.case_ids[:4]
+    _write_maf(tmp_path / "data_mutations.txt", [("TP53", "Missense_Mutation", a), ("KRAS", "Missense_Mutation", b)])
+    _write_case_list(tmp_path / "cases_sequenced.txt", [a, b, quiet])
+    write_h5(source, tmp_path / "h5")
+    source.slides.to_csv(tmp_path / "slides.csv", index=False)
+    command = [
+        "import-h5", str(tmp_path / "h5"), "--slides", str(tmp_path / "slides.csv"), str(tmp_path / "out"),
+        "--mutations", str(tmp_path / "data_mutations.txt"), "--mutation-genes", "TP53,KRAS",
+        "--sequenced-cases", str(tmp_path / "cases_sequenced.txt"),
+    ]
+    assert main(command) == 0
+    imported = Cohort(tmp_path / "out")
+    assert imported.modality_cases("mutations") == {a, b, quiet}
+    np.testing.assert_array_equal(imported.modality_vector("mutations", quiet), [0, 0])
+    assert imported.modality_vector("mutations", unsequenced) is None
+
+    _write_case_list(tmp_path / "cases_sequenced.txt", [a, quiet])  # b has a mutation but is not listed
+    assert main([*command, "--overwrite"]) == 2
+    assert f"1 case(s) with mutations are not in the list of sequenced cases ({b})" in capsys.readouterr().err
+
+
 def test_tcga_sample_barcodes_become_patients_and_the_default_panel_is_the_frequent_genes(tmp_path: Path) -> None:
     maf = tmp_path / "data_mutations.txt"
     _write_maf(maf, [
@@ -55,6 +90,11 @@ def test_tcga_sample_barcodes_become_patients_and_the_default_panel_is_the_frequ
     table = read_mutation_table(maf, min_fraction=0.5)
     assert list(table["case_id"]) == ["TCGA-05-4244", "TCGA-05-4249", "TCGA-05-4250"]
     assert list(table.columns) == ["case_id", "TP53"] and list(table["TP53"]) == [1, 1, 0]
+    # with the sequenced samples listed, the panel's frequency counts the wild-type ones too
+    _write_case_list(tmp_path / "cases_sequenced.txt", ["TCGA-05-4244-01", "TCGA-05-4249-01", "TCGA-05-4250-01", "TCGA-05-4260-01", "TCGA-05-4262-01"])
+    table = read_mutation_table(maf, min_fraction=0.3, sequenced=read_case_list(tmp_path / "cases_sequenced.txt"))
+    assert list(table["case_id"]) == ["TCGA-05-4244", "TCGA-05-4249", "TCGA-05-4250", "TCGA-05-4260", "TCGA-05-4262"]
+    assert list(table.columns) == ["case_id", "TP53"] and list(table["TP53"]) == [1, 1, 0, 0, 0]
 
 
 def test_a_status_other_than_0_or_1_is_a_problem_naming_case_and_gene(small_cohort: Path, tmp_path: Path) -> None:

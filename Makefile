@@ -33,8 +33,9 @@ demo: install
 	rm -rf $(DEMO_DIR)
 	$(BIN)/python sweeps/ablation.py --study sweeps/studies/demo.yaml --storage $(DEMO_DIR)
 
+# The slowest tests are listed at the end, so the suite's budget (~30 min on 2 cores) stays visible.
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 # ruff's default rules (the version is pinned in pyproject.toml); CI runs it before the tests.
 lint: install

@@ -40,10 +40,16 @@ class ModelSection(_Section):
     modalities: list[str] = Field(default_factory=lambda: ["wsi", "rna", "clinical"])
     adapter_depth: int | None = 1
     adapter_layout: list[list[int]] | None = None
+    adapter_block_size: int | None = Field(default=None, ge=1)  # layers per block with adapter_depth (default: depth // 3)
     adapter_heads: int = 4
     cffn_ratio: float = 0.25
+    adapter_drop_path: float = Field(default=0.1, ge=0, lt=1)
+    extra_extractors: int = Field(default=2, ge=0)  # extractors added to the last block
+    modality_self_attention: bool = True
     n_rna_tokens: int = 8
     rna_hidden: int = 32
+    rna_mixer_depth: int = Field(default=3, ge=0)
+    rna_dropout: float = Field(default=0.25, ge=0, lt=1)
     out_dim: int = 32
 
     @field_validator("encoder")
@@ -82,11 +88,17 @@ class ModelSection(_Section):
             modalities=tuple(self.modalities),
             adapter_layout=tuple(tuple(b) for b in self.adapter_layout) if self.adapter_layout else None,
             adapter_depth=None if self.adapter_layout else self.adapter_depth,
+            adapter_block_size=self.adapter_block_size,
             adapter_heads=self.adapter_heads,
             cffn_ratio=self.cffn_ratio,
+            adapter_drop_path=self.adapter_drop_path,
+            extra_extractors=self.extra_extractors,
+            modality_self_attention=self.modality_self_attention,
             modality_inputs=modality_inputs,
             n_rna_tokens=self.n_rna_tokens,
             rna_hidden=self.rna_hidden,
+            rna_mixer_depth=self.rna_mixer_depth,
+            rna_dropout=self.rna_dropout,
             out_dim=self.out_dim,
             encoder_checkpoint=self.encoder_checkpoint,
             encoder_hub_id=self.encoder_hub_id,

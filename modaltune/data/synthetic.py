@@ -22,15 +22,21 @@ we know. The generative story (all of it recorded in ``truth.json``):
   (missing depending on a covariate).
 * **Survival.** Weibull proportional hazards with log-hazard
   ``b_img*z_image + subtype effect + sum_p b_p*pathway_p + b_stage*stage + b_age*age
-  + b_int*z_image*pathway_int``; censoring by an exponential drop-out whose rate is calibrated
+  - b_int*z_immune*pathway_int - b_main*(z_immune + pathway_int)``; censoring by an exponential drop-out whose rate is calibrated
   to the requested censored fraction.
-* **Interaction** (``interaction_log_hazard``, off by default). The image's grade is
-  prognostic in proportion to an *interaction pathway* of its own (not a risk pathway, not
-  shifted by subtype): high grade is harmful where the pathway is active and protective where it
-  is not. Grade and pathway are independent and centred, so the term's best additive
-  approximation is zero: a late-fusion model, which scores the slide and the RNA separately and
-  adds them, cannot use it, while a model in which the modalities meet (Modal Adapters'
-  cross-attention) can.
+* **Immune infiltrate** (``immune_logit_shift``, off by default): a latent ``z_immune`` of its
+  own sets the share of lymphocyte tiles (from a few percent to about half of a slide), a
+  pattern every slide shows at both ends of its scale.
+* **Interaction** (``interaction_log_hazard``, off by default). The immune infiltrate is
+  prognostic only through an *interaction pathway* of its own (not a risk pathway, not shifted
+  by subtype): lymphocytes are protective where the pathway is active and harmful where it is
+  not (log-hazard ``-b_int*z_immune*pathway_int``). Infiltrate and pathway are independent and
+  centred, so the term's best additive approximation is zero: a late-fusion model, which scores
+  the slide and the RNA separately and adds them, cannot use it, while a model in which the
+  modalities meet (Modal Adapters' cross-attention, where lymphocyte tiles read the RNA) can.
+  With ``interaction_main_effect`` each factor is also protective on its own (the infiltrate in
+  the slide's component, the pathway in the RNA's), as "hot" tumours are: a hierarchy whose main
+  effects give a learner a first-order reason to represent both factors before it can meet them.
 
 Because the risk pathways are invisible in the image, a WSI+RNA model can beat a WSI-only
 model; ``truth.json`` says by how much with oracle C-indices of each modality's true
@@ -69,6 +75,7 @@ Progress = Callable[[Iterable[T]], Iterable[T]]
 SHARED_PROTOTYPES = ("stroma", "lymphocytes", "necrosis", "adipose", "blood", "mitotic_tumour")
 SHARED_PROTOTYPE_LOGITS = (1.0, 0.3, -1.2, -0.6, -1.0, -1.5)
 HIGH_GRADE_PROTOTYPES = ("necrosis", "mitotic_tumour")
+IMMUNE_PROTOTYPE = "lymphocytes"
 
 # Log-hazard ratios of subtypes relative to the cohort's first subtype (GBM is far deadlier than LGG).
 # The mutation panel's genes, most often mutated pan-cancer drivers first (TCGA PanCancer Atlas).
@@ -105,7 +112,9 @@ class SynthConfig:
     image_log_hazard: float = 0.7
     rna_log_hazard: float = 0.9
     n_risk_pathways: int = 2
-    interaction_log_hazard: float = 0.0  # per SD of grade x SD of the interaction pathway
+    interaction_log_hazard: float = 0.0  # per SD of the immune infiltrate x SD of the interaction pathway
+    interaction_main_effect: float = 0.0  # protective log-hazard per SD of the infiltrate, and of the pathway, on its own
+    immune_logit_shift: float = 0.0  # lymphocyte logit per SD of the immune latent
     stage_log_hazard: float = 0.35
     age_log_hazard_per_decade: float = 0.15
     subtype_logit_shift: float = 0.9
@@ -137,7 +146,12 @@ class SynthConfig:
             raise InputError(f"need 1 <= min_tiles <= max_tiles, got {self.min_tiles}, {self.max_tiles}")
         if not 0.0 < self.censored_fraction < 1.0:
             raise InputError(f"censored_fraction must be in (0, 1), got {self.censored_fraction}")
-        fewest = self.n_risk_pathways + 2 + bool(self.interaction_log_hazard)
+        if self.has_interaction_pathway and self.immune_logit_shift <= 0:
+            raise InputError(
+                "interaction_log_hazard and interaction_main_effect need immune_logit_shift > 0: they act through "
+                "the immune infiltrate, which the slides show only through it"
+            )
+        fewest = self.n_risk_pathways + 2 + self.has_interaction_pathway
         if self.n_pathways > len(HALLMARK_NAMES) or self.n_pathways < fewest:
             raise InputError(f"n_pathways must be in [{fewest}, {len(HALLMARK_NAMES)}], got {self.n_pathways}")
         if self.n_genes < 2 * self.n_pathways:
@@ -153,6 +167,11 @@ class SynthConfig:
             raise InputError(f"site_preserved_folds needs at least n_folds ({self.n_folds}) sites, got n_sites={self.n_sites}")
         if self.slides_per_cohort < self.n_folds:
             raise InputError(f"slides_per_cohort must be at least n_folds ({self.n_folds})")
+
+    @property
+    def has_interaction_pathway(self) -> bool:
+        """An interaction, or its main effects alone (the null twin of an interaction cohort)."""
+        return bool(self.interaction_log_hazard or self.interaction_main_effect)
 
 
 @dataclass
@@ -200,11 +219,14 @@ def generate_cohort(
     world_seed, case_seed, slide_seed, tile_seed, rna_seed = seeds.spawn(5)
     (site_seed,) = seeds.spawn(1)  # spawned after the others, so cohorts without sites are unchanged
     (mutation_seed,) = seeds.spawn(1)  # likewise for cohorts without a mutation panel
+    (immune_seed,) = seeds.spawn(1)  # likewise for cohorts without an immune infiltrate
     world = _build_world(config, np.random.default_rng(world_seed))
     site_rng = np.random.default_rng(site_seed)
     sites = _Sites.sample(config, site_rng) if config.n_sites else None
     mutation_rng = np.random.default_rng(mutation_seed)
-    cases = _sample_cases(config, world, np.random.default_rng(case_seed), sites, site_rng, mutation_rng)
+    cases = _sample_cases(
+        config, world, np.random.default_rng(case_seed), sites, site_rng, mutation_rng, np.random.default_rng(immune_seed)
+    )
     slides = _sample_slides(config, cases, np.random.default_rng(slide_seed))
     logger.info("synthesising %d slides of %d cases into %s", len(slides), len(cases), layout.root)
 
@@ -219,7 +241,7 @@ def generate_cohort(
         write_slide_features(layout.feature_file(slide.slide_id), features, coords, slide_id=slide.slide_id)
 
     slide_table = slides.drop(columns=["n_tiles"]).merge(
-        cases.drop(columns=["case_id", "z_image", *world.pathways]), left_on="case_id", right_index=True
+        cases.drop(columns=["case_id", "z_image", "z_immune", *world.pathways]), left_on="case_id", right_index=True
     )[[*SLIDE_COLUMNS, *CLINICAL_COLUMNS, *(["site"] if sites else [])]]
     write_parquet_atomic(layout.slides, pa.Table.from_pandas(slide_table, preserve_index=False))
     rna_rng = np.random.default_rng(rna_seed)
@@ -273,7 +295,7 @@ def _build_world(config: SynthConfig, rng: np.random.Generator) -> _World:
     risk_coefficients = config.rna_log_hazard / math.sqrt(config.n_risk_pathways) * np.array(
         [(-1) ** i for i in range(config.n_risk_pathways)], dtype=float
     )
-    interaction_pathway = pathways[-1] if config.interaction_log_hazard else None
+    interaction_pathway = pathways[-1] if config.has_interaction_pathway else None
     free_pathways = [p for p in pathways[config.n_risk_pathways :] if p != interaction_pathway]
     subtype_pathways = {cohort: [free_pathways[i % len(free_pathways)]] for i, cohort in enumerate(config.cohorts)}
     return _World(
@@ -295,7 +317,7 @@ def _build_world(config: SynthConfig, rng: np.random.Generator) -> _World:
 
 def _sample_cases(
     config: SynthConfig, world: _World, rng: np.random.Generator, sites: _Sites | None, site_rng: np.random.Generator,
-    mutation_rng: np.random.Generator,
+    mutation_rng: np.random.Generator, immune_rng: np.random.Generator,
 ) -> pd.DataFrame:
     """One row per case (indexed by case_id): labels, latents, clinical fields, mutation status, survival."""
     frames = []
@@ -323,6 +345,7 @@ def _sample_cases(
     cases = pd.concat(frames, ignore_index=True).set_index("case_id", drop=False)
     panel = list(DRIVER_GENES[: config.n_mutation_genes])
     cases[panel] = (mutation_rng.random((len(cases), len(panel))) < config.mutation_prevalence).astype(np.int8)
+    cases["z_immune"] = immune_rng.standard_normal(len(cases)) if config.immune_logit_shift else 0.0
     log_hazard = _log_hazard_components(config, world, cases)
     if sites is not None:
         cases["site"] = site_rng.choice(sites.names, size=len(cases))
@@ -374,14 +397,12 @@ def _log_hazard_components(config: SynthConfig, world: _World, cases: pd.DataFra
     clinical = config.stage_log_hazard * _stage_ordinal(cases["stage"]) + config.age_log_hazard_per_decade * (
         cases["age"].to_numpy() - 60.0
     ) / 10.0
-    interaction = (
-        config.interaction_log_hazard * cases["z_image"].to_numpy() * cases[world.interaction_pathway].to_numpy()
-        if world.interaction_pathway
-        else np.zeros(len(cases))
-    )
+    immune = cases["z_immune"].to_numpy()
+    program = cases[world.interaction_pathway].to_numpy() if world.interaction_pathway else np.zeros(len(cases))
+    interaction = -config.interaction_log_hazard * immune * program
     components = {
-        "wsi": config.image_log_hazard * cases["z_image"].to_numpy() + subtype_effect,
-        "rna": rna,
+        "wsi": config.image_log_hazard * cases["z_image"].to_numpy() + subtype_effect - config.interaction_main_effect * immune,
+        "rna": rna - config.interaction_main_effect * program,
         "clinical": clinical,
         "wsi_x_rna": interaction,
     }
@@ -449,6 +470,8 @@ def _base_logit(name: str, case: pd.Series, world: _World, config: SynthConfig) 
         logit = SHARED_PROTOTYPE_LOGITS[SHARED_PROTOTYPES.index(name)]
         if name in HIGH_GRADE_PROTOTYPES:
             logit += config.grade_logit_shift * case["z_image"]
+        if name == IMMUNE_PROTOTYPE:
+            logit += config.immune_logit_shift * case["z_immune"]
         return logit
     if name.endswith("_normal_epithelium"):
         return -0.5
@@ -523,8 +546,9 @@ def _truth(config: SynthConfig, world: _World, cases: pd.DataFrame, sites: _Site
             "risk_pathways": dict(zip(world.risk_pathways, map(float, world.risk_coefficients))),
             "interaction": {
                 "pathway": world.interaction_pathway,
-                "log_hazard_per_sd_grade_x_sd_pathway": config.interaction_log_hazard,
-                "image_latent": "z_image (grade: necrosis and mitotic tumour proportions)",
+                "main_effect_log_hazard_per_sd": -config.interaction_main_effect,
+                "log_hazard_per_sd_infiltrate_x_sd_pathway": -config.interaction_log_hazard,
+                "image_latent": f"z_immune (immune infiltrate: {IMMUNE_PROTOTYPE} proportion)",
             },
             "stage_log_hazard_per_step": config.stage_log_hazard,
             "age_log_hazard_per_decade": config.age_log_hazard_per_decade,
@@ -550,6 +574,7 @@ def _truth(config: SynthConfig, world: _World, cases: pd.DataFrame, sites: _Site
             "rna_pathways": world.subtype_pathways,
         },
         "image_risk": {"high_grade_prototypes": list(HIGH_GRADE_PROTOTYPES), "logit_per_sd": config.grade_logit_shift},
+        "immune_infiltrate": {"prototype": IMMUNE_PROTOTYPE, "logit_per_sd": config.immune_logit_shift},
         "prototypes": world.prototype_names,
         "sites": None
         if sites is None

@@ -2,6 +2,8 @@
 
 Run: ``.venv/bin/python benchmarks/probe_interaction.py [--synthetic '{"interaction_log_hazard": 0}']
 [--depths 1,0 --folds 0,1,2 --epochs 10 --accumulation 8 --model '{"adapter_block_size": 4}']``.
+The world and the recipe (tile cap, lr, weight decay, epochs, cases a step, task weights) are
+``sweeps/studies/interaction.yaml``'s unless a flag overrides them.
 
 A study (``sweeps/studies/interaction.yaml``) answers the question with tests, but takes ten
 minutes or more on 2 cores; this runs the real model, objective and training loop
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from modaltune.data import Cohort, SynthConfig, generate_cohort, modality_inputs
 from modaltune.models import ModalTuneConfig, ModalTuneModel, SlideEncoderConfig
@@ -33,13 +36,7 @@ from modaltune.text import TextEmbeddingCache, build_label_bank, build_text_enco
 from modaltune.train.batches import CaseBatcher, seeded_batches
 from modaltune.train.loop import TorchEngine, TrainModule, evaluate, train_epoch
 
-# The interaction world of sweeps/studies/interaction.yaml, larger: 2 cancer types x 400 slides.
-WORLD = {
-    "cohorts": ["NSCLC", "RCC"], "slides_per_cohort": 400, "feature_dim": 32, "min_tiles": 20, "max_tiles": 80,
-    "n_genes": 120, "n_pathways": 6, "n_folds": 6, "rna_log_hazard": 1.0, "image_log_hazard": 0.3,
-    "interaction_log_hazard": 2.0, "interaction_main_effect": 1.0, "immune_logit_shift": 1.5,
-    "stage_log_hazard": 0.0, "age_log_hazard_per_decade": 0.0, "censored_fraction": 0.3, "seed": 0,
-}
+STUDY = Path(__file__).resolve().parents[1] / "sweeps" / "studies" / "interaction.yaml"
 TEST_FOLD = 5
 LATE_EPOCHS = 3  # validation C-index is reported for each of the last LATE_EPOCHS epochs
 
@@ -50,18 +47,28 @@ def main() -> None:
     parser.add_argument("--cohort-dir", type=Path, help="where the cohort is generated or reused (default: a temporary folder)")
     parser.add_argument("--folds", default="0,1,2")
     parser.add_argument("--depths", default="1,0", help="adapter depths to compare (0: late fusion)")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--lr", type=float, default=4e-3)
-    parser.add_argument("--weight-decay", type=float, default=0.05)
-    parser.add_argument("--accumulation", type=int, default=1, help="cases per optimiser step")
-    parser.add_argument("--max-tiles", type=int, default=32, help="tiles a case per step, as the study's train.max_tiles")
-    parser.add_argument("--loss-weights", default='{"diagnosis": 0.0, "survival": 1.0}')
+    parser.add_argument("--study", type=Path, default=STUDY, help="the study whose synthetic world and recipe to use")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--weight-decay", type=float)
+    parser.add_argument("--accumulation", type=int, help="cases per optimiser step")
+    parser.add_argument("--max-tiles", type=int, help="tiles a case per step")
     parser.add_argument("--model", default="{}", help="JSON overrides of ModalTuneConfig (e.g. cffn_ratio, extra_extractors)")
     args = parser.parse_args()
+    spec = yaml.safe_load(args.study.read_text())
+    optim = spec["train"]["optim"]
+    recipe = {
+        "epochs": optim["epochs"], "lr": optim["lr"], "weight_decay": optim["weight_decay"],
+        "accumulation": optim.get("gradient_accumulation_steps", 1), "max_tiles": spec["train"]["max_tiles"],
+    }
+    for key, value in recipe.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.loss_weights = spec.get("tasks") or None
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
 
-    world = WORLD | json.loads(args.synthetic)
+    world = spec["synthetic"] | json.loads(args.synthetic)
     with tempfile.TemporaryDirectory() as scratch:
         root = args.cohort_dir or Path(scratch) / "cohort"
         if not (root / "cohort.json").exists():
@@ -101,7 +108,7 @@ def _compare(cohort: Cohort, args: argparse.Namespace, text_dir: Path) -> dict[t
                     **json.loads(args.model),
                 }
             )
-            module = TrainModule(ModalTuneModel(config), build_objective("supervised", bank, json.loads(args.loss_weights)))
+            module = TrainModule(ModalTuneModel(config), build_objective("supervised", bank, args.loss_weights))
             optimizer = torch.optim.AdamW(module.trainable_parameters(), lr=args.lr, weight_decay=args.weight_decay)
             engine = TorchEngine(module, optimizer, gradient_accumulation_steps=args.accumulation)
             late: list[float] = []

@@ -22,8 +22,8 @@ we know. The generative story (all of it recorded in ``truth.json``):
   (missing depending on a covariate).
 * **Survival.** Weibull proportional hazards with log-hazard
   ``b_img*z_image + subtype effect + sum_p b_p*pathway_p + b_stage*stage + b_age*age
-  - b_int*z_immune*pathway_int - b_main*(z_immune + pathway_int)``; censoring by an exponential drop-out whose rate is calibrated
-  to the requested censored fraction.
+  - b_int*z_immune*pathway_int - b_main*(z_immune + pathway_int)``; censoring by an exponential
+  drop-out whose rate is calibrated to the requested censored fraction.
 * **Immune infiltrate** (``immune_logit_shift``, off by default): a latent ``z_immune`` of its
   own sets the share of lymphocyte tiles (from a few percent to about half of a slide), a
   pattern every slide shows at both ends of its scale.
@@ -149,7 +149,7 @@ class SynthConfig:
         if self.has_interaction_pathway and self.immune_logit_shift <= 0:
             raise InputError(
                 "interaction_log_hazard and interaction_main_effect need immune_logit_shift > 0: they act through "
-                "the immune infiltrate, which the slides show only through it"
+                "the immune infiltrate, which only immune_logit_shift makes visible in the slides"
             )
         fewest = self.n_risk_pathways + 2 + self.has_interaction_pathway
         if self.n_pathways > len(HALLMARK_NAMES) or self.n_pathways < fewest:

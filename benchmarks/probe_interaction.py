@@ -5,10 +5,12 @@ Run: ``.venv/bin/python benchmarks/probe_interaction.py [--synthetic '{"interact
 The world and the recipe (tile cap, lr, weight decay, epochs, cases a step, task weights) are
 ``sweeps/studies/interaction.yaml``'s unless a flag overrides them.
 
-A study (``sweeps/studies/interaction.yaml``) answers the question with tests, but takes ten
-minutes or more on 2 cores; this runs the real model, objective and training loop
+A study (``sweeps/studies/interaction.yaml``) answers the question with tests, but takes about
+15 minutes on 2 cores; this runs the real model, objective and training loop
 (``train_epoch`` + ``evaluate``, AdamW, the study's tile cap) in one process, so a change to the
-synthetic world or to the adapters can be judged in a minute a run. For each validation fold
+synthetic world or to the adapters can be judged in 2-3 minutes a fold and depth (on the
+study's 3,000 slides; under a minute on a few hundred). The model section (tiny encoder,
+``out_dim`` 16, one RNA token) is written here, not read from the study. For each validation fold
 and adapter depth (0 = late fusion: the frozen SLFM's slide embedding and the RNA token added
 before the head) it prints the validation C-index of the last epochs and the training cases'
 C-index (what the model fitted), next to ``truth.json``'s oracles: the interaction-aware

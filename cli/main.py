@@ -225,7 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--zero-time", choices=ZERO_TIME_POLICIES, default="refuse",
         help=f"survival time 0 (TCGA's OS.time = 0): refuse (default), drop those slides, or epsilon ({ZERO_TIME_EPSILON} months)",
     )
-    importer.add_argument("--overwrite", action="store_true", help="replace an existing cohort at OUT_DIR whole")
+    importer.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an existing cohort (or empty folder) at OUT_DIR whole; a folder holding anything else, or an input, is refused",
+    )
     importer.add_argument(
         "--folds-by", choices=FOLD_GROUPINGS, default="case",
         help="site: site-preserved folds, no tissue source site in two folds (the site from a 'site' column or TCGA barcodes)",

@@ -60,6 +60,10 @@ class FeatureFormat(ABC):
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
+    def inputs(self) -> dict[str, Path]:
+        """Every folder the format reads, by how a message names it (``import-h5`` never writes there)."""
+        return {"the feature folder": self.folder}
+
     @classmethod
     @abstractmethod
     def holds(cls, folder: Path, example: Path | None) -> bool:
@@ -128,6 +132,9 @@ class ClamPtFeatures(FeatureFormat):
                 f"{folder}: CLAM .pt files hold no tile coordinates, which the slide encoder needs, and there is no "
                 f"{self.coords_folder} beside them to read them from; pass CLAM's h5_files/ folder instead"
             )
+
+    def inputs(self) -> dict[str, Path]:
+        return {**super().inputs(), "CLAM's h5_files/ (the coordinates of its .pt files)": self.coords_folder}
 
     @classmethod
     def holds(cls, folder: Path, example: Path | None) -> bool:

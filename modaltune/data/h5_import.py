@@ -7,7 +7,8 @@ labels; folds are assigned per case when the table has none.
 Everything is checked before the first feature file is converted (the table's values with the
 validator's own row checks, then every h5 file's metadata), and the cohort is written to a
 hidden folder beside ``out_dir`` that is renamed into place at the end: a failed import leaves
-nothing that looks like a cohort, and ``overwrite`` replaces an old cohort whole (its RNA too).
+nothing that looks like a cohort, and ``overwrite`` replaces an old cohort whole (its RNA too),
+never a user's folder or an input (``modaltune.data.import_target``).
 TCGA / cBioPortal values are mapped by ``modaltune.data.tcga_tables`` unless the dialect is
 ``strict``.
 """
@@ -31,6 +32,7 @@ from modaltune.data.clinical import CLINICAL_COLUMNS
 from modaltune.data.feature_formats import FeatureFormat, SlideFileProblem, detect_format
 from modaltune.data.features import write_slide_features
 from modaltune.data.folds import assign_case_folds
+from modaltune.data.import_target import check_import_target, move_into_place
 from modaltune.data.labels import LabelSpec, default_labels, load_labels, save_labels
 from modaltune.data.layout import (
     LABEL_COLUMNS,
@@ -107,8 +109,6 @@ def import_h5_cohort(
     ):
         if value not in choices:
             raise H5ImportError(f"{name} {value!r}: choose from {list(choices)}")
-    if out.exists() and not options.overwrite:
-        raise H5ImportError(f"{out} exists; --overwrite replaces it whole (features, tables, RNA and labels)")
     if (options.rna is None) != (options.gene_groups is None):
         raise H5ImportError("--rna and --gene-groups go together: give both or neither")
     if options.sequenced_cases is not None and options.mutations is None:
@@ -147,6 +147,7 @@ def import_h5_cohort(
         )
     try:
         source = detect_format(h5_dir, slides["slide_id"].tolist(), options.feature_format, _layout_hint)
+        target = check_import_target(out, {**source.inputs(), "--slides": slides_csv, **_option_inputs(options)}, options.overwrite)
     except InputError as exc:
         raise H5ImportError(str(exc)) from exc
     feature_dim, geometries = _check_feature_files(source, slides["slide_id"].tolist())
@@ -155,7 +156,7 @@ def import_h5_cohort(
     except InputError as exc:
         raise H5ImportError(f"cannot import {h5_dir}: {exc}") from exc
 
-    staging = out.with_name(f".{out.name}.importing-{os.getpid()}")
+    staging = target.staging
     shutil.rmtree(staging, ignore_errors=True)
     try:
         _write_cohort(CohortLayout(staging), source, slides, labels, feature_dim, geometry, options, mutations, progress)
@@ -168,7 +169,7 @@ def import_h5_cohort(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _move_into_place(staging, out)
+    move_into_place(staging, target)
     for warning in report.warnings:
         logger.warning("%s", warning)
     return CohortLayout(out)
@@ -215,13 +216,13 @@ def _write_cohort(
     ))
 
 
-def _move_into_place(staging: Path, out: Path) -> None:
-    """Rename the finished cohort onto ``out``; an old one is moved aside first, removed last."""
-    old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(staging, out)
-    shutil.rmtree(old, ignore_errors=True)
+def _option_inputs(options: H5ImportOptions) -> dict[str, Path]:
+    """The input files given by option, by the option's name (messages name them so)."""
+    given = {
+        "--labels": options.labels, "--rna": options.rna, "--gene-groups": options.gene_groups,
+        "--mutations": options.mutations, "--sequenced-cases": options.sequenced_cases,
+    }
+    return {option: path for option, path in given.items() if path is not None}
 
 
 def _check_slide_table(slides: pd.DataFrame, path: Path, labels: LabelSpec, options: H5ImportOptions) -> None:

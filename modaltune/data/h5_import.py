@@ -248,6 +248,12 @@ def _read_slide_table(path: Path, options: H5ImportOptions) -> pd.DataFrame:
         slides = pd.read_csv(path, dtype={"slide_id": str, "case_id": str})
     except FileNotFoundError as exc:
         raise H5ImportError(f"{path}: file not found") from exc
+    except pd.errors.EmptyDataError as exc:
+        raise H5ImportError(f"{path}: the slide table is empty (no header, no rows)") from exc
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
+        raise H5ImportError(f"{path}: not a readable CSV slide table ({exc})") from exc
+    if slides.empty:
+        raise H5ImportError(f"{path}: the slide table has no slides (a header, no rows)")
     tcga = options.clinical_dialect == "tcga"
     if tcga:
         slides, renamed = rename_cbioportal_columns(slides)

@@ -237,3 +237,12 @@ def test_new_patients_import_without_outcomes_and_cannot_be_trained_on(small_coh
     capsys.readouterr()
     assert main(["train", "--cohort", str(new.layout.root), "--output", str(tmp_path / "run")]) == 2
     assert "imported for prediction" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("content", "expected"), [("", "is empty"), ("slide_id,case_id,cohort,subtype,time,event\n", "no slides")])
+def test_an_empty_or_header_only_slide_table_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, expected: str) -> None:
+    (tmp_path / "h5").mkdir()
+    (tmp_path / "slides.csv").write_text(content)
+    assert main(["import-h5", str(tmp_path / "h5"), "--slides", str(tmp_path / "slides.csv"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(tmp_path / "slides.csv") in err[0] and expected in err[0], err

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,14 +19,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
-def _file_mode() -> int:
-    """0666 less the process umask: the mode ``open()`` would give a new file."""
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
 
 
-_FILE_MODE = _file_mode()
+_FILE_MODE = 0o666 & ~_umask()  # the mode open() gives a new file
+_DIR_MODE = 0o777 & ~_umask()  # the mode mkdir() gives a new folder
 
 
 @contextlib.contextmanager
@@ -63,3 +64,34 @@ def write_json_atomic(target: str | os.PathLike[str], payload: Any) -> None:
 def write_parquet_atomic(target: str | os.PathLike[str], table: pa.Table) -> None:
     with atomic_path(target) as tmp:
         pq.write_table(table, tmp)
+
+
+class DirectoryExistsError(FileExistsError):
+    """The target of ``atomic_directory`` holds something already; nothing was replaced."""
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``target``; rename it onto ``target`` on success.
+
+    A reader (another process waiting for the same generated cohort, say) sees no folder or a
+    complete one, never one being written. ``target`` may be absent or an empty folder; one
+    that holds anything, also one another writer finished first, is never replaced: the staged
+    copy is removed and ``DirectoryExistsError`` raised. On any exception the staging folder is
+    removed and ``target`` left as it was.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.writing-", dir=target.parent))
+    try:
+        yield staging
+        os.chmod(staging, _DIR_MODE)  # mkdtemp makes 0700
+        try:
+            os.rename(staging, target)  # onto an absent or empty folder only (POSIX rename)
+        except OSError as exc:
+            if target.exists():
+                raise DirectoryExistsError(f"{target} is not empty; it was left as it is") from exc
+            raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)

@@ -18,7 +18,7 @@ from typing import Any
 
 from modaltune.data import Cohort, CohortInvalidError, generate_cohort, validate_cohort
 from modaltune.data.folds import sites_split_across_folds
-from modaltune.data.synthetic import SynthConfig
+from modaltune.data.synthetic import CohortExistsError, SynthConfig
 from modaltune.errors import InputError
 from modaltune.objectives import check_loss_weights
 from modaltune.train.config import TrainConfig, set_dotted, validate_train_config
@@ -197,7 +197,10 @@ def ensure_cohort(spec: StudySpec) -> None:
     except (TypeError, ValueError) as exc:
         raise InputError(f"synthetic: {exc}") from exc
     logger.info("generating the synthetic cohort at %s", spec.cohort)
-    generate_cohort(spec.cohort, config)
+    try:
+        generate_cohort(spec.cohort, config)
+    except CohortExistsError:  # another study on this machine generated it meanwhile
+        _check_generated_with(spec)
 
 
 def _check_generated_with(spec: StudySpec) -> None:

@@ -58,7 +58,7 @@ import pandas as pd
 import pyarrow as pa
 from lifelines.utils import concordance_index
 
-from modaltune.atomic import write_json_atomic, write_parquet_atomic
+from modaltune.atomic import DirectoryExistsError, atomic_directory, write_json_atomic, write_parquet_atomic
 from modaltune.data.clinical import CLINICAL_COLUMNS
 from modaltune.data.features import write_slide_features
 from modaltune.data.folds import assign_case_folds
@@ -212,9 +212,31 @@ class _Sites:
 def generate_cohort(
     out_dir: str | os.PathLike[str], config: SynthConfig, progress: Progress | None = None
 ) -> CohortLayout:
-    """Write a complete cohort folder for ``config`` into ``out_dir``; deterministic in the seed."""
-    layout = CohortLayout(Path(out_dir))
-    layout.features_dir.mkdir(parents=True, exist_ok=True)
+    """Write a complete cohort folder for ``config`` at ``out_dir``; deterministic in the seed.
+
+    It is written beside ``out_dir`` and renamed into place whole, so a process waiting for the
+    same cohort never reads a half-written one, and a folder that holds anything is refused
+    (``CohortExistsError``), never written into.
+    """
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CohortExistsError(f"{out} exists and is not empty: a synthetic cohort is written only into a new or empty folder")
+    logger.info("writing a synthetic cohort to %s", out)
+    try:
+        with atomic_directory(out) as staging:
+            _write_cohort(CohortLayout(staging), config, progress)
+    except DirectoryExistsError as exc:
+        raise CohortExistsError(str(exc)) from exc
+    return CohortLayout(out)
+
+
+class CohortExistsError(InputError):
+    """The output folder of a synthetic cohort holds something already (perhaps the same cohort,
+    finished first by another process); nothing was written there."""
+
+
+def _write_cohort(layout: CohortLayout, config: SynthConfig, progress: Progress | None) -> None:
+    layout.features_dir.mkdir()
     seeds = np.random.SeedSequence(config.seed)
     world_seed, case_seed, slide_seed, tile_seed, rna_seed = seeds.spawn(5)
     (site_seed,) = seeds.spawn(1)  # spawned after the others, so cohorts without sites are unchanged
@@ -228,7 +250,7 @@ def generate_cohort(
         config, world, np.random.default_rng(case_seed), sites, site_rng, mutation_rng, np.random.default_rng(immune_seed)
     )
     slides = _sample_slides(config, cases, np.random.default_rng(slide_seed))
-    logger.info("synthesising %d slides of %d cases into %s", len(slides), len(cases), layout.root)
+    logger.info("synthesising %d slides of %d cases", len(slides), len(cases))
 
     slide_seeds = tile_seed.spawn(len(slides))
     rows: Iterable[tuple[int, pd.Series]] = list(enumerate(slides.itertuples(index=False)))
@@ -257,7 +279,6 @@ def generate_cohort(
     write_manifest(
         layout, CohortManifest(feature_dim=config.feature_dim, tile_size_px=config.tile_size_px, n_folds=config.n_folds)
     )
-    return layout
 
 
 def _identity(items: Iterable[T]) -> Iterator[T]:

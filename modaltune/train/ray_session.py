@@ -77,7 +77,7 @@ def connect(address: str | None = None, *, use_gpu: bool = False, num_cpus: int 
     os.environ.update({k: v for k, v in env.items() if k not in os.environ})
     # Not ray.LoggingConfig: it sets this driver's root logger too (to its level, with a second
     # handler), which would hide the driver's own progress and warnings once Ray starts.
-    runtime_env = {"env_vars": env, "worker_process_setup_hook": "modaltune.train.ray_session.quiet_worker_logs"}
+    runtime_env = {"env_vars": env, "worker_process_setup_hook": "modaltune.train.ray_session.setup_worker_process"}
     if target:
         logger.info("joining the Ray cluster at %s", target)
         ray.init(address=target, runtime_env=runtime_env)
@@ -87,14 +87,20 @@ def connect(address: str | None = None, *, use_gpu: bool = False, num_cpus: int 
         ray.init(address=LOCAL, num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env)
 
 
-def quiet_worker_logs() -> None:
+def setup_worker_process() -> None:
     """Run by Ray in every worker process it starts for this job (``worker_process_setup_hook``).
+
+    Ray's State API, which Ray Train V2 asks from inside its actors, finds its cluster from
+    ``RAY_ADDRESS``, else by listing the machine's GCS processes; with two embedded studies on
+    one machine there are two, and it fails ("Found multiple active Ray instances") with a
+    traceback in both studies' output. Each worker is pointed at its own cluster instead.
 
     Ray Train V2's placement-group cleaner asks Ray's State API every second whether the run's
     controller lives, and warns each time it cannot: an embedded Ray has no State API (no
     dashboard), so every live run would print a warning a second. Placement groups of dead runs
     are freed by the sweep's reaper instead (``sweeps.reaper``); the cleaner's errors still show.
     """
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
 
 

@@ -187,7 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     importer = commands.add_parser("import-h5", help="convert TRIDENT / CLAM / STAMP tile features into a cohort")
     importer.add_argument("h5_dir", type=Path, help="folder of per-slide feature files (<slide_id>.h5 or CLAM's <slide_id>.pt)")
-    importer.add_argument("--slides", type=Path, required=True, help="CSV: slide_id, case_id, cohort, subtype, time, event")
+    importer.add_argument(
+        "--slides", type=Path, required=True,
+        help="CSV: slide_id, case_id, cohort, subtype, time, event (+ optional fold, clinical columns, and the scan's "
+        "magnification and level-0 tile_size_px where the feature files do not say them)",
+    )
     importer.add_argument(
         "--format", choices=sorted(FEATURE_FORMATS),
         help="the feature files' layout (default: detected): " + "; ".join(f"{n}: {c.description}" for n, c in FEATURE_FORMATS.items()),
@@ -214,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("--seed", type=int, default=0)
     importer.add_argument(
         "--tile-size", type=int,
-        help="tile size in level-0 pixels (default: from TRIDENT's coords attributes, else 256)",
+        help="tile size in level-0 pixels of files without attributes (default: TRIDENT's or CLAM's coords attributes, "
+        "else the slide table's tile_size_px column, else 256); a 'magnification' column puts 40x and 20x scans on one grid",
     )
     importer.add_argument(
         "--clinical-dialect", choices=CLINICAL_DIALECTS, default="tcga",

@@ -40,6 +40,28 @@ def write_trident(cohort: Cohort, h5_dir: Path, level0_scale: dict[str, int], pa
             )
 
 
+def write_clam_h5(
+    cohort: Cohort, h5_dir: Path, level0_patch: dict[str, int], *, patch_level: int = 0, downsample: float = 1.0, attrs: bool = True,
+) -> None:
+    """CLAM's files with the patching on ``coords.attrs`` as create_patches_fp.py writes it
+    (``patch_size`` in pixels of ``patch_level``, whose ``downsample`` is (x, y); coords in level-0
+    pixels); ``attrs=False``: extract_features_fp.py's h5_files, which carry none. A slide's
+    patch is ``level0_patch`` level-0 pixels (default 256): 512 for a 40x scan patched like a
+    20x one at 256 px. The cohort's coordinates are pixels of 256-px tiles."""
+    h5_dir.mkdir(parents=True)
+    for slide_id in cohort.slides["slide_id"]:
+        slide, level0 = cohort.slide_features(slide_id), level0_patch.get(slide_id, 256)
+        with h5py.File(h5_dir / f"{slide_id}.h5", "w") as handle:
+            handle["features"] = slide.features.astype(np.float32)
+            handle["coords"] = (slide.coords.astype(np.int64) * level0 // 256).astype(np.int32)
+            if attrs:
+                size = (100_000, 80_000)
+                handle["coords"].attrs.update(
+                    patch_size=round(level0 / downsample), patch_level=patch_level, downsample=(downsample, downsample),
+                    downsampled_level_dim=tuple(round(d / downsample) for d in size), level_dim=size, name=slide_id, save_path="patches",
+                )
+
+
 def write_clam(cohort: Cohort, root: Path) -> Path:
     """CLAM's extract_features output: h5_files/ (features + coords) and pt_files/ (the
     features alone, ``torch.save`` of a tensor). Returns the pt_files folder."""

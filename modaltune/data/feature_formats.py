@@ -4,8 +4,8 @@ A user points ``import-h5`` at a folder; its format is detected once (and named 
 line) instead of every slide failing on its own:
 
 - ``h5``: TRIDENT's ``features_<encoder>/`` and CLAM's ``h5_files/``: ``<slide_id>.h5`` with
-  ``features`` (N x D, or 1 x N x D) and ``coords`` (N x 2 level-0 pixels; TRIDENT puts the
-  patching in ``coords.attrs``).
+  ``features`` (N x D, or 1 x N x D) and ``coords`` (N x 2 level-0 pixels; TRIDENT, and CLAM's
+  patching step, put the patching in ``coords.attrs``: ``modaltune.data.tile_geometry``).
 - ``clam-pt``: CLAM's ``pt_files/``: ``<slide_id>.pt``, a tensor N x D without coordinates;
   they are read from the ``h5_files/<slide_id>.h5`` that CLAM writes beside them.
 - ``stamp``: STAMP's ``<slide_id>.h5`` with ``feats`` and ``coords`` in micrometres
@@ -115,8 +115,8 @@ class H5Features(FeatureFormat):
             return _as_matrix(handle[self.features_dataset][()]), _as_coords(handle["coords"][()])
 
     def _geometry(self, handle: h5py.File) -> TileGeometry:
-        """TRIDENT's patching, from ``coords.attrs`` (CLAM's files have none)."""
-        return TileGeometry.from_attrs(handle["coords"].attrs)
+        """TRIDENT's or CLAM's patching, from ``coords.attrs`` (CLAM's h5_files/ have none)."""
+        return _coords_geometry(handle["coords"])
 
 
 @register_format
@@ -145,7 +145,7 @@ class ClamPtFeatures(FeatureFormat):
 
     def inspect(self, slide_id: str) -> SlideFileInfo:
         n_tiles, dim = _matrix_shape(tuple(self._tensor(slide_id, mmap=True).shape), "tensor")
-        n_coords, geometry = self._coordinates(slide_id, lambda d: (_coords_shape(d.shape)[0], TileGeometry.from_attrs(d.attrs)))
+        n_coords, geometry = self._coordinates(slide_id, lambda d: (_coords_shape(d.shape)[0], _coords_geometry(d)))
         return SlideFileInfo(n_tiles, dim, n_coords, geometry)
 
     def read(self, slide_id: str) -> tuple[np.ndarray, np.ndarray]:
@@ -218,6 +218,13 @@ def detect_format(folder: Path, slide_ids: Sequence[str], name: str | None = Non
     raise InputError(
         f"{example}: not a feature file of a known format (looked for {'; '.join(c.description for c in FEATURE_FORMATS.values())})"
     )
+
+
+def _coords_geometry(coords: h5py.Dataset) -> TileGeometry:
+    try:
+        return TileGeometry.from_attrs(coords.attrs)
+    except ValueError as exc:
+        raise SlideFileProblem(str(exc)) from exc
 
 
 def _h5_has(path: Path, dataset: str) -> bool:

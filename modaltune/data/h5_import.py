@@ -46,7 +46,14 @@ from modaltune.data.layout import (
 )
 from modaltune.data.modalities import COHORT_MODALITIES, read_case_list, read_mutation_table
 from modaltune.data.tcga_tables import missing_time_hint, normalise_tcga_table, rename_cbioportal_columns
-from modaltune.data.tile_geometry import CohortGeometry, TileGeometry, cohort_geometry, rescale_coords
+from modaltune.data.tile_geometry import (
+    CohortGeometry,
+    TileGeometry,
+    cohort_geometry,
+    combine_geometries,
+    rescale_coords,
+    slide_table_geometry,
+)
 from modaltune.data.validate import slide_table_problems, summarise_problems, validate_cohort
 from modaltune.errors import InputError
 
@@ -66,7 +73,7 @@ class H5ImportOptions:
     sequenced_cases: Path | None = None  # with a MAF: cBioPortal's cases_sequenced.txt (who was sequenced)
     n_folds: int = 5
     seed: int = 0
-    tile_size_px: int | None = None  # level-0 pixels per tile; None: from the files' attributes, else 256
+    tile_size_px: int | None = None  # level-0 pixels per tile of files without attributes; None: the slide table's tile_size_px, else 256
     clinical_dialect: str = "tcga"  # "tcga": map TCGA / cBioPortal values (README); "strict": take them as they are
     zero_time: str = "refuse"  # a survival time of 0 (TCGA's OS.time = 0): "refuse", "drop" the slides, or "epsilon"
     overwrite: bool = False
@@ -128,6 +135,10 @@ def import_h5_cohort(
         options = replace(options, n_folds=1)
     has_folds = "fold" in slides.columns
     _check_slide_table(slides if has_folds else slides.assign(fold=0), slides_csv, labels, options)
+    try:
+        table_geometry = slide_table_geometry(slides, slides_csv)
+    except InputError as exc:
+        raise H5ImportError(str(exc)) from exc
     by_site = options.folds_by == "site"
     if by_site and "site" not in slides.columns:
         raise H5ImportError(f"{slides_csv}: --folds-by site needs a 'site' column, or TCGA barcodes as slide ids to derive it from")
@@ -152,6 +163,7 @@ def import_h5_cohort(
         raise H5ImportError(str(exc)) from exc
     feature_dim, geometries = _check_feature_files(source, slides["slide_id"].tolist())
     try:
+        geometries = combine_geometries(geometries, table_geometry, slides_csv)
         geometry = cohort_geometry(geometries, options.tile_size_px, DEFAULT_TILE_SIZE)
     except InputError as exc:
         raise H5ImportError(f"cannot import {h5_dir}: {exc}") from exc

@@ -176,7 +176,7 @@ def test_slides_patched_at_other_magnifications_are_refused(small_cohort: Path, 
     with h5py.File(tmp_path / "h5" / f"{first}.h5", "a") as handle:
         handle["coords"].attrs.update(target_magnification=10.0)
     source.slides.to_csv(tmp_path / "slides.csv", index=False)
-    with pytest.raises(H5ImportError, match=r"patched differently \(79 slide\(s\) at 20.0x with 256-px patches, 1 slide\(s\) at 10.0x"):
+    with pytest.raises(H5ImportError, match=rf"patched differently \(79 slide\(s\) at 20x with 256-px patches \(e.g. [^)]+\), 1 slide\(s\) at 10x with 256-px patches \(e.g. {first}\)"):
         import_h5_cohort(tmp_path / "h5", tmp_path / "slides.csv", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

@@ -202,7 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     importer.add_argument("out_dir", type=Path)
     importer.add_argument("--labels", type=Path, help="labels.yaml (default: built-in TCGA descriptions)")
-    importer.add_argument("--rna", type=Path, help="case x gene table (.csv or .parquet) with a case_id column")
+    importer.add_argument(
+        "--rna", type=Path,
+        help="case x gene table (.csv, .tsv or .parquet) with a case_id column: the slide table's cases, or TCGA sample "
+        "barcodes (TCGA-A1-A0SB-01A: the primary tumour's row is kept per patient)",
+    )
     importer.add_argument("--gene-groups", type=Path, help="JSON: pathway -> list of genes")
     importer.add_argument(
         "--mutations", type=Path,

@@ -41,10 +41,10 @@ from modaltune.data.layout import (
     SLIDE_COLUMNS,
     CohortLayout,
     CohortManifest,
-    read_gene_groups,
     write_manifest,
 )
 from modaltune.data.modalities import COHORT_MODALITIES, read_case_list, read_mutation_table
+from modaltune.data.rna_import import RnaInput, read_rna_input
 from modaltune.data.tcga_tables import missing_time_hint, normalise_tcga_table, rename_cbioportal_columns
 from modaltune.data.tile_geometry import (
     CohortGeometry,
@@ -137,6 +137,11 @@ def import_h5_cohort(
     _check_slide_table(slides if has_folds else slides.assign(fold=0), slides_csv, labels, options)
     try:
         table_geometry = slide_table_geometry(slides, slides_csv)
+        rna = (
+            read_rna_input(options.rna, options.gene_groups, slides["case_id"], slides_csv)
+            if options.rna is not None and options.gene_groups is not None
+            else None
+        )
     except InputError as exc:
         raise H5ImportError(str(exc)) from exc
     by_site = options.folds_by == "site"
@@ -171,7 +176,7 @@ def import_h5_cohort(
     staging = target.staging
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        _write_cohort(CohortLayout(staging), source, slides, labels, feature_dim, geometry, options, mutations, progress)
+        _write_cohort(CohortLayout(staging), source, slides, labels, feature_dim, geometry, options, rna, mutations, progress)
         report = validate_cohort(staging)
         if not report.ok:
             raise H5ImportError(
@@ -189,7 +194,8 @@ def import_h5_cohort(
 
 def _write_cohort(
     layout: CohortLayout, source: FeatureFormat, slides: pd.DataFrame, labels: LabelSpec, feature_dim: int,
-    geometry: CohortGeometry, options: H5ImportOptions, mutations: pd.DataFrame | None, progress: Progress | None,
+    geometry: CohortGeometry, options: H5ImportOptions, rna: RnaInput | None, mutations: pd.DataFrame | None,
+    progress: Progress | None,
 ) -> None:
     """Convert every slide, then the tables. Values are scanned as each file is read (one read,
     not two); a slide with NaN/Inf features or an unreadable chunk is noted and the others
@@ -217,10 +223,9 @@ def _write_cohort(
     columns = [*SLIDE_COLUMNS, *[c for c in (*CLINICAL_COLUMNS, *OPTIONAL_CASE_COLUMNS) if c in slides.columns]]
     write_parquet_atomic(layout.slides, pa.Table.from_pandas(slides[columns], preserve_index=False))
     save_labels(layout.labels, labels)
-    if options.rna is not None and options.gene_groups is not None:
-        rna = pd.read_csv(options.rna) if options.rna.suffix == ".csv" else pd.read_parquet(options.rna)
-        write_parquet_atomic(layout.rna, pa.Table.from_pandas(rna, preserve_index=False))
-        write_json_atomic(layout.gene_groups, read_gene_groups(options.gene_groups))
+    if rna is not None:
+        write_parquet_atomic(layout.rna, pa.Table.from_pandas(rna.table, preserve_index=False))
+        write_json_atomic(layout.gene_groups, rna.groups)
     if mutations is not None:
         write_parquet_atomic(COHORT_MODALITIES["mutations"].source(layout), pa.Table.from_pandas(mutations, preserve_index=False))
     write_manifest(layout, CohortManifest(

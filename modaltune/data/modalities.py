@@ -13,7 +13,6 @@ learned missing tokens.
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,6 +25,7 @@ import pyarrow.parquet as pq
 
 from modaltune.data.clinical import CLINICAL_COLUMNS, CLINICAL_VECTOR_SIZE, encode_clinical
 from modaltune.data.layout import CohortLayout, ManifestError, read_gene_groups
+from modaltune.data.tcga_tables import case_id_from_barcode
 from modaltune.errors import InputError
 from modaltune.registry import Registry
 
@@ -273,17 +273,24 @@ class RnaModality(CaseTableModality):
         except ManifestError as exc:
             findings.problem(groups_path, "", "", str(exc).split(": ", 1)[-1] + " (rna.parquet needs a gene group map)")
             return
-        grouped = {gene for members in groups.values() for gene in members}
-        ungrouped = [g for g in columns if g not in grouped]
-        if ungrouped:
-            findings.problem(groups_path, "", preview(ungrouped), f"{len(ungrouped)} RNA gene(s) of rna.parquet are missing from the group map")
-        present = set(columns)
-        for name, members in groups.items():
-            absent = [g for g in members if g not in present]
-            if not members:
-                findings.problem(groups_path, f"group {name}", "", "group has no genes")
-            elif absent:
-                findings.problem(groups_path, f"group {name}", preview(absent), f"{len(absent)} gene(s) of this group are not columns of rna.parquet")
+        for where, genes, message in gene_group_problems(groups, columns, layout.rna.name):
+            findings.problem(groups_path, where, genes, message)
+
+
+def gene_group_problems(groups: dict[str, list[str]], genes: list[str], table: str) -> list[tuple[str, str, str]]:
+    """(where, genes, message) for each way a gene group map and an RNA table's gene columns
+    disagree; ``table`` names the RNA table in the messages (the cohort's or the user's file)."""
+    grouped = {gene for members in groups.values() for gene in members}
+    ungrouped = [g for g in genes if g not in grouped]
+    problems = [("", preview(ungrouped), f"{len(ungrouped)} RNA gene(s) of {table} are missing from the group map")] if ungrouped else []
+    present = set(genes)
+    for name, members in groups.items():
+        absent = [g for g in members if g not in present]
+        if not members:
+            problems.append((f"group {name}", "", "group has no genes"))
+        elif absent:
+            problems.append((f"group {name}", preview(absent), f"{len(absent)} gene(s) of this group are not columns of {table}"))
+    return problems
 
 
 @_registered
@@ -306,7 +313,6 @@ class MutationModality(CaseTableModality):
 
 # MAF variant classes that do not change the protein (left out of a mutation panel's status).
 SILENT_VARIANTS = frozenset({"Silent", "Intron", "3'UTR", "5'UTR", "3'Flank", "5'Flank", "IGR", "RNA"})
-TCGA_PATIENT = re.compile(r"^(TCGA-[A-Z0-9]{2}-[A-Z0-9]{4})")
 
 
 def read_mutation_table(
@@ -367,7 +373,7 @@ def read_case_list(path: Path) -> list[str]:
 
 def _patients(barcodes: pd.Series) -> pd.Series:
     """TCGA sample barcodes as patient IDs; any other ID unchanged."""
-    return barcodes.str.extract(TCGA_PATIENT, expand=False).fillna(barcodes)
+    return barcodes.map(lambda barcode: case_id_from_barcode(barcode) or barcode)
 
 
 def preview(names: list[str], limit: int = 5) -> str:

@@ -5,13 +5,14 @@ sex in capitals, AJCC stages with substages ("Stage IIIA", "T1b", "cM0 (i+)") an
 as words ("1:DECEASED"). One such word in the age column turns it into strings, and a strict
 reader then reports every age as "not a number". ``normalise_tcga_table`` maps what is
 unambiguous (every rule is listed in the README) and leaves anything else as it was, so the
-validator still names it; ``case_id_from_barcode`` derives the patient from a TCGA barcode.
+validator still names it; ``case_id_from_barcode`` derives the patient from a TCGA barcode, and
+``match_case_ids`` finds the case of an RNA or mutation row keyed by a sample barcode.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -46,12 +47,55 @@ CBIOPORTAL_COLUMNS = {
 }
 DAYS_COLUMNS = ("OS.time", "days_to_death", "days_to_last_follow_up")
 _BARCODE = re.compile(r"^(TCGA-([A-Z0-9]{2})-[A-Z0-9]{4})", re.IGNORECASE)
+# A sample or aliquot barcode: patient, sample type (two digits), vial letter, then the portion,
+# analyte, plate and centre of an aliquot (TCGA-A1-A0SB-01A-11R-A144-07).
+_SAMPLE = re.compile(r"^TCGA-[A-Z0-9]{2}-[A-Z0-9]{4}-(\d{2})([A-Z])?(?:-|$)", re.IGNORECASE)
+# TCGA sample types that are a patient's tumour: 01 primary solid tumour, 02 recurrent, 03 primary
+# blood-derived cancer, 05 additional new primary, 06 metastatic, ... 09, 40 recurrent blood-derived;
+# 10-19 are normal tissue, 20 controls, 50 cell lines, 60-61 xenografts.
+TUMOUR_SAMPLE_TYPES = frozenset([*range(1, 10), 40])
 
 
 def case_id_from_barcode(slide_id: str) -> str | None:
     """``TCGA-A1-A0SB-01Z-00-DX1.<uuid>`` -> ``TCGA-A1-A0SB`` (the patient); None if not a barcode."""
     match = _BARCODE.match(slide_id) if isinstance(slide_id, str) else None
     return match.group(1).upper() if match else None
+
+
+def sample_type(barcode: str) -> int | None:
+    """``TCGA-A1-A0SB-06A...`` -> 6; None if not a sample or aliquot barcode."""
+    match = _SAMPLE.match(barcode) if isinstance(barcode, str) else None
+    return int(match.group(1)) if match else None
+
+
+def sample_preference(barcode: str) -> tuple[int, str, str]:
+    """Sort key among one patient's tumour samples: the primary tumour (01) first, then the lowest
+    sample type, then vial A before B; the barcode itself breaks ties (aliquots of one vial)."""
+    match = _SAMPLE.match(barcode)
+    assert match is not None, barcode
+    return int(match.group(1)), (match.group(2) or "").upper(), barcode
+
+
+def match_case_ids(ids: Sequence[str], cases: Iterable[str]) -> list[str | None]:
+    """Each id's case among ``cases``: the id itself, the id in another letter case, or the
+    patient of a TCGA sample or aliquot barcode (``TCGA-A1-A0SB-01A`` -> ``TCGA-A1-A0SB``); None
+    when none is (or when two cases differ only in letter case)."""
+    exact = set(cases)
+    folded: dict[str, list[str]] = {}
+    for case in exact:
+        folded.setdefault(case.lower(), []).append(case)
+
+    def case_of(key: str) -> str | None:
+        same = folded.get(key.lower(), [])
+        return same[0] if len(same) == 1 else None
+
+    def match(id_: str) -> str | None:
+        if id_ in exact:
+            return id_
+        patient = case_id_from_barcode(id_)
+        return case_of(id_) or (case_of(patient) if patient is not None else None)
+
+    return [match(id_) for id_ in ids]
 
 
 def site_from_barcode(slide_id: str) -> str | None:

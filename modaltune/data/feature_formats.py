@@ -200,24 +200,40 @@ def detect_format(folder: Path, slide_ids: Sequence[str], name: str | None = Non
     """The format of ``folder`` (``name`` forces one), from the first slide file found in it.
 
     Raises ``InputError`` in one line when no slide has a file there, with ``hint(folder)``
-    saying what the folder looks like instead.
+    saying what the folder looks like instead, or when a forced format does not fit files
+    that another format does.
     """
+    if name is not None and name not in FEATURE_FORMATS:
+        raise InputError(f"feature format {name!r}: choose from {sorted(FEATURE_FORMATS)}")
+    examples = next(
+        (files for s in slide_ids if (files := [folder / f"{s}{suffix}" for suffix in (".h5", ".pt") if (folder / f"{s}{suffix}").is_file()])),
+        [],
+    )
     if name is not None:
-        if name not in FEATURE_FORMATS:
-            raise InputError(f"feature format {name!r}: choose from {sorted(FEATURE_FORMATS)}")
-        return FEATURE_FORMATS[name](folder)
-    example = next(
-        (folder / f"{s}{suffix}" for s in slide_ids for suffix in (".h5", ".pt") if (folder / f"{s}{suffix}").is_file()), None
-    )
-    if example is None:
+        forced = FEATURE_FORMATS[name]
+        fits = _fitting(folder, examples)
+        if fits and forced not in fits:
+            example, fit = next(iter(fits.values())), next(iter(fits))
+            raise InputError(
+                f"--format {name}: {example} is not {forced.description}; the files look like {fit.name!r} ({fit.description}): "
+                f"pass --format {fit.name} or leave --format out"
+            )
+        return forced(folder)
+    if not examples:
         raise InputError(f"none of the {len(slide_ids)} slides has a <slide_id>.h5 or .pt file in {folder}{hint(folder)}")
-    for cls in FEATURE_FORMATS.values():
-        if cls.holds(folder, example):
-            logger.info("%s: %s", folder, cls.description)
-            return cls(folder)
-    raise InputError(
-        f"{example}: not a feature file of a known format (looked for {'; '.join(c.description for c in FEATURE_FORMATS.values())})"
-    )
+    fits = _fitting(folder, examples)
+    if not fits:
+        raise InputError(
+            f"{examples[0]}: not a feature file of a known format (looked for {'; '.join(c.description for c in FEATURE_FORMATS.values())})"
+        )
+    cls = next(iter(fits))
+    logger.info("%s: %s", folder, cls.description)
+    return cls(folder)
+
+
+def _fitting(folder: Path, examples: list[Path]) -> dict[type[FeatureFormat], Path]:
+    """The formats that hold one of a slide's files, each with the file, in registry order."""
+    return {cls: example for cls in FEATURE_FORMATS.values() for example in examples if cls.holds(folder, example)}
 
 
 def _coords_geometry(coords: h5py.Dataset) -> TileGeometry:

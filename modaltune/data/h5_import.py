@@ -87,6 +87,7 @@ FOLD_GROUPINGS = ("case", "site")
 ZERO_TIME_POLICIES = ("refuse", "drop", "epsilon")
 ZERO_TIME_EPSILON = 0.01  # months (about seven hours): an event on the day of diagnosis, ordered first
 DEFAULT_TILE_SIZE = 256  # GigaPath's: 256-px tiles at 20x
+SHARED_PROBLEM = 3  # slides with one problem listed one by one; more are one line with examples
 WSI_SUFFIXES = ("svs", "ndpi", "tif", "tiff", "mrxs", "scn", "czi", "bif", "vms", "vmu", "qptiff", "svslide")  # OpenSlide's
 
 
@@ -330,8 +331,8 @@ def _apply_zero_time(slides: pd.DataFrame, path: Path, policy: str) -> pd.DataFr
 
 def _check_feature_files(source: FeatureFormat, slide_ids: list[str]) -> tuple[int, dict[str, TileGeometry]]:
     """Check every slide's file (metadata only); return the common feature width and each
-    slide's tile geometry."""
-    problems: list[str] = []
+    slide's tile geometry. A problem many slides share is one line, not one per slide."""
+    problems: dict[str, list[str]] = {}  # message -> where (file and slide)
     widths: dict[int, str] = {}
     geometries: dict[str, TileGeometry] = {}
     for slide_id in slide_ids:
@@ -339,18 +340,23 @@ def _check_feature_files(source: FeatureFormat, slide_ids: list[str]) -> tuple[i
         try:
             info = source.inspect(slide_id)
         except SlideFileProblem as exc:
-            problems.append(f"{where}: {exc}")
+            problems.setdefault(str(exc), []).append(where)
             continue
         if info.n_tiles == 0:
-            problems.append(f"{where}: empty bag (no tiles)")
+            problems.setdefault("empty bag (no tiles)", []).append(where)
         if info.n_coords != info.n_tiles:
-            problems.append(f"{where}: coords shape ({info.n_coords}, 2) != ({info.n_tiles}, 2)")
+            problems.setdefault(f"coords shape ({info.n_coords}, 2) != ({info.n_tiles}, 2)", []).append(where)
         widths.setdefault(info.feature_dim, slide_id)
         geometries[slide_id] = info.geometry
+    lines = [
+        line
+        for message, places in problems.items()
+        for line in ([f"{p}: {message}" for p in places] if len(places) <= SHARED_PROBLEM else [f"{len(places)} slides: {message} (e.g. {'; '.join(places[:2])}; ...)"])
+    ]
     if len(widths) > 1:
-        problems.append(f"{source.folder}: slides disagree on feature width: {', '.join(f'{d} (e.g. {s})' for d, s in widths.items())}")
-    if problems:
-        raise H5ImportError("cannot import:\n  " + "\n  ".join(problems))
+        lines.append(f"{source.folder}: slides disagree on feature width: {', '.join(f'{d} (e.g. {s})' for d, s in widths.items())}")
+    if lines:
+        raise H5ImportError("cannot import:\n  " + "\n  ".join(lines))
     return next(iter(widths)), geometries
 
 

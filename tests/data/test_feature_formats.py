@@ -65,13 +65,27 @@ def test_stamp_micrometre_coordinates_land_on_the_tile_grid(small_cohort: Path, 
     assert not (tmp_path / "mixed").exists()
 
 
-def test_a_forced_format_that_does_not_fit_names_every_slide_once(small_cohort: Path, tmp_path: Path) -> None:
+def test_a_forced_format_that_does_not_fit_says_once_which_format_the_files_look_like(
+    small_cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     source = Cohort(small_cohort)
     write_stamp(source, tmp_path / "stamp", tile_size_um=128.0, tile_size_px=256)
     source.slides.to_csv(tmp_path / "slides.csv", index=False)
-    with pytest.raises(H5ImportError) as error:
-        import_h5_cohort(tmp_path / "stamp", tmp_path / "slides.csv", tmp_path / "out", H5ImportOptions(n_folds=4, feature_format="h5"))
-    lines = str(error.value).splitlines()[1:]
-    assert len(lines) == len(source.slides) and all(line.endswith("missing dataset(s) ['features']") for line in lines)
+    assert main(["import-h5", str(tmp_path / "stamp"), "--slides", str(tmp_path / "slides.csv"), str(tmp_path / "out"), "--format", "h5"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and "--format h5" in errors[0] and "look like 'stamp'" in errors[0] and "--format stamp" in errors[0], errors
     with pytest.raises(H5ImportError, match=r"feature format 'clam': choose from \['clam-pt', 'h5', 'stamp'\]"):
         import_h5_cohort(tmp_path / "stamp", tmp_path / "slides.csv", tmp_path / "out", H5ImportOptions(feature_format="clam"))
+
+
+def test_one_problem_of_every_slide_is_one_line(small_cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = Cohort(small_cohort)
+    write_stamp(source, tmp_path / "stamp", tile_size_um=128.0, tile_size_px=256)
+    for path in (tmp_path / "stamp").glob("*.h5"):
+        with h5py.File(path, "a") as handle:
+            del handle["coords"]
+    source.slides.to_csv(tmp_path / "slides.csv", index=False)
+    assert main(["import-h5", str(tmp_path / "stamp"), "--slides", str(tmp_path / "slides.csv"), str(tmp_path / "out")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and "80 slides: missing dataset(s) ['coords']" in lines[1], lines
+    assert str(tmp_path / "stamp" / f"{source.slides['slide_id'][0]}.h5") in lines[1]

@@ -335,7 +335,7 @@ def _survival_section(builder: _ReportBuilder, repetitions: list[RepetitionPredi
     builder.text("\n### Survival analysis of the selected model (out-of-fold)\n")
     pooled = pooled_out_of_fold(repetitions)
     builder.text(
-        f"Harrell's C-index (lifelines) on the pooled out-of-fold predictions, each fold's risks standardised by its "
+        f"Harrell's C-index (lifelines) on the pooled out-of-fold predictions, each fold's risks as percentiles of its "
         f"training-set risks; 95% percentile bootstrap intervals over {n_boot} resamples of cases within each cancer type.\n"
     )
     builder.table(bootstrap_c_index(pooled, n_boot=n_boot))

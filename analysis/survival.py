@@ -4,8 +4,9 @@
   the fact to whichever orientation scores higher.
 - Risk groups: each fold's cutoff is the median risk of that fold's *training* cases (of the
   same cancer type), never the median of the cases being tested.
-- Pooling folds: a fold model's risks are on its own scale, so before pooling they are
-  standardised by that fold's training-set risks (mean and std), again training data only.
+- Pooling folds: a fold model's risks are on its own scale, so before pooling each becomes its
+  percentile among that fold's training-set risks, again training data only (bounded: a fold
+  model whose training risks barely vary cannot push its cases to the ends, as z-scores could).
 - Harrell's C is lifelines' (``modaltune.metrics.c_index``); Uno's IPCW C, the cumulative/dynamic
   time-dependent AUC and the integrated Brier score are scikit-survival's, with the censoring
   distribution estimated on the fold's training cases. The Brier score needs survival curves,
@@ -28,19 +29,20 @@ from sksurv.util import Surv
 
 from analysis.predictions import RepetitionPredictions
 from modaltune.metrics import c_index
-from modaltune.predict import training_standardised_risk
+from modaltune.predict import training_percentile
 
 NO_TRAIN = "no training-set predictions for this run (written at the final epoch since this version)"
 CASE_KEYS = ["case_id", "cohort", "time", "event"]
 
 
 def pooled_out_of_fold(repetitions: Sequence[RepetitionPredictions]) -> pd.DataFrame:
-    """One row per validation case: its risk standardised by its fold's training risks, averaged over seeds."""
+    """One row per validation case: its risk as a percentile of its fold's training risks (fold
+    models' risks are on different scales), averaged over seeds."""
     parts = []
     for rep in repetitions:
         val = rep.val[CASE_KEYS + ["risk"]].copy()
         if rep.train is not None:
-            val["risk"] = training_standardised_risk(val, rep.train)
+            val["risk"] = training_percentile(val, rep.train)
         parts.append(val)
     pooled = pd.concat(parts, ignore_index=True)
     return pooled.groupby(CASE_KEYS, as_index=False, sort=True)["risk"].mean()

@@ -135,10 +135,11 @@ def _cmd_select(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from modaltune.predict import predict_cohort, write_predictions
+    from modaltune.predict import ExportedModel, check_predictions_path, predict_cohort, write_predictions
 
+    check_predictions_path(args.out)  # before hours of scoring, not after
     frame = predict_cohort(args.model_dir, args.cohort, progress=_bar("fold models", "model"))
-    path = write_predictions(frame, args.out)
+    path = write_predictions(frame, args.out, ExportedModel.open(args.model_dir).classes)
     print(f"{len(frame)} cases -> {path}")
     return 0
 
@@ -283,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="risk and subtype for a cohort's cases from an exported model")
     predict.add_argument("model_dir", type=Path, help="an exported model folder (STUDY/best)")
     predict.add_argument("--cohort", type=Path, required=True, help="cohort folder with the slides to predict")
-    predict.add_argument("--out", type=Path, required=True, help="predictions file (.parquet)")
+    predict.add_argument("--out", type=Path, required=True, help="predictions file: .parquet, or .csv (class probabilities as JSON)")
     predict.set_defaults(run=_cmd_predict)
     return parser
 

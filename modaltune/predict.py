@@ -4,9 +4,13 @@ An exported model is the selected configuration's fold models (one per repetitio
 adapter-only checkpoint on top of the same frozen slide encoder, plus what it needs to read a
 new cohort exactly as it was trained: its label bank, the training split's RNA normalisation
 and, for the ``distill`` objective, the training cases' embeddings its probes are refitted on.
-Predictions are the members' mean: risks are first standardised by each member's training-set
-risks (fold models' risks are on different scales), class probabilities are averaged, and a
-case is ``high`` risk when most members put it above their training-set median risk.
+Predictions are the members' mean. Fold models' risks are on different scales, so each
+member's risk is first turned into its percentile among that member's training cases of the
+same cancer type (bounded, so a member whose training risks barely vary cannot outweigh the
+others, as a z-score by their SD could); ``risk`` is the members' mean percentile and a case is
+``high`` risk exactly when it is above 0.5, i.e. above the training median on average: one
+rule, so ``risk`` and ``risk_group`` never contradict each other. Class probabilities are
+averaged.
 
 Layout of an exported model folder::
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +34,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from modaltune.atomic import write_parquet_atomic
+from modaltune.atomic import write_parquet_atomic, write_text_atomic
 from modaltune.data import Cohort, CohortInvalidError, validate_cohort
 from modaltune.data.modalities import COHORT_MODALITIES, normalised_modalities
 from modaltune.errors import InputError
@@ -110,7 +115,7 @@ def predict_cohort(
     model_dir: str | Path, cohort_dir: str | Path, case_ids: list[str] | None = None,
     progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
 ) -> pd.DataFrame:
-    """One row per case: ``risk`` (member mean, training-standardised), ``risk_sd``, ``risk_group``,
+    """One row per case: ``risk`` (the members' mean training percentile), ``risk_sd``, ``risk_group``,
     ``predicted_subtype``, ``class_probabilities`` and ``models``."""
     model = ExportedModel.open(model_dir)
     report = validate_cohort(cohort_dir)
@@ -125,7 +130,7 @@ def predict_cohort(
 
 
 def predict_member(directory: Path, cohort: Cohort, ids: list[str], classes_of: dict[str, list[str]]) -> pd.DataFrame:
-    """One fold model's predictions, with ``risk_z`` and ``above_median`` against its training risks."""
+    """One fold model's predictions, with ``risk_percentile`` among its training cases' risks."""
     loop_config = json.loads((directory / CONFIG).read_text(encoding="utf-8"))
     config = TrainConfig.model_validate(loop_config["train"])
     bank = LabelBank.load(directory / LABEL_BANK)
@@ -145,16 +150,23 @@ def predict_member(directory: Path, cohort: Cohort, ids: list[str], classes_of: 
     train_cases = pd.read_parquet(directory / TRAIN_CASES)
     train_rows = _rows_from_frame(train_cases, classes_of) if module.objective.predicts_with_probes else []
     predictions = predict_cases(module.objective, train_rows, rows, classes_of)
-    medians = predictions["cohort"].map(train_cases.groupby("cohort")["risk"].median())
-    return predictions.assign(risk_z=training_standardised_risk(predictions, train_cases), above_median=predictions["risk"] > medians)
+    return predictions.assign(risk_percentile=training_percentile(predictions, train_cases))
 
 
-def training_standardised_risk(cases: pd.DataFrame, train: pd.DataFrame) -> pd.Series:
-    """``cases``' risk in units of the same model's training-set risks (per cancer type): what
-    makes risks of different fold models comparable, with nothing taken from ``cases`` themselves."""
-    stats = train.groupby("cohort")["risk"].agg(["mean", "std"])
-    scale = stats["std"].where(stats["std"] > 0, 1.0)
-    return (cases["risk"] - cases["cohort"].map(stats["mean"])) / cases["cohort"].map(scale)
+def training_percentile(cases: pd.DataFrame, train: pd.DataFrame) -> pd.Series:
+    """``cases``' risk as the share of the same model's training cases of its cancer type with a
+    lower risk (ties count half), in [0, 1]: what makes risks of different fold models
+    comparable, with nothing taken from ``cases`` themselves. 0.5 is the training median; a
+    cancer type without training risks gives NaN."""
+    percentile = pd.Series(np.nan, index=cases.index, dtype=float)
+    for cohort, group in cases.groupby("cohort", sort=False):
+        reference = np.sort(train.loc[train["cohort"] == cohort, "risk"].dropna().to_numpy(dtype=float))
+        if len(reference):
+            risk = group["risk"].to_numpy(dtype=float)
+            below = np.searchsorted(reference, risk, side="left")
+            not_above = np.searchsorted(reference, risk, side="right")
+            percentile[group.index] = np.where(np.isnan(risk), np.nan, (below + not_above) / (2 * len(reference)))
+    return percentile
 
 
 def _rows_from_frame(frame: pd.DataFrame, classes_of: dict[str, list[str]]) -> list[dict]:
@@ -175,11 +187,12 @@ def ensemble(per_member: list[pd.DataFrame], classes_of: dict[str, list[str]]) -
     rows = []
     for (case_id, cohort), group in stacked.groupby(["case_id", "cohort"], sort=True):
         probabilities = np.mean(np.stack(group["class_probabilities"].to_numpy()), axis=0)
+        risk = float(group["risk_percentile"].mean())
         rows.append({
             "case_id": case_id, "cohort": cohort,
-            "risk": float(group["risk_z"].mean()),
-            "risk_sd": float(group["risk_z"].std(ddof=1)) if len(group) > 1 else float("nan"),
-            "risk_group": "high" if group["above_median"].mean() > 0.5 else "low",
+            "risk": risk,
+            "risk_sd": float(group["risk_percentile"].std(ddof=1)) if len(group) > 1 else float("nan"),
+            "risk_group": "high" if risk > 0.5 else "low",
             "predicted_subtype": classes_of[cohort][int(np.argmax(probabilities))],
             "class_probabilities": probabilities.astype(np.float32).tolist(),
             "models": len(group),
@@ -187,7 +200,34 @@ def ensemble(per_member: list[pd.DataFrame], classes_of: dict[str, list[str]]) -
     return pd.DataFrame(rows)
 
 
-def write_predictions(frame: pd.DataFrame, path: str | Path) -> Path:
+PREDICTION_FORMATS = (".parquet", ".csv")
+
+
+def check_predictions_path(path: str | Path) -> Path:
+    """Refuse, before any case is scored, an output that cannot be written: an unknown suffix,
+    a folder, or a location that is read-only, missing its parent or not a folder."""
     path = Path(path)
-    write_parquet_atomic(path, pa.Table.from_pandas(frame, preserve_index=False))
+    if path.suffix.lower() not in PREDICTION_FORMATS:
+        raise InputError(f"--out {path}: write .parquet or .csv (by its suffix)")
+    if path.is_dir():
+        raise InputError(f"--out {path}: is a folder; name a file in it, e.g. {path / 'predictions.parquet'}")
+    try:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise InputError(f"--out {path}: cannot write there ({exc.strerror or exc}); nothing was scored") from exc
+    return path
+
+
+def write_predictions(frame: pd.DataFrame, path: str | Path, classes_of: dict[str, list[str]]) -> Path:
+    """Parquet, or CSV by the suffix (there ``class_probabilities`` is JSON: subtype -> probability)."""
+    path = check_predictions_path(path)
+    if path.suffix.lower() == ".csv":
+        table = frame.assign(class_probabilities=[
+            json.dumps(dict(zip(classes_of[cohort], np.round(probabilities, 6).tolist())))
+            for cohort, probabilities in zip(frame["cohort"], frame["class_probabilities"])
+        ])
+        write_text_atomic(path, table.to_csv(index=False))
+    else:
+        write_parquet_atomic(path, pa.Table.from_pandas(frame, preserve_index=False))
     return path

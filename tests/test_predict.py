@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import torch
 
@@ -52,3 +53,32 @@ def test_a_distill_member_refits_its_probes_on_the_saved_training_embeddings(sma
     got = predict.predict_member(member, cohort, val_ids, classes_of)
     assert np.allclose(got["risk"], expected["risk"], atol=1e-4)
     assert list(got["predicted_subtype"]) == list(expected["predicted_subtype"])
+
+
+def _member(rng: np.random.Generator, train_sd: float, n_cases: int) -> pd.DataFrame:
+    """One fold model's predictions of ``n_cases`` cases, its training risks having SD ``train_sd``."""
+    train = pd.DataFrame({"cohort": "NSCLC", "risk": rng.normal(0.0, train_sd, 200)})
+    cases = pd.DataFrame({
+        "case_id": [f"case{i}" for i in range(n_cases)], "cohort": "NSCLC", "risk": rng.normal(0.0, 1.0, n_cases),
+        "class_probabilities": [[0.5, 0.5]] * n_cases,
+    })
+    return cases.assign(risk_percentile=predict.training_percentile(cases, train))
+
+
+def test_risk_and_risk_group_follow_one_rule_even_with_a_near_constant_member() -> None:
+    """A member whose training risks barely vary (SD 0.09, as in the issue) must not outweigh the
+    others: ``risk`` stays in [0, 1] and ``risk_group`` is high exactly when ``risk`` > 0.5.
+    Z-scores by the training SD averaged with a majority vote contradicted each other here."""
+    rng = np.random.default_rng(0)
+    members = [_member(rng, 1.0, 300), _member(rng, 1.0, 300), _member(rng, 0.09, 300)]
+    combined = predict.ensemble(members, {"NSCLC": ["LUAD", "LUSC"]})
+    assert combined["risk"].between(0, 1).all()
+    assert ((combined["risk"] > 0.5) == (combined["risk_group"] == "high")).all()
+    assert 0.3 < (combined["risk_group"] == "high").mean() < 0.7
+
+
+def test_training_percentile_is_the_share_of_training_risks_below_ties_half() -> None:
+    train = pd.DataFrame({"cohort": ["A"] * 4 + ["B"], "risk": [1.0, 2.0, 2.0, 3.0, 0.0]})
+    cases = pd.DataFrame({"cohort": ["A", "A", "A", "A", "C"], "risk": [0.0, 2.0, 2.5, 9.0, 1.0]})
+    got = predict.training_percentile(cases, train)
+    assert np.allclose(got[:4], [0.0, 0.5, 0.75, 1.0]) and np.isnan(got[4])  # no training risks of C

@@ -101,8 +101,8 @@ def test_ipcw_metrics_use_training_censoring_and_report_what_cannot_be_computed(
     assert math.isnan(untrained["td_auc"]) and "training-set predictions" in untrained["note"]
 
 
-def test_pooling_standardises_each_fold_by_its_training_risks(rossi_split: RepetitionPredictions) -> None:
-    """A second fold on a 10x scale with an offset pools to the same standardised values."""
+def test_pooling_puts_each_fold_on_its_training_percentiles(rossi_split: RepetitionPredictions) -> None:
+    """A second fold on a 10x scale with an offset pools to the same values: percentiles of training risks."""
     scaled = RepetitionPredictions(
         1, 0, 0, val=rossi_split.val.assign(risk=rossi_split.val["risk"] * 10 + 3),
         train=rossi_split.train.assign(risk=rossi_split.train["risk"] * 10 + 3), test=None,

@@ -136,7 +136,9 @@ def test_tensorboard_hparams_view_has_every_trial(smoke: Smoke) -> None:
     assert set(trials["trial_id"]) <= set(runs), sorted(runs)
 
 
-def test_selected_model_is_exported_and_predicts_like_it_validated(smoke: Smoke, tmp_path: Path) -> None:
+def test_selected_model_is_exported_and_predicts_like_it_validated(
+    smoke: Smoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
     """``best/`` reproduces, for each fold model, the validation predictions the study recorded,
     and ``modaltune predict`` scores every case of a cohort."""
     best = smoke.study / "best"
@@ -158,7 +160,22 @@ def test_selected_model_is_exported_and_predicts_like_it_validated(smoke: Smoke,
     predictions = pd.read_parquet(out)
     assert sorted(predictions["case_id"]) == cohort.case_ids
     assert predictions["risk"].notna().all() and set(predictions["risk_group"]) == {"high", "low"}
+    assert ((predictions["risk"] > 0.5) == (predictions["risk_group"] == "high")).all()  # one rule for both
     assert np.allclose([sum(p) for p in predictions["class_probabilities"]], 1.0, atol=1e-4)
+
+    # --out x.csv writes CSV; an output that cannot be written is refused before any case is scored.
+    assert cli_main(["predict", str(best), "--cohort", str(smoke.root / "cohort"), "--out", str(tmp_path / "p.csv")]) == 0
+    as_csv = pd.read_csv(tmp_path / "p.csv")
+    assert sorted(as_csv["case_id"]) == cohort.case_ids and np.allclose(as_csv["risk"], predictions["risk"])
+    assert all(abs(sum(json.loads(p).values()) - 1) < 1e-4 for p in as_csv["class_probabilities"])
+    scored: list[str] = []
+    monkeypatch.setattr("modaltune.predict.predict_member", lambda *args: scored.append("member") or pytest.fail("scored"))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert cli_main(["predict", str(best), "--cohort", str(smoke.root / "cohort"), "--out", str(blocker / "p.parquet")]) == 2
+    assert cli_main(["predict", str(best), "--cohort", str(smoke.root / "cohort"), "--out", str(tmp_path / "p.xlsx")]) == 2
+    assert "cannot write there" in capsys.readouterr().err and not scored
+    monkeypatch.undo()
 
     # A cohort from another feature extractor is refused before any slide is read.
     other = tmp_path / "other"

@@ -104,8 +104,9 @@ def import_h5_cohort(
 ) -> CohortLayout:
     """Convert ``h5_dir/<slide_id>.h5`` for every row of ``slides_csv`` into a cohort at ``out_dir``.
 
-    The table's values and every h5 file's datasets and shapes are checked before the first
-    feature file is converted, so a bad row or file is reported in seconds, not after hours.
+    The table's values, the user's RNA and gene groups, where the cohort goes and every h5
+    file's datasets and shapes are checked before the first feature file is converted, so a bad
+    row, file or OUT_DIR is reported in seconds, not after hours.
     The written cohort is validated whole (NaN/Inf features included) before it is moved into
     place; its warnings are logged.
     """

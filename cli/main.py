@@ -12,21 +12,23 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tqdm.auto import tqdm
-
-from modaltune.data import (
-    Cohort,
-    H5ImportOptions,
-    SynthConfig,
-    ValidationReport,
-    generate_cohort,
-    import_h5_cohort,
-    validate_cohort,
-)
 from modaltune.data.feature_formats import FEATURE_FORMATS
-from modaltune.data.h5_import import CLINICAL_DIALECTS, FOLD_GROUPINGS, ZERO_TIME_EPSILON, ZERO_TIME_POLICIES
+from modaltune.data.import_options import (
+    CLINICAL_DIALECTS,
+    FOLD_GROUPINGS,
+    ZERO_TIME_EPSILON,
+    ZERO_TIME_POLICIES,
+    H5ImportOptions,
+)
 from modaltune.errors import InputError
+
+if TYPE_CHECKING:
+    from modaltune.data import ValidationReport
+
+# Each command imports what it uses (torch, pandas, Ray, ...) when it runs: building the parser,
+# and `--help`, import none of them (tests/test_cli.py holds it).
 
 EXIT_BAD_INPUT = 2
 
@@ -34,6 +36,8 @@ logger = logging.getLogger("modaltune")
 
 
 def _bar(description: str, unit: str) -> Callable[[Iterable], Iterable]:
+    from tqdm.auto import tqdm
+
     return partial(tqdm, desc=description, unit=unit, dynamic_ncols=True)
 
 
@@ -50,6 +54,8 @@ def _print_report(report: ValidationReport) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
+    from modaltune.data import SynthConfig, generate_cohort
+
     config = SynthConfig(
         cohorts=tuple(c.strip() for c in args.cohorts.split(",") if c.strip()),
         slides_per_cohort=args.slides_per_cohort,
@@ -67,12 +73,16 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from modaltune.data import validate_cohort
+
     return _print_report(
         validate_cohort(args.cohort_dir, progress=_bar("checking slides", "slide"), require_complete=args.require_complete)
     )
 
 
 def _cmd_import_h5(args: argparse.Namespace) -> int:
+    from modaltune.data import Cohort, import_h5_cohort
+
     options = H5ImportOptions(
         labels=args.labels, rna=args.rna, gene_groups=args.gene_groups, mutations=args.mutations,
         mutation_genes=args.mutation_genes.split(",") if args.mutation_genes else None, sequenced_cases=args.sequenced_cases,

@@ -71,3 +71,14 @@ def test_analysis_commands_name_what_is_not_a_study_or_a_model(tmp_path: Path, c
     assert main(["predict", str(tmp_path), "--cohort", str(tmp_path), "--out", str(tmp_path / "p.parquet")]) == 2
     assert f"{tmp_path / 'model.json'}: not found" in capsys.readouterr().err
     assert not (tmp_path / "p.parquet").exists()
+
+
+def test_help_imports_no_heavy_package() -> None:
+    """``modaltune --help`` (and building the parser of every command) must start in about a
+    second: each command imports torch, scikit-learn, Ray, ... only when it runs."""
+    heavy = ("torch", "sklearn", "ray", "scipy", "lifelines", "transformers", "deepspeed", "optuna")
+    probe = "import sys; from cli.main import build_parser; build_parser(); print(' '.join(sorted(set(sys.modules))))"
+    loaded = set(subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout.split())
+    assert not [name for name in heavy if name in loaded]
+    help_text = subprocess.run([str(Path(sys.executable).with_name("modaltune")), "--help"], check=True, capture_output=True, text=True)
+    assert "import-h5" in help_text.stdout and "predict" in help_text.stdout

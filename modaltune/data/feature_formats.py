@@ -22,14 +22,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import h5py
 import numpy as np
-import torch
 
 from modaltune.data.tile_geometry import TileGeometry
 from modaltune.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +164,8 @@ class ClamPtFeatures(FeatureFormat):
             raise SlideFileProblem(f"its coordinates, {path}: {exc}") from exc
 
     def _tensor(self, slide_id: str, mmap: bool) -> torch.Tensor:
+        import torch  # only CLAM's .pt files need it: the command line's parser does not pay its import
+
         path = self.path_of(slide_id)
         if not path.is_file():
             raise SlideFileProblem(".pt file not found")

@@ -19,7 +19,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -32,6 +32,13 @@ from modaltune.data.clinical import CLINICAL_COLUMNS
 from modaltune.data.feature_formats import FeatureFormat, SlideFileProblem, detect_format
 from modaltune.data.features import write_slide_features
 from modaltune.data.folds import assign_case_folds
+from modaltune.data.import_options import (
+    CLINICAL_DIALECTS,
+    FOLD_GROUPINGS,
+    ZERO_TIME_EPSILON,
+    ZERO_TIME_POLICIES,
+    H5ImportOptions,
+)
 from modaltune.data.import_target import check_import_target, move_into_place
 from modaltune.data.labels import LabelSpec, default_labels, load_labels, save_labels
 from modaltune.data.layout import (
@@ -63,29 +70,6 @@ T = TypeVar("T")
 Progress = Callable[[Iterable[T]], Iterable[T]]
 
 
-@dataclass(frozen=True)
-class H5ImportOptions:
-    labels: Path | None = None
-    rna: Path | None = None
-    gene_groups: Path | None = None
-    mutations: Path | None = None  # case x gene 0/1 table or a MAF (modalities.read_mutation_table)
-    mutation_genes: list[str] | None = None  # the panel; None: the genes mutated in 5% of the MAF's cases
-    sequenced_cases: Path | None = None  # with a MAF: cBioPortal's cases_sequenced.txt (who was sequenced)
-    n_folds: int = 5
-    seed: int = 0
-    tile_size_px: int | None = None  # level-0 pixels per tile of files without attributes; None: the slide table's tile_size_px, else 256
-    clinical_dialect: str = "tcga"  # "tcga": map TCGA / cBioPortal values (README); "strict": take them as they are
-    zero_time: str = "refuse"  # a survival time of 0 (TCGA's OS.time = 0): "refuse", "drop" the slides, or "epsilon"
-    overwrite: bool = False
-    folds_by: str = "case"  # "site": no tissue source site in two folds (needs a site column or TCGA barcodes)
-    for_prediction: bool = False  # new patients for `predict`: subtype, time, event optional; no folds; cannot be trained on
-    feature_format: str | None = None  # a name of FEATURE_FORMATS; None: detected from the folder
-
-
-CLINICAL_DIALECTS = ("tcga", "strict")
-FOLD_GROUPINGS = ("case", "site")
-ZERO_TIME_POLICIES = ("refuse", "drop", "epsilon")
-ZERO_TIME_EPSILON = 0.01  # months (about seven hours): an event on the day of diagnosis, ordered first
 DEFAULT_TILE_SIZE = 256  # GigaPath's: 256-px tiles at 20x
 SHARED_PROBLEM = 3  # slides with one problem listed one by one; more are one line with examples
 WSI_SUFFIXES = ("svs", "ndpi", "tif", "tiff", "mrxs", "scn", "czi", "bif", "vms", "vmu", "qptiff", "svslide")  # OpenSlide's
@@ -99,7 +83,7 @@ def import_h5_cohort(
     h5_dir: str | os.PathLike[str],
     slides_csv: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
-    options: H5ImportOptions = H5ImportOptions(),
+    options: H5ImportOptions | None = None,
     progress: Progress | None = None,
 ) -> CohortLayout:
     """Convert ``h5_dir/<slide_id>.h5`` for every row of ``slides_csv`` into a cohort at ``out_dir``.
@@ -110,6 +94,7 @@ def import_h5_cohort(
     The written cohort is validated whole (NaN/Inf features included) before it is moved into
     place; its warnings are logged.
     """
+    options = options or H5ImportOptions()
     h5_dir, out, slides_csv = Path(h5_dir), Path(out_dir), Path(slides_csv)
     for name, value, choices in (
         ("clinical dialect", options.clinical_dialect, CLINICAL_DIALECTS),

@@ -28,11 +28,13 @@ from analysis.ablation import (
 )
 from analysis.inference import MIN_INTERVAL_UNITS, FoldDesign, minimum_detectable_difference
 from analysis.summary import load_study
+from modaltune.data import Cohort
 from modaltune.data.layout import CohortLayout, read_manifest
 from modaltune.errors import InputError
 from modaltune.train.config import validate_train_config
 from sweeps.cells import design_cells
 from sweeps.factors import factor_level
+from sweeps.plan import check_study_folds
 from sweeps.spec import StudySpec
 
 
@@ -143,8 +145,17 @@ def forecast(spec: StudySpec, spread: float | None = None, pilot_dir: Path | Non
     comparisons["mdd"] = mdd
     result = StudyForecast(spec, len(cells), len(cells) * spec.search.trials_per_cell, len(spec.fold_indices) * len(spec.seeds),
                            epochs, design, note, spread, source, comparisons, pilot)
-    result.warnings = _warnings(result, mdd)
+    result.warnings = _warnings(result, mdd) + _fold_warnings(spec)
     return result
+
+
+def _fold_warnings(spec: StudySpec) -> list[str]:
+    """The study's folds checked against its cohort as the study will (refused when a fold cannot
+    be scored); what no split can give is a warning. Not checked before the cohort exists."""
+    layout = CohortLayout(spec.cohort)
+    if not layout.manifest.exists():
+        return [f"folds not checked: {spec.cohort} does not exist yet (the study checks them before it starts)"]
+    return check_study_folds(spec, Cohort(spec.cohort))
 
 
 def _fold_design(spec: StudySpec, cohort_folds: int | None) -> tuple[FoldDesign, str]:

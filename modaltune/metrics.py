@@ -63,13 +63,22 @@ class CaseMetric:
 
     direction: str  # "max" or "min": which way is better
     score: Callable[[pd.DataFrame, list[str]], float]  # (one cancer type's predictions, its classes) -> value
+    task: str | None = None  # the task whose labels it scores: what its folds must hold (modaltune.data.fold_checks)
+    every_class: bool = False  # undefined where a fold lacks one of a cancer type's subtypes
+    chance: Callable[[list[str]], float] | None = None  # one cancer type's classes -> the score of a model that knows nothing
 
 
 METRICS: Registry[CaseMetric] = Registry("metric")
-METRICS.register("c_index")(CaseMetric("max", lambda group, classes: c_index(group["time"], group["risk"], group["event"])))
-METRICS.register("balanced_accuracy")(CaseMetric("max", lambda group, classes: balanced_accuracy(group["subtype"], group["predicted_subtype"])))
+METRICS.register("c_index")(CaseMetric(
+    "max", lambda group, classes: c_index(group["time"], group["risk"], group["event"]), task="survival", chance=lambda classes: 0.5,
+))
+METRICS.register("balanced_accuracy")(CaseMetric(
+    "max", lambda group, classes: balanced_accuracy(group["subtype"], group["predicted_subtype"]), task="diagnosis",
+    chance=lambda classes: 1 / len(classes),
+))
 METRICS.register("macro_auc")(CaseMetric(
     "max", lambda group, classes: macro_auc(list(group["subtype"]), np.stack(group["class_probabilities"].to_numpy()), classes),
+    task="diagnosis", every_class=True, chance=lambda classes: 0.5,
 ))
 
 

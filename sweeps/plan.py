@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from modaltune.data import Cohort, CohortInvalidError, generate_cohort, validate_cohort
-from modaltune.data.folds import sites_split_across_folds
+from modaltune.data.fold_checks import TASKS_CHECKED, case_table, fold_shortfalls
+from modaltune.data.folds import fold_fix, site_preserved, sites_split_across_folds
 from modaltune.data.synthetic import CohortExistsError, SynthConfig
 from modaltune.errors import InputError
+from modaltune.metrics import METRICS
 from modaltune.objectives import check_loss_weights
 from modaltune.train.config import TrainConfig, set_dotted, validate_train_config
 from modaltune.train.run import RANDOM_ENCODER_WARNING, check_config_against_cohort, ensure_label_banks
@@ -116,9 +118,10 @@ class StudyPlan:
 
 
 def build_plan(spec: StudySpec, study_dir: Path) -> StudyPlan:
-    """Validate the cohort and every config the study will run; generate a synthetic cohort if asked."""
+    """Validate the cohort, its folds for this study (``check_study_folds``) and every config the
+    study will run; generate a synthetic cohort if asked."""
     ensure_cohort(spec)
-    report = validate_cohort(spec.cohort)
+    report = validate_cohort(spec.cohort, check_folds=False)  # the study's own folds and tasks are checked below
     if not report.ok:
         raise CohortInvalidError(report)
     cohort = Cohort(spec.cohort)
@@ -141,9 +144,56 @@ def build_plan(spec: StudySpec, study_dir: Path) -> StudyPlan:
                     check_loss_weights(config.objective, config.loss_weights)
                 except InputError as exc:
                     raise InputError(f"study {spec.name}, cell {cell.id} {cell.levels}: {exc}") from exc
+    for warning in check_study_folds(spec, cohort):
+        logger.warning("study %s: %s", spec.name, warning)
     if random_encoder:
         logger.warning("%s: %s", ", ".join(sorted(random_encoder)), RANDOM_ENCODER_WARNING)
     return plan
+
+
+def check_study_folds(spec: StudySpec, cohort: Cohort) -> list[str]:
+    """Refuse a study whose folds cannot all be scored (``modaltune.data.fold_checks``): each
+    validation fold (search, confirm stage, test fold) must hold, per cancer type of the study,
+    what its tasks and metrics need, and so must its training folds. Returns what no split of
+    the cohort can give (warnings)."""
+    cases = case_table(cohort.slides)
+    cancer_types = _study_cancer_types(spec)
+    if cancer_types is not None:
+        cases = cases[cases["cohort"].isin(cancer_types)]
+    metrics = [METRICS[m.name] for m in spec.search.metrics if m.name in METRICS]
+    tasks = _trained_tasks(spec) | {m.task for m in metrics if m.task is not None}
+    folds = set(spec.fold_indices) | ({spec.test_fold} if spec.test_fold is not None else set())
+    if spec.confirm is not None:
+        folds |= set(spec.confirmation().fold_indices)
+    shortfalls = fold_shortfalls(cases, sorted(folds), test_fold=spec.test_fold, tasks=tasks, every_class=any(m.every_class for m in metrics))
+    problems = [str(s) for s in shortfalls if s.fold is not None]
+    for metric in spec.search.metrics:
+        task = METRICS[metric.name].task if metric.name in METRICS else None
+        short = {s.cohort for s in shortfalls if s.fold is None and s.task in (task, "")}
+        if task is not None and not set(cases["cohort"]) - short:
+            problems.append(
+                f"{metric.name}: no cancer type of the study has what it needs in every fold (below), so a fold may score "
+                "n/a and leave no trial to select"
+            )
+    if problems:
+        raise InputError(
+            f"study {spec.name}: its folds {sorted(folds)} cannot all be scored ({cohort.layout.slides}):\n  "
+            + "\n  ".join([*problems, *(str(s) for s in shortfalls if s.fold is None)])
+            + f"\n{fold_fix(cases, cohort.manifest.n_folds, site_preserved(cohort.slides))}"
+        )
+    return [str(s) for s in shortfalls if s.fold is None]
+
+
+def _study_cancer_types(spec: StudySpec) -> set[str] | None:
+    """The cancer types any cell trains on; None: every cancer type of the cohort."""
+    if "cohorts" in spec.factors:
+        return {c for level in spec.factors["cohorts"] for c in ([level] if isinstance(level, str) else level)}
+    return set(spec.cohorts) if spec.cohorts is not None else None
+
+
+def _trained_tasks(spec: StudySpec) -> set[str]:
+    """Tasks with a positive loss weight (every task when the study sets none)."""
+    return {task for task, weight in spec.tasks.items() if weight > 0} if spec.tasks else set(TASKS_CHECKED)
 
 
 def check_fold_grouping(cohort: Cohort, folds_by: str) -> None:

@@ -23,6 +23,8 @@ import pyarrow.parquet as pq
 
 from modaltune.data.clinical import CLINICAL_COLUMNS, clinical_value_problem
 from modaltune.data.features import FeatureFileError, read_slide_features
+from modaltune.data.fold_checks import case_table, fold_shortfalls, unscorable_folds
+from modaltune.data.folds import fold_fix, site_preserved
 from modaltune.data.labels import LabelsFileError, LabelSpec, load_labels
 from modaltune.data.layout import (
     CASE_LEVEL_COLUMNS,
@@ -44,6 +46,7 @@ T = TypeVar("T")
 Progress = Callable[[Iterable[T]], Iterable[T]]
 
 ROWS_PER_CHUNK = 4096
+SHORTFALL_FIELDS = {"": "cohort", "survival": "event", "diagnosis": "subtype"}  # the slide-table column a shortfall is about
 
 
 @dataclass(frozen=True)
@@ -83,13 +86,16 @@ class CohortInvalidError(InputError):
 
 
 def validate_cohort(
-    root: str | os.PathLike[str], progress: Progress | None = None, *, require_complete: bool = False
+    root: str | os.PathLike[str], progress: Progress | None = None, *, require_complete: bool = False, check_folds: bool = True
 ) -> ValidationReport:
     """Validate every file of the cohort folder at ``root``; see the module docstring.
 
     Cases without an RNA row are normal (about one in six in TCGA): the model gives them a
     learned missing-RNA token, so they are counted in a warning; ``require_complete`` makes
-    each of them a problem instead, for users who want complete-case analyses.
+    each of them a problem instead, for users who want complete-case analyses. With
+    ``check_folds`` (a labelled cohort whose slide table is valid), every fold must hold what it
+    needs to be scored, for every task and cancer type (``modaltune.data.fold_checks``); a study
+    checks only its own folds and tasks instead.
     """
     layout = CohortLayout(Path(root))
     report = ValidationReport(root=layout.root)
@@ -98,8 +104,11 @@ def validate_cohort(
     labels = checker.labels()
     slides = checker.slides_table()
     if slides is not None:
+        before = len(report.problems)
         checker.slide_rows(slides, labels, manifest)
         checker.case_consistency(slides)
+        if check_folds and manifest is not None and manifest.labelled and labels is not None and len(report.problems) == before:
+            checker.folds(slides, manifest.n_folds)
         checker.feature_files(slides, manifest, progress or _identity)
         report.n_slides = len(slides)
         report.n_cases = int(slides["case_id"].nunique())
@@ -245,6 +254,24 @@ class _Checker:
                         else "slides of one case disagree"
                     )
                     self.problem(path, f"case {case_id}", column, f"{reason}: {distinct}")
+
+    def folds(self, slides: pd.DataFrame, n_folds: int) -> None:
+        """Every fold scorable for every task and cancer type; what no split can give, a warning."""
+        cases = case_table(slides)
+        shortfalls = fold_shortfalls(cases, range(n_folds))
+        for shortfall in shortfalls:
+            field_name = SHORTFALL_FIELDS[shortfall.task]
+            if shortfall.fold is None:
+                self.warning(self.slides_path, f"cancer type {shortfall.cohort}", field_name, shortfall.reason)
+            else:
+                where = f"fold {shortfall.fold}, {shortfall.cohort}"
+                self.problem(self.slides_path, where, field_name, f"{shortfall.side} cases: {shortfall.reason}")
+        failing = unscorable_folds(shortfalls)
+        if failing:
+            self.problem(
+                self.slides_path, "", "fold",
+                f"{len(failing)} of {n_folds} folds cannot be scored (folds {failing}); {fold_fix(cases, n_folds, site_preserved(slides))}",
+            )
 
     def feature_files(self, slides: pd.DataFrame, manifest: CohortManifest | None, progress: Progress) -> None:
         known: set[str] = set()

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
 from analysis.inference import FoldDesign, minimum_detectable_difference
+from cli.main import main
+from modaltune.data import CohortLayout, SynthConfig, generate_cohort
+from modaltune.errors import InputError
+from sweeps.plan import build_plan
+from sweeps.spec import load_study_spec
 
 STUDIES = Path(__file__).resolve().parents[2] / "sweeps" / "studies"
 
@@ -55,3 +63,63 @@ def test_plan_warns_when_a_design_cannot_reach_significance(tmp_path: Path) -> N
 def test_plan_refuses_a_spread_that_is_not_a_standard_deviation() -> None:
     done = _plan(str(STUDIES / "tcga.yaml"), "--spread", "-1", "--cohort-folds", "5")
     assert done.returncode == 2 and "--spread: must be a positive standard deviation" in done.stderr
+
+
+def _study(tmp_path: Path, cohort: Path, **edits: object) -> Path:
+    """The tiny study on ``cohort``, with ``edits`` to its top-level keys."""
+    spec = yaml.safe_load((STUDIES / "tiny.yaml").read_text()) | {"cohort": str(cohort), "synthetic": None, "folds": 5} | edits
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _edit_slides(cohort: Path, edit: Callable[[pd.DataFrame], pd.DataFrame]) -> None:
+    path = CohortLayout(cohort).slides
+    edit(pd.read_parquet(path)).to_parquet(path, index=False)
+
+
+def _plan_in_process(capsys: pytest.CaptureFixture[str], study: Path) -> tuple[int, str, str]:
+    """``modaltune plan STUDY --spread 0.03`` in this process (the console script takes seconds to start)."""
+    code = main(["plan", str(study), "--spread", "0.03"])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_plan_and_the_study_refuse_folds_that_cannot_be_scored(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """44 cases in 5 folds, the issue's TCGA walk-through: folds without deaths or with one
+    subtype. Refused by `modaltune plan` and by the study before Ray starts, with the fix."""
+    config = SynthConfig(
+        cohorts=("BRCA", "NSCLC", "RCC", "GBMLGG"), slides_per_cohort=13, seed=7, feature_dim=8, min_tiles=4, max_tiles=8,
+        n_genes=40, n_pathways=4, n_folds=5, censored_fraction=0.5,
+    )
+    cohort = generate_cohort(tmp_path / "cohort", config).root
+    path = _study(tmp_path, cohort)
+    code, out, err = _plan_in_process(capsys, path)
+    assert code == 2, out
+    assert "study tiny: its folds [0, 1, 2, 3, 4] cannot all be scored" in err
+    assert "fold 0: GBMLGG validation cases: fewer deaths than a C-index needs (2), got 0 among 1 case" in err
+    assert "fix: --folds 2 lets every fold be scored" in err
+    with pytest.raises(InputError, match="cannot all be scored"):
+        build_plan(load_study_spec(path), tmp_path / "studies" / "tiny")
+
+
+def test_plan_checks_the_folds_and_tasks_the_study_uses(small_cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every ILC case in fold 0: no fold but 0 can score BRCA's subtypes, and fold 3 keeps one
+    BRCA death. A survival study on folds 0-2 does not care; one that trains diagnosis is refused;
+    a cancer type without deaths is a warning, and refused when it is the only one a C-index
+    study has."""
+    cohort = tmp_path / "cohort"
+    shutil.copytree(small_cohort, cohort)
+    _edit_slides(cohort, lambda s: s.assign(fold=s["fold"].where(s["subtype"] != "ILC", 0)))
+    code, _, err = _plan_in_process(capsys, _study(tmp_path, cohort, folds=3, tasks={"diagnosis": 0.0, "survival": 1.0}))
+    assert code == 0, err
+    code, _, err = _plan_in_process(capsys, _study(tmp_path, cohort, folds=3))
+    assert code == 2 and "fold 1: BRCA validation cases: fewer subtypes than subtype metrics need (2)" in err
+    assert "fold 0: BRCA training cases: a subtype to learn is missing, got no ILC case" in err
+
+    _edit_slides(cohort, lambda s: s.assign(event=s["event"].where(s["cohort"] != "BRCA", 0)))
+    code, out, err = _plan_in_process(capsys, _study(tmp_path, cohort, folds=4, tasks={"survival": 1.0}))
+    assert code == 0, err
+    assert "warning: BRCA: 0 death(s) in all: no split into 2 or more folds gives every fold" in out
+    code, _, err = _plan_in_process(capsys, _study(tmp_path, cohort, folds=4, tasks={"survival": 1.0}, cohorts=["BRCA"]))
+    assert code == 2 and "c_index: no cancer type of the study has what it needs in every fold" in err

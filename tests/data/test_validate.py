@@ -13,7 +13,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from cli.main import main
-from modaltune.data import Cohort, CohortLayout, read_slide_features, validate_cohort, write_slide_features
+from modaltune.data import (
+    Cohort,
+    CohortLayout,
+    SynthConfig,
+    generate_cohort,
+    read_slide_features,
+    validate_cohort,
+    write_slide_features,
+)
 
 
 def _first_slide(root: Path) -> str:
@@ -231,3 +239,36 @@ def test_missing_manifest_names_the_file(cohort_copy: Path) -> None:
     CohortLayout(cohort_copy).manifest.unlink()
     report = validate_cohort(cohort_copy)
     assert any(p.file == "cohort.json" and "not found" in p.message for p in report.problems)
+
+
+def test_folds_that_cannot_be_scored_are_refused_with_the_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """44 cases in 5 case folds (the issue's walk-through): folds without deaths, or with one
+    subtype, score nothing; validate names them and the fold count that would score."""
+    config = SynthConfig(
+        cohorts=("BRCA", "NSCLC", "RCC", "GBMLGG"), slides_per_cohort=13, seed=7, feature_dim=8, min_tiles=4, max_tiles=8,
+        n_genes=40, n_pathways=4, n_folds=5, censored_fraction=0.5,
+    )
+    root = generate_cohort(tmp_path / "small", config).root
+    assert main(["validate", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "fold 0, GBMLGG, field 'event': validation cases: fewer deaths than a C-index needs (2), got 0 among 1 case" in err
+    assert "field 'subtype': validation cases: fewer subtypes than subtype metrics need (2), got 2 cases, all KIRC" in err
+    assert "5 of 5 folds cannot be scored (folds [0, 1, 2, 3, 4]); fix: --folds 2 lets every fold be scored" in err
+
+
+def test_a_subtype_in_one_fold_only_is_never_learned_when_that_fold_validates(cohort_copy: Path) -> None:
+    _edit_slides(cohort_copy, lambda s: s.assign(fold=s["fold"].where(s["subtype"] != "ILC", 0)))
+    report = validate_cohort(cohort_copy)
+    (training,) = [p for p in report.problems if p.message.startswith("training cases")]
+    assert training.where == "fold 0, BRCA" and training.message == "training cases: a subtype to learn is missing, got no ILC case"
+    assert {p.where for p in report.problems if "all IDC" in p.message} == {"fold 1, BRCA", "fold 2, BRCA", "fold 3, BRCA"}
+    assert "fix: --folds 3 lets every fold be scored" in report.problems[-1].message
+
+
+def test_what_no_split_of_the_cohort_can_give_is_a_warning(cohort_copy: Path) -> None:
+    """A cancer type without deaths has no C-index in any fold whatever the folds; the others still score."""
+    _edit_slides(cohort_copy, lambda s: s.assign(event=s["event"].where(s["cohort"] != "BRCA", 0)))
+    report = validate_cohort(cohort_copy)
+    assert report.ok, report.problems
+    (warning,) = [w for w in report.warnings if w.field == "event"]
+    assert warning.where == "cancer type BRCA" and warning.message.startswith("0 death(s) in all: no split into 2 or more folds")

@@ -22,6 +22,7 @@ from modaltune.data import (
     validate_cohort,
     write_slide_features,
 )
+from tests.feature_files import write_h5
 
 
 def _first_slide(root: Path) -> str:
@@ -272,3 +273,18 @@ def test_what_no_split_of_the_cohort_can_give_is_a_warning(cohort_copy: Path) ->
     assert report.ok, report.problems
     (warning,) = [w for w in report.warnings if w.field == "event"]
     assert warning.where == "cancer type BRCA" and warning.message.startswith("0 death(s) in all: no split into 2 or more folds")
+
+
+def test_problems_of_one_kind_are_one_line_whatever_their_values(small_cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Survival times written "4.76 months": one line with the count and a few values, not one per value."""
+    source = Cohort(small_cohort)
+    write_h5(source, tmp_path / "h5")
+    slides = source.slides.drop(columns=["fold"]).astype({"time": object})
+    slides["time"] = [f"{t:.2f} months" for t in source.slides["time"]]
+    slides.to_csv(tmp_path / "slides.csv", index=False)
+    assert main(["import-h5", str(tmp_path / "h5"), "--slides", str(tmp_path / "slides.csv"), str(tmp_path / "out")]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if "field 'time'" in line]
+    assert len(lines) == 1, lines
+    first = source.slides.iloc[0]
+    assert lines[0].strip().startswith("80 x slides.csv, field 'time': survival time must be a finite number of months > 0 (e.g. ")
+    assert f"slide {first['slide_id']}: '{first['time']:.2f} months'" in lines[0]

@@ -137,5 +137,9 @@ def held_out_metrics(spec: StudySpec, repetitions: list[RepetitionPredictions]) 
         return None
     labels = Cohort(spec.cohort).labels
     classes_of = {name: labels.subtypes_of(name) for name in labels.cohorts}
-    return pd.DataFrame([{"fold": rep.fold, "seed": rep.seed, **evaluate_predictions(rep.test, classes_of)} for rep in tested])
+    return pd.DataFrame([
+        {"fold": rep.fold, "seed": rep.seed,
+         **evaluate_predictions(rep.test, classes_of, f"test fold {spec.test_fold}, model of fold {rep.fold}, seed {rep.seed}")}
+        for rep in tested
+    ])
 

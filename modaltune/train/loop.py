@@ -165,12 +165,13 @@ def collect_case_outputs(
 
 
 def score_case_outputs(
-    objective: Objective, train_rows: Sequence[dict], val_rows: Sequence[dict], classes_of: dict[str, list[str]]
+    objective: Objective, train_rows: Sequence[dict], val_rows: Sequence[dict], classes_of: dict[str, list[str]], where: str = "",
 ) -> tuple[dict[str, float], pd.DataFrame]:
-    """Validation loss, metrics per cohort and overall, and per-case predictions (``predict_cases``)."""
+    """Validation loss, metrics per cohort and overall, and per-case predictions (``predict_cases``);
+    ``where`` names the split in an undefined metric's warning."""
     predictions = predict_cases(objective, train_rows, val_rows, classes_of)
     losses = [r["loss"] for r in val_rows]
-    metrics = {"loss": float(np.mean(losses)) if losses else math.nan} | evaluate_predictions(predictions, classes_of)
+    metrics = {"loss": float(np.mean(losses)) if losses else math.nan} | evaluate_predictions(predictions, classes_of, where)
     return metrics, predictions
 
 

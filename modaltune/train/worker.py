@@ -165,7 +165,7 @@ class RunRecipe:
         """Score the validation cases into ``metrics``, write the predictions; whether to stop early."""
         config = self.config
         outputs = _Outputs(self._batches("evaluation"), self.module, self.classes_of, self.rank, self.world, self.batch_tiles)
-        scores, predictions = outputs.score(self.train_ids, self.val_ids)
+        scores, predictions = outputs.score(self.train_ids, self.val_ids, f"validation fold {config.fold}, seed {config.seed}, epoch {epoch}")
         self.state.scores = {k: float(v) for k, v in scores.items()}
         metrics |= {f"val_{k}": v for k, v in scores.items()}
         stop = _early_stopping(self.state, config, epoch, metrics)
@@ -273,13 +273,13 @@ class _Outputs:
             self._train_rows = self.rows(train_ids)
         return self._train_rows
 
-    def score(self, train_ids: Sequence[str], val_ids: Sequence[str]) -> tuple[dict[str, float], pd.DataFrame]:
-        """Validation metrics and predictions; rank 0 scores, and the metrics reach every rank."""
+    def score(self, train_ids: Sequence[str], val_ids: Sequence[str], where: str) -> tuple[dict[str, float], pd.DataFrame]:
+        """Validation metrics and predictions; rank 0 scores (``where``: the split, for warnings), and the metrics reach every rank."""
         val_rows = self.rows(val_ids)
         train_rows = self.train_rows(train_ids) if self.module.objective.predicts_with_probes else []
         result: list[Any] = [None]
         if self.rank == 0:
-            result[0] = score_case_outputs(self.module.objective, train_rows, val_rows, self.classes_of)
+            result[0] = score_case_outputs(self.module.objective, train_rows, val_rows, self.classes_of, where)
         if self.world > 1:
             dist.broadcast_object_list(result, src=0)
         return result[0]

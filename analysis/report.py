@@ -302,6 +302,8 @@ def _selection_section(
         + ", ".join(f"{f} = {row[f]}" for f in spec.factors)
         + f"), {metric} {selection.score_text}, {int(row['trainable_params']):,} trainable parameters.\n"
     )
+    for warning in selection.warnings:
+        builder.text(f"> **Warning:** {warning}.\n")
     builder.text(f"> {OPTIMISM_NOTE} It was chosen among {len(selection.candidates)} candidates.\n")
     columns = ["trial_id", "cell", *spec.factors, *[p for p in spec.search.params if p in selection.candidates.columns], "mean", "se", "n", "trainable_params", "within_1se", "selected"]
     builder.table(selection.candidates[columns].head(15), floatfmt=".4g")

@@ -11,11 +11,18 @@ and the smaller model is the safer bet (Hastie, Tibshirani & Friedman, ESL 7.10)
 
 Out-of-fold scores of the selected model are optimistic: the same folds chose it. Only a held-out
 test fold (``test_fold`` in the study spec) or nested cross-validation gives an unbiased estimate.
+
+A selected model at or below chance (a C-index of 0.5, a balanced accuracy of 1/k over k
+subtypes: ``CaseMetric.chance``) is still selected, so that the study's outcome stays what the
+rule says, but with a warning that is logged and written into the report: on such folds nothing
+was learned that held out, and the usual cause is folds that cannot be scored (too few deaths
+or one subtype: ``modaltune validate`` and ``plan`` check them).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +34,15 @@ import torch
 from analysis.predictions import RepetitionPredictions
 from analysis.summary import final_epochs
 from modaltune.data import Cohort
+from modaltune.data.labels import load_labels
+from modaltune.data.layout import CohortLayout
 from modaltune.errors import InputError
-from modaltune.metrics import evaluate_predictions
+from modaltune.metrics import METRICS, evaluate_predictions
 from modaltune.train.checkpoints import ADAPTER_FILE, CONFIG_FILE, STATE_FILE
 from sweeps.layout import StudyLayout
 from sweeps.spec import StudySpec
+
+logger = logging.getLogger(__name__)
 
 OPTIMISM_NOTE = (
     "Out-of-fold scores of the selected model are optimistic: the same folds that score it also chose it. "
@@ -48,6 +59,7 @@ class Selection:
     best_trial_id: str
     bar: float
     candidates: pd.DataFrame  # one row per candidate trial: levels, mean, se, n, trainable_params, within_1se, selected
+    warnings: tuple[str, ...] = ()  # e.g. the selected model scores at or below chance
 
     @property
     def row(self) -> pd.Series:
@@ -111,12 +123,31 @@ def select_model(study_dir: str | Path, spec: StudySpec, results: pd.DataFrame, 
     table["trainable_params"] = [
         trainable_parameters(Path(study_dir), trial, spec.fold_indices[0], spec.seeds[0]) for trial in table["trial_id"]
     ]
-    return one_standard_error_rule(table, metric, direction)
+    selection = one_standard_error_rule(table, metric, direction, chance_level(spec, metric))
+    for warning in selection.warnings:
+        logger.warning("%s: %s", study_dir, warning)
+    return selection
 
 
-def one_standard_error_rule(table: pd.DataFrame, metric: str, direction: str) -> Selection:
+def chance_level(spec: StudySpec, metric: str) -> float | None:
+    """What a model that knows nothing scores on ``metric``, averaged over the study's cancer types
+    as the metric is; None for a metric without one (the loss) or when labels.yaml cannot be read."""
+    if metric not in METRICS or METRICS[metric].chance is None:
+        return None
+    chance = METRICS[metric].chance
+    try:
+        labels = load_labels(CohortLayout(spec.cohort).labels)
+    except InputError as exc:
+        logger.warning("chance level of %s not known: %s", metric, exc)
+        return None
+    cancer_types = [name for name in (spec.cohorts or list(labels.cohorts)) if name in labels.cohorts]
+    return sum(chance(labels.subtypes_of(name)) for name in cancer_types) / len(cancer_types) if cancer_types else None
+
+
+def one_standard_error_rule(table: pd.DataFrame, metric: str, direction: str, chance: float | None = None) -> Selection:
     """``table``: trial_id, mean, se, trainable_params per candidate. The fewest-parameter candidate
-    within one SE of the best (a missing SE, from one repetition, counts as 0)."""
+    within one SE of the best (a missing SE, from one repetition, counts as 0); a warning when it
+    scores at or below ``chance``."""
     sign = 1 if direction == "max" else -1
     table = table.copy()
     best = table.loc[(sign * table["mean"]).idxmax()]
@@ -127,7 +158,16 @@ def one_standard_error_rule(table: pd.DataFrame, metric: str, direction: str) ->
     chosen = str(eligible.sort_values(["trainable_params", "order", "trial_id"]).iloc[0]["trial_id"])
     table["selected"] = table["trial_id"] == chosen
     ordered = table.sort_values("mean", ascending=direction == "min").reset_index(drop=True)
-    return Selection(metric, direction, chosen, str(best["trial_id"]), bar, ordered)
+    selection = Selection(metric, direction, chosen, str(best["trial_id"]), bar, ordered)
+    if chance is not None and sign * selection.row["mean"] <= sign * chance:
+        best_text = "" if chosen == selection.best_trial_id else f" (the best, {selection.best_trial_id}, {best['mean']:.4f})"
+        warning = (
+            f"the selected trial {chosen} scores {metric} {selection.score_text}{best_text}, at or below chance "
+            f"({chance:.3g}): nothing it learned held out on these folds; do not use it. Folds with too few deaths or "
+            "one subtype score so; `modaltune validate` and `modaltune plan` check them"
+        )
+        selection = Selection(metric, direction, chosen, selection.best_trial_id, bar, ordered, (warning,))
+    return selection
 
 
 def held_out_metrics(spec: StudySpec, repetitions: list[RepetitionPredictions]) -> pd.DataFrame | None:

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import itertools
+import json
+import logging
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+import yaml
 
 from analysis.cost import cost_table
-from analysis.selection import candidate_scores, one_standard_error_rule
+from analysis.selection import candidate_scores, chance_level, one_standard_error_rule
 from analysis.tuning import param_importances, pareto_front
+from cli.main import main
+from modaltune.train.checkpoints import ADAPTER_FILE, CONFIG_FILE, STATE_FILE
+from sweeps.layout import StudyLayout
 from sweeps.spec import StudySpec
 
 FOLDS, SEEDS = 4, [0]
@@ -120,3 +128,55 @@ def test_cost_counts_states_and_reserved_cpu_hours() -> None:
     table = cost_table(_spec(), results, trials).set_index("cell")
     assert table.loc["total", "trials"] == 16 and table.loc["total", "stopped_early"] == 1
     assert table.loc["wsi", "cpu_hours"] == pytest.approx(8 * 0.1 * 2 * 0.5)  # 8 trials x 6 min x 2 workers x 0.5 CPU
+
+
+def _study_folder(root: Path, cohort: Path, means: dict[str, float]) -> Path:
+    """A finished study's folder as the study writes it (spec, results, trials, each repetition's
+    adapter-only checkpoint), two folds whose C-index differ by 0.378 around each trial's mean."""
+    study = root / "below"
+    layout = StudyLayout(study)
+    study.mkdir(parents=True)
+    spec = StudySpec.model_validate({"name": "below", "cohort": str(cohort), "folds": 2, "seeds": [0], "factors": {"adapter_depth": [1, 2]}})
+    layout.spec.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    results, trials = [], []
+    for depth, (trial, mean) in enumerate(means.items(), start=1):
+        levels = {"trial_id": trial, "cell": f"c{depth}", "adapter_depth": str(depth)}
+        for fold in (0, 1):
+            results.append(levels | {
+                "fold": fold, "seed": 0, "epoch": 0, "val_c_index": mean + (0.189 if fold else -0.189), "val_loss": 1.0,
+                "val_balanced_accuracy": 0.5, "val_macro_auc": 0.5, "time_this_iter_s": 1.0, "time_total_s": 1.0,
+                "num_workers": 1, "cpus_per_worker": 1.0,
+            })
+            checkpoint = layout.runs / trial / "train" / f"checkpoint_{fold:06d}"
+            checkpoint.mkdir(parents=True)
+            torch.save({"adapter.weight": torch.zeros(10 * depth)}, checkpoint / ADAPTER_FILE)
+            (checkpoint / STATE_FILE).write_text(json.dumps({"epoch": 0}))
+            (checkpoint / CONFIG_FILE).write_text(json.dumps({"train": {"fold": fold, "seed": 0}}))
+        trials.append(levels | {"state": "finished", "time_total_s": 2.0, "cv_c_index": mean})
+    pd.DataFrame(results).to_parquet(layout.results)
+    pd.DataFrame(trials).to_parquet(layout.trials)
+    return study
+
+
+def test_a_selection_below_chance_is_warned_about_in_the_report_and_on_the_terminal(
+    small_cohort: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The issue's study: the 1-SE rule picked C-index 0.189 ± 0.189 and said nothing."""
+    study = _study_folder(tmp_path, small_cohort, {"small": 0.189, "large": 0.2})
+    with caplog.at_level(logging.WARNING, logger="analysis.selection"):
+        assert main(["analyze", str(study), "--bootstrap", "10"]) == 0
+    expected = "the selected trial small scores c_index 0.1890 ± 0.1890 (SE, 2 folds) (the best, large, 0.2000), at or below chance (0.5)"
+    assert any(expected in message for message in caplog.messages)
+    assert f"> **Warning:** {expected}" in (study / "report" / "report.md").read_text()
+
+
+def test_chance_is_the_metric_of_a_model_that_knows_nothing_over_the_study_cancer_types(small_cohort: Path) -> None:
+    spec = StudySpec.model_validate({"name": "chance", "cohort": str(small_cohort)})
+    assert chance_level(spec, "c_index") == 0.5
+    assert chance_level(spec, "balanced_accuracy") == pytest.approx((1 / 2 + 1 / 3) / 2)  # BRCA: 2 subtypes, RCC: 3
+    assert chance_level(spec.model_copy(update={"cohorts": ["BRCA"]}), "balanced_accuracy") == 0.5
+    assert chance_level(spec, "loss") is None
+    table = _candidates([("deep", 0.45, 0.02, 90_000), ("shallow", 0.44, 0.01, 30_000)]).assign(n=FOLDS)
+    assert not one_standard_error_rule(table, "balanced_accuracy", "max", chance=0.4167).warnings
+    (warning,) = one_standard_error_rule(table, "balanced_accuracy", "max", chance=0.5).warnings
+    assert warning.startswith("the selected trial shallow scores balanced_accuracy 0.4400 ± 0.0100 (SE, 4 folds) (the best, deep, 0.4500), at or below chance (0.5)")

@@ -7,8 +7,12 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from modaltune.errors import InputError
+
+if TYPE_CHECKING:
+    from sweeps.spec import StudySpec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_STUDY = REPO_ROOT / "sweeps" / "studies" / "demo.yaml"
@@ -61,32 +65,56 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Tune's classic reporter (--tune-table) shows our factor and metric columns; the new one ignores them.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    from sweeps.interrupt import INTERRUPTS
+
+    INTERRUPTS.install()  # any number of Ctrl-C: the state saved, exit 130, no traceback
+    try:
+        return _run(args)
+    except KeyboardInterrupt:  # before the study was known
+        print("interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one "study created" line per cell otherwise
 
+    from sweeps.layout import StudyLayout
     from sweeps.spec import load_study_spec
     from sweeps.storage import StorageError, storage_folder
     from sweeps.study import StudyStalledError, run_study
 
     study, source = choose_study(args.study)
     print(f"study: {study} (from {source})", flush=True)
+    study_dir: Path | None = None
+
+    def what_is_kept(fix: str) -> str:
+        """What is true of the study folder now, and so what to do next."""
+        if study_dir is not None and StudyLayout(study_dir).spec.exists():
+            return f"the study's state is saved; {fix}continue it with --resume"
+        return f"nothing of the study was written; {fix}run it again"
+
     try:
         spec = load_study_spec(study)
         storage = storage_folder(choose_storage(args.storage, spec.storage))
-        outcome = run_study(spec, storage, resume=args.resume, address=args.address, tune_table=args.tune_table)
+        study_dir = storage.resolve() / spec.name
+        outcome = run_study(
+            spec, storage, resume=args.resume, address=args.address, tune_table=args.tune_table, conclude=_conclude, source=str(study),
+        )
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (StorageError, OSError) as exc:  # full or unwritable storage: what was written is kept
-        print(f"error: {exc}\nwhat was written is kept; fix the storage, then run again with --resume", file=sys.stderr)
+    except (StorageError, OSError) as exc:  # full or unwritable storage
+        print(f"error: {exc}\n{what_is_kept('fix the storage, then ')}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        print(f"study interrupted (Ctrl-C): {what_is_kept('')}", file=sys.stderr)
+        return 130
     except StudyStalledError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 4
 
-    if not outcome.unfinished:  # an interrupted study is analysed when it is finished
-        _conclude(outcome.study_dir)
     print(f"\nresults: {outcome.study_dir / 'results.parquet'}\ntrials:  {outcome.study_dir / 'trials.parquet'}")
     if outcome.unfinished:
         print(f"study interrupted: {outcome.unfinished} trials unfinished; continue it with --resume", file=sys.stderr)
@@ -94,29 +122,40 @@ def main(argv: list[str] | None = None) -> int:
     if outcome.errors:
         print(f"{outcome.errors} of {outcome.trials} trials failed; see trials.parquet", file=sys.stderr)
         return 1
+    if outcome.problem is not None:
+        print(f"error: the study selected no model: {outcome.problem}", file=sys.stderr)
+        return 1
     return 0
 
 
-def _conclude(study_dir: Path) -> None:
-    """The study's report and its selected model, as ``modaltune analyze`` and ``select`` make them.
-
-    An analysis that cannot run (nothing finished yet) is reported, not fatal: the study's own
-    results stand, and ``modaltune analyze`` can be run again later.
+def _conclude(study_dir: Path, spec: StudySpec) -> str | None:
+    """The study's report and its selected model, as ``modaltune analyze`` and ``select`` make
+    them; returns why no model was selected (None when the model is exported). A storage
+    failure propagates: the study then stops with its state saved, and ``--resume`` concludes it.
     """
     from analysis.export import export_selection
     from analysis.report import analyze_study
+    from analysis.selection import select_model
+    from analysis.summary import load_study
     from sweeps.trackers import study_trackers
 
     try:
         report = analyze_study(study_dir)
-        print("\n" + report.console_text())
-        for tracker in study_trackers(report.spec, study_dir):
-            try:
-                tracker.log_report(report.directory)
-            except Exception as exc:  # noqa: BLE001 - an unreachable tracker server costs the upload, not the study's results
-                print(f"could not log the report to {tracker.options.name}: {exc}", file=sys.stderr)
-        if report.selection is not None:  # the report's own selection, not chosen a second time
-            best = export_selection(study_dir, report.spec, report.selection, report.test_metrics)
-            print(f"selected model exported to {best}")
-    except (InputError, OSError) as exc:
-        print(f"no report or model: {exc}; run `modaltune analyze {study_dir}` once fixed", file=sys.stderr)
+    except InputError as exc:
+        print(f"no report or model: {exc}", file=sys.stderr)
+        return str(exc)
+    print("\n" + report.console_text())
+    for tracker in study_trackers(spec, study_dir):  # the trackers of the spec this driver runs
+        try:
+            tracker.log_report(report.directory)
+        except Exception as exc:  # noqa: BLE001 - an unreachable tracker server costs the upload, not the study's results
+            print(f"could not log the report to {tracker.options.name}: {exc}", file=sys.stderr)
+    if report.selection is None:  # the report says why; so does the terminal
+        try:
+            select_model(study_dir, *load_study(study_dir))
+        except InputError as exc:
+            return str(exc)
+        return "the report selected none"
+    best = export_selection(study_dir, report.spec, report.selection, report.test_metrics)  # the report's own selection
+    print(f"selected model exported to {best}")
+    return None

@@ -34,6 +34,7 @@ from modaltune.errors import InputError
 from modaltune.units import duration_text
 from sweeps.layout import StudyLayout
 from sweeps.plan import StudyPlan
+from sweeps.results import completed_trials
 from sweeps.searcher import CELL_KEY, DONE_KEY, KIND_KEY, cv_key
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ MIN_BAR_WIDTH = 60  # narrower (or a pty of zero columns) gets the log lines: a 
 # `modaltune status` exits with the study's state, so scripts can wait on it; 2 is bad input.
 EXIT_CODES = {"finished": 0, "failed": 1, "running": 3, "interrupted": 4}
 STATES = tuple(EXIT_CODES)
+NO_MODEL = "no model selected"  # how a failed study that trained everything but selected nothing says so
 
 
 @dataclass
@@ -147,8 +149,13 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def stage_progress(plan: StudyPlan, trials: list[Trial], started_at: float, repetitions_this_run: int) -> StageProgress:
-    """Counts of ``plan``'s stage from Tune's trials; trials Tune has not created yet are pending."""
+def stage_progress(
+    plan: StudyPlan, trials: list[Trial], completed: set[str], started_at: float, repetitions_this_run: int,
+) -> StageProgress:
+    """Counts of ``plan``'s stage from Tune's trials; trials Tune has not created yet are pending.
+
+    Tune marks the trials it stops because the driver is interrupted TERMINATED too; only those
+    in ``completed`` (through ``on_trial_complete``) finished or were stopped by the scheduler."""
     search = plan.spec.search
     total_reps = len(plan.repetitions)
     cells = {cell.id: CellProgress(levels=dict(cell.levels), trials_total=search.trials_per_cell) for cell in plan.cells}
@@ -165,10 +172,10 @@ def stage_progress(plan: StudyPlan, trials: list[Trial], started_at: float, repe
         if trial.status == Trial.ERROR:
             cell.failed += 1
             cell.repetitions_total += done
-        elif trial.status == Trial.TERMINATED and done < total_reps:
+        elif trial.status == Trial.TERMINATED and trial.trial_id in completed and done < total_reps:
             cell.stopped_early += 1  # the scheduler stopped it: no more repetitions will run
             cell.repetitions_total += done
-        elif trial.status == Trial.TERMINATED:
+        elif trial.status == Trial.TERMINATED and trial.trial_id in completed:
             cell.finished += 1
             cell.repetitions_total += total_reps
             score = last.get(metric) if last.get(KIND_KEY) == "repetition" else None
@@ -192,12 +199,12 @@ def _better(score: float, best: float | None, mode: str) -> bool:
 def summary_line(stage: StageProgress, now: float) -> str:
     """One line: what a person needs at a glance, used for the bar's text and periodic log lines."""
     reps_done, reps_total = stage.total("repetitions_done"), stage.total("repetitions_total")
-    percent = 100.0 * reps_done / reps_total if reps_total else 100.0
+    percent = f" ({100.0 * reps_done / reps_total:.0f}%)" if reps_total else ""
     left = "" if stage.ended else f", left ~{duration_text(stage.seconds_left(now))}"
     leader = stage.leader()
     leading = f"; leading {leader} {stage.cells[leader].best:.3f} {stage.metric}" if leader else ""
     return (
-        f"repetitions {reps_done}/{reps_total} ({percent:.0f}%); trials {stage.total('trials_done')}/{stage.total('trials_total')} "
+        f"repetitions {reps_done}/{reps_total}{percent}; trials {stage.total('trials_done')}/{stage.total('trials_total')} "
         f"done ({stage.total('stopped_early')} stopped early, {stage.total('failed')} failed), {stage.total('running')} running, "
         f"{stage.pending} pending; elapsed {duration_text(now - stage.started_at)}{left}{leading}"
     )
@@ -217,19 +224,33 @@ def stage_table(stage: StageProgress) -> list[str]:
 
 
 def render(progress: StudyProgress, now: float | None = None) -> list[str]:
-    """The status block: state, then per stage a summary line and a per-cell table."""
+    """The status block: state, what to do about it, then per stage a summary line and a per-cell table."""
     now = time.time() if now is None else now
     state = progress.observed_state(now)
     said = f" ({progress.message})" if progress.message else ""
     if state != progress.state:
-        said = f" (the driver, pid {progress.pid} on {progress.host}, stopped without saying so; continue with --resume)"
+        said = f" (the driver, pid {progress.pid} on {progress.host}, stopped without saying so)"
     lines = [
         f"study {progress.study}: {state}{said}",
         f"  written by pid {progress.pid} on {progress.host}, {duration_text(now - progress.updated_at)} ago; started {time.strftime('%Y-%m-%d %H:%M', time.localtime(progress.started_at))}",
     ]
+    advice = _advice(state, progress.message if state == progress.state else None)
+    if advice:
+        lines.append(f"  {advice}")
     for name, stage in progress.stages.items():
         lines += ["", f"{name}: {summary_line(stage, progress.updated_at)}", *stage_table(stage)]
     return lines
+
+
+def _advice(state: str, message: str | None) -> str | None:
+    """What will work from here (each a path the driver takes: sweeps/study.py)."""
+    if state == "interrupted":
+        return "continue it with --resume (the same spec, or the study's own study.yaml)"
+    if state == "failed" and message is not None and message.startswith(NO_MODEL):
+        return "a resume would select the same way; its report (report/report.md) says why"
+    if state == "failed":
+        return "--resume retries the failed trials once their cause is fixed"
+    return None
 
 
 class ProgressTracker(Callback):
@@ -250,6 +271,7 @@ class ProgressTracker(Callback):
         self._progress: StudyProgress | None = None
         self._started = time.time()
         self._seen_done: dict[str, int] = {}
+        self._completed: set[str] = set()
         self._repetitions_this_run = 0
         self._last_write = self._last_log = 0.0
         self._changed = True
@@ -259,6 +281,7 @@ class ProgressTracker(Callback):
         self.use_bar = _terminal_width() >= MIN_BAR_WIDTH if self.bar is None else self.bar
         self._started = time.time()
         self._seen_done, self._repetitions_this_run = {}, 0
+        self._completed = completed_trials(StudyLayout(self.plan.study_dir))
         self._progress = study_running(self.layout, self.plan.spec.name)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Trial, result: dict, **info: Any) -> None:
@@ -273,6 +296,7 @@ class ProgressTracker(Callback):
         self._changed = True
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
+        self._completed.add(trial.trial_id)
         self._changed = True
 
     def on_trial_error(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
@@ -290,7 +314,7 @@ class ProgressTracker(Callback):
         logger.info("%s by cell:\n%s", self.stage, "\n".join(stage_table(stage)))
 
     def _update(self, trials: list, now: float, ended: bool = False) -> StageProgress:
-        stage = stage_progress(self.plan, trials, self._started, self._repetitions_this_run)
+        stage = stage_progress(self.plan, trials, self._completed, self._started, self._repetitions_this_run)
         stage.ended = ended
         progress = self._progress = self._progress or study_running(self.layout, self.plan.spec.name)
         progress.stages[self.stage] = stage

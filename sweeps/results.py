@@ -69,9 +69,7 @@ class ResultsWriter(Callback):
         if len(written):
             self._known = set(written[list(RESULT_KEY)].itertuples(index=False, name=None))
         self._backfill(None)
-        previous = trial_states_table(StudyLayout(self.plan.study_dir).trials).read()
-        if len(previous):
-            self._completed |= set(previous.loc[previous["state"].isin(COMPLETED_STATES), "trial_id"])
+        self._completed |= completed_trials(StudyLayout(self.plan.study_dir))
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._changed.add(trial.trial_id)
@@ -157,6 +155,13 @@ class ResultsWriter(Callback):
             trial_states_table(StudyLayout(self.plan.study_dir).trials).append(trial_table(self.plan, changed, self._completed).to_dict("records"))
             self._changed.clear()
         self._last_flush = time.monotonic()
+
+
+def completed_trials(layout: StudyLayout) -> set[str]:
+    """The trials an earlier driver saw Tune complete (finished, or stopped by the scheduler): a
+    restored Tune run holds them TERMINATED without completing them again."""
+    previous = trial_states_table(layout.trials).read()
+    return set(previous.loc[previous["state"].isin(COMPLETED_STATES), "trial_id"]) if len(previous) else set()
 
 
 def trial_table(plan: StudyPlan, trials: list, completed: set[str]) -> pd.DataFrame:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,12 @@ from modaltune.errors import InputError
 from modaltune.train import ray_session
 from sweeps.channel import open_channel
 from sweeps.confirm import FixedConfigurations, confirmation_configs
-from sweeps.interrupt import clear_interruption, read_interruption
+from sweeps.identity import record_changes, record_new_study, resumed_changes
+from sweeps.interrupt import INTERRUPTS, clear_interruption, interrupt_study, read_interruption
 from sweeps.layout import StudyLayout
+from sweeps.lock import StudyLock, StudyLockedError, refuse_if_driven
 from sweeps.plan import StudyPlan, build_plan, prepare_label_banks
-from sweeps.progress import ProgressTracker, mark_study
+from sweeps.progress import NO_MODEL, ProgressTracker, mark_study
 from sweeps.reaper import WorkerGroupReaper
 from sweeps.result_parts import trial_states_table
 from sweeps.results import UNFINISHED_STATES, ResultsWriter
@@ -58,19 +61,28 @@ class StudyOutcome:
     trials: int
     errors: int
     unfinished: int  # > 0 when the driver was interrupted: continue with resume
+    problem: str | None = None  # why the conclusion selected no model (None: report and model written, or none asked for)
+
+
+# Writes the report and exports the selected model of a study folder; returns None when both are
+# written, else why no model was selected. The command passes it (analysis is above sweeps).
+Conclude = Callable[[Path, StudySpec], "str | None"]
 
 
 def run_study(
     spec: StudySpec, storage: Path, *, resume: bool = False, address: str | None = None, tune_table: bool = False,
-    trainable: type[tune.Trainable] = StudyTrial, reuse_actors: bool = False,
+    trainable: type[tune.Trainable] = StudyTrial, reuse_actors: bool = False, conclude: Conclude | None = None,
+    source: str = "the spec",
 ) -> StudyOutcome:
     """Run (or with ``resume`` continue) the study into ``storage / spec.name``: the search,
-    then, if the spec asks for one, the confirm stage (sweeps/confirm.py). ``tune_table`` shows
-    Ray Tune's own status table instead of the study's progress display (sweeps/progress.py).
-    ``trainable`` trains one trial (``setup(config, plan, channel)``): benchmarks/bench_driver.py
-    passes one that reports made-up epochs at once, to measure the driver alone, and
-    ``reuse_actors`` so that its trials share processes (``StudyTrial`` cannot: its Ray Train
-    run lives in the trial's process until the trial ends)."""
+    then, if the spec asks for one, the confirm stage (sweeps/confirm.py), then ``conclude``
+    (the report and the selected model), all under the study's lock (sweeps/lock.py): the
+    study reads ``finished`` only once they are written. ``source`` names the spec in messages.
+    ``tune_table`` shows Ray Tune's own status table instead of the study's progress display
+    (sweeps/progress.py). ``trainable`` trains one trial (``setup(config, plan, channel)``):
+    benchmarks/bench_driver.py passes one that reports made-up epochs at once, to measure the
+    driver alone, and ``reuse_actors`` so that its trials share processes (``StudyTrial``
+    cannot: its Ray Train run lives in the trial's process until the trial ends)."""
     storage = storage.resolve()
     layout = StudyLayout(storage / spec.name)
     # Tune's own per-trial loggers (result.json, progress.csv, TensorBoard events of every
@@ -80,20 +92,47 @@ def run_study(
     # Without them, the ResultGrid that Tuner.fit builds (the study never reads it) finds no
     # result.json and warns once per trial.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    started_before = Tuner.can_restore(str(layout.root)) if layout.root.exists() else False
-    if resume and not started_before:
-        raise InputError(f"--resume: there is no study to continue at {layout.root}")
-    if not resume and started_before:
-        raise InputError(f"{layout.root} already holds study '{spec.name}': pass --resume to continue it, or choose another --storage")
+    if layout.root.exists():
+        refuse_if_driven(layout)  # before any expensive check: name the driver at once
+    _check_resumable(layout, spec, resume, source)
     plan = build_plan(spec, layout.root)
     confirmation = build_plan(spec.confirmation(), layout.confirmation) if spec.confirm is not None else None
     check_storage(storage, spec.min_free_mb)
     for tracker in study_trackers(spec, layout.root):
         tracker.check()
+    lock = StudyLock(layout, on_lost=lambda message: interrupt_study(layout, "lock", message))
+    lock.acquire()  # before anything is written to the study folder
+    try:
+        changes = _check_resumable(layout, spec, resume, source)  # again: no other driver can change it now
+        if resume:
+            record_changes(layout, spec, changes)
+        else:
+            record_new_study(layout, spec)
+        return _drive(plan, confirmation, resume, address, tune_table, trainable, reuse_actors, conclude)
+    finally:
+        lock.release()
 
+
+def _check_resumable(layout: StudyLayout, spec: StudySpec, resume: bool, source: str) -> dict[str, Any]:
+    """A study is a folder with its ``study.yaml``: ``resume`` needs one (with a spec that computes
+    the same, see sweeps/identity.py), a new study needs none. Returns the harmless changes."""
+    started = layout.spec.exists()
+    if resume and not started:
+        raise InputError(f"--resume: there is no study to continue at {layout.root}")
+    if not resume and started:
+        raise InputError(f"{layout.root} already holds study '{spec.name}': pass --resume to continue it, or choose another --storage")
+    return resumed_changes(layout, spec, source) if resume else {}
+
+
+def _drive(
+    plan: StudyPlan, confirmation: StudyPlan | None, resume: bool, address: str | None, tune_table: bool,
+    trainable: type[tune.Trainable], reuse_actors: bool, conclude: Conclude | None,
+) -> StudyOutcome:
+    """Everything after the lock: the stages on Ray, the conclusion, and the state it leaves."""
+    spec, layout = plan.spec, StudyLayout(plan.study_dir)
+    if confirmation is not None and not StudyLayout(confirmation.study_dir).spec.exists():
+        write_text_atomic(StudyLayout(confirmation.study_dir).spec, yaml.safe_dump(confirmation.spec.model_dump(mode="json"), sort_keys=False))
     for stage in filter(None, (plan, confirmation)):
-        StudyLayout(stage.study_dir).root.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(StudyLayout(stage.study_dir).spec, yaml.safe_dump(stage.spec.model_dump(mode="json"), sort_keys=False))
         clear_interruption(StudyLayout(stage.study_dir))
     mark_study(layout, spec.name, "running")
     try:
@@ -101,8 +140,16 @@ def run_study(
         for stage in filter(None, (plan, confirmation)):
             prepare_label_banks(stage)
         outcome = _run_stages(plan, confirmation, resume, tune_table, trainable, reuse_actors)
-    except (StorageError, StudyStalledError, KeyboardInterrupt) as exc:
-        mark_study(layout, spec.name, "interrupted", str(exc) or "interrupted")
+        if outcome.unfinished:
+            INTERRUPTS.stopping = True  # Tune took the Ctrl-C (or the guard's signal): later ones only say so
+        elif conclude is not None:
+            mark_study(layout, spec.name, "running", "writing the report and exporting the selected model")
+            outcome.problem = conclude(layout.root, spec)
+    except (StorageError, OSError) as exc:  # a full or unwritable disk: the state is saved, --resume once fixed
+        mark_study(layout, spec.name, "interrupted", str(exc) or type(exc).__name__)
+        raise
+    except (StudyStalledError, StudyLockedError, KeyboardInterrupt) as exc:
+        mark_study(layout, spec.name, "interrupted", str(exc) or "interrupted (Ctrl-C)")
         raise
     except BaseException as exc:
         mark_study(layout, spec.name, "failed", f"{type(exc).__name__}: {exc}")
@@ -111,6 +158,8 @@ def run_study(
         mark_study(layout, spec.name, "interrupted", f"{outcome.unfinished} trials unfinished")
     elif outcome.errors:
         mark_study(layout, spec.name, "failed", f"{outcome.errors} of {outcome.trials} trials failed; see trials.parquet")
+    elif outcome.problem is not None:
+        mark_study(layout, spec.name, "failed", f"{NO_MODEL}: {outcome.problem}")
     else:
         mark_study(layout, spec.name, "finished")
     return outcome
@@ -146,14 +195,17 @@ def _run_stage(
     Its progress goes to ``study``'s progress file under the name ``stage``."""
     layout = StudyLayout(plan.study_dir)
     trainable = tune.with_resources(tune.with_parameters(trainable, plan=plan, channel=channel), TRIAL_DRIVER_RESOURCES)
-    if resume:
+    if resume and Tuner.can_restore(str(layout.root)):
         logger.info("resuming %s", layout.root)
         # Errored trials resume too: what errors a trial mid-study (a full disk, a node lost more
         # often than max_failures) is what resume is for; a config that always fails fails fast again.
         tuner = Tuner.restore(str(layout.root), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
+        if resume:
+            logger.info("%s: the driver stopped before Ray Tune saved any state; the %s starts from the beginning", layout.root, stage)
         tuner = Tuner(trainable, tune_config=tune_config, run_config=_run_config(plan, storage, layout.root.name, study, stage, tune_table))
-    tuner.fit()
+    with INTERRUPTS.tune_run():
+        tuner.fit()
     trials = trial_states_table(layout.trials).read()
     states = trials["state"] if len(trials) else pd.Series(dtype=str)
     outcome = StudyOutcome(
@@ -163,7 +215,7 @@ def _run_stage(
     interruption = read_interruption(layout) if outcome.unfinished else None
     if interruption is not None:
         message = f"{interruption.message} ({outcome.unfinished} trials unfinished)"
-        raise StorageError(message) if interruption.by == "storage" else StudyStalledError(message)
+        raise {"storage": StorageError, "lock": StudyLockedError}.get(interruption.by, StudyStalledError)(message)
     return outcome
 
 

@@ -189,4 +189,5 @@ def test_read_only_storage_is_refused_before_anything_starts(cohort: Path, tmp_p
     code, output = _run(_spec(tmp_path, cohort, "readonly"), small_tmpfs / "studies", timeout=120)
     assert code == 3, output[-3000:]
     assert "not writable" in output and str(small_tmpfs) in output
+    assert "nothing of the study was written" in output and "--resume" not in output  # what is true, and what will work
     assert not (small_tmpfs / "studies").exists()

@@ -1,0 +1,42 @@
+"""Baseline methods with ``ModalTuneModel``'s forward contract, one module per method, each
+registered in ``METHOD_NETWORKS`` under its name with its own settings schema and its parameter
+count at the published sizes: ``abmil`` and ``transmil`` (tile features; with other modalities,
+late fusion "-cat"), ``snn`` (case vectors only), ``mcat`` and ``survpath`` (gene groups and
+tiles)."""
+
+from modaltune.models.methods.abmil import Abmil, AbmilSettings, GatedAttentionPool
+from modaltune.models.methods.base import (
+    METHOD_NETWORKS,
+    REFERENCE_OMIC_SIZES,
+    MethodNetwork,
+    MethodSettings,
+    PublishedSize,
+    TaskHeads,
+)
+from modaltune.models.methods.mcat import Mcat, McatSettings
+from modaltune.models.methods.snn import CaseVectorSnn, PathwayTokens, Snn, SnnSettings
+from modaltune.models.methods.survpath import SurvPath, SurvPathSettings
+from modaltune.models.methods.transmil import NystromAttention, TransMil, TransMilSettings
+
+__all__ = [
+    "METHOD_NETWORKS",
+    "REFERENCE_OMIC_SIZES",
+    "Abmil",
+    "AbmilSettings",
+    "CaseVectorSnn",
+    "GatedAttentionPool",
+    "Mcat",
+    "McatSettings",
+    "MethodNetwork",
+    "MethodSettings",
+    "NystromAttention",
+    "PathwayTokens",
+    "PublishedSize",
+    "Snn",
+    "SnnSettings",
+    "SurvPath",
+    "SurvPathSettings",
+    "TaskHeads",
+    "TransMil",
+    "TransMilSettings",
+]

@@ -118,7 +118,7 @@ def predict_cohort(
     """One row per case: ``risk`` (the members' mean training percentile), ``risk_sd``, ``risk_group``,
     ``predicted_subtype``, ``class_probabilities`` and ``models``."""
     model = ExportedModel.open(model_dir)
-    report = validate_cohort(cohort_dir)
+    report = validate_cohort(cohort_dir, check_folds=False)  # scored, not split: its folds need not be scorable
     if not report.ok:
         raise CohortInvalidError(report)
     cohort = Cohort(cohort_dir)

@@ -17,7 +17,7 @@ def test_synth_then_validate_through_the_console_script(tmp_path: Path) -> None:
     command = [
         str(Path(sys.executable).with_name("modaltune")), "synth", str(out), "--cohorts", "BRCA,GBMLGG",
         "--slides-per-cohort", "12", "--feature-dim", "16", "--min-tiles", "10", "--max-tiles", "40",
-        "--genes", "40", "--pathways", "6", "--folds", "3", "--seed", "11",
+        "--genes", "40", "--pathways", "6", "--folds", "2", "--seed", "11",
     ]
     subprocess.run(command, check=True, capture_output=True, text=True)
     slides = pd.read_parquet(out / "slides.parquet")

@@ -61,7 +61,7 @@ from modaltune.data.tile_geometry import (
     rescale_coords,
     slide_table_geometry,
 )
-from modaltune.data.validate import slide_table_problems, summarise_problems, validate_cohort
+from modaltune.data.validate import fold_problems, slide_table_problems, summarise_problems, validate_cohort
 from modaltune.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -121,6 +121,8 @@ def import_h5_cohort(
         slides["fold"] = 0  # one fold: nothing is split, nothing trained
         options = replace(options, n_folds=1)
     has_folds = "fold" in slides.columns
+    if has_folds and not options.for_prediction:
+        options = replace(options, n_folds=_table_fold_count(slides, options.n_folds, slides_csv))
     _check_slide_table(slides if has_folds else slides.assign(fold=0), slides_csv, labels, options)
     try:
         table_geometry = slide_table_geometry(slides, slides_csv)
@@ -148,6 +150,8 @@ def import_h5_cohort(
             "assigned %d case-level folds (stratified by cohort, subtype, event%s)", options.n_folds,
             "; each site in one fold" if by_site else "",
         )
+    if not options.for_prediction:
+        _check_folds(slides, slides_csv, options.n_folds)
     try:
         source = detect_format(h5_dir, slides["slide_id"].tolist(), options.feature_format, _layout_hint)
         target = check_import_target(out, {**source.inputs(), "--slides": slides_csv, **_option_inputs(options)}, options.overwrite)
@@ -241,6 +245,27 @@ def _check_slide_table(slides: pd.DataFrame, path: Path, labels: LabelSpec, opti
             f"(leave those slides out) or --zero-time epsilon ({ZERO_TIME_EPSILON} months)"
         )
     raise H5ImportError(f"cannot import {path}: {len(problems)} problem(s), nothing written:\n  " + "\n  ".join(lines))
+
+
+def _table_fold_count(slides: pd.DataFrame, n_folds: int, path: Path) -> int:
+    """A slide table's own fold column sets the number of folds (``--folds`` is for assigning them)."""
+    folds = pd.to_numeric(slides["fold"], errors="coerce")
+    if folds.isna().any() or (folds < 0).any() or (folds % 1 != 0).any():
+        return n_folds  # the row checks name the bad values
+    count = int(folds.max()) + 1
+    if count != n_folds:
+        logger.info("%s: its fold column holds %d folds (0-%d); --folds %d is for assigning folds, not used", path, count, count - 1, n_folds)
+    return count
+
+
+def _check_folds(slides: pd.DataFrame, path: Path, n_folds: int) -> None:
+    """Folds that cannot be scored are refused before any feature file is converted (the
+    validator's fold checks; the converted cohort is checked again as a whole)."""
+    problems = fold_problems(slides, path, n_folds)
+    if problems:
+        raise H5ImportError(
+            f"cannot import {path}: {len(problems)} problem(s) with its folds, nothing written:\n  " + "\n  ".join(summarise_problems(problems))
+        )
 
 
 def _identity(items: Iterable[T]) -> Iterator[T]:

@@ -128,6 +128,14 @@ def slide_table_problems(slides: pd.DataFrame, source: Path, labels: LabelSpec, 
     return report.problems
 
 
+def fold_problems(slides: pd.DataFrame, source: Path, n_folds: int) -> list[Problem]:
+    """``validate``'s fold checks on a slide table whose folds are set, before anything is
+    written (the importer's check); problems name ``source``, the user's file."""
+    report = ValidationReport(root=source.parent)
+    _Checker(CohortLayout(source.parent), report, slides_path=source).folds(slides, n_folds)
+    return report.problems
+
+
 def summarise_problems(problems: list[Problem], limit: int = 8) -> list[str]:
     """One line per kind of problem (file, field, and message up to its ", got <value>") with
     its count and first places and values, most frequent first: 264 problems of 7 kinds read as

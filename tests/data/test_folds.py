@@ -121,3 +121,19 @@ def test_a_cancer_type_from_too_few_sites_is_named_when_refused() -> None:
     assert "GBMLGG validation cases: no case of this cancer type" in message
     assert "GBMLGG: its 100 cases come from 2 site(s), so at most 2 of 5 folds hold it" in message
     assert "fix: --folds-by site --folds 2" in message
+
+
+def test_a_fold_column_that_cannot_be_scored_is_refused_before_any_file_is_read(
+    tcga_44: tuple[Path, Path, Cohort], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The user's own fold column sets the fold count, and its unscorable folds are refused
+    before the feature folder is even looked at (here it does not exist)."""
+    _, csv, _ = tcga_44
+    slides = pd.read_csv(csv)
+    deaths = slides.groupby("case_id")["event"].transform("max").eq(1)
+    slides["fold"] = np.where(deaths, 0, 1)  # every death in fold 0: fold 1 cannot score a C-index
+    slides.to_csv(tmp_path / "slides.csv", index=False)
+    assert main(["import-h5", str(tmp_path / "no-such-folder"), "--slides", str(tmp_path / "slides.csv"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "problem(s) with its folds" in err and "fold 1" in err and "no-such-folder" not in err
+    assert not (tmp_path / "out").exists()

@@ -29,6 +29,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from modaltune.atomic import write_json_atomic, write_parquet_atomic
 from modaltune.data import Cohort
+from modaltune.errors import InputError
 from modaltune.objectives import CaseBatch
 from modaltune.text import LabelBank
 from modaltune.train.batches import CaseBatcher, seeded_batches
@@ -159,6 +160,7 @@ class RunRecipe:
         shard = order[self.rank :: self.world][: self.steps_per_epoch]
         self.module.train()
         losses = _mean_across_ranks(train_epoch(self.built.engine, self._batches(epoch), shard))
+        _check_converging(epoch, losses, self.module)
         return {"epoch": epoch, **{f"train_{k}": v for k, v in losses.items()}, "lr": self.built.lr(), "grad_norm": self.built.grad_norm()}
 
     def evaluate(self, epoch: int, final: bool, metrics: dict[str, Any]) -> bool:
@@ -248,6 +250,23 @@ def _gathered(rows: list[dict], world: int) -> list[dict]:
         for row in part or []:
             unique.setdefault(row["case_id"], row)
     return list(unique.values())
+
+
+class TrainingDivergedError(InputError):
+    """The weights (or the training loss) stopped being finite: the run cannot be scored, and a
+    lower learning rate or gradient clipping is what fixes it."""
+
+
+def _check_converging(epoch: int, losses: dict[str, float], module: TrainModule) -> None:
+    """Raise ``TrainingDivergedError`` once the weights or the epoch's training loss are NaN
+    (an overflowing step in reduced precision that the engine skipped leaves the weights finite)."""
+    if any(not bool(torch.isfinite(p).all()) for p in module.trainable_parameters()):
+        what = "its weights are no longer finite"
+    elif math.isnan(losses.get("loss", 0.0)):
+        what = "its training loss is NaN"
+    else:
+        return
+    raise TrainingDivergedError(f"training diverged at epoch {epoch}: {what}; lower optim.lr, or set optim.gradient_clipping")
 
 
 class _Outputs:

@@ -121,11 +121,9 @@ def _run(args: argparse.Namespace) -> int:
         return 130
     if outcome.errors:
         print(f"{outcome.errors} of {outcome.trials} trials failed; see trials.parquet", file=sys.stderr)
-        return 1
     if outcome.problem is not None:
         print(f"error: the study selected no model: {outcome.problem}", file=sys.stderr)
-        return 1
-    return 0
+    return 1 if outcome.errors or outcome.problem is not None else 0
 
 
 def _conclude(study_dir: Path, spec: StudySpec) -> str | None:

@@ -249,7 +249,7 @@ def _advice(state: str, message: str | None) -> str | None:
     if state == "failed" and message is not None and message.startswith(NO_MODEL):
         return "a resume would select the same way; its report (report/report.md) says why"
     if state == "failed":
-        return "--resume retries the failed trials once their cause is fixed"
+        return "--resume retries the failed trials: worth it where what failed them lay outside the spec (a lost node, a full disk); a changed spec runs as a new study"
     return None
 
 
@@ -281,7 +281,7 @@ class ProgressTracker(Callback):
         self.use_bar = _terminal_width() >= MIN_BAR_WIDTH if self.bar is None else self.bar
         self._started = time.time()
         self._seen_done, self._repetitions_this_run = {}, 0
-        self._completed = completed_trials(StudyLayout(self.plan.study_dir))
+        self._completed = completed_trials(self.plan)
         self._progress = study_running(self.layout, self.plan.spec.name)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Trial, result: dict, **info: Any) -> None:

@@ -29,12 +29,13 @@ from typing import Any
 import pandas as pd
 from ray.tune import Callback
 
+from modaltune.atomic import write_json_atomic
 from modaltune.train.layout import RunLayout
 from sweeps.layout import StudyLayout
 from sweeps.plan import StudyPlan
 from sweeps.result_parts import RESULT_KEY, results_table, trial_states_table
 from sweeps.searcher import CELL_KEY, DONE_KEY, KIND_KEY, cv_key
-from sweeps.trial import TRIAL_FILE
+from sweeps.trial import COMPLETED_FILE, REPORTS_FILE, TRIAL_FILE, read_reports
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +64,16 @@ class ResultsWriter(Callback):
         return StudyLayout(self.plan.study_dir).results
 
     def setup(self, **info: Any) -> None:
-        """On a resumed study, start from the rows already on disk, and add any the driver had
-        not written when it died: every run folder keeps its own per-epoch metrics."""
+        """On a resumed study, start from the rows already on disk (a damaged file of them set
+        aside), and add any missing: the rows the driver had not written when it died, and those
+        of a damaged file; every trial keeps its own record of them."""
+        for table in (results_table(self.results_path), trial_states_table(StudyLayout(self.plan.study_dir).trials)):
+            table.set_aside_damaged()
         written = results_table(self.results_path).read()
         if len(written):
             self._known = set(written[list(RESULT_KEY)].itertuples(index=False, name=None))
         self._backfill(None)
-        self._completed |= completed_trials(StudyLayout(self.plan.study_dir))
+        self._completed |= completed_trials(self.plan)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._changed.add(trial.trial_id)
@@ -87,6 +91,10 @@ class ResultsWriter(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._completed.add(trial.trial_id)
+        try:
+            write_json_atomic(self.plan.trial_dir(trial.trial_id) / COMPLETED_FILE, {"at": time.time()})
+        except OSError as exc:  # a full disk: trials.parquet says it too, if it can be written
+            logger.warning("trial %s: could not record that it completed: %s", trial.trial_id, exc)
         self._changed.add(trial.trial_id)
         self._backfill([trial.trial_id])
         self.flush(trials)
@@ -117,9 +125,10 @@ class ResultsWriter(Callback):
                 logger.warning("%s not compacted (%s); its parts under %s hold every row", table.compacted, exc, table.folder)
 
     def recover_rows(self, trial_ids: list[str] | None = None) -> list[dict[str, Any]]:
-        """Epoch rows rebuilt from ``trials/TRIAL/trial.json`` and each run's ``metrics.parquet``
-        (metrics and levels; Tune's timing columns are missing for these rows), of every trial
-        or of ``trial_ids``."""
+        """Epoch rows rebuilt from each trial's own records, of every trial or of ``trial_ids``:
+        ``trials/TRIAL/reports.jsonl`` (every report as Tune passed it on: every column), and for an
+        epoch it lacks (a report lost in flight with its trial's node, a trial from before these
+        records) the run's ``metrics.parquet`` (metrics and levels, without Tune's columns)."""
         rows = []
         if trial_ids is None:
             files = sorted(StudyLayout(self.plan.study_dir).runs.glob(f"*/{TRIAL_FILE}"))
@@ -127,11 +136,16 @@ class ResultsWriter(Callback):
             files = [path for path in (self.plan.trial_dir(t) / TRIAL_FILE for t in trial_ids) if path.exists()]
         for trial_file in files:
             trial = json.loads(trial_file.read_text(encoding="utf-8"))
+            reported = {(r.get("fold"), r.get("seed"), r.get("epoch")): r for r in read_reports(trial_file.parent / REPORTS_FILE)}
+            rows += [self.epoch_row(trial["trial_id"], trial["config"], report) for report in reported.values()]
             for repetition in self.plan.repetitions:
                 metrics = RunLayout(trial_file.parent / repetition.name).metrics
                 if metrics.exists():
                     tags = {"fold": repetition.fold, "seed": repetition.seed, "repetition": repetition.index}
-                    rows += [self.epoch_row(trial["trial_id"], trial["config"], record | tags) for record in pd.read_parquet(metrics).to_dict("records")]
+                    rows += [
+                        self.epoch_row(trial["trial_id"], trial["config"], record | tags) for record in pd.read_parquet(metrics).to_dict("records")
+                        if (repetition.fold, repetition.seed, record.get("epoch")) not in reported
+                    ]
         return rows
 
     def epoch_row(self, trial_id: str, config: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
@@ -157,11 +171,15 @@ class ResultsWriter(Callback):
         self._last_flush = time.monotonic()
 
 
-def completed_trials(layout: StudyLayout) -> set[str]:
-    """The trials an earlier driver saw Tune complete (finished, or stopped by the scheduler): a
-    restored Tune run holds them TERMINATED without completing them again."""
+def completed_trials(plan: StudyPlan) -> set[str]:
+    """The trials Tune completed (finished, or stopped by the scheduler) in any earlier run: a
+    restored Tune run holds them TERMINATED, as it holds the trials it stops when the driver is
+    interrupted. Each says so in its folder (``completed.json``); a study from before those
+    markers, in its trial table."""
+    layout = StudyLayout(plan.study_dir)
+    marked = {path.parent.name for path in layout.runs.glob(f"*/{COMPLETED_FILE}")}
     previous = trial_states_table(layout.trials).read()
-    return set(previous.loc[previous["state"].isin(COMPLETED_STATES), "trial_id"]) if len(previous) else set()
+    return marked | (set(previous.loc[previous["state"].isin(COMPLETED_STATES), "trial_id"]) if len(previous) else set())
 
 
 def trial_table(plan: StudyPlan, trials: list, completed: set[str]) -> pd.DataFrame:

@@ -87,6 +87,7 @@ class CellStudy:
         """Open (or create) the cell's study; trials asked after Tune's last saved state are failed:
         Tune restored no trial for them, so nothing will ever tell them."""
         self.journal.parent.mkdir(parents=True, exist_ok=True)
+        cut_torn_tail(self.journal)
         self._storage = JournalStorage(JournalFileBackend(str(self.journal)))
         self._study = optuna.create_study(
             study_name=self.name, storage=self._storage, sampler=self.sampler, directions=self.directions, load_if_exists=True,
@@ -145,6 +146,23 @@ class CellStudy:
                 self.study.tell(number, values if len(values) > 1 else values[0])
             except ValueError as exc:  # NaN: Optuna records the trial as failed and says why
                 logger.warning("trial %s: %s", trial_id, exc)
+
+
+def cut_torn_tail(journal: Path) -> None:
+    """An Optuna journal whose last append was cut short (a full disk) ends mid-line: Optuna skips
+    that line, but its next append would continue it, and every read after that would fail. The
+    torn tail, never a whole record, is moved into a file beside the journal and cut off."""
+    try:
+        data = journal.read_bytes()
+    except FileNotFoundError:
+        return
+    if not data or data.endswith(b"\n"):
+        return
+    whole = data.rfind(b"\n") + 1
+    journal.with_name(f"{journal.name}.torn-{len(data)}").write_bytes(data[whole:])
+    with open(journal, "rb+") as handle:
+        handle.truncate(whole)
+    logger.warning("%s: its last record was cut short (%d bytes, kept beside it); cut off", journal, len(data) - whole)
 
 
 def cell_study_name(cell: str, levels: dict[str, Any]) -> str:

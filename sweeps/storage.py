@@ -2,8 +2,10 @@
 
 A study that fills its disk half-way through a checkpoint leaves torn files behind; so the
 driver checks the storage before anything starts and a ``StorageGuard`` stops the whole study
-while ``min_free_mb`` are still free, with Tune's state saved, so ``--resume`` continues once
-space is back.
+while there is still room for what it is about to write and ``min_free_mb`` more, with Tune's
+state saved, so ``--resume`` continues once space is back. (What a disk filled faster than
+that still tears, Tune's own saved state above all, the driver repairs on ``--resume``:
+sweeps/tune_state.py, sweeps/result_parts.py.)
 """
 
 from __future__ import annotations
@@ -62,9 +64,12 @@ def check_storage(storage: Path, min_free_mb: float) -> None:
 
 class StorageGuard(Stopper):
     """Interrupts the study (``sweeps.interrupt``: resumable, as after Ctrl-C) once the storage
-    has less than ``min_free_mb`` free (checked at most every ``every_s`` seconds). A Stopper
-    only because Tune calls one on every result and every turn of its loop; it never stops a
-    trial itself."""
+    has less free than ``min_free_mb`` plus what the study is about to write: the most it wrote
+    between two checks so far (an epoch's checkpoints and predictions, Tune's saved state, the
+    results). Checked on every result, the moment a worker has written an epoch and its next
+    writes are the next ones, and at most every ``every_s`` seconds on the other turns of Tune's
+    loop. A Stopper only because Tune calls one on every result and every turn of its loop; it
+    never stops a trial itself."""
 
     def __init__(self, storage: Path, layout: StudyLayout, min_free_mb: float, every_s: float = 5.0) -> None:
         self.storage = storage
@@ -72,29 +77,35 @@ class StorageGuard(Stopper):
         self.min_free_mb = min_free_mb
         self.every_s = every_s
         self._checked = 0.0
+        self._last_free: float | None = None
+        self.about_to_write_mb = 0.0
         self.tripped = False
 
     def __setstate__(self, state: dict) -> None:
         # Tune pickles the stopper with the experiment, possibly right after it tripped; a
         # resumed study starts with a guard that checks again.
-        self.__dict__.update(state | {"tripped": False, "_checked": 0.0})
+        self.__dict__.update(state | {"tripped": False, "_checked": 0.0, "_last_free": None})
 
     def __call__(self, trial_id: str, result: dict) -> bool:
-        self._check()
+        self._check(every_s=0.0)
         return False
 
     def stop_all(self) -> bool:
-        self._check()
+        self._check(self.every_s)
         return False
 
-    def _check(self) -> None:
-        if self.tripped or time.monotonic() - self._checked < self.every_s:
+    def _check(self, every_s: float) -> None:
+        if self.tripped or time.monotonic() - self._checked < every_s:
             return
         self._checked = time.monotonic()
         available = free_mb(self.storage)
-        if available < self.min_free_mb:
+        if self._last_free is not None:
+            self.about_to_write_mb = max(self.about_to_write_mb, self._last_free - available)
+        self._last_free = available
+        if available < self.min_free_mb + self.about_to_write_mb:
             self.tripped = True
             interrupt_study(
                 self.layout, "storage",
-                f"storage {self.storage} has {available:.0f} MB free (< min_free_mb={self.min_free_mb:g})",
+                f"storage {self.storage} has {available:.0f} MB free, less than min_free_mb={self.min_free_mb:g} plus the "
+                f"{self.about_to_write_mb:.0f} MB the study wrote at most between two checks",
             )

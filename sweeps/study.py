@@ -2,10 +2,13 @@
 and, with a confirm stage, a second one over each cell's chosen configuration (sweeps/confirm.py).
 
 Order matters: the spec, the cohort and every run config are checked first and nothing is
-written on bad input; label banks are computed once; only then does Ray start. A study folder
-is ``STORAGE/NAME``; ``resume=True`` continues it with ``Tuner.restore`` (finished trials are
-kept, unfinished ones restart and skip the repetitions they finished, and the per-cell Optuna
-studies continue from their saved state).
+written on bad input; then the driver takes the study (sweeps/lock.py: one driver at a time);
+label banks are computed once; only then does Ray start. A study folder is ``STORAGE/NAME``;
+``resume=True`` continues it with the spec it started with (sweeps/identity.py), through
+``Tuner.restore`` once Tune's saved state is one whole save again (sweeps/tune_state.py):
+finished trials are kept, unfinished ones restart and skip the repetitions they finished, and
+the per-cell Optuna studies continue from their saved state. The study ends with its report and
+selected model (``conclude``), still held: it reads ``finished`` only once they are written.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import yaml
 from ray import tune
 from ray.tune import CheckpointConfig, CLIReporter, FailureConfig, RunConfig, TuneConfig, Tuner
 from ray.tune.experiment import Trial
+from ray.tune.search import Searcher
 
 from modaltune.atomic import write_text_atomic
 from modaltune.errors import InputError
@@ -43,6 +47,7 @@ from sweeps.spec import StudySpec
 from sweeps.storage import StorageError, StorageGuard, check_storage
 from sweeps.trackers import study_trackers
 from sweeps.trial import StudyTrial
+from sweeps.tune_state import SavedSearch, prepare_restore
 from sweeps.watchdog import StallWatchdog
 
 logger = logging.getLogger(__name__)
@@ -177,11 +182,9 @@ def _run_stages(
     configs = confirmation_configs(plan, confirmation)
     logger.info("confirm stage: %d cells' chosen configurations on seeds %s, folds %s", len(configs), confirmation.spec.seeds, confirmation.spec.fold_indices)
     tune_config = TuneConfig(
-        search_alg=FixedConfigurations(configs), num_samples=len(configs),
-        max_concurrent_trials=plan.spec.max_concurrent, trial_dirname_creator=trial_dirname,
+        search_alg=_saved_search(FixedConfigurations(configs), confirmation), num_samples=len(configs), trial_dirname_creator=trial_dirname,
     )
-    confirm_resume = resume and Tuner.can_restore(str(layout.confirmation))
-    confirmed = _run_stage(confirmation, "confirm", channel, layout.root, tune_config, confirm_resume, tune_table, layout, trainable)
+    confirmed = _run_stage(confirmation, "confirm", channel, layout.root, tune_config, resume, tune_table, layout, trainable)
     return StudyOutcome(
         study_dir=layout.root, trials=outcome.trials + confirmed.trials, errors=outcome.errors + confirmed.errors, unfinished=confirmed.unfinished,
     )
@@ -195,14 +198,14 @@ def _run_stage(
     Its progress goes to ``study``'s progress file under the name ``stage``."""
     layout = StudyLayout(plan.study_dir)
     trainable = tune.with_resources(tune.with_parameters(trainable, plan=plan, channel=channel), TRIAL_DRIVER_RESOURCES)
-    if resume and Tuner.can_restore(str(layout.root)):
+    if resume and prepare_restore(layout.root):  # Tune's saved state whole again, its unknown trials set aside
         logger.info("resuming %s", layout.root)
         # Errored trials resume too: what errors a trial mid-study (a full disk, a node lost more
         # often than max_failures) is what resume is for; a config that always fails fails fast again.
         tuner = Tuner.restore(str(layout.root), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         if resume:
-            logger.info("%s: the driver stopped before Ray Tune saved any state; the %s starts from the beginning", layout.root, stage)
+            logger.info("%s: Ray Tune has no saved state to restore; the %s starts from the beginning", layout.root, stage)
         tuner = Tuner(trainable, tune_config=tune_config, run_config=_run_config(plan, storage, layout.root.name, study, stage, tune_table))
     with INTERRUPTS.tune_run():
         tuner.fit()
@@ -231,12 +234,17 @@ def _tune_config(plan: StudyPlan, reuse_actors: bool) -> TuneConfig:
     search = plan.spec.search
     searcher = CellSearcher({cell.id: cell.levels for cell in plan.cells}, search, len(plan.repetitions), StudyLayout(plan.study_dir).optuna)
     return TuneConfig(
-        search_alg=searcher,
+        search_alg=_saved_search(searcher, plan),
         scheduler=make_scheduler(plan),
         num_samples=len(plan.cells) * search.trials_per_cell,
-        max_concurrent_trials=plan.spec.max_concurrent,
         trial_dirname_creator=trial_dirname, reuse_actors=reuse_actors,
     )
+
+
+def _saved_search(searcher: Searcher, plan: StudyPlan) -> SavedSearch:
+    """The stage's searcher, at most ``max_concurrent`` trials at once, keeping a copy of every
+    state Tune saves (sweeps/tune_state.py)."""
+    return SavedSearch(searcher, plan.spec.max_concurrent, plan.study_dir, plan.spec.min_free_mb)
 
 
 def _run_config(plan: StudyPlan, storage: Path, name: str, study: StudyLayout, stage: str, tune_table: bool) -> RunConfig:

@@ -33,6 +33,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -40,7 +41,7 @@ from ray import tune
 from ray.train import UserCallback
 from ray.tune.result import DONE
 
-from modaltune.atomic import write_json_atomic
+from modaltune.atomic import atomic_path, write_json_atomic
 from modaltune.train.config import TrainConfig
 from modaltune.train.layout import RunInputs, RunLayout
 from modaltune.train.run import build_trainer
@@ -51,6 +52,10 @@ from sweeps.searcher import CELL_KEY, DONE_KEY, KIND_KEY, cv_key
 logger = logging.getLogger(__name__)
 
 TRIAL_FILE = "trial.json"  # the trial's config, so its rows can be rebuilt from disk (sweeps/results.py)
+REPORTS_FILE = "reports.jsonl"  # every epoch report the trial gave Tune, with Tune's own fields (sweeps/results.py)
+COMPLETED_FILE = "completed.json"  # Tune completed the trial: finished, or stopped by the scheduler (sweeps/results.py)
+TRAIN_DIR = "train"  # the trial's Ray Train run (checkpoints of every repetition)
+RUN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints, in its run folder
 STOP_WAIT_S = 60.0  # how long a stopped trial waits for its run to end at the repetition boundary
 POLL_S = 1.0  # how long one wait for the next report lasts before the run's liveness is checked again
 
@@ -69,6 +74,7 @@ class ReportForwarder(UserCallback):
         self.metrics = plan.metric_names
         self.finished = list(finished)
         self.channel, self.trial_id = channel, trial_id
+        self.run_dir = plan.trial_dir(trial_id) / TRAIN_DIR
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         row = dict(metrics[0])
@@ -83,6 +89,7 @@ class ReportForwarder(UserCallback):
                 reports.append(repetition_report(self.metrics, repetition, self.finished))
         for report in reports:
             ray.get(self.channel.put.remote(self.trial_id, report))
+        keep_run_snapshot(self.run_dir)
 
 
 class StudyTrial(tune.Trainable):
@@ -97,6 +104,8 @@ class StudyTrial(tune.Trainable):
             "host": socket.gethostname(), "pid": os.getpid(), "placement_group": own_group.id.hex() if own_group else None,
         }
         write_json_atomic(plan.trial_dir(self.trial_id) / TRIAL_FILE, self.record)
+        _end_last_line(plan.trial_dir(self.trial_id) / REPORTS_FILE)
+        restore_run_snapshot(plan.trial_dir(self.trial_id) / TRAIN_DIR)
         finished = self._finished_scores()
         self.boundary: int | None = None  # the repetition whose report Tune is deciding on
         self.fit: _Background | None = None
@@ -112,11 +121,26 @@ class StudyTrial(tune.Trainable):
         # Workers log warnings only: a study's progress is the driver's display, and every epoch's
         # metrics are in results.parquet and TensorBoard.
         trainer = build_trainer(
-            runs, plan.trial_dir(self.trial_id), "train", plan.spec.max_failures,
+            runs, plan.trial_dir(self.trial_id), TRAIN_DIR, plan.spec.max_failures,
             callbacks=[ReportForwarder(plan, finished, channel, self.trial_id)], gate=VerdictGate(channel, self.trial_id),
             log_level="WARNING",
         )
         self.fit = _Background(trainer.fit)
+
+    def train(self) -> dict[str, Any]:
+        """Tune's ``train``: ``step`` and Tune's own fields (times, host, pid, iteration). Each
+        epoch's report, as the driver receives it, is also appended to the trial's own record
+        (``reports.jsonl``), from which the study rebuilds, with every column, a row it lost: one
+        a killed driver never wrote, or one of a damaged results file."""
+        result = super().train()
+        if result.get(KIND_KEY) == "epoch":
+            record = {key: value for key, value in result.items() if isinstance(value, (int, float, str)) and not isinstance(value, bool)}
+            try:
+                with open(self.plan.trial_dir(self.trial_id) / REPORTS_FILE, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(record) + "\n")
+            except OSError as exc:  # the row still reaches the driver; only its spare copy is missing
+                logger.warning("trial %s: could not record epoch %s in %s: %s", self.trial_id, result.get("epoch"), REPORTS_FILE, exc)
+        return result
 
     def step(self) -> dict[str, Any]:
         """The run's next report; after the run has returned, the trial's last (``done``) report."""
@@ -153,6 +177,7 @@ class StudyTrial(tune.Trainable):
                 f"trial {self.trial_id}: its Ray Train run returned after {len(finished)} of "
                 f"{len(self.plan.repetitions)} repetitions without an error"
             )
+        set_aside_unregistered_checkpoints(self.plan.trial_dir(self.trial_id) / TRAIN_DIR)
         write_json_atomic(self.plan.trial_dir(self.trial_id) / TRIAL_FILE, self.record | {"seconds": time.time() - self.record["started"]})
         return repetition_report(self.plan.metric_names, self.plan.repetitions[-1], finished) | {DONE: True}
 
@@ -189,6 +214,96 @@ class _Background(threading.Thread):
     def raise_error(self) -> None:
         if self.error is not None:
             raise self.error
+
+
+def keep_run_snapshot(run_dir: Path) -> None:
+    """Ray Train rewrites its run snapshot (which checkpoints the run has) in place, so a full disk
+    can tear it, and the run then cannot resume at all. After each report its last whole version
+    is copied beside it (a few kB), for ``restore_run_snapshot``."""
+    try:
+        data = (run_dir / RUN_SNAPSHOT).read_bytes()
+        json.loads(data)
+        with atomic_path(run_dir / f"{RUN_SNAPSHOT}.last-good") as tmp:
+            tmp.write_bytes(data)
+    except (OSError, ValueError):  # none yet, torn now, or no room: the previous copy stays
+        pass
+
+
+def restore_run_snapshot(run_dir: Path) -> None:
+    """Before Ray Train resumes a run: a torn snapshot is moved aside and its last whole copy put
+    in its place (without one, the run starts its repetition from the beginning); then the
+    checkpoints it does not list are set aside (``set_aside_unregistered_checkpoints``)."""
+    snapshot = run_dir / RUN_SNAPSHOT
+    try:
+        json.loads(snapshot.read_bytes())
+    except FileNotFoundError:
+        pass
+    except ValueError as exc:
+        damaged = snapshot.with_name(f"{RUN_SNAPSHOT}.damaged-{int(time.time())}")
+        os.replace(snapshot, damaged)
+        copy = snapshot.with_name(f"{RUN_SNAPSHOT}.last-good")
+        if copy.exists():
+            with atomic_path(snapshot) as tmp:
+                tmp.write_bytes(copy.read_bytes())
+        logger.warning(
+            "%s was torn (%s; kept as %s): %s", snapshot, exc, damaged.name,
+            "restored its last whole copy" if copy.exists() else "no whole copy: the run starts its repetition again",
+        )
+    set_aside_unregistered_checkpoints(run_dir)
+
+
+def set_aside_unregistered_checkpoints(run_dir: Path) -> None:
+    """Checkpoint folders the run snapshot does not list are uploads a full disk or a killed
+    worker cut short (or newer than a restored snapshot): they are moved to ``set-aside/`` in
+    the run folder, so that nothing (the analysis choosing a repetition's final checkpoint, the
+    model export) reads one as the run's."""
+    try:
+        listed = set(_values_of(json.loads((run_dir / RUN_SNAPSHOT).read_bytes()), "checkpoint_dir_name"))
+    except FileNotFoundError:
+        listed = set()  # Ray Train writes it when it registers its first checkpoint
+    except ValueError:
+        return  # torn: restore_run_snapshot decides
+    unlisted = [path for path in run_dir.glob("checkpoint_*") if path.is_dir() and path.name not in listed]
+    for path in unlisted:
+        (run_dir / "set-aside").mkdir(exist_ok=True)
+        os.replace(path, run_dir / "set-aside" / path.name)
+    if unlisted:
+        logger.warning("%s: %d checkpoint folder(s) Ray Train never registered set aside in set-aside/", run_dir, len(unlisted))
+
+
+def _values_of(tree: Any, key: str) -> list[Any]:
+    """Every value of ``key`` anywhere in a JSON tree."""
+    if isinstance(tree, dict):
+        return [value for k, value in tree.items() if k == key] + [v for value in tree.values() for v in _values_of(value, key)]
+    if isinstance(tree, list):
+        return [v for value in tree for v in _values_of(value, key)]
+    return []
+
+
+def _end_last_line(path: Path) -> None:
+    """A record whose last append was cut short (a full disk, a killed trial) gets its newline,
+    so that the next record starts a line of its own; the torn line is skipped when read."""
+    try:
+        with open(path, "rb+") as handle:
+            if handle.seek(0, os.SEEK_END) and (handle.seek(-1, os.SEEK_END), handle.read(1))[1] != b"\n":
+                handle.write(b"\n")
+    except FileNotFoundError:
+        pass
+
+
+def read_reports(path: Path) -> list[dict[str, Any]]:
+    """The epoch reports a trial recorded (``REPORTS_FILE``), in order; torn lines skipped."""
+    reports = []
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    for line in lines:
+        try:
+            reports.append(json.loads(line))
+        except ValueError:
+            continue
+    return reports
 
 
 def _scores(finished: dict[str, Any], metrics: list[str]) -> dict[str, float]:

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,3 +191,91 @@ def test_resume_keeps_the_spec_the_study_started_with(reference: Story) -> None:
     assert len(recorded) == 1 and recorded[0]["changes"] == {
         "max_concurrent": [1, 2], "resources.cpus_per_worker": [0.5, 0.6], "watchdog.stall_after_s": [900.0, 600],
     }
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 64 MB tmpfs of this test's own, to fill at will (needs root and mount, as on CI machines)."""
+    mount_point = tmp_path / "storage"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount_point)], capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def _fill(storage: Path) -> Path:
+    """Take every free byte at once: faster than any periodic check of free space."""
+    filler = storage / "filler"
+    handle = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for block in (b"\0" * (1 << 20), b"\0" * (1 << 12), b"\0"):
+            try:
+                while True:
+                    os.write(handle, block)
+            except OSError:
+                pass
+    finally:
+        os.close(handle)
+    return filler
+
+
+def _epochs(study: Path) -> int:
+    """Epochs on disk, over every trial's run folders."""
+    return sum(len(pd.read_parquet(path)) for path in study.glob("trials/*/fold0_seed0/metrics.parquet"))
+
+
+def test_a_disk_filled_at_once_twice_then_ctrl_c_end_with_every_row_once(reference: Story, cohort: Path, tmp_path: Path, tmpfs: Path) -> None:
+    spec = _spec(tmp_path, cohort, min_free_mb=1)
+    study = tmpfs / NAME
+    full_disk: list[Run] = []
+    for epochs_before_fill, extra in ((2, ()), (EPOCHS + 1, ("--resume",))):  # in the first trial, then in the second
+        process = start_study(spec, tmpfs, *extra)
+        _wait_for(lambda: _epochs(study) >= epochs_before_fill, process, f"{epochs_before_fill} epochs", timeout=400)  # noqa: B023
+        filler = _fill(tmpfs)
+        full_disk.append(Run(*finish_study(process, 300)))
+        filler.unlink()  # space is back
+    for run in full_disk:
+        assert run.code == 3, run.output[-3000:]
+        assert "the study's state is saved" in run.output and "--resume" in run.output
+
+    # Any number of Ctrl-C: the state saved, 130, no traceback, a status that adds up.
+    process = start_study(spec, tmpfs, "--resume")
+    done = _epochs(study)
+    _wait_for(lambda: _epochs(study) > done, process, "one more epoch", timeout=400)
+    for _ in range(3):
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.02)
+    interrupted = Run(*finish_study(process, 300))
+    assert interrupted.code == 130 and "Traceback" not in interrupted.output, interrupted.output[-3000:]
+    status = _status(study)
+    assert status.returncode == 4 and "interrupted" in status.stdout and "--resume" in status.stdout, status.stdout
+    assert "0/0" not in status.stdout and "100%" not in status.stdout, status.stdout
+
+    last = _run(spec, tmpfs, "--resume")
+    assert last.code == 0, last.output[-3000:]
+    assert (study / "report" / "report.md").exists() and (study / "best" / "selection.json").exists()
+    results = _results(study)
+    assert len(results) == TRIALS * EPOCHS and not results.duplicated(ROW_KEY).any(), results[ROW_KEY]
+    trials = pd.read_parquet(study / "trials.parquet")
+    assert len(trials) == TRIALS and set(trials["state"]) == {"finished"}
+    by_config = ["optim.lr", "epoch"]
+    expected = _results(reference.study).sort_values(by_config).reset_index(drop=True)
+    pd.testing.assert_frame_equal(results.sort_values(by_config).reset_index(drop=True)[METRICS], expected[METRICS])
+
+
+def test_training_that_diverges_says_so_and_a_study_that_selects_nothing_fails(cohort: Path, tmp_path: Path) -> None:
+    train = yaml.safe_load((REPO / "sweeps" / "studies" / "tiny.yaml").read_text())["train"]
+    train["optim"] |= {"lr": 1.0e4, "warmup_epochs": 0}
+    spec = _spec(tmp_path, cohort, train=train, search={"trials_per_cell": 1}, max_failures=0)  # it diverges every time
+    run = _run(spec, tmp_path / "studies")
+    assert run.code == 1, run.output[-3000:]
+    assert "error: the study selected no model" in run.output and "1 of 1 trials failed" in run.output, run.output[-3000:]
+    trials = pd.read_parquet(tmp_path / "studies" / NAME / "trials.parquet")
+    assert trials["state"].tolist() == ["error"]
+    assert trials["error"].str.contains("training diverged at epoch 0: its weights are no longer finite").all(), trials["error"].tolist()
+    status = _status(tmp_path / "studies" / NAME)
+    assert status.returncode == 1 and f"study {NAME}: failed" in status.stdout, status.stdout

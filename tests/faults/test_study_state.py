@@ -223,6 +223,19 @@ def _fill(storage: Path) -> Path:
     return filler
 
 
+def _damage_a_results_file(study: Path) -> tuple[Path, pd.DataFrame] | None:
+    """Change every copy of a trial id in the newest results file, as a bad disk would (read as
+    written, it would add rows of a trial that never ran); returns it and the rows it held."""
+    files = sorted((study / "results").glob("part-*.parquet")) or sorted(study.glob("results.parquet"))
+    trials = [path.name for path in (study / "trials").iterdir()]
+    if not files or not trials:
+        return None
+    held = pd.read_parquet(files[-1])
+    data = files[-1].read_bytes()
+    files[-1].write_bytes(data.replace(trials[0].encode(), trials[0][:-1].encode() + (b"0" if trials[0][-1] != "0" else b"1")))
+    return files[-1], held[ROW_KEY]
+
+
 def _epochs(study: Path) -> int:
     """Epochs on disk, over every trial's run folders."""
     return sum(len(pd.read_parquet(path)) for path in study.glob("trials/*/fold0_seed0/metrics.parquet"))
@@ -232,15 +245,18 @@ def test_a_disk_filled_at_once_twice_then_ctrl_c_end_with_every_row_once(referen
     spec = _spec(tmp_path, cohort, min_free_mb=1)
     study = tmpfs / NAME
     full_disk: list[Run] = []
+    damaged: tuple[Path, pd.DataFrame] | None = None
     for epochs_before_fill, extra in ((2, ()), (EPOCHS + 1, ("--resume",))):  # in the first trial, then in the second
         process = start_study(spec, tmpfs, *extra)
         _wait_for(lambda: _epochs(study) >= epochs_before_fill, process, f"{epochs_before_fill} epochs", timeout=400)  # noqa: B023
         filler = _fill(tmpfs)
         full_disk.append(Run(*finish_study(process, 300)))
         filler.unlink()  # space is back
+        damaged = damaged or _damage_a_results_file(study)
     for run in full_disk:
         assert run.code == 3, run.output[-3000:]
         assert "the study's state is saved" in run.output and "--resume" in run.output
+    assert damaged is not None and full_disk[1].output.count(f"{damaged[0]} is damaged") == 1  # one warning naming it
 
     # Any number of Ctrl-C: the state saved, 130, no traceback, a status that adds up.
     process = start_study(spec, tmpfs, "--resume")
@@ -262,6 +278,10 @@ def test_a_disk_filled_at_once_twice_then_ctrl_c_end_with_every_row_once(referen
     assert len(results) == TRIALS * EPOCHS and not results.duplicated(ROW_KEY).any(), results[ROW_KEY]
     trials = pd.read_parquet(study / "trials.parquet")
     assert len(trials) == TRIALS and set(trials["state"]) == {"finished"}
+    assert set(results["trial_id"]) == set(trials["trial_id"])  # no phantom trial from the damaged file
+    complete = _results(reference.study).notna().all()
+    rebuilt = results.merge(damaged[1], on=ROW_KEY)  # the damaged file's rows, rebuilt from the trial's own record
+    assert len(rebuilt) == len(damaged[1]) and rebuilt[complete[complete].index].notna().all().all(), "rebuilt rows miss columns"
     by_config = ["optim.lr", "epoch"]
     expected = _results(reference.study).sort_values(by_config).reset_index(drop=True)
     pd.testing.assert_frame_equal(results.sort_values(by_config).reset_index(drop=True)[METRICS], expected[METRICS])

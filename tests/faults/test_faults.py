@@ -80,7 +80,9 @@ def test_two_studies_at_once_are_isolated_and_a_killed_worker_changes_nothing(co
         assert "Frozen-prefix cache:" in output and "budget" in output
     first, second = _final(tmp_path / "a" / "tiny"), _final(tmp_path / "b" / "tiny")
     assert len(first) == EPOCHS
-    assert first["prefix_cache_misses"].sum() > 0  # cases using all their tiles cache their frozen prefix
+    # Cases using all their tiles cache their frozen prefix; which of the two studies computed an
+    # entry first (a miss) and which read it depends on timing.
+    assert first["prefix_cache_misses"].sum() + second["prefix_cache_misses"].sum() > 0
     pd.testing.assert_frame_equal(first[METRICS], second[METRICS])
 
     # Kill the Ray Train worker (rank 0) after its second epoch: max_failures=1 restarts it

@@ -8,9 +8,9 @@ Hours are reserved resources x wall time (what a cluster bills): each trial's Tu
 from __future__ import annotations
 
 import pandas as pd
+from modaltune.sweeps.spec import StudySpec
 
 from modaltune.units import bytes_text, duration_text
-from sweeps.spec import StudySpec
 
 
 def cost_table(spec: StudySpec, results: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:

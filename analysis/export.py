@@ -16,10 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from modaltune.analysis.predictions import prediction_file, trial_predictions
+from modaltune.analysis.selection import OPTIMISM_NOTE, Selection, final_checkpoint, held_out_metrics, select_model
+from modaltune.analysis.summary import final_epochs, load_study
+from modaltune.sweeps.layout import StudyLayout
+from modaltune.sweeps.spec import StudySpec
 
-from analysis.predictions import prediction_file, trial_predictions
-from analysis.selection import OPTIMISM_NOTE, Selection, final_checkpoint, held_out_metrics, select_model
-from analysis.summary import final_epochs, load_study
 from modaltune import predict
 from modaltune.atomic import write_json_atomic, write_text_atomic
 from modaltune.data import Cohort
@@ -28,8 +30,6 @@ from modaltune.errors import InputError
 from modaltune.models import IMAGE
 from modaltune.train.batches import fit_normalizers, normalizer_file
 from modaltune.train.config import TrainConfig
-from sweeps.layout import StudyLayout
-from sweeps.spec import StudySpec
 
 
 def export_selection(study_dir: str | Path, spec: StudySpec, selection: Selection, test_metrics: pd.DataFrame | None = None) -> Path:

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import markdown
 import pandas as pd
-
-from analysis import plots
-from analysis.ablation import (
+from modaltune.analysis import plots
+from modaltune.analysis.ablation import (
     ALPHA,
     TARGET_POWER,
     compare_to_reference,
@@ -31,13 +30,13 @@ from analysis.ablation import (
     repetition_scores,
     verdict,
 )
-from analysis.cost import cost_table, prefix_cache_line
-from analysis.hparams import write_hparams
-from analysis.inference import FoldDesign
-from analysis.predictions import RepetitionPredictions, trial_predictions
-from analysis.selection import OPTIMISM_NOTE, Selection, held_out_metrics, select_model
-from analysis.summary import cell_summary, final_epochs, format_summary, load_confirmation, load_study
-from analysis.survival import (
+from modaltune.analysis.cost import cost_table, prefix_cache_line
+from modaltune.analysis.hparams import write_hparams
+from modaltune.analysis.inference import FoldDesign
+from modaltune.analysis.predictions import RepetitionPredictions, trial_predictions
+from modaltune.analysis.selection import OPTIMISM_NOTE, Selection, held_out_metrics, select_model
+from modaltune.analysis.summary import cell_summary, final_epochs, format_summary, load_confirmation, load_study
+from modaltune.analysis.survival import (
     bootstrap_c_index,
     ipcw_metrics,
     logrank_by_cohort,
@@ -45,13 +44,14 @@ from analysis.survival import (
     risk_groups,
     summarise_ipcw,
 )
-from analysis.tuning import param_importances, pareto_front
+from modaltune.analysis.tuning import param_importances, pareto_front
+from modaltune.sweeps.layout import StudyLayout
+from modaltune.sweeps.spec import StudySpec
+
 from modaltune.atomic import write_text_atomic
 from modaltune.data.layout import CohortLayout, read_manifest
 from modaltune.errors import InputError
 from modaltune.metrics import METRICS
-from sweeps.layout import StudyLayout
-from sweeps.spec import StudySpec
 
 logger = logging.getLogger(__name__)
 

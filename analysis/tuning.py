@@ -12,10 +12,9 @@ import logging
 
 import optuna
 import pandas as pd
-
-from analysis.selection import candidate_scores
-from sweeps.searcher import optuna_distribution
-from sweeps.spec import StudySpec
+from modaltune.analysis.selection import candidate_scores
+from modaltune.sweeps.searcher import optuna_distribution
+from modaltune.sweeps.spec import StudySpec
 
 logger = logging.getLogger(__name__)
 

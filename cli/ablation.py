@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from modaltune.errors import InputError
 
 if TYPE_CHECKING:
-    from sweeps.spec import StudySpec
+    from modaltune.sweeps.spec import StudySpec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_STUDY = REPO_ROOT / "sweeps" / "studies" / "demo.yaml"
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Tune's classic reporter (--tune-table) shows our factor and metric columns; the new one ignores them.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    from sweeps.interrupt import INTERRUPTS
+    from modaltune.sweeps.interrupt import INTERRUPTS
 
     INTERRUPTS.install()  # any number of Ctrl-C: the state saved, exit 130, no traceback
     try:
@@ -80,10 +80,10 @@ def _run(args: argparse.Namespace) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one "study created" line per cell otherwise
 
-    from sweeps.layout import StudyLayout
-    from sweeps.spec import load_study_spec
-    from sweeps.storage import StorageError, storage_folder
-    from sweeps.study import StudyStalledError, run_study
+    from modaltune.sweeps.layout import StudyLayout
+    from modaltune.sweeps.spec import load_study_spec
+    from modaltune.sweeps.storage import StorageError, storage_folder
+    from modaltune.sweeps.study import StudyStalledError, run_study
 
     study, source = choose_study(args.study)
     print(f"study: {study} (from {source})", flush=True)
@@ -131,11 +131,11 @@ def _conclude(study_dir: Path, spec: StudySpec) -> str | None:
     them; returns why no model was selected (None when the model is exported). A storage
     failure propagates: the study then stops with its state saved, and ``--resume`` concludes it.
     """
-    from analysis.export import export_selection
-    from analysis.report import analyze_study
-    from analysis.selection import select_model
-    from analysis.summary import load_study
-    from sweeps.trackers import study_trackers
+    from modaltune.analysis.export import export_selection
+    from modaltune.analysis.report import analyze_study
+    from modaltune.analysis.selection import select_model
+    from modaltune.analysis.summary import load_study
+    from modaltune.sweeps.trackers import study_trackers
 
     try:
         report = analyze_study(study_dir)

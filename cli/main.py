@@ -115,7 +115,7 @@ def _quiet_optuna() -> None:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from analysis.report import analyze_study
+    from modaltune.analysis.report import analyze_study
 
     _quiet_optuna()
     print(analyze_study(args.study_dir, metric=args.metric, n_boot=args.bootstrap).console_text())
@@ -123,8 +123,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from analysis.planning import forecast
-    from sweeps.spec import load_study_spec
+    from modaltune.analysis.planning import forecast
+    from modaltune.sweeps.spec import load_study_spec
 
     _quiet_optuna()
     print(forecast(load_study_spec(args.study), spread=args.spread, pilot_dir=args.pilot, cohort_folds=args.cohort_folds).text())
@@ -132,7 +132,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_select(args: argparse.Namespace) -> int:
-    from analysis.export import select_and_export
+    from modaltune.analysis.export import select_and_export
 
     _quiet_optuna()
     selection, path = select_and_export(args.study_dir, metric=args.metric)
@@ -155,7 +155,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from sweeps.progress import EXIT_CODES, read_progress, render
+    from modaltune.sweeps.progress import EXIT_CODES, read_progress, render
 
     while True:
         progress = read_progress(args.study_dir)

@@ -18,7 +18,7 @@ from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule, TrialSchedule
 from modaltune.registry import Registry
 
 if TYPE_CHECKING:
-    from sweeps.spec import SchedulerSpec
+    from modaltune.sweeps.spec import SchedulerSpec
 
 
 @dataclass(frozen=True)

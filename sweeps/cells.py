@@ -14,9 +14,10 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from modaltune.sweeps.factors import factor_level
+from modaltune.sweeps.spec import DesignSpec
+
 from modaltune.errors import InputError
-from sweeps.factors import factor_level
-from sweeps.spec import DesignSpec
 
 
 @dataclass(frozen=True)

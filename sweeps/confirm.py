@@ -20,13 +20,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from modaltune.sweeps.layout import StudyLayout
+from modaltune.sweeps.plan import StudyPlan
+from modaltune.sweeps.result_parts import trial_states_table
+from modaltune.sweeps.searcher import CELL_KEY
+from modaltune.sweeps.spec import StudySpec
 from ray.tune.search import Searcher
-
-from sweeps.layout import StudyLayout
-from sweeps.plan import StudyPlan
-from sweeps.result_parts import trial_states_table
-from sweeps.searcher import CELL_KEY
-from sweeps.spec import StudySpec
 
 logger = logging.getLogger(__name__)
 

@@ -35,10 +35,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from modaltune.sweeps.layout import StudyLayout
+
 from modaltune.atomic import write_json_atomic
 from modaltune.errors import InputError
 from modaltune.units import duration_text
-from sweeps.layout import StudyLayout
 
 logger = logging.getLogger(__name__)
 

@@ -16,6 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modaltune.sweeps.cells import Cell, design_cells
+from modaltune.sweeps.layout import StudyLayout
+from modaltune.sweeps.spec import StudySpec
+
 from modaltune.data import Cohort, CohortInvalidError, generate_cohort, validate_cohort
 from modaltune.data.fold_checks import TASKS_CHECKED, case_table, fold_shortfalls
 from modaltune.data.folds import fold_fix, site_preserved, sites_split_across_folds
@@ -25,9 +29,6 @@ from modaltune.metrics import METRICS
 from modaltune.objectives import check_loss_weights
 from modaltune.train.config import TrainConfig, set_dotted, validate_train_config
 from modaltune.train.run import RANDOM_ENCODER_WARNING, check_config_against_cohort, ensure_label_banks
-from sweeps.cells import Cell, design_cells
-from sweeps.layout import StudyLayout
-from sweeps.spec import StudySpec
 
 logger = logging.getLogger(__name__)
 

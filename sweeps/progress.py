@@ -26,16 +26,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modaltune.sweeps.layout import StudyLayout
+from modaltune.sweeps.plan import StudyPlan
+from modaltune.sweeps.results import completed_trials
+from modaltune.sweeps.searcher import CELL_KEY, DONE_KEY, KIND_KEY, cv_key
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from modaltune.atomic import write_json_atomic
 from modaltune.errors import InputError
 from modaltune.units import duration_text
-from sweeps.layout import StudyLayout
-from sweeps.plan import StudyPlan
-from sweeps.results import completed_trials
-from sweeps.searcher import CELL_KEY, DONE_KEY, KIND_KEY, cv_key
 
 logger = logging.getLogger(__name__)
 

@@ -14,10 +14,9 @@ import logging
 import time
 from typing import Any
 
+from modaltune.sweeps.plan import StudyPlan
+from modaltune.sweeps.worker_groups import recorded_groups, remove_live
 from ray.tune import Callback
-
-from sweeps.plan import StudyPlan
-from sweeps.worker_groups import recorded_groups, remove_live
 
 logger = logging.getLogger(__name__)
 

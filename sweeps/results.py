@@ -27,15 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from modaltune.sweeps.layout import StudyLayout
+from modaltune.sweeps.plan import StudyPlan
+from modaltune.sweeps.result_parts import RESULT_KEY, results_table, trial_states_table
+from modaltune.sweeps.searcher import CELL_KEY, DONE_KEY, KIND_KEY, cv_key
+from modaltune.sweeps.trial import COMPLETED_FILE, REPORTS_FILE, TRIAL_FILE, read_reports
 from ray.tune import Callback
 
 from modaltune.atomic import write_json_atomic
 from modaltune.train.layout import RunLayout
-from sweeps.layout import StudyLayout
-from sweeps.plan import StudyPlan
-from sweeps.result_parts import RESULT_KEY, results_table, trial_states_table
-from sweeps.searcher import CELL_KEY, DONE_KEY, KIND_KEY, cv_key
-from sweeps.trial import COMPLETED_FILE, REPORTS_FILE, TRIAL_FILE, read_reports
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from modaltune.registry import Registry
 
 if TYPE_CHECKING:
-    from sweeps.spec import SearchSpec
+    from modaltune.sweeps.spec import SearchSpec
 
 
 @dataclass(frozen=True)

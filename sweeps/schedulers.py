@@ -18,13 +18,12 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+from modaltune.sweeps.cell_schedulers import CELL_SCHEDULERS, CellRace
+from modaltune.sweeps.plan import StudyPlan
+from modaltune.sweeps.searcher import CELL_KEY, DONE_KEY, KIND_KEY, cv_key
+from modaltune.sweeps.spec import SchedulerSpec
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
-
-from sweeps.cell_schedulers import CELL_SCHEDULERS, CellRace
-from sweeps.plan import StudyPlan
-from sweeps.searcher import CELL_KEY, DONE_KEY, KIND_KEY, cv_key
-from sweeps.spec import SchedulerSpec
 
 
 class PerCellScheduler(FIFOScheduler):

@@ -22,13 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from modaltune.sweeps.samplers import make_sampler
+from modaltune.sweeps.spec import Distribution, SearchSpec
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
-
-from sweeps.samplers import make_sampler
-from sweeps.spec import Distribution, SearchSpec
 
 logger = logging.getLogger(__name__)
 

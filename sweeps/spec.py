@@ -13,14 +13,14 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
+from modaltune.sweeps.cell_schedulers import CELL_SCHEDULERS
+from modaltune.sweeps.factors import FACTORS
+from modaltune.sweeps.samplers import SAMPLERS
+from modaltune.sweeps.trackers import TRACKERS
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from modaltune.errors import InputError, describe_validation_error, read_yaml_mapping
 from modaltune.metrics import METRICS
-from sweeps.cell_schedulers import CELL_SCHEDULERS
-from sweeps.factors import FACTORS
-from sweeps.samplers import SAMPLERS
-from sweeps.trackers import TRACKERS
 
 LOSS_METRIC = "loss"  # the objective's validation loss: a study may also tune on it (lower is better)
 

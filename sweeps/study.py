@@ -22,6 +22,25 @@ from typing import Any
 
 import pandas as pd
 import yaml
+from modaltune.sweeps.channel import open_channel
+from modaltune.sweeps.confirm import FixedConfigurations, confirmation_configs
+from modaltune.sweeps.identity import record_changes, record_new_study, resumed_changes
+from modaltune.sweeps.interrupt import INTERRUPTS, clear_interruption, interrupt_study, read_interruption
+from modaltune.sweeps.layout import StudyLayout
+from modaltune.sweeps.lock import StudyLock, StudyLockedError, refuse_if_driven
+from modaltune.sweeps.plan import StudyPlan, build_plan, prepare_label_banks
+from modaltune.sweeps.progress import NO_MODEL, ProgressTracker, mark_study
+from modaltune.sweeps.reaper import WorkerGroupReaper
+from modaltune.sweeps.result_parts import trial_states_table
+from modaltune.sweeps.results import UNFINISHED_STATES, ResultsWriter
+from modaltune.sweeps.schedulers import make_scheduler
+from modaltune.sweeps.searcher import CELL_KEY, DONE_KEY, CellSearcher, cv_key
+from modaltune.sweeps.spec import StudySpec
+from modaltune.sweeps.storage import StorageError, StorageGuard, check_storage
+from modaltune.sweeps.trackers import study_trackers
+from modaltune.sweeps.trial import StudyTrial
+from modaltune.sweeps.tune_state import SavedSearch, prepare_restore
+from modaltune.sweeps.watchdog import StallWatchdog
 from ray import tune
 from ray.tune import CheckpointConfig, CLIReporter, FailureConfig, RunConfig, TuneConfig, Tuner
 from ray.tune.experiment import Trial
@@ -30,25 +49,6 @@ from ray.tune.search import Searcher
 from modaltune.atomic import write_text_atomic
 from modaltune.errors import InputError
 from modaltune.train import ray_session
-from sweeps.channel import open_channel
-from sweeps.confirm import FixedConfigurations, confirmation_configs
-from sweeps.identity import record_changes, record_new_study, resumed_changes
-from sweeps.interrupt import INTERRUPTS, clear_interruption, interrupt_study, read_interruption
-from sweeps.layout import StudyLayout
-from sweeps.lock import StudyLock, StudyLockedError, refuse_if_driven
-from sweeps.plan import StudyPlan, build_plan, prepare_label_banks
-from sweeps.progress import NO_MODEL, ProgressTracker, mark_study
-from sweeps.reaper import WorkerGroupReaper
-from sweeps.result_parts import trial_states_table
-from sweeps.results import UNFINISHED_STATES, ResultsWriter
-from sweeps.schedulers import make_scheduler
-from sweeps.searcher import CELL_KEY, DONE_KEY, CellSearcher, cv_key
-from sweeps.spec import StudySpec
-from sweeps.storage import StorageError, StorageGuard, check_storage
-from sweeps.trackers import study_trackers
-from sweeps.trial import StudyTrial
-from sweeps.tune_state import SavedSearch, prepare_restore
-from sweeps.watchdog import StallWatchdog
 
 logger = logging.getLogger(__name__)
 

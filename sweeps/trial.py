@@ -37,6 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from modaltune.sweeps.channel import VerdictGate
+from modaltune.sweeps.plan import Repetition, StudyPlan
+from modaltune.sweeps.searcher import CELL_KEY, DONE_KEY, KIND_KEY, cv_key
 from ray import tune
 from ray.train import UserCallback
 from ray.tune.result import DONE
@@ -45,9 +48,6 @@ from modaltune.atomic import atomic_path, write_json_atomic
 from modaltune.train.config import TrainConfig
 from modaltune.train.layout import RunInputs, RunLayout
 from modaltune.train.run import build_trainer
-from sweeps.channel import VerdictGate
-from sweeps.plan import Repetition, StudyPlan
-from sweeps.searcher import CELL_KEY, DONE_KEY, KIND_KEY, cv_key
 
 logger = logging.getLogger(__name__)
 

@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from modaltune.sweeps.layout import StudyLayout
+from modaltune.sweeps.plan import StudyPlan
 from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
-
-from sweeps.layout import StudyLayout
-from sweeps.plan import StudyPlan
 
 ENDED = ("REMOVED",)
 

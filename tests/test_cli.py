@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-
-from cli.main import main
+from modaltune.cli.main import main
 
 
 def test_synth_then_validate_through_the_console_script(tmp_path: Path) -> None:

@@ -11,6 +11,11 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+from modaltune.sweeps.cell_schedulers import CELL_SCHEDULERS, CellRace
+from modaltune.sweeps.cells import design_cells
+from modaltune.sweeps.factors import FACTORS, Level
+from modaltune.sweeps.samplers import SAMPLERS, make_sampler
+from modaltune.sweeps.spec import SchedulerSpec, SearchSpec, load_study_spec
 from ray.tune.schedulers import TrialScheduler
 
 from modaltune.errors import InputError
@@ -19,11 +24,6 @@ from modaltune.models import SLIDE_ENCODER_PRESETS, EncoderConfig
 from modaltune.objectives import OBJECTIVES, build_objective
 from modaltune.registry import Registry, UnknownChoiceError
 from modaltune.train.config import ModelSection, TrainConfig
-from sweeps.cell_schedulers import CELL_SCHEDULERS, CellRace
-from sweeps.cells import design_cells
-from sweeps.factors import FACTORS, Level
-from sweeps.samplers import SAMPLERS, make_sampler
-from sweeps.spec import SchedulerSpec, SearchSpec, load_study_spec
 
 
 def test_an_unknown_name_is_an_input_error_that_lists_every_choice() -> None:

@@ -8,13 +8,18 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from modaltune.analysis.ablation import (
+    compare_to_reference,
+    level_table,
+    one_sentence_verdict,
+    repetition_scores,
+    verdict,
+)
+from modaltune.analysis.inference import FoldDesign, bounded_interval, corrected_t_test
+from modaltune.analysis.summary import cell_summary
+from modaltune.sweeps.cells import design_cells
+from modaltune.sweeps.spec import StudySpec
 from scipy import stats
-
-from analysis.ablation import compare_to_reference, level_table, one_sentence_verdict, repetition_scores, verdict
-from analysis.inference import FoldDesign, bounded_interval, corrected_t_test
-from analysis.summary import cell_summary
-from sweeps.cells import design_cells
-from sweeps.spec import StudySpec
 
 FOLDS, SEEDS, EPOCHS = 5, [0, 1], 3
 RNA_EFFECT = 0.08  # planted: RNA adds 0.08 C-index; adapter depth does nothing

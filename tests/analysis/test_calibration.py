@@ -24,11 +24,10 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-
-from analysis.ablation import compare_to_reference, repetition_scores
-from analysis.inference import FoldDesign, minimum_detectable_difference, power
-from sweeps.cells import design_cells
-from sweeps.spec import StudySpec
+from modaltune.analysis.ablation import compare_to_reference, repetition_scores
+from modaltune.analysis.inference import FoldDesign, minimum_detectable_difference, power
+from modaltune.sweeps.cells import design_cells
+from modaltune.sweeps.spec import StudySpec
 
 STUDIES = 300
 ALPHA = 0.05

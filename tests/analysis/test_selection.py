@@ -13,14 +13,14 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from modaltune.analysis.cost import cost_table
+from modaltune.analysis.selection import candidate_scores, chance_level, one_standard_error_rule
+from modaltune.analysis.tuning import param_importances, pareto_front
+from modaltune.cli.main import main
+from modaltune.sweeps.layout import StudyLayout
+from modaltune.sweeps.spec import StudySpec
 
-from analysis.cost import cost_table
-from analysis.selection import candidate_scores, chance_level, one_standard_error_rule
-from analysis.tuning import param_importances, pareto_front
-from cli.main import main
 from modaltune.train.checkpoints import ADAPTER_FILE, CONFIG_FILE, STATE_FILE
-from sweeps.layout import StudyLayout
-from sweeps.spec import StudySpec
 
 FOLDS, SEEDS = 4, [0]
 
@@ -163,7 +163,7 @@ def test_a_selection_below_chance_is_warned_about_in_the_report_and_on_the_termi
 ) -> None:
     """The issue's study: the 1-SE rule picked C-index 0.189 ± 0.189 and said nothing."""
     study = _study_folder(tmp_path, small_cohort, {"small": 0.189, "large": 0.2})
-    with caplog.at_level(logging.WARNING, logger="analysis.selection"):
+    with caplog.at_level(logging.WARNING, logger="modaltune.analysis.selection"):
         assert main(["analyze", str(study), "--bootstrap", "10"]) == 0
     expected = "the selected trial small scores c_index 0.1890 ± 0.1890 (SE, 2 folds) (the best, large, 0.2000), at or below chance (0.5)"
     assert any(expected in message for message in caplog.messages)

@@ -9,10 +9,15 @@ import pandas as pd
 import pytest
 from lifelines import CoxPHFitter
 from lifelines.datasets import load_rossi
+from modaltune.analysis.predictions import RepetitionPredictions
+from modaltune.analysis.survival import (
+    bootstrap_c_index,
+    ipcw_metrics,
+    logrank_by_cohort,
+    pooled_out_of_fold,
+    risk_groups,
+)
 from sksurv.metrics import concordance_index_censored
-
-from analysis.predictions import RepetitionPredictions
-from analysis.survival import bootstrap_c_index, ipcw_metrics, logrank_by_cohort, pooled_out_of_fold, risk_groups
 
 COVARIATES = ["fin", "age", "race", "wexp", "mar", "paro", "prio"]
 

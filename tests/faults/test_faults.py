@@ -55,7 +55,7 @@ def _epochs_done(study: Path) -> int:
 
 
 def _status(study: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli.main", "status", str(study)], capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run([sys.executable, "-m", "modaltune.cli.main", "status", str(study)], capture_output=True, text=True, timeout=60, check=False)
 
 
 def _final(study: Path) -> pd.DataFrame:

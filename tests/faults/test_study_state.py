@@ -51,7 +51,7 @@ def _run(spec: Path, storage: Path, *extra: str, timeout: float = 400) -> Run:
 
 
 def _status(study: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli.main", "status", str(study)], capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run([sys.executable, "-m", "modaltune.cli.main", "status", str(study)], capture_output=True, text=True, timeout=60, check=False)
 
 
 def _wait_for(condition: Callable[[], bool], process: subprocess.Popen, what: str, timeout: float = 300) -> None:

@@ -159,7 +159,8 @@ def test_mismatched_checkpoint_raises_naming_path_and_keys(tmp_path):
 def test_a_checkpoint_is_checked_without_loading_it_before_any_worker_starts(tmp_path, small_cohort, capsys):
     """``train`` refuses a checkpoint that does not fit the cohort's model (exit 2, one line,
     no run folder); the check itself builds nothing (meta device, memory-mapped read)."""
-    from cli.main import main
+    from modaltune.cli.main import main
+
     from modaltune.data import Cohort
     from modaltune.models import check_encoder_checkpoint
 

@@ -18,16 +18,15 @@ import time
 from pathlib import Path
 
 import pytest
-
-from sweeps import lock as study_lock
-from sweeps.layout import StudyLayout
-from sweeps.lock import STALE_AFTER_S, Lease, StudyLock, StudyLockedError, read_lease
+from modaltune.sweeps import lock as study_lock
+from modaltune.sweeps.layout import StudyLayout
+from modaltune.sweeps.lock import STALE_AFTER_S, Lease, StudyLock, StudyLockedError, read_lease
 
 HOLDER = """
 import sys, time
 from pathlib import Path
-from sweeps import lock
-from sweeps.layout import StudyLayout
+from modaltune.sweeps import lock
+from modaltune.sweeps.layout import StudyLayout
 if sys.argv[2] == "lease-only":
     def no_record_locks(*args):
         raise OSError(lock.errno.ENOLCK, "No locks available")

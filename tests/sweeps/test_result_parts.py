@@ -10,8 +10,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-
-from sweeps.result_parts import PartitionedTable, trial_states_table
+from modaltune.sweeps.result_parts import PartitionedTable, trial_states_table
 
 
 def _rows(trial: str, epochs: range, value: float) -> list[dict]:
@@ -95,7 +94,7 @@ def test_no_damage_to_a_part_is_believed_and_none_is_fatal(tmp_path: Path, caplo
         damaged[position] ^= 0x5A
         part.write_bytes(bytes(damaged))
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="sweeps.result_parts"):
+        with caplog.at_level(logging.WARNING, logger="modaltune.sweeps.result_parts"):
             read = table.read()
         if len(read) == len(first_rows):
             pd.testing.assert_frame_equal(read.reset_index(drop=True), first_rows)

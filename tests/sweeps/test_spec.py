@@ -11,12 +11,12 @@ from typing import Any
 import pandas as pd
 import pytest
 import yaml
+from modaltune.sweeps.cells import design_cells
+from modaltune.sweeps.plan import build_plan, ensure_cohort
+from modaltune.sweeps.spec import DesignSpec, load_study_spec
+from modaltune.sweeps.study import run_study
 
 from modaltune.errors import InputError
-from sweeps.cells import design_cells
-from sweeps.plan import build_plan, ensure_cohort
-from sweeps.spec import DesignSpec, load_study_spec
-from sweeps.study import run_study
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -205,6 +205,6 @@ def test_folds_by_site_refuses_folds_that_split_a_site(small_cohort: Path, tmp_p
     with pytest.raises(InputError, match=r"1 tissue source site\(s\) .* split across folds \(e.g. S9 in folds"):
         build_plan(spec, tmp_path / "studies" / spec.name)
     by_case = load_study_spec(_write(tmp_path, _base(cohort), "by_case.yaml"))
-    with caplog.at_level(logging.WARNING, logger="sweeps.plan"):
+    with caplog.at_level(logging.WARNING, logger="modaltune.sweeps.plan"):
         build_plan(by_case, tmp_path / "studies" / by_case.name)
     assert any("may be inflated by site effects" in r.message for r in caplog.records)

@@ -9,9 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from sweeps.layout import StudyLayout
-from sweeps.storage import StorageGuard
+from modaltune.sweeps.layout import StudyLayout
+from modaltune.sweeps.storage import StorageGuard
 
 MB = 2**20
 

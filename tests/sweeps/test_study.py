@@ -18,12 +18,12 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+from modaltune.cli.main import main as cli_main
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
-from cli.main import main as cli_main
 from modaltune.data import Cohort
 from modaltune.data.labels import default_labels, save_labels
 from modaltune.predict import ExportedModel, predict_member
@@ -154,7 +154,7 @@ def test_selected_model_is_exported_and_predicts_like_it_validated(
         assert list(again["predicted_subtype"]) == list(validation["predicted_subtype"])
 
     out = tmp_path / "predictions.parquet"
-    done = subprocess.run([sys.executable, "-m", "cli.main", "predict", str(best), "--cohort", str(smoke.root / "cohort"), "--out", str(out)],
+    done = subprocess.run([sys.executable, "-m", "modaltune.cli.main", "predict", str(best), "--cohort", str(smoke.root / "cohort"), "--out", str(out)],
                           capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     predictions = pd.read_parquet(out)
@@ -231,7 +231,7 @@ def test_interrupted_study_resumes_without_rerunning(tmp_path: Path) -> None:
     code, output = finish_study(first, timeout=180)
     assert code == 130, output[-4000:]
     assert "--resume" in output
-    status = subprocess.run([sys.executable, "-m", "cli.main", "status", str(study)], capture_output=True, text=True, check=False)
+    status = subprocess.run([sys.executable, "-m", "modaltune.cli.main", "status", str(study)], capture_output=True, text=True, check=False)
     assert status.returncode == 4 and "study race: interrupted" in status.stdout, status.stdout + status.stderr
     before = markers(study)
     interrupted = pd.read_parquet(study / "trials.parquet")
@@ -262,7 +262,7 @@ def test_interrupted_study_resumes_without_rerunning(tmp_path: Path) -> None:
     assert all(t.intermediate_values for t in optuna_trials)
 
     # Its progress record says finished, and `modaltune status` exits 0 with the counts.
-    status = subprocess.run([sys.executable, "-m", "cli.main", "status", str(study)], capture_output=True, text=True, check=False)
+    status = subprocess.run([sys.executable, "-m", "modaltune.cli.main", "status", str(study)], capture_output=True, text=True, check=False)
     assert status.returncode == 0, status.stdout + status.stderr
     assert "study race: finished" in status.stdout and "trials 4/4 done" in status.stdout
 

@@ -23,9 +23,9 @@ from typing import Any
 import pandas as pd
 import pytest
 import ray
+from modaltune.cli.ablation import main as study_main
 from ray.util.placement_group import PlacementGroup, placement_group, placement_group_table, remove_placement_group
 
-from cli.ablation import main as study_main
 from modaltune.train import ray_session
 from tests.studyproc import finish_study, start_study, write_spec
 
@@ -137,8 +137,8 @@ def test_trials_stopped_by_the_scheduler_or_finished_free_their_worker_groups_th
     groups = _recorded_groups(study)
     assert len(groups) == 3 and all(_state(group) == "REMOVED" for group in groups)
     assert _all_cpus_free()
-    assert not _messages(caplog, "sweeps.reaper"), "a trial ended with its worker group still reserved"
-    assert not [m for m in _messages(caplog, "sweeps.watchdog") if "no trial has reported" in m]
+    assert not _messages(caplog, "modaltune.sweeps.reaper"), "a trial ended with its worker group still reserved"
+    assert not [m for m in _messages(caplog, "modaltune.sweeps.watchdog") if "no trial has reported" in m]
 
 
 @contextlib.contextmanager
@@ -172,7 +172,7 @@ def test_a_trial_whose_process_dies_mid_run_is_restarted_from_its_checkpoint_aft
 
     assert list(pd.read_parquet(study / "trials.parquet")["state"]) == ["finished"]
     assert all(_state(group) == "REMOVED" for group in killed["groups"])
-    freed = _messages(caplog, "sweeps.reaper")
+    freed = _messages(caplog, "modaltune.sweeps.reaper")
     assert len(freed) == 1 and all(group in freed[0] for group in killed["groups"]), freed
     epochs = pd.read_parquet(next((study / "trials").glob("*/fold0_seed0/metrics.parquet")))["epoch"]
     assert list(epochs) == list(range(EPOCHS))  # resumed from its checkpoint: every epoch once
@@ -195,9 +195,9 @@ def test_a_trial_whose_process_dies_for_good_is_an_error_and_the_reaper_frees_it
     assert trials.loc[killed["trial_id"], "state"] == "error"
     assert list(trials.drop(index=killed["trial_id"])["state"]) == ["finished"]
     assert all(_state(group) == "REMOVED" for group in killed["groups"])
-    freed = _messages(caplog, "sweeps.reaper")
+    freed = _messages(caplog, "modaltune.sweeps.reaper")
     assert len(freed) == 1 and killed["trial_id"] in freed[0], freed
-    assert not [m for m in _messages(caplog, "sweeps.watchdog") if "no trial has reported" in m]
+    assert not [m for m in _messages(caplog, "modaltune.sweeps.watchdog") if "no trial has reported" in m]
     assert _all_cpus_free()
 
 
@@ -221,7 +221,7 @@ def test_the_watchdog_frees_a_group_an_ended_trial_left_and_the_study_goes_on(
     assert _run(_spec(tmp_path, cohort, "leak"), tmp_path / "studies") == 0
 
     assert _state(group) == "REMOVED"
-    warnings = "\n".join(_messages(caplog, "sweeps.watchdog"))
+    warnings = "\n".join(_messages(caplog, "modaltune.sweeps.watchdog"))
     assert f"placement group {group} CREATED 1 x {{CPU: 1.5}}: trial c000_ghost (ended run)" in warnings, warnings
     assert f"freed 1 worker group(s) of ended trials: {group}" in warnings
     assert list(pd.read_parquet(study / "trials.parquet")["state"]) == ["finished"]

@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 import ray
 import torch
+from modaltune.cli.main import main as cli_main
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cli.main import main as cli_main
 from modaltune.data import Cohort, SynthConfig, generate_cohort
 from modaltune.train import ray_session
 from modaltune.train.checkpoints import checkpoint_run

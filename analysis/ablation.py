@@ -24,12 +24,13 @@ import math
 
 import numpy as np
 import pandas as pd
+from statsmodels.stats.multitest import multipletests
+
 from modaltune.analysis.inference import FoldDesign, bounded_interval, corrected_t_test, minimum_detectable_difference
 from modaltune.analysis.summary import final_epochs
-from modaltune.sweeps.confirm import best_trials
 from modaltune.sweeps.factors import factor_level
 from modaltune.sweeps.spec import StudySpec
-from statsmodels.stats.multitest import multipletests
+from modaltune.sweeps.trial_rows import best_trials
 
 ALPHA = 0.05
 TARGET_POWER = 0.8

@@ -8,8 +8,8 @@ Hours are reserved resources x wall time (what a cluster bills): each trial's Tu
 from __future__ import annotations
 
 import pandas as pd
-from modaltune.sweeps.spec import StudySpec
 
+from modaltune.sweeps.spec import StudySpec
 from modaltune.units import bytes_text, duration_text
 
 

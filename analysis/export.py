@@ -16,18 +16,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from modaltune import predict
 from modaltune.analysis.predictions import prediction_file, trial_predictions
 from modaltune.analysis.selection import OPTIMISM_NOTE, Selection, final_checkpoint, held_out_metrics, select_model
 from modaltune.analysis.summary import final_epochs, load_study
-from modaltune.sweeps.layout import StudyLayout
-from modaltune.sweeps.spec import StudySpec
-
-from modaltune import predict
 from modaltune.atomic import write_json_atomic, write_text_atomic
 from modaltune.data import Cohort
 from modaltune.data.modalities import COHORT_MODALITIES
 from modaltune.errors import InputError
 from modaltune.models import IMAGE
+from modaltune.sweeps.layout import StudyLayout
+from modaltune.sweeps.spec import StudySpec
 from modaltune.train.batches import fit_normalizers, normalizer_file
 from modaltune.train.config import TrainConfig
 

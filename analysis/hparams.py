@@ -12,12 +12,12 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
-from modaltune.analysis.summary import final_epochs
-from modaltune.sweeps.layout import StudyLayout
-from modaltune.sweeps.spec import StudySpec
 from torch.utils.tensorboard import SummaryWriter
 
+from modaltune.analysis.summary import final_epochs
 from modaltune.metrics import METRICS
+from modaltune.sweeps.layout import StudyLayout
+from modaltune.sweeps.spec import StudySpec
 
 
 def write_hparams(study_dir: Path, spec: StudySpec, results: pd.DataFrame, trials: pd.DataFrame) -> Path:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from modaltune.analysis.ablation import (
     ALPHA,
     IMPLAUSIBLE_DIFFERENCE,
@@ -27,14 +28,13 @@ from modaltune.analysis.ablation import (
 )
 from modaltune.analysis.inference import MIN_INTERVAL_UNITS, FoldDesign, minimum_detectable_difference
 from modaltune.analysis.summary import load_study
+from modaltune.data import Cohort
+from modaltune.data.layout import CohortLayout, read_manifest
+from modaltune.errors import InputError
 from modaltune.sweeps.cells import design_cells
 from modaltune.sweeps.factors import factor_level
 from modaltune.sweeps.plan import check_study_folds
 from modaltune.sweeps.spec import StudySpec
-
-from modaltune.data import Cohort
-from modaltune.data.layout import CohortLayout, read_manifest
-from modaltune.errors import InputError
 from modaltune.train.config import validate_train_config
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+
 from modaltune.sweeps.layout import StudyLayout
 
 SPLITS = ("val", "train", "test")

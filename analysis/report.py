@@ -18,6 +18,7 @@ from pathlib import Path
 
 import markdown
 import pandas as pd
+
 from modaltune.analysis import plots
 from modaltune.analysis.ablation import (
     ALPHA,
@@ -45,13 +46,12 @@ from modaltune.analysis.survival import (
     summarise_ipcw,
 )
 from modaltune.analysis.tuning import param_importances, pareto_front
-from modaltune.sweeps.layout import StudyLayout
-from modaltune.sweeps.spec import StudySpec
-
 from modaltune.atomic import write_text_atomic
 from modaltune.data.layout import CohortLayout, read_manifest
 from modaltune.errors import InputError
 from modaltune.metrics import METRICS
+from modaltune.sweeps.layout import StudyLayout
+from modaltune.sweeps.spec import StudySpec
 
 logger = logging.getLogger(__name__)
 

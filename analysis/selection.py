@@ -30,16 +30,16 @@ from typing import Any
 
 import pandas as pd
 import torch
+
 from modaltune.analysis.predictions import RepetitionPredictions
 from modaltune.analysis.summary import final_epochs
-from modaltune.sweeps.layout import StudyLayout
-from modaltune.sweeps.spec import StudySpec
-
 from modaltune.data import Cohort
 from modaltune.data.labels import load_labels
 from modaltune.data.layout import CohortLayout
 from modaltune.errors import InputError
 from modaltune.metrics import METRICS, evaluate_predictions
+from modaltune.sweeps.layout import StudyLayout
+from modaltune.sweeps.spec import StudySpec
 from modaltune.train.checkpoints import ADAPTER_FILE, CONFIG_FILE, STATE_FILE
 
 logger = logging.getLogger(__name__)

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from modaltune.sweeps.confirm import best_trials
+
 from modaltune.sweeps.layout import StudyLayout
 from modaltune.sweeps.result_parts import results_table, trial_states_table
 from modaltune.sweeps.spec import StudySpec
+from modaltune.sweeps.trial_rows import best_trials
 
 
 def load_study(study_dir: str | Path) -> tuple[StudySpec, pd.DataFrame, pd.DataFrame]:

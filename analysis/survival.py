@@ -23,11 +23,11 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from lifelines.statistics import logrank_test
-from modaltune.analysis.predictions import RepetitionPredictions
 from sksurv.linear_model.coxph import BreslowEstimator
 from sksurv.metrics import concordance_index_ipcw, cumulative_dynamic_auc, integrated_brier_score
 from sksurv.util import Surv
 
+from modaltune.analysis.predictions import RepetitionPredictions
 from modaltune.metrics import c_index
 from modaltune.predict import training_percentile
 

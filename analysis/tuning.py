@@ -12,8 +12,8 @@ import logging
 
 import optuna
 import pandas as pd
+
 from modaltune.analysis.selection import candidate_scores
-from modaltune.sweeps.searcher import optuna_distribution
 from modaltune.sweeps.spec import StudySpec
 
 logger = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ EVALUATORS = {
 
 def _distributions(spec: StudySpec, scores: pd.DataFrame) -> dict[str, optuna.distributions.BaseDistribution]:
     """Tuned parameters, plus every factor with more than one level as a categorical parameter."""
-    distributions = {name: optuna_distribution(dist) for name, dist in spec.search.params.items() if name in scores.columns}
+    distributions = {name: dist.to_optuna() for name, dist in spec.search.params.items() if name in scores.columns}
     for factor in spec.factors:
         levels = sorted(scores[factor].astype(str).unique())
         if len(levels) > 1:

@@ -49,10 +49,9 @@ EPOCHS = 15
 
 def instant_trial(config: dict[str, Any], plan: Any, channel: Any) -> None:
     """What ``sweeps.trial.StudyTrial`` reports for one trial, at once: per epoch, per repetition, the end."""
-    from modaltune.sweeps.searcher import CELL_KEY, DONE_KEY, KIND_KEY, cv_key
-    from modaltune.sweeps.trial import TRIAL_FILE, repetition_report
-
     from modaltune.atomic import write_json_atomic
+    from modaltune.sweeps.trial import TRIAL_FILE, repetition_report
+    from modaltune.sweeps.trial_rows import CELL_KEY, DONE_KEY, KIND_KEY, cv_key
 
     trial_id = tune.get_context().get_trial_id()
     write_json_atomic(plan.trial_dir(trial_id) / TRIAL_FILE, {"trial_id": trial_id, "config": config, "started": time.time()})
@@ -96,12 +95,13 @@ def measure(trials: int, concurrent: int, reuse_actors: bool, root: Path) -> dic
     """One size, in this process: the study, then its report."""
     import logging
 
+    from ray.tune import Tuner
+
     from modaltune.analysis.cost import cost_table
     from modaltune.analysis.summary import cell_summary, load_study
     from modaltune.sweeps.results import ResultsWriter
     from modaltune.sweeps.spec import load_study_spec
     from modaltune.sweeps.study import run_study
-    from ray.tune import Tuner
 
     logging.basicConfig(level=logging.WARNING)
     pauses = _GcPauses()

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from modaltune.sweeps.result_parts import RESULT_KEY, results_table
 
 from modaltune.atomic import write_parquet_atomic
+from modaltune.sweeps.result_parts import RESULT_KEY, results_table
 
 CANCERS = ("BRCA", "NSCLC", "RCC", "GBMLGG")
 METRICS = ("loss", "c_index", "balanced_accuracy", "macro_auc")

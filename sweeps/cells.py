@@ -14,10 +14,9 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from modaltune.errors import InputError
 from modaltune.sweeps.factors import factor_level
 from modaltune.sweeps.spec import DesignSpec
-
-from modaltune.errors import InputError
 
 
 @dataclass(frozen=True)

@@ -19,27 +19,16 @@ import pickle
 from typing import Any
 
 import numpy as np
-import pandas as pd
+from ray.tune.search import Searcher
+
 from modaltune.sweeps.layout import StudyLayout
 from modaltune.sweeps.plan import StudyPlan
 from modaltune.sweeps.result_parts import trial_states_table
-from modaltune.sweeps.searcher import CELL_KEY
-from modaltune.sweeps.spec import StudySpec
-from ray.tune.search import Searcher
+from modaltune.sweeps.trial_rows import CELL_KEY, best_trials
 
 logger = logging.getLogger(__name__)
 
 CONFIRMS_KEY = "confirms"  # in a confirmation trial's config: the search trial whose configuration it retrains
-
-
-def best_trials(spec: StudySpec, trials: pd.DataFrame) -> dict[str, str]:
-    """Each cell's best finished trial by the study's primary cross-validated metric: the
-    configuration the search chose (the confirm stage retrains it, the analysis scores it)."""
-    primary = spec.search.primary
-    column = f"cv_{primary.name}"
-    done = trials[(trials["state"] == "finished") & trials[column].notna()]
-    ordered = done.sort_values(column, ascending=primary.direction == "min", kind="stable")
-    return dict(ordered.groupby("cell")["trial_id"].first())
 
 
 def confirmation_configs(search: StudyPlan, confirm: StudyPlan) -> list[dict[str, Any]]:

@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from modaltune.sweeps.layout import StudyLayout
-from modaltune.sweeps.spec import StudySpec
 
 from modaltune.atomic import write_json_atomic, write_text_atomic
 from modaltune.errors import InputError
+from modaltune.sweeps.layout import StudyLayout
+from modaltune.sweeps.spec import StudySpec
 
 logger = logging.getLogger(__name__)
 

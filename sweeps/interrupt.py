@@ -23,9 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from types import FrameType
 
-from modaltune.sweeps.layout import StudyLayout
-
 from modaltune.atomic import write_json_atomic
+from modaltune.sweeps.layout import StudyLayout
 
 logger = logging.getLogger(__name__)
 

@@ -35,10 +35,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from modaltune.sweeps.layout import StudyLayout
-
 from modaltune.atomic import write_json_atomic
 from modaltune.errors import InputError
+from modaltune.sweeps.layout import StudyLayout
 from modaltune.units import duration_text
 
 logger = logging.getLogger(__name__)

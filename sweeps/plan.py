@@ -16,10 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modaltune.sweeps.cells import Cell, design_cells
-from modaltune.sweeps.layout import StudyLayout
-from modaltune.sweeps.spec import StudySpec
-
 from modaltune.data import Cohort, CohortInvalidError, generate_cohort, validate_cohort
 from modaltune.data.fold_checks import TASKS_CHECKED, case_table, fold_shortfalls
 from modaltune.data.folds import fold_fix, site_preserved, sites_split_across_folds
@@ -27,8 +23,12 @@ from modaltune.data.synthetic import CohortExistsError, SynthConfig
 from modaltune.errors import InputError
 from modaltune.metrics import METRICS
 from modaltune.objectives import check_loss_weights
+from modaltune.sweeps.cells import Cell, design_cells
+from modaltune.sweeps.layout import StudyLayout
+from modaltune.sweeps.spec import StudySpec
 from modaltune.train.config import TrainConfig, set_dotted, validate_train_config
-from modaltune.train.run import RANDOM_ENCODER_WARNING, check_config_against_cohort, ensure_label_banks
+from modaltune.train.label_banks import ensure_label_banks
+from modaltune.train.preflight import RANDOM_ENCODER_WARNING, check_config_against_cohort
 
 logger = logging.getLogger(__name__)
 

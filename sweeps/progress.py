@@ -26,15 +26,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modaltune.sweeps.layout import StudyLayout
-from modaltune.sweeps.plan import StudyPlan
-from modaltune.sweeps.results import completed_trials
-from modaltune.sweeps.searcher import CELL_KEY, DONE_KEY, KIND_KEY, cv_key
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from modaltune.atomic import write_json_atomic
 from modaltune.errors import InputError
+from modaltune.sweeps.layout import StudyLayout
+from modaltune.sweeps.plan import StudyPlan
+from modaltune.sweeps.results import completed_trials
+from modaltune.sweeps.trial_rows import CELL_KEY, DONE_KEY, KIND_KEY, cv_key
 from modaltune.units import duration_text
 
 logger = logging.getLogger(__name__)

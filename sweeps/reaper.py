@@ -14,9 +14,10 @@ import logging
 import time
 from typing import Any
 
+from ray.tune import Callback
+
 from modaltune.sweeps.plan import StudyPlan
 from modaltune.sweeps.worker_groups import recorded_groups, remove_live
-from ray.tune import Callback
 
 logger = logging.getLogger(__name__)
 

@@ -27,14 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from modaltune.sweeps.layout import StudyLayout
-from modaltune.sweeps.plan import StudyPlan
-from modaltune.sweeps.result_parts import RESULT_KEY, results_table, trial_states_table
-from modaltune.sweeps.searcher import CELL_KEY, DONE_KEY, KIND_KEY, cv_key
-from modaltune.sweeps.trial import COMPLETED_FILE, REPORTS_FILE, TRIAL_FILE, read_reports
 from ray.tune import Callback
 
 from modaltune.atomic import write_json_atomic
+from modaltune.sweeps.layout import StudyLayout
+from modaltune.sweeps.plan import StudyPlan
+from modaltune.sweeps.result_parts import RESULT_KEY, results_table, trial_states_table
+from modaltune.sweeps.trial import COMPLETED_FILE, REPORTS_FILE, TRIAL_FILE, read_reports
+from modaltune.sweeps.trial_rows import CELL_KEY, DONE_KEY, KIND_KEY, cv_key
 from modaltune.train.layout import RunLayout
 
 logger = logging.getLogger(__name__)

@@ -18,12 +18,13 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from modaltune.sweeps.cell_schedulers import CELL_SCHEDULERS, CellRace
-from modaltune.sweeps.plan import StudyPlan
-from modaltune.sweeps.searcher import CELL_KEY, DONE_KEY, KIND_KEY, cv_key
-from modaltune.sweeps.spec import SchedulerSpec
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+from modaltune.sweeps.cell_schedulers import CellRace
+from modaltune.sweeps.plan import StudyPlan
+from modaltune.sweeps.spec import SchedulerSpec
+from modaltune.sweeps.trial_rows import CELL_KEY, DONE_KEY, KIND_KEY, cv_key
 
 
 class PerCellScheduler(FIFOScheduler):
@@ -70,13 +71,11 @@ def make_scheduler(plan: StudyPlan) -> TrialScheduler:
     spec = plan.spec.scheduler
     primary = plan.spec.search.primary
     race = CellRace(cv_key(primary.name), primary.direction, DONE_KEY, len(plan.repetitions))
-    if CELL_SCHEDULERS[spec.type] is None or race.total < 2 or plan.spec.search.trials_per_cell < 2:
+    if not spec.rule().stops_trials or race.total < 2 or plan.spec.search.trials_per_cell < 2:
         return FIFOScheduler()
     return PerCellScheduler(functools.partial(cell_scheduler, spec, race), race.metric, race.mode)
 
 
 def cell_scheduler(spec: SchedulerSpec, race: CellRace) -> TrialScheduler:
     """A fresh scheduler for one cell (a module-level function, so the study state pickles)."""
-    factory = CELL_SCHEDULERS[spec.type]
-    assert factory is not None, "make_scheduler uses FIFO for a rule that stops nothing"
-    return factory(spec, race)
+    return spec.rule().build(race)

@@ -22,32 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from modaltune.sweeps.samplers import make_sampler
-from modaltune.sweeps.spec import Distribution, SearchSpec
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from modaltune.sweeps.samplers import make_sampler
+from modaltune.sweeps.spec import SearchSpec
+from modaltune.sweeps.trial_rows import CELL_KEY, DONE_KEY, KIND_KEY, cv_key
+
 logger = logging.getLogger(__name__)
-
-CELL_KEY = "cell"
-KIND_KEY = "kind"  # "epoch" (one epoch of one repetition) or "repetition" (a repetition finished)
-DONE_KEY = "repetitions_done"
-
-
-def cv_key(metric: str) -> str:
-    """The reported running mean over finished repetitions of ``val_<metric>``."""
-    return f"cv_{metric}"
-
-
-def optuna_distribution(dist: Distribution) -> optuna.distributions.BaseDistribution:
-    if dist.type == "categorical":
-        return optuna.distributions.CategoricalDistribution(dist.choices or [])
-    if dist.type == "int":
-        return optuna.distributions.IntDistribution(int(dist.low or 0), int(dist.high or 0), step=dist.step or 1, log=dist.log)
-    return optuna.distributions.FloatDistribution(dist.low or 0.0, dist.high or 0.0, log=dist.type == "loguniform" or dist.log)
-
 
 class CellStudy:
     """One cell's Optuna study, asked and told through Optuna's public API, kept in ``journal``.
@@ -65,7 +49,7 @@ class CellStudy:
         self.repetitions = repetitions
         self.metrics = [cv_key(m.name) for m in search.metrics]
         self.directions = ["maximize" if m.direction == "max" else "minimize" for m in search.metrics]
-        self.distributions = {key: optuna_distribution(dist) for key, dist in search.params.items()}
+        self.distributions = {key: dist.to_optuna() for key, dist in search.params.items()}
         self.sampler = make_sampler(search)
         self.numbers: dict[str, int] = {}  # Tune trial id -> Optuna trial number
         self._reported: dict[str, set[int]] = {}

@@ -11,16 +11,19 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from modaltune.sweeps.cell_schedulers import CELL_SCHEDULERS
-from modaltune.sweeps.factors import FACTORS
-from modaltune.sweeps.samplers import SAMPLERS
-from modaltune.sweeps.trackers import TRACKERS
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from modaltune.errors import InputError, describe_validation_error, read_yaml_mapping
 from modaltune.metrics import METRICS
+from modaltune.sweeps.cell_schedulers import CELL_SCHEDULERS, CellScheduler
+from modaltune.sweeps.factors import FACTORS
+from modaltune.sweeps.samplers import SAMPLERS
+from modaltune.sweeps.trackers import TRACKERS
+
+if TYPE_CHECKING:
+    import optuna
 
 LOSS_METRIC = "loss"  # the objective's validation loss: a study may also tune on it (lower is better)
 
@@ -55,6 +58,15 @@ class Distribution(_Strict):
         if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
             raise ValueError("int needs integer low and high")
         return self
+
+    def to_optuna(self) -> optuna.distributions.BaseDistribution:
+        import optuna  # only where a search or its analysis runs: a spec loads without it
+
+        if self.type == "categorical":
+            return optuna.distributions.CategoricalDistribution(self.choices or [])
+        if self.type == "int":
+            return optuna.distributions.IntDistribution(int(self.low or 0), int(self.high or 0), step=self.step or 1, log=self.log)
+        return optuna.distributions.FloatDistribution(self.low or 0.0, self.high or 0.0, log=self.type == "loguniform" or self.log)
 
     def corners(self) -> list[Any]:
         """Values that must all make a valid run config: both ends, or every choice."""
@@ -109,12 +121,22 @@ class SearchSpec(_Strict):
 
 
 class SchedulerSpec(_Strict):
-    """Early stopping between repetitions (folds x seeds) of a trial; see sweeps/searcher.py."""
+    """Early stopping between repetitions (folds x seeds) of a trial; see sweeps/searcher.py.
+
+    ``type`` names a rule of ``CELL_SCHEDULERS``; the other keys are that rule's own settings
+    (``asha``: grace_period, reduction_factor; ``median``: grace_period, min_samples_required).
+    """
 
     type: str = "asha"
-    grace_period: int = Field(default=1, ge=1)
-    reduction_factor: float = Field(default=2.0, gt=1)
-    min_samples_required: int = Field(default=3, ge=1)
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_settings(cls, value: Any) -> Any:
+        """A spec writes a rule's settings beside its type (``{type: asha, grace_period: 2}``)."""
+        if isinstance(value, dict) and "settings" not in value:
+            return {"type": value.get("type", "asha"), "settings": {k: v for k, v in value.items() if k != "type"}}
+        return value
 
     @field_validator("type")
     @classmethod
@@ -125,6 +147,27 @@ class SchedulerSpec(_Strict):
                 f"search algorithm; studies tune with Optuna per cell, so use one of {CELL_SCHEDULERS.names()}"
             )
         return CELL_SCHEDULERS.check(kind)
+
+    @model_validator(mode="after")
+    def _rule_settings(self) -> SchedulerSpec:
+        self.settings = self.rule().settings.model_dump()  # the rule's defaults filled in
+        return self
+
+    @model_serializer(mode="wrap")
+    def _flat(self, handler: Any) -> dict[str, Any]:
+        """Written back as a spec gives it: the settings beside the type."""
+        dumped = handler(self)
+        return {"type": dumped["type"], **dumped["settings"]}
+
+    def rule(self) -> CellScheduler:
+        """The rule with its validated settings; a setting it does not have is an error naming it."""
+        rule = CELL_SCHEDULERS[self.type]
+        try:
+            return rule(rule.Settings.model_validate(self.settings))
+        except ValidationError as exc:
+            raise ValueError(
+                f"scheduler {self.type!r}: {describe_validation_error(exc)} (its settings: {sorted(rule.Settings.model_fields) or 'none'})"
+            ) from exc
 
 
 class ResourcesSpec(_Strict):

@@ -16,11 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from modaltune.sweeps.interrupt import interrupt_study
-from modaltune.sweeps.layout import StudyLayout
 from ray.tune.stopper import Stopper
 
 from modaltune.errors import InputError
+from modaltune.sweeps.interrupt import interrupt_study
+from modaltune.sweeps.layout import StudyLayout
 
 logger = logging.getLogger(__name__)
 

@@ -22,6 +22,13 @@ from typing import Any
 
 import pandas as pd
 import yaml
+from ray import tune
+from ray.tune import CheckpointConfig, CLIReporter, FailureConfig, RunConfig, TuneConfig, Tuner
+from ray.tune.experiment import Trial
+from ray.tune.search import Searcher
+
+from modaltune.atomic import write_text_atomic
+from modaltune.errors import InputError
 from modaltune.sweeps.channel import open_channel
 from modaltune.sweeps.confirm import FixedConfigurations, confirmation_configs
 from modaltune.sweeps.identity import record_changes, record_new_study, resumed_changes
@@ -34,20 +41,14 @@ from modaltune.sweeps.reaper import WorkerGroupReaper
 from modaltune.sweeps.result_parts import trial_states_table
 from modaltune.sweeps.results import UNFINISHED_STATES, ResultsWriter
 from modaltune.sweeps.schedulers import make_scheduler
-from modaltune.sweeps.searcher import CELL_KEY, DONE_KEY, CellSearcher, cv_key
+from modaltune.sweeps.searcher import CellSearcher
 from modaltune.sweeps.spec import StudySpec
 from modaltune.sweeps.storage import StorageError, StorageGuard, check_storage
 from modaltune.sweeps.trackers import study_trackers
 from modaltune.sweeps.trial import StudyTrial
+from modaltune.sweeps.trial_rows import CELL_KEY, DONE_KEY, cv_key
 from modaltune.sweeps.tune_state import SavedSearch, prepare_restore
 from modaltune.sweeps.watchdog import StallWatchdog
-from ray import tune
-from ray.tune import CheckpointConfig, CLIReporter, FailureConfig, RunConfig, TuneConfig, Tuner
-from ray.tune.experiment import Trial
-from ray.tune.search import Searcher
-
-from modaltune.atomic import write_text_atomic
-from modaltune.errors import InputError
 from modaltune.train import ray_session
 
 logger = logging.getLogger(__name__)

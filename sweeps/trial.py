@@ -37,14 +37,14 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from modaltune.sweeps.channel import VerdictGate
-from modaltune.sweeps.plan import Repetition, StudyPlan
-from modaltune.sweeps.searcher import CELL_KEY, DONE_KEY, KIND_KEY, cv_key
 from ray import tune
 from ray.train import UserCallback
 from ray.tune.result import DONE
 
 from modaltune.atomic import atomic_path, write_json_atomic
+from modaltune.sweeps.channel import VerdictGate
+from modaltune.sweeps.plan import Repetition, StudyPlan
+from modaltune.sweeps.trial_rows import CELL_KEY, DONE_KEY, KIND_KEY, cv_key
 from modaltune.train.config import TrainConfig
 from modaltune.train.layout import RunInputs, RunLayout
 from modaltune.train.run import build_trainer

@@ -29,14 +29,14 @@ import time
 import zipfile
 from pathlib import Path
 
-from modaltune.sweeps.layout import StudyLayout
-from modaltune.sweeps.result_parts import results_table, trial_states_table
-from modaltune.sweeps.storage import free_mb
-from modaltune.sweeps.trial import COMPLETED_FILE, TRIAL_FILE
 from ray.tune import ExperimentAnalysis
 from ray.tune.search import ConcurrencyLimiter, Searcher, SearchGenerator
 
 from modaltune.atomic import atomic_path
+from modaltune.sweeps.layout import StudyLayout
+from modaltune.sweeps.result_parts import results_table, trial_states_table
+from modaltune.sweeps.storage import free_mb
+from modaltune.sweeps.trial import COMPLETED_FILE, TRIAL_FILE
 
 logger = logging.getLogger(__name__)
 

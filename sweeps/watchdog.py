@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import ray
+from ray.tune import Callback
+
 from modaltune.sweeps.interrupt import interrupt_study
 from modaltune.sweeps.layout import StudyLayout
 from modaltune.sweeps.plan import StudyPlan
 from modaltune.sweeps.trial import TRIAL_FILE
 from modaltune.sweeps.worker_groups import describe_bundles, group_table, recorded_groups, remove_live
-from ray.tune import Callback
 
 logger = logging.getLogger(__name__)
 

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
 from modaltune.sweeps.layout import StudyLayout
 from modaltune.sweeps.plan import StudyPlan
-from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
 ENDED = ("REMOVED",)
 

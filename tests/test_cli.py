@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+
 from modaltune.cli.main import main
 
 

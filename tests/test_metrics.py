@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from modaltune.analysis.predictions import RepetitionPredictions
 from modaltune.analysis.selection import held_out_metrics
-from modaltune.sweeps.spec import StudySpec
-
 from modaltune.metrics import evaluate_predictions
+from modaltune.sweeps.spec import StudySpec
 
 
 def _predictions(censored: str) -> pd.DataFrame:

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from modaltune.cli.main import main
 
+from modaltune.cli.main import main
 from modaltune.data import Cohort, SynthConfig, generate_cohort, validate_cohort
 from tests.feature_files import tcga_shaped, write_clam, write_stamp, write_trident
 from tests.studyproc import REPO, finish_study, start_study, write_spec

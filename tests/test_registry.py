@@ -11,11 +11,6 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-from modaltune.sweeps.cell_schedulers import CELL_SCHEDULERS, CellRace
-from modaltune.sweeps.cells import design_cells
-from modaltune.sweeps.factors import FACTORS, Level
-from modaltune.sweeps.samplers import SAMPLERS, make_sampler
-from modaltune.sweeps.spec import SchedulerSpec, SearchSpec, load_study_spec
 from ray.tune.schedulers import TrialScheduler
 
 from modaltune.errors import InputError
@@ -23,6 +18,11 @@ from modaltune.metrics import METRICS, CaseMetric, evaluate_predictions
 from modaltune.models import SLIDE_ENCODER_PRESETS, EncoderConfig
 from modaltune.objectives import OBJECTIVES, build_objective
 from modaltune.registry import Registry, UnknownChoiceError
+from modaltune.sweeps.cell_schedulers import CELL_SCHEDULERS, CellRace
+from modaltune.sweeps.cells import design_cells
+from modaltune.sweeps.factors import FACTORS, Level
+from modaltune.sweeps.samplers import SAMPLERS, make_sampler
+from modaltune.sweeps.spec import SchedulerSpec, SearchSpec, load_study_spec
 from modaltune.train.config import ModelSection, TrainConfig
 
 
@@ -66,9 +66,8 @@ def test_an_unknown_sampler_lists_the_registered_ones_instead_of_becoming_anothe
 
 @pytest.mark.parametrize("name", CELL_SCHEDULERS.names())
 def test_every_registered_scheduler_is_accepted_and_made_for_a_cell(name: str) -> None:
-    spec = SchedulerSpec(type=name)
-    factory = CELL_SCHEDULERS[spec.type]
-    assert factory is None or isinstance(factory(spec, CellRace("cv_c_index", "max", "repetitions_done", 4)), TrialScheduler)
+    rule = SchedulerSpec(type=name).rule()
+    assert not rule.stops_trials or isinstance(rule.build(CellRace("cv_c_index", "max", "repetitions_done", 4)), TrialScheduler)
 
 
 @pytest.mark.parametrize("name", OBJECTIVES.names())

@@ -15,23 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import ray
 import yaml
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, WorkerGroupError
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from modaltune.atomic import write_text_atomic
 from modaltune.data import Cohort, CohortInvalidError, validate_cohort
-from modaltune.data.modalities import COHORT_MODALITIES
 from modaltune.errors import InputError
-from modaltune.models import IMAGE, SLIDE_ENCODER_PRESETS
-from modaltune.models.encoder_weights import check_encoder_checkpoint
-from modaltune.text import TextEmbeddingCache, build_label_bank, build_text_encoder
-from modaltune.text.encoders import parse_text_encoder_spec
 from modaltune.train import ray_session
 from modaltune.train.config import TrainConfig
-from modaltune.train.engines import resolve_precision
+from modaltune.train.label_banks import ensure_label_banks
 from modaltune.train.layout import RunInputs, RunLayout
+from modaltune.train.preflight import RANDOM_ENCODER_WARNING, check_config_against_cohort
 from modaltune.train.records import upsert_epoch_rows
 from modaltune.train.run_gate import RunGate
 from modaltune.train.worker import train_loop_per_worker
@@ -44,95 +39,6 @@ class TrainingOutcome:
     output: Path
     metrics: pd.DataFrame
     checkpoint: str | None
-
-
-# Said once by the driver (a study's plan, `modaltune train`), not by every worker of every run.
-RANDOM_ENCODER_WARNING = (
-    "no slide encoder checkpoint configured (model.encoder_checkpoint / encoder_hub_id): the frozen SLFM is randomly "
-    "initialised; fine for tests and demos, not for results"
-)
-
-
-def check_config_against_cohort(config: TrainConfig, cohort: Cohort) -> None:
-    """The parts of a config that only make sense for a given cohort."""
-    if not cohort.labelled:
-        raise InputError(
-            f"{cohort.layout.manifest}: imported for prediction (import-h5 --for-prediction): "
-            "its cases have no outcomes to train on; use it with `modaltune predict`"
-        )
-    for name, fold in (("fold", config.fold), ("test_fold", config.test_fold)):
-        if fold is not None and fold >= cohort.manifest.n_folds:
-            raise InputError(f"{name}: {fold} but the cohort has folds 0..{cohort.manifest.n_folds - 1}")
-    if config.test_fold == config.fold:
-        raise InputError(f"test_fold: {config.test_fold} is also the validation fold")
-    unknown = sorted(set(config.cohorts or []) - set(cohort.cohort_names))
-    if unknown:
-        raise InputError(f"cohorts: {unknown} are not in the cohort (it has {cohort.cohort_names})")
-    train_ids, _ = cohort.split(config.fold, config.cohorts, config.test_fold)
-    for name in config.model.modalities:
-        if name != IMAGE:
-            COHORT_MODALITIES[name].check_trainable(cohort, train_ids, config.fold)
-    check_tile_features(config, cohort)
-    if config.model.encoder_checkpoint is not None:
-        check_encoder_checkpoint(config.model.for_cohort(cohort).encoder, config.model.encoder_checkpoint)
-    resolve_precision(config)
-
-
-def check_tile_features(config: TrainConfig, cohort: Cohort) -> None:
-    """A cohort holds the features of one tile encoder, and a pretrained SLFM reads only its own
-    tile encoder's: refuse the pair, naming both, when the widths differ (before any worker
-    starts). A study has one cohort, so it can cross pretrained SLFMs only if they read the same
-    tile features; crossing them with cohorts of their own tile encoders is not supported yet."""
-    model, width = config.model, cohort.manifest.feature_dim
-    takes = model.for_cohort(cohort).encoder.in_dim
-    if takes != width:
-        raise InputError(f"model.encoder_overrides sets in_dim {takes}, but {cohort.layout.manifest} has {width}-wide tile features")
-    preset = SLIDE_ENCODER_PRESETS[model.encoder]
-    pretrained = model.encoder_checkpoint is not None or model.encoder_hub_id is not None
-    if pretrained and preset.feature_dim is not None and preset.feature_dim != width:
-        raise InputError(
-            f"model.encoder {model.encoder!r} (pretrained) reads {preset.feature_dim}-wide {preset.tile_encoder} tile features, "
-            f"but {cohort.layout.manifest} has {width}-wide ones: give this SLFM a cohort made with {preset.tile_encoder}"
-        )
-
-
-def ensure_label_bank(cohort: Cohort, config: TrainConfig, path: Path) -> Path:
-    """The label bank of (text encoder, fold), computed once and reused by every run that needs it."""
-    if not path.exists():
-        train_ids, _ = cohort.split(config.fold, config.cohorts, config.test_fold)
-        encoder = build_text_encoder(config.text_encoder, cohort.labels)
-        cache = TextEmbeddingCache(cohort.layout.cache_dir / "text_embeddings")
-        build_label_bank(cohort, encoder, train_ids, out_dim=config.model.out_dim, cache=cache).save(path)
-    return path
-
-
-@ray.remote(num_gpus=1, max_retries=1)
-def _label_bank_on_gpu(cohort_dir: str, config: TrainConfig, path: Path) -> str:
-    """A label bank computed where Ray places a GPU (a GPU node, brought up by the autoscaler if needed)."""
-    ensure_label_bank(Cohort(cohort_dir), config, path)
-    return ray.util.get_node_ip_address()
-
-
-def ensure_label_banks(cohort: Cohort, banks: dict[Path, TrainConfig], use_gpu: bool) -> None:
-    """Every missing bank: those of a large text encoder (a hub or local LLM, CONCH) as Ray
-    tasks with a GPU when the runs train on GPUs — a 1B-parameter LLM over thousands of
-    prompts is minutes on a GPU and an hour on a CPU head node — the rest here, at once.
-
-    Ray must be connected when any bank goes to a GPU. A task's failure (e.g. a hub model that
-    cannot be loaded) is raised as its own error, not wrapped in Ray's.
-    """
-    missing = {path: config for path, config in banks.items() if not path.exists()}
-    remote = {path: config for path, config in missing.items() if use_gpu and parse_text_encoder_spec(config.text_encoder).wants_gpu}
-    tasks = {path: _label_bank_on_gpu.remote(str(cohort.layout.root), config, path) for path, config in remote.items()}
-    for path, config in missing.items():
-        if path not in remote:
-            ensure_label_bank(cohort, config, path)
-    for path, task in tasks.items():
-        try:
-            node = ray.get(task)
-        except ray.exceptions.RayTaskError as error:
-            raise error.cause from None
-        logger.info("label bank %s computed on the GPU node %s", path.name, node)
 
 
 def build_trainer(

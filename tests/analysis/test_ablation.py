@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
+
 from modaltune.analysis.ablation import (
     compare_to_reference,
     level_table,
@@ -19,7 +21,6 @@ from modaltune.analysis.inference import FoldDesign, bounded_interval, corrected
 from modaltune.analysis.summary import cell_summary
 from modaltune.sweeps.cells import design_cells
 from modaltune.sweeps.spec import StudySpec
-from scipy import stats
 
 FOLDS, SEEDS, EPOCHS = 5, [0, 1], 3
 RNA_EFFECT = 0.08  # planted: RNA adds 0.08 C-index; adapter depth does nothing

@@ -24,6 +24,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+
 from modaltune.analysis.ablation import compare_to_reference, repetition_scores
 from modaltune.analysis.inference import FoldDesign, minimum_detectable_difference, power
 from modaltune.sweeps.cells import design_cells
@@ -147,7 +148,7 @@ def test_power_follows_the_noncentral_t_and_the_minimum_detectable_difference_ha
 def test_confirmation_scores_are_free_of_the_searchs_selection_optimism() -> None:
     """A null factor whose cells differ only in noise: one level's runs scatter four times as
     much as the reference's. Each cell's best of 8 trials is chosen on its search folds
-    (``sweeps.confirm.best_trials``, as the study does); scored on those folds its advantage is inflated by
+    (``modaltune.sweeps.trial_rows.best_trials``, as the study does); scored on those folds its advantage is inflated by
     the noisier cell's larger optimism, scored on a fresh seed (the confirm stage) it is not.
     Both are measured against the true difference of the chosen configurations."""
     spec = StudySpec.model_validate({

@@ -11,13 +11,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+
 from modaltune.analysis.inference import FoldDesign, minimum_detectable_difference
 from modaltune.cli.main import main
-from modaltune.sweeps.plan import build_plan
-from modaltune.sweeps.spec import load_study_spec
-
 from modaltune.data import CohortLayout, SynthConfig, generate_cohort
 from modaltune.errors import InputError
+from modaltune.sweeps.plan import build_plan
+from modaltune.sweeps.spec import load_study_spec
 
 STUDIES = Path(__file__).resolve().parents[2] / "sweeps" / "studies"
 

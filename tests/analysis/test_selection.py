@@ -6,6 +6,8 @@ import itertools
 import json
 import logging
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +15,13 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+
 from modaltune.analysis.cost import cost_table
 from modaltune.analysis.selection import candidate_scores, chance_level, one_standard_error_rule
 from modaltune.analysis.tuning import param_importances, pareto_front
 from modaltune.cli.main import main
 from modaltune.sweeps.layout import StudyLayout
 from modaltune.sweeps.spec import StudySpec
-
 from modaltune.train.checkpoints import ADAPTER_FILE, CONFIG_FILE, STATE_FILE
 
 FOLDS, SEEDS = 4, [0]
@@ -180,3 +182,27 @@ def test_chance_is_the_metric_of_a_model_that_knows_nothing_over_the_study_cance
     assert not one_standard_error_rule(table, "balanced_accuracy", "max", chance=0.4167).warnings
     (warning,) = one_standard_error_rule(table, "balanced_accuracy", "max", chance=0.5).warnings
     assert warning.startswith("the selected trial shallow scores balanced_accuracy 0.4400 ± 0.0100 (SE, 4 folds) (the best, deep, 0.4500), at or below chance (0.5)")
+
+
+RAY_BLOCKED = """
+import sys
+class NoRay:
+    def find_spec(self, name, path=None, target=None):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError(f"{name}: Ray is not installed here")
+sys.meta_path.insert(0, NoRay())
+from modaltune.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_spec_loads_plans_and_is_analysed_on_a_machine_without_ray(small_cohort: Path, tmp_path: Path) -> None:
+    """A login node or a laptop reads a cluster's study: ``plan`` and ``analyze`` import no Ray."""
+    study = _study_folder(tmp_path, small_cohort, {"small": 0.7, "large": 0.72})
+    spec = tmp_path / "plan.yaml"
+    spec.write_text(yaml.safe_dump({"cohort": str(small_cohort), "folds": 2, "tasks": {"diagnosis": 1.0},
+                                    "factors": {"adapter_depth": [1, 2]}, "scheduler": {"type": "asha", "grace_period": 1},
+                                    "train": {"model": {"encoder": "tiny", "out_dim": 16, "n_rna_tokens": 1}}}))
+    for command in (["plan", str(spec)], ["analyze", str(study), "--bootstrap", "10"]):
+        done = subprocess.run([sys.executable, "-c", RAY_BLOCKED, *command], capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr[-3000:]

@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 from lifelines import CoxPHFitter
 from lifelines.datasets import load_rossi
+from sksurv.metrics import concordance_index_censored
+
 from modaltune.analysis.predictions import RepetitionPredictions
 from modaltune.analysis.survival import (
     bootstrap_c_index,
@@ -17,7 +19,6 @@ from modaltune.analysis.survival import (
     pooled_out_of_fold,
     risk_groups,
 )
-from sksurv.metrics import concordance_index_censored
 
 COVARIATES = ["fin", "age", "race", "wexp", "mar", "paro", "prio"]
 

@@ -9,10 +9,10 @@ import jsonschema
 import pytest
 import ray
 import yaml
+
 from modaltune.cli.ablation import REPO_ROOT
 from modaltune.sweeps.spec import load_study_spec
 from modaltune.sweeps.storage import storage_folder
-
 from tests.cluster.configs import CLUSTER, env_from_docker, env_from_setup, load, pin, validated
 
 LAUNCHER_CONFIGS = ["gpu.yaml", "local.yaml"]

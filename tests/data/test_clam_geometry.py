@@ -9,8 +9,8 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from modaltune.cli.main import main
 
+from modaltune.cli.main import main
 from modaltune.data import Cohort, validate_cohort
 from tests.feature_files import write_clam_h5
 

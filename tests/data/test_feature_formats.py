@@ -10,8 +10,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from modaltune.cli.main import main
 
+from modaltune.cli.main import main
 from modaltune.data import Cohort, H5ImportError, H5ImportOptions, import_h5_cohort, validate_cohort
 from tests.feature_files import write_clam, write_stamp
 

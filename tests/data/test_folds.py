@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from modaltune.cli.main import main
 
+from modaltune.cli.main import main
 from modaltune.data import Cohort, SynthConfig, assign_case_folds, generate_cohort
 from modaltune.data.folds import UnscorableFoldsError
 from tests.feature_files import write_h5

@@ -8,8 +8,8 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from modaltune.cli.main import main
 
+from modaltune.cli.main import main
 from modaltune.data import Cohort, H5ImportError, H5ImportOptions, import_h5_cohort, validate_cohort
 from tests.feature_files import tcga_shaped, write_h5, write_trident
 

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from modaltune.cli.main import main
 
+from modaltune.cli.main import main
 from modaltune.data import Cohort
 from tests.feature_files import write_clam, write_trident
 

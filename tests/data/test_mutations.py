@@ -11,8 +11,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from modaltune.cli.main import main
 
+from modaltune.cli.main import main
 from modaltune.data import Cohort, validate_cohort
 from modaltune.data.modalities import read_case_list, read_mutation_table
 from tests.feature_files import write_h5

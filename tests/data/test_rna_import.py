@@ -12,8 +12,8 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from modaltune.cli.main import main
 
+from modaltune.cli.main import main
 from modaltune.data import Cohort
 from tests.feature_files import tcga_shaped
 

@@ -11,8 +11,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from modaltune.cli.main import main
 
+from modaltune.cli.main import main
 from modaltune.data import (
     Cohort,
     CohortLayout,

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 import yaml
-from modaltune.cli.ablation import main
 
+from modaltune.cli.ablation import main
 from tests.data.test_validate import CORRUPTIONS
 from tests.studyproc import REPO
 

@@ -160,7 +160,6 @@ def test_a_checkpoint_is_checked_without_loading_it_before_any_worker_starts(tmp
     """``train`` refuses a checkpoint that does not fit the cohort's model (exit 2, one line,
     no run folder); the check itself builds nothing (meta device, memory-mapped read)."""
     from modaltune.cli.main import main
-
     from modaltune.data import Cohort
     from modaltune.models import check_encoder_checkpoint
 

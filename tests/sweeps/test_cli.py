@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from modaltune.cli.ablation import DEMO_STUDY, REPO_ROOT, choose_storage, choose_study
-from modaltune.sweeps.storage import storage_folder
 
+from modaltune.cli.ablation import DEMO_STUDY, REPO_ROOT, choose_storage, choose_study
 from modaltune.errors import InputError
+from modaltune.sweeps.storage import storage_folder
 
 
 def test_study_comes_from_the_flag_then_the_environment_then_the_demo(

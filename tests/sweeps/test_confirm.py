@@ -10,12 +10,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+
 from modaltune.analysis.ablation import compare_to_reference, repetition_scores
 from modaltune.analysis.inference import FoldDesign
 from modaltune.analysis.summary import load_study
 from modaltune.sweeps.confirm import CONFIRMS_KEY
 from modaltune.sweeps.trial import TRIAL_FILE
-
 from tests.studyproc import REPO, finish_study, markers, start_study, write_spec
 
 FOLDS, CONFIRM_SEED = 2, 7

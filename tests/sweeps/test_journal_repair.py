@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
-from modaltune.sweeps.searcher import CellStudy
-from modaltune.sweeps.spec import Distribution, SearchSpec
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
+
+from modaltune.sweeps.searcher import CellStudy
+from modaltune.sweeps.spec import Distribution, SearchSpec
 
 SEARCH = SearchSpec(trials_per_cell=3, params={"optim.lr": Distribution(type="loguniform", low=1e-3, high=1e-2)})
 

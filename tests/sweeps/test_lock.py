@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from modaltune.sweeps import lock as study_lock
 from modaltune.sweeps.layout import StudyLayout
 from modaltune.sweeps.lock import STALE_AFTER_S, Lease, StudyLock, StudyLockedError, read_lease

@@ -8,9 +8,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from modaltune.sweeps.progress import STALE_AFTER_S, CellProgress, StageProgress, StudyProgress, read_progress, render
 
 from modaltune.errors import InputError
+from modaltune.sweeps.progress import STALE_AFTER_S, CellProgress, StageProgress, StudyProgress, read_progress, render
 
 
 def _record(host: str, pid: int, age_s: float, state: str = "running") -> StudyProgress:

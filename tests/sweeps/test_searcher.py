@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
-from modaltune.sweeps.searcher import DONE_KEY, KIND_KEY, CellSearcher
-from modaltune.sweeps.spec import SearchSpec
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
+
+from modaltune.sweeps.searcher import CellSearcher
+from modaltune.sweeps.spec import SearchSpec
+from modaltune.sweeps.trial_rows import DONE_KEY, KIND_KEY
 
 SEARCH = SearchSpec.model_validate(
     {"trials_per_cell": 3, "seed": 5, "params": {"optim.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}}

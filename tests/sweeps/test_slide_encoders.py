@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from modaltune.sweeps.plan import build_plan
-from modaltune.sweeps.spec import load_study_spec
 
 from modaltune.errors import InputError
+from modaltune.sweeps.plan import build_plan
+from modaltune.sweeps.spec import load_study_spec
 from tests.studyproc import finish_study, start_study, write_spec
 
 FACTORS = {"slide_encoder": ["tiny", "titan_tiny"], "adapter_depth": [3, 0]}

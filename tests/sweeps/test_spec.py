@@ -11,12 +11,12 @@ from typing import Any
 import pandas as pd
 import pytest
 import yaml
+
+from modaltune.errors import InputError
 from modaltune.sweeps.cells import design_cells
 from modaltune.sweeps.plan import build_plan, ensure_cohort
 from modaltune.sweeps.spec import DesignSpec, load_study_spec
 from modaltune.sweeps.study import run_study
-
-from modaltune.errors import InputError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from modaltune.sweeps.layout import StudyLayout
 from modaltune.sweeps.storage import StorageGuard
 

@@ -18,12 +18,12 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-from modaltune.cli.main import main as cli_main
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
+from modaltune.cli.main import main as cli_main
 from modaltune.data import Cohort
 from modaltune.data.labels import default_labels, save_labels
 from modaltune.predict import ExportedModel, predict_member

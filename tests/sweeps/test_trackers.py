@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from modaltune.sweeps.spec import load_study_spec
 
+from modaltune.sweeps.spec import load_study_spec
 from tests.studyproc import finish_study, start_study, write_spec
 
 

@@ -23,9 +23,9 @@ from typing import Any
 import pandas as pd
 import pytest
 import ray
-from modaltune.cli.ablation import main as study_main
 from ray.util.placement_group import PlacementGroup, placement_group, placement_group_table, remove_placement_group
 
+from modaltune.cli.ablation import main as study_main
 from modaltune.train import ray_session
 from tests.studyproc import finish_study, start_study, write_spec
 

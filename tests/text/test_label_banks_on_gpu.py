@@ -19,7 +19,7 @@ from modaltune.data import Cohort
 from modaltune.errors import InputError
 from modaltune.text import LabelBank, build_label_bank, build_text_encoder
 from modaltune.train.config import TrainConfig
-from modaltune.train.run import ensure_label_banks
+from modaltune.train.label_banks import ensure_label_banks
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_a_large_encoders_bank_is_a_gpu_task_and_equals_one_computed_here(ray_wi
     large = TrainConfig(text_encoder=f"hf:{_tiny_llm(tmp_path / 'llm')}", objective="supervised")
     small = TrainConfig(text_encoder="onehot", objective="supervised")
     banks = {tmp_path / "large.npz": large, tmp_path / "small.npz": small}
-    with caplog.at_level(logging.INFO, logger="modaltune.train.run"):
+    with caplog.at_level(logging.INFO, logger="modaltune.train.label_banks"):
         ensure_label_banks(cohort, banks, use_gpu=True)
     assert "label bank large.npz computed on the GPU node" in caplog.text
     assert "small.npz" not in caplog.text  # one-hot: computed in this process
@@ -52,7 +52,7 @@ def test_a_large_encoders_bank_is_a_gpu_task_and_equals_one_computed_here(ray_wi
 
     # Runs on CPUs: every bank in this process.
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="modaltune.train.run"):
+    with caplog.at_level(logging.INFO, logger="modaltune.train.label_banks"):
         ensure_label_banks(cohort, {tmp_path / "cpu.npz": large}, use_gpu=False)
     assert (tmp_path / "cpu.npz").exists() and "GPU node" not in caplog.text
 

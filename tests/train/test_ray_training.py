@@ -14,15 +14,16 @@ import pandas as pd
 import pytest
 import ray
 import torch
-from modaltune.cli.main import main as cli_main
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from modaltune.cli.main import main as cli_main
 from modaltune.data import Cohort, SynthConfig, generate_cohort
 from modaltune.train import ray_session
 from modaltune.train.checkpoints import checkpoint_run
 from modaltune.train.config import load_train_config
+from modaltune.train.label_banks import ensure_label_bank
 from modaltune.train.layout import RunInputs, RunLayout
-from modaltune.train.run import build_trainer, ensure_label_bank, run_training
+from modaltune.train.run import build_trainer, run_training
 
 SIGNAL = SynthConfig(
     cohorts=("NSCLC",), slides_per_cohort=300, seed=0, feature_dim=32, min_tiles=30, max_tiles=150, n_genes=60,

@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM := false
 export DS_ACCELERATOR ?= cpu
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/modaltune/torch_extensions
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-fast test-all lint bench clean
 
 install: $(STAMP)
 
@@ -33,9 +33,19 @@ demo: install
 	rm -rf $(DEMO_DIR)
 	$(BIN)/python sweeps/ablation.py --study sweeps/studies/demo.yaml --storage $(DEMO_DIR)
 
-# The slowest tests are listed at the end, so the suite's budget (~30 min on 2 cores) stays visible.
+# Three tiers (pytest markers, pyproject.toml). test: what CI runs, every real seam at least once
+# (real studies, Ray Train runs, the fault and cluster tests, the calibration simulations); the
+# slowest are listed at the end, so its budget stays visible. test-fast: no Ray, no study, no
+# long simulation: the unit tests, a contributor's loop (under 5 minutes). test-all: test and
+# the further variations of seams test exercises (marked exhaustive, each naming where).
 test: install
-	$(BIN)/python -m pytest -q --durations=15 tests
+	$(BIN)/python -m pytest -q --durations=15 -m "not exhaustive" tests
+
+test-fast: install
+	$(BIN)/python -m pytest -q --durations=10 -m "not slow and not exhaustive" tests
+
+test-all: install
+	$(BIN)/python -m pytest -q --durations=25 tests
 
 # ruff's default rules (the version is pinned in pyproject.toml); CI runs it before the tests.
 lint: install

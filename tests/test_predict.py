@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pytest
 import torch
 
 from modaltune import predict
@@ -20,6 +21,8 @@ from modaltune.text import build_label_bank, build_text_encoder
 from modaltune.train.batches import CaseBatcher, ModalityNormalizer, normalizer_file, seeded_batches
 from modaltune.train.config import load_train_config
 from modaltune.train.loop import TrainModule, collect_case_outputs, predict_cases
+
+pytestmark = pytest.mark.slow
 
 
 def test_a_distill_member_refits_its_probes_on_the_saved_training_embeddings(small_cohort: Path, tmp_path: Path) -> None:

@@ -23,6 +23,8 @@ from modaltune.data import Cohort, SynthConfig, generate_cohort, validate_cohort
 from tests.feature_files import tcga_shaped, write_clam, write_stamp, write_trident
 from tests.studyproc import REPO, finish_study, start_study, write_spec
 
+pytestmark = pytest.mark.slow
+
 SOURCE = SynthConfig(
     cohorts=("RCC", "GBMLGG", "BRCA"), slides_per_cohort=20, seed=3, feature_dim=16, min_tiles=8, max_tiles=24,
     n_genes=40, n_pathways=4, n_folds=2, rna_missing_fraction=0.2,

@@ -32,7 +32,7 @@ from tests.cluster.loopback import (
 
 logger = logging.getLogger(__name__)
 
-pytestmark = pytest.mark.skipif(missing_prerequisites() is not None, reason=str(missing_prerequisites()))
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(missing_prerequisites() is not None, reason=str(missing_prerequisites()))]
 
 STUDY = "sweeps/studies/tiny.yaml"  # one cell, one trial, one fold, 5 epochs
 LEFTOVERS = ("modaltune", "studies", "t", ".modaltune_env", "ablation.py", "cluster.yaml", ".ray")
@@ -50,9 +50,12 @@ def loopback_config(user: User, key: Path, gcs_port: int) -> dict[str, Any]:
     hook = next(c for c in config["setup_commands"] if "~/.bashrc" in c and ".modaltune_env" in c)
     exports = {
         "PATH": f"{VENV_BIN}:$PATH",
-        "PYTHONPATH": "~/modaltune",  # the mounted copy, not wherever the venv's editable install points
+        "PYTHONPATH": "~/modaltune",  # the mounted copy's modaltune/, not wherever the venv's editable install points
         "TMPDIR": str(user.tmpdir),
-        "MODALTUNE_STUDY": STUDY,
+        # The mounted copy's spec by its full path: this venv's editable install maps modaltune.cli
+        # to the test's checkout, which would resolve a relative name (and the spec's cohort) there,
+        # where this user cannot write; a node's own `pip install -e ~/modaltune` resolves it here.
+        "MODALTUNE_STUDY": f"~/modaltune/{STUDY}",
         "MODALTUNE_STORAGE": "~/studies",
         "RAY_AUTH_MODE": "token",
         "RAY_USAGE_STATS_ENABLED": "0",

@@ -15,6 +15,8 @@ from modaltune.cli.ablation import main
 from tests.data.test_validate import CORRUPTIONS
 from tests.studyproc import REPO
 
+pytestmark = pytest.mark.slow
+
 COHORT_FAULTS = ["unreadable feature file", "truncated feature file", "NaN/Inf in features", "unknown subtype", "case in two folds"]
 
 

@@ -30,6 +30,8 @@ from ray.cluster_utils import Cluster
 
 from tests.studyproc import ABLATION, REPO, finish_study, kill_group, markers, write_spec
 
+pytestmark = pytest.mark.slow
+
 ROW_KEY = ["trial_id", "fold", "seed", "epoch"]
 EPOCHS, FOLDS, TRIALS = 5, 2, 2
 METRICS = ["train_loss", "val_loss", "val_c_index", "val_balanced_accuracy", "val_macro_auc"]
@@ -103,6 +105,7 @@ def test_a_lost_worker_node_costs_only_its_unsaved_epochs(cluster: Cluster, spec
     pd.testing.assert_frame_equal(_final(study), undisturbed)
 
 
+@pytest.mark.exhaustive("a killed driver: tests/faults/test_faults.py::test_killed_driver_resumes_with_nothing_lost_or_repeated; the cluster: test_a_lost_worker_node_costs_only_its_unsaved_epochs")
 def test_a_killed_driver_resumes_on_the_cluster(cluster: Cluster, spec: Path, undisturbed: pd.DataFrame, tmp_path: Path) -> None:
     study = tmp_path / spec.stem
     process = _start(spec, tmp_path, cluster)

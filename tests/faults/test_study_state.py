@@ -26,6 +26,8 @@ import yaml
 
 from tests.studyproc import REPO, finish_study, kill_group, start_study, write_spec
 
+pytestmark = pytest.mark.slow
+
 ROW_KEY = ["trial_id", "fold", "seed", "epoch"]
 TRIALS, EPOCHS = 2, 5
 METRICS = ["optim.lr", "epoch", "train_loss", "val_loss", "val_c_index", "val_balanced_accuracy", "val_macro_auc"]

@@ -18,6 +18,8 @@ from modaltune.sweeps.confirm import CONFIRMS_KEY
 from modaltune.sweeps.trial import TRIAL_FILE
 from tests.studyproc import REPO, finish_study, markers, start_study, write_spec
 
+pytestmark = pytest.mark.slow
+
 FOLDS, CONFIRM_SEED = 2, 7
 
 

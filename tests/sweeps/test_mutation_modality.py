@@ -6,10 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 
 from modaltune.data import Cohort
 from tests.studyproc import finish_study, start_study, write_spec
+
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).parents[2]
 

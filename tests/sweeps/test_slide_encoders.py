@@ -15,6 +15,8 @@ from modaltune.sweeps.plan import build_plan
 from modaltune.sweeps.spec import load_study_spec
 from tests.studyproc import finish_study, start_study, write_spec
 
+pytestmark = pytest.mark.slow
+
 FACTORS = {"slide_encoder": ["tiny", "titan_tiny"], "adapter_depth": [3, 0]}
 
 

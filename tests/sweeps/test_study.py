@@ -31,6 +31,8 @@ from tests.browser import loaded_images, screenshot
 from tests.feature_files import tcga_shaped
 from tests.studyproc import finish_study, markers, start_study, write_spec
 
+pytestmark = pytest.mark.slow
+
 
 def _spec(tmp_path: Path, name: str, edits: dict[str, Any]) -> Path:
     return write_spec(tmp_path / f"{name}.yaml", "smoke", {"cohort": str(tmp_path / "cohort")} | edits)
@@ -209,6 +211,7 @@ def test_selected_model_is_exported_and_predicts_like_it_validated(
     assert sorted(new["case_id"]) == sorted(barcode.values()) and new["risk"].notna().all()
 
 
+@pytest.mark.exhaustive("Ctrl-C and --resume: tests/faults/test_study_state.py (Ctrl-C three times), a killed driver: tests/faults/test_faults.py")
 def test_interrupted_study_resumes_without_rerunning(tmp_path: Path) -> None:
     """SIGINT mid-study, then --resume: every trial of the budget exactly once, finished
     repetitions untouched, no duplicated rows, and the Optuna study continued (pruned included)."""

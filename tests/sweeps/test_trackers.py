@@ -12,6 +12,8 @@ from mlflow.tracking import MlflowClient
 from modaltune.sweeps.spec import load_study_spec
 from tests.studyproc import finish_study, start_study, write_spec
 
+pytestmark = pytest.mark.slow
+
 
 def test_mlflow_gets_every_trial_its_params_per_epoch_metrics_and_the_report(tmp_path: Path) -> None:
     spec = write_spec(

@@ -29,6 +29,8 @@ from modaltune.cli.ablation import main as study_main
 from modaltune.train import ray_session
 from tests.studyproc import finish_study, start_study, write_spec
 
+pytestmark = pytest.mark.slow
+
 CPUS = 2
 EPOCHS = 5  # sweeps/studies/tiny.yaml
 TIGHT = {"num_workers": 1, "cpus_per_worker": 1.5}  # + 0.05 for the trial: one run at a time, no room for a leak
@@ -179,6 +181,7 @@ def test_a_trial_whose_process_dies_mid_run_is_restarted_from_its_checkpoint_aft
     assert _all_cpus_free()
 
 
+@pytest.mark.exhaustive("the reaper: test_a_trial_whose_process_dies_mid_run_is_restarted_from_its_checkpoint_after_the_reaper_frees_its_group")
 def test_a_trial_whose_process_dies_for_good_is_an_error_and_the_reaper_frees_its_group_for_the_next(
     local_ray: None, cohort: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -201,6 +204,7 @@ def test_a_trial_whose_process_dies_for_good_is_an_error_and_the_reaper_frees_it
     assert _all_cpus_free()
 
 
+@pytest.mark.exhaustive("the watchdog: test_a_study_stuck_on_resources_it_does_not_hold_is_interrupted_and_resumes_once_they_are_freed")
 def test_the_watchdog_frees_a_group_an_ended_trial_left_and_the_study_goes_on(
     local_ray: None, cohort: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -21,6 +21,8 @@ from modaltune.text import LabelBank, build_label_bank, build_text_encoder
 from modaltune.train.config import TrainConfig
 from modaltune.train.label_banks import ensure_label_banks
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def ray_with_a_gpu():

@@ -16,6 +16,8 @@ from modaltune.train.batches import CaseBatcher, seeded_batches
 from modaltune.train.loop import TrainModule, bucket_by_tile_count, collect_case_outputs
 from modaltune.train.prefix_cache import PrefixCache, with_prefixes
 
+pytestmark = pytest.mark.slow
+
 
 def _case(case_id: str, tiles: int, cached: bool = False) -> CaseBatch:
     return CaseBatch(

@@ -36,6 +36,8 @@ from modaltune.text import TextEmbeddingCache, build_label_bank, build_text_enco
 from modaltune.train.batches import CaseBatcher
 from modaltune.train.loop import TorchEngine, TrainModule, evaluate, train_epoch
 
+pytestmark = pytest.mark.slow
+
 # One lung cohort (LUAD vs LUSC), survival driven strongly by RNA risk pathways and image grade.
 PLANTED = SynthConfig(
     cohorts=("NSCLC",),
@@ -141,6 +143,7 @@ def test_supervised_objective_learns_subtype_and_survival(
     assert _late(history, "training", "c_index") > untrained.training["c_index"] + 0.15, trace
 
 
+@pytest.mark.exhaustive("the distill objective: tests/test_predict.py and tests/train/test_bucketing.py; learning: test_supervised_objective_learns_subtype_and_survival")
 def test_distill_objective_learns_subtype_and_survival(
     planted_cohort: Cohort, text_cache: TextEmbeddingCache, single_thread: None
 ) -> None:

@@ -18,6 +18,8 @@ from modaltune.models import ModalTuneModel
 from modaltune.models.drop_path import DropPath
 from modaltune.train.config import load_train_config
 
+pytestmark = pytest.mark.slow
+
 STUDIES = Path(__file__).resolve().parents[2] / "sweeps" / "studies"
 
 

@@ -18,6 +18,8 @@ from modaltune.train.batches import CaseBatcher, seeded_batches
 from modaltune.train.loop import TorchEngine, TrainModule, collect_case_outputs, train_epoch
 from modaltune.train.prefix_cache import GB, LAST_USED, PrefixCache, folder_bytes, open_prefix_cache, with_prefixes
 
+pytestmark = pytest.mark.slow
+
 EPOCHS = 2
 
 

@@ -25,6 +25,8 @@ from modaltune.train.label_banks import ensure_label_bank
 from modaltune.train.layout import RunInputs, RunLayout
 from modaltune.train.run import build_trainer, run_training
 
+pytestmark = pytest.mark.slow
+
 SIGNAL = SynthConfig(
     cohorts=("NSCLC",), slides_per_cohort=300, seed=0, feature_dim=32, min_tiles=30, max_tiles=150, n_genes=60,
     n_pathways=6, n_folds=3, rna_log_hazard=1.5, image_log_hazard=1.0, censored_fraction=0.5,
@@ -128,6 +130,7 @@ def test_zero3_bf16_trains_and_checkpoints_gathered_adapter_weights(local_ray, s
     assert not any(name.startswith("model.encoder.") for name in adapter)
 
 
+@pytest.mark.exhaustive("runs reusing a worker group: every study in tests/sweeps/test_study.py and tests/faults/")
 def test_a_run_after_another_in_the_same_worker_group_trains_exactly_as_alone(local_ray, signal_cohort: Path, tmp_path: Path) -> None:
     """Nothing of the first run (RNG, engine, optimizer, process groups) leaks into the second."""
     first = load_train_config(None, BASE + ["optim.epochs=1", "fold=1"])

@@ -63,3 +63,18 @@ def test_nothing_imports_the_folders_by_their_own_names() -> None:
         if any(m.split(".")[0] in MAPPED for m in _imported_modules(path))
     }
     assert not offending, f"import these as modaltune.<name>: {offending}"
+
+
+def test_the_project_uses_no_private_module_of_another_library() -> None:
+    """Another library's private modules (``ray._private``, ``torch._C``...) change without notice;
+    the project's own code (not its tests, which may look inside to check it) imports none."""
+    offending = {
+        str(path.relative_to(REPO)): sorted(private)
+        for package in LAYERS
+        for path in sorted((REPO / package).rglob("*.py"))
+        if (private := {
+            m for m in _imported_modules(path)
+            if m.split(".")[0] != "modaltune" and any(part.startswith("_") and not part.startswith("__") for part in m.split("."))
+        })
+    }
+    assert not offending, f"private modules of other libraries imported: {offending}"

@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 from pathlib import Path
 
 import ray
-from ray._private.services import find_bootstrap_address
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +58,24 @@ def cluster_address(address: str | None = None) -> str | None:
         return None
     if address:
         return address
-    # Written by `ray start` under Ray's temp dir ($RAY_TMPDIR or $TMPDIR, else /tmp) and removed
-    # by `ray stop`; an embedded `ray.init()` never writes it.
-    return find_bootstrap_address(None)
+    return ray_start_address()
+
+
+def ray_start_address() -> str | None:
+    """The address of the cluster ``ray start`` launched on this node, if it runs.
+
+    ``ray start`` writes it to ``ray_current_cluster`` in Ray's temp dir ($RAY_TMPDIR, else on
+    Linux $TMPDIR, else /tmp, then ``ray/``) and ``ray stop`` removes it; an embedded
+    ``ray.init()`` never writes it. Ray's documented ``ray.init()`` joins that cluster, but it
+    has no public call that only finds it: ``address="auto"`` also joins any other Ray it sees
+    running (another study's embedded one), and ``address=None`` starts a new Ray, unsized,
+    when there is none. So the file is read here, as ``ray.init()`` reads it.
+    """
+    base = os.environ.get("RAY_TMPDIR") or (os.environ.get("TMPDIR") if sys.platform.startswith("linux") else None) or "/tmp"
+    try:
+        return (Path(base) / "ray" / "ray_current_cluster").read_text(encoding="utf-8").strip() or None
+    except FileNotFoundError:
+        return None
 
 
 def connect(address: str | None = None, *, use_gpu: bool = False, num_cpus: int | None = None, processes: int = 0) -> None:

@@ -23,7 +23,7 @@ if sys.path and Path(sys.path[0]).resolve() == HERE:
     else:
         del sys.path[0]
 
-from modaltune.cli.ablation import main
-
 if __name__ == "__main__":
+    from modaltune.cli.ablation import main
+
     sys.exit(main())

@@ -48,8 +48,8 @@ def design_cells(factors: dict[str, list[Any]], design: DesignSpec) -> list[Cell
     return [
         Cell(
             id=f"c{number:03d}",
-            levels={name: levels[name][i].label for name, i in zip(names, combo)},
-            overrides=tuple(levels[name][i].override for name, i in zip(names, combo)),
+            levels={name: levels[name][i].label for name, i in zip(names, combo, strict=True)},
+            overrides=tuple(levels[name][i].override for name, i in zip(names, combo, strict=True)),
         )
         for number, combo in enumerate(combos)
     ]

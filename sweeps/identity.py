@@ -127,7 +127,11 @@ def fingerprint(spec: StudySpec, cohort: dict[str, str]) -> str:
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    return {key: (old.get(key, _MISSING), new.get(key, _MISSING)) for key in sorted(set(old) | set(new)) if old.get(key, _MISSING) != new.get(key, _MISSING)}
+    return {
+        key: (old.get(key, _MISSING), new.get(key, _MISSING))
+        for key in sorted(set(old) | set(new))
+        if old.get(key, _MISSING) != new.get(key, _MISSING)
+    }
 
 
 def read_stored_spec(layout: StudyLayout) -> StudySpec:
@@ -152,7 +156,10 @@ def resumed_changes(layout: StudyLayout, spec: StudySpec, source: str) -> dict[s
     computing = _differences(computing_settings(stored), computing_settings(spec))
     if identity is not None:
         changed = _differences(identity.cohort, cohort_files(spec.cohort))
-        computing |= {f"cohort file {name}": ("as the study started", "changed" if new != _MISSING else "gone") for name, (_, new) in changed.items()}
+        computing |= {
+            f"cohort file {name}": ("as the study started", "changed" if new != _MISSING else "gone")
+            for name, (_, new) in changed.items()
+        }
     if computing:
         lines = [f"  {key}: {_text(old)} -> {_text(new)}" for key, (old, new) in computing.items()]
         hint = (

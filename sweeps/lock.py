@@ -185,7 +185,9 @@ class StudyLock:
             if exc.errno not in _UNSUPPORTED:
                 self._unlock_record()
                 raise
-            logger.info("%s: record locks are not supported here (%s); the lease alone keeps a second driver out", self.layout.root, exc.strerror)
+            logger.info(
+                "%s: record locks are not supported here (%s); the lease alone keeps a second driver out", self.layout.root, exc.strerror
+            )
             return False
         return True
 

@@ -166,7 +166,8 @@ def check_study_folds(spec: StudySpec, cohort: Cohort) -> list[str]:
     folds = set(spec.fold_indices) | ({spec.test_fold} if spec.test_fold is not None else set())
     if spec.confirm is not None:
         folds |= set(spec.confirmation().fold_indices)
-    shortfalls = fold_shortfalls(cases, sorted(folds), test_fold=spec.test_fold, tasks=tasks, every_class=any(m.every_class for m in metrics))
+    every_class = any(m.every_class for m in metrics)
+    shortfalls = fold_shortfalls(cases, sorted(folds), test_fold=spec.test_fold, tasks=tasks, every_class=every_class)
     problems = [str(s) for s in shortfalls if s.fold is not None]
     for metric in spec.search.metrics:
         task = METRICS[metric.name].task if metric.name in METRICS else None
@@ -272,7 +273,9 @@ def _check_search_keys(spec: StudySpec) -> None:
     for key in spec.search.params:
         blocked = next((u for u in UNSEARCHABLE if key == u or key.startswith(u + ".")), None)
         if blocked:
-            raise InputError(f"search.params.{key}: cannot be tuned per trial; the study sets '{blocked}' (use factors, folds, seeds or resources)")
+            raise InputError(
+                f"search.params.{key}: cannot be tuned per trial; the study sets '{blocked}' (use factors, folds, seeds or resources)"
+            )
         for factor, target in set_by_factors.items():
             if factor in spec.factors and (key == target or key.startswith(target + ".")):
                 raise InputError(f"search.params.{key}: conflicts with factor '{factor}', which sets it")

@@ -232,7 +232,8 @@ def render(progress: StudyProgress, now: float | None = None) -> list[str]:
         said = f" (the driver, pid {progress.pid} on {progress.host}, stopped without saying so)"
     lines = [
         f"study {progress.study}: {state}{said}",
-        f"  written by pid {progress.pid} on {progress.host}, {duration_text(now - progress.updated_at)} ago; started {time.strftime('%Y-%m-%d %H:%M', time.localtime(progress.started_at))}",
+        f"  written by pid {progress.pid} on {progress.host}, {duration_text(now - progress.updated_at)} ago; "
+        f"started {time.strftime('%Y-%m-%d %H:%M', time.localtime(progress.started_at))}",
     ]
     advice = _advice(state, progress.message if state == progress.state else None)
     if advice:
@@ -249,7 +250,10 @@ def _advice(state: str, message: str | None) -> str | None:
     if state == "failed" and message is not None and message.startswith(NO_MODEL):
         return "a resume would select the same way; its report (report/report.md) says why"
     if state == "failed":
-        return "--resume retries the failed trials: worth it where what failed them lay outside the spec (a lost node, a full disk); a changed spec runs as a new study"
+        return (
+            "--resume retries the failed trials: worth it where what failed them lay outside the spec (a lost node, a full disk); "
+            "a changed spec runs as a new study"
+        )
     return None
 
 
@@ -379,7 +383,9 @@ def study_running(layout: StudyLayout, name: str) -> StudyProgress:
             stages, started = previous.stages, previous.started_at
         except (OSError, ValueError, TypeError, KeyError) as exc:
             logger.warning("ignoring unreadable %s: %s", layout.progress, exc)
-    return StudyProgress(study=name, state="running", host=socket.gethostname(), pid=os.getpid(), started_at=started, updated_at=now, stages=stages)
+    return StudyProgress(
+        study=name, state="running", host=socket.gethostname(), pid=os.getpid(), started_at=started, updated_at=now, stages=stages
+    )
 
 
 def mark_study(layout: StudyLayout, name: str, state: str, message: str | None = None) -> None:

@@ -55,5 +55,7 @@ class WorkerGroupReaper(Callback):
         """Remove the trial's recorded placement groups that still exist; returns their ids."""
         removed = remove_live([record.group_id for record in recorded_groups(self.plan, trial_id)])
         if removed:
-            logger.warning("trial %s ended with its Ray Train run still holding resources: freed worker group %s", trial_id, ", ".join(removed))
+            logger.warning(
+                "trial %s ended with its Ray Train run still holding resources: freed worker group %s", trial_id, ", ".join(removed)
+            )
         return removed

@@ -66,7 +66,8 @@ def write_checked(path: Path, table: pa.Table, through: int | None = None) -> No
     """``table`` at ``path`` (temp file and rename), its metadata only its checksum (and ``through``)."""
     extra = {THROUGH_KEY: str(through).encode()} if through is not None else {}
     clean = _plain(table)
-    write_parquet_atomic(path, clean.replace_schema_metadata(extra | {CHECKSUM_KEY: content_digest(clean, extra.get(THROUGH_KEY, b"")).encode()}))
+    checksum = content_digest(clean, extra.get(THROUGH_KEY, b"")).encode()
+    write_parquet_atomic(path, clean.replace_schema_metadata(extra | {CHECKSUM_KEY: checksum}))
 
 
 def read_checked(path: Path) -> pa.Table:

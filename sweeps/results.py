@@ -143,7 +143,8 @@ class ResultsWriter(Callback):
                 if metrics.exists():
                     tags = {"fold": repetition.fold, "seed": repetition.seed, "repetition": repetition.index}
                     rows += [
-                        self.epoch_row(trial["trial_id"], trial["config"], record | tags) for record in pd.read_parquet(metrics).to_dict("records")
+                        self.epoch_row(trial["trial_id"], trial["config"], record | tags)
+                        for record in pd.read_parquet(metrics).to_dict("records")
                         if (repetition.fold, repetition.seed, record.get("epoch")) not in reported
                     ]
         return rows
@@ -157,7 +158,11 @@ class ResultsWriter(Callback):
             key: value for key, value in result.items()
             if key not in _DROPPED and key not in row and isinstance(value, (int, float, str, bool)) and value is not None
         }
-        row |= {"num_workers": resources.num_workers, "cpus_per_worker": resources.cpus_per_worker, "gpus_per_worker": resources.gpus_per_worker}
+        row |= {
+            "num_workers": resources.num_workers,
+            "cpus_per_worker": resources.cpus_per_worker,
+            "gpus_per_worker": resources.gpus_per_worker,
+        }
         return row
 
     def flush(self, trials: list | None = None) -> None:
@@ -166,7 +171,8 @@ class ResultsWriter(Callback):
         self._pending.clear()
         if trials is not None and self._changed:
             changed = [trial for trial in trials if trial.trial_id in self._changed]
-            trial_states_table(StudyLayout(self.plan.study_dir).trials).append(trial_table(self.plan, changed, self._completed).to_dict("records"))
+            rows = trial_table(self.plan, changed, self._completed).to_dict("records")
+            trial_states_table(StudyLayout(self.plan.study_dir).trials).append(rows)
             self._changed.clear()
         self._last_flush = time.monotonic()
 

@@ -137,7 +137,8 @@ def _drive(
     """Everything after the lock: the stages on Ray, the conclusion, and the state it leaves."""
     spec, layout = plan.spec, StudyLayout(plan.study_dir)
     if confirmation is not None and not StudyLayout(confirmation.study_dir).spec.exists():
-        write_text_atomic(StudyLayout(confirmation.study_dir).spec, yaml.safe_dump(confirmation.spec.model_dump(mode="json"), sort_keys=False))
+        confirmed_spec = yaml.safe_dump(confirmation.spec.model_dump(mode="json"), sort_keys=False)
+        write_text_atomic(StudyLayout(confirmation.study_dir).spec, confirmed_spec)
     for stage in filter(None, (plan, confirmation)):
         clear_interruption(StudyLayout(stage.study_dir))
     mark_study(layout, spec.name, "running")
@@ -177,17 +178,27 @@ def _run_stages(
 ) -> StudyOutcome:
     layout = StudyLayout(plan.study_dir)
     channel = open_channel()  # the trials' reports and verdicts; dies with this driver
-    outcome = _run_stage(plan, "search", channel, layout.root.parent, _tune_config(plan, reuse_actors), resume, tune_table, layout, trainable)
+    outcome = _run_stage(
+        plan, "search", channel, layout.root.parent, _tune_config(plan, reuse_actors), resume, tune_table, layout, trainable
+    )
     if confirmation is None or outcome.unfinished:  # an interrupted search is resumed before anything is confirmed
         return outcome
     configs = confirmation_configs(plan, confirmation)
-    logger.info("confirm stage: %d cells' chosen configurations on seeds %s, folds %s", len(configs), confirmation.spec.seeds, confirmation.spec.fold_indices)
+    logger.info(
+        "confirm stage: %d cells' chosen configurations on seeds %s, folds %s",
+        len(configs), confirmation.spec.seeds, confirmation.spec.fold_indices,
+    )
     tune_config = TuneConfig(
-        search_alg=_saved_search(FixedConfigurations(configs), confirmation), num_samples=len(configs), trial_dirname_creator=trial_dirname,
+        search_alg=_saved_search(FixedConfigurations(configs), confirmation),
+        num_samples=len(configs),
+        trial_dirname_creator=trial_dirname,
     )
     confirmed = _run_stage(confirmation, "confirm", channel, layout.root, tune_config, resume, tune_table, layout, trainable)
     return StudyOutcome(
-        study_dir=layout.root, trials=outcome.trials + confirmed.trials, errors=outcome.errors + confirmed.errors, unfinished=confirmed.unfinished,
+        study_dir=layout.root,
+        trials=outcome.trials + confirmed.trials,
+        errors=outcome.errors + confirmed.errors,
+        unfinished=confirmed.unfinished,
     )
 
 
@@ -233,7 +244,8 @@ def _processes(spec: StudySpec) -> int:
 
 def _tune_config(plan: StudyPlan, reuse_actors: bool) -> TuneConfig:
     search = plan.spec.search
-    searcher = CellSearcher({cell.id: cell.levels for cell in plan.cells}, search, len(plan.repetitions), StudyLayout(plan.study_dir).optuna)
+    levels = {cell.id: cell.levels for cell in plan.cells}
+    searcher = CellSearcher(levels, search, len(plan.repetitions), StudyLayout(plan.study_dir).optuna)
     return TuneConfig(
         search_alg=_saved_search(searcher, plan),
         scheduler=make_scheduler(plan),

@@ -82,7 +82,9 @@ class MlflowTracker(Tracker):
         from ray.air.integrations.mlflow import MLflowLoggerCallback
 
         self._experiment_id()  # created here with the study's artifact folder, not mlflow's ./mlruns
-        return MLflowLoggerCallback(tracking_uri=self.tracking_uri, experiment_name=self.experiment, tags={"study": self.study_name, "stage": stage})
+        return MLflowLoggerCallback(
+            tracking_uri=self.tracking_uri, experiment_name=self.experiment, tags={"study": self.study_name, "stage": stage}
+        )
 
     def log_report(self, report_dir: Path) -> None:
         from mlflow.tracking import MlflowClient

@@ -114,7 +114,7 @@ class StudyTrial(tune.Trainable):
         cell = plan.cell(config[CELL_KEY])
         params = {key: config[key] for key in plan.param_names}
         configs = [plan.train_config(cell, params, repetition) for repetition in plan.repetitions]
-        runs = [(train, self._run_paths(cell.id, repetition, train)) for repetition, train in zip(plan.repetitions, configs)]
+        runs = [(train, self._run_paths(cell.id, repetition, train)) for repetition, train in zip(plan.repetitions, configs, strict=True)]
         # Repetitions run in order, so those finished before a restart come first and the next may start at once.
         ray.get(channel.open.remote(self.trial_id, len(finished) - 1))
         # Same storage and name on a restart: Ray Train resumes from the trial's last checkpoint.

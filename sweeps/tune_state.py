@@ -59,8 +59,8 @@ def whole(name: str, data: bytes) -> str | None:
         return None
     try:
         last = None
-        for last in pickletools.genops(data):
-            pass
+        for op in pickletools.genops(data):
+            last = op
     except Exception as exc:  # noqa: BLE001 - any way a torn pickle fails to parse
         return f"not a whole pickle ({exc})"
     if last is None or last[0].name != "STOP" or last[2] + 1 != len(data):
@@ -102,7 +102,10 @@ def write_copy(stage_dir: Path, files: dict[str, bytes], min_free_mb: float) -> 
     available = free_mb(stage_dir)
     if available - size_mb < min_free_mb:
         raise OSError(f"{available:.0f} MB free, {size_mb:.1f} MB needed above min_free_mb={min_free_mb:g}")
-    with atomic_path(StudyLayout(stage_dir).tune_state_copy) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+    with (
+        atomic_path(StudyLayout(stage_dir).tune_state_copy) as tmp,
+        zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive,
+    ):
         for name, data in files.items():
             archive.writestr(name, data)
 

@@ -43,8 +43,8 @@ def choose_storage(arg: str | None, spec_storage: str | None) -> str:
     return arg or os.environ.get("MODALTUNE_STORAGE") or spec_storage or DEFAULT_STORAGE
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sweeps/ablation.py", description="Run a ModalTune ablation study with Ray Tune + Optuna.")
+def add_study_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a study run, shared by ``sweeps/ablation.py`` and ``modaltune study``."""
     parser.add_argument("--study", help="study spec (YAML); default: $MODALTUNE_STUDY, else the demo study")
     parser.add_argument(
         "--storage",
@@ -59,10 +59,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--tune-table", action="store_true",
-        help="show Ray Tune's status table every 30 s instead of the study's progress display (a new study only: a resumed one keeps its first run's choice)",
+        help="show Ray Tune's status table every 30 s instead of the study's progress display "
+        "(a new study only: a resumed one keeps its first run's choice)",
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sweeps/ablation.py", description="Run a ModalTune ablation study with Ray Tune + Optuna.")
+    add_study_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_study_command(args)
+
+
+def run_study_command(args: argparse.Namespace) -> int:
+    """Run the study ``args`` name (logging already configured); the exit code (module docstring of sweeps/ablation.py)."""
     # Tune's classic reporter (--tune-table) shows our factor and metric columns; the new one ignores them.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     from modaltune.sweeps.interrupt import INTERRUPTS

@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from modaltune.cli.ablation import add_study_arguments, run_study_command
 from modaltune.data.feature_formats import FEATURE_FORMATS
 from modaltune.data.import_options import (
     CLINICAL_DIALECTS,
@@ -296,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--cohort", type=Path, required=True, help="cohort folder with the slides to predict")
     predict.add_argument("--out", type=Path, required=True, help="predictions file: .parquet, or .csv (class probabilities as JSON)")
     predict.set_defaults(run=_cmd_predict)
+
+    study = commands.add_parser(
+        "study", help="run (or --resume) an ablation study: the command form of sweeps/ablation.py, same options and exit codes",
+    )
+    add_study_arguments(study)
+    study.set_defaults(run=run_study_command)
     return parser
 
 

@@ -28,9 +28,11 @@ def write_spec(path: Path, base: str, edits: dict[str, Any]) -> Path:
     return path
 
 
-def start_study(spec: Path, storage: Path, *extra: str) -> subprocess.Popen:
+def start_study(spec: Path, storage: Path, *extra: str, command: str = "script") -> subprocess.Popen:
+    """``python sweeps/ablation.py`` (``command="script"``) or its command form ``modaltune study`` (``"cli"``)."""
+    program = [sys.executable, str(ABLATION)] if command == "script" else [str(Path(sys.executable).with_name("modaltune")), "study"]
     return subprocess.Popen(
-        [sys.executable, str(ABLATION), "--study", str(spec), "--storage", str(storage), *extra],
+        [*program, "--study", str(spec), "--storage", str(storage), *extra],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
 

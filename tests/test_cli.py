@@ -82,3 +82,18 @@ def test_help_imports_no_heavy_package() -> None:
     assert not [name for name in heavy if name in loaded]
     help_text = subprocess.run([str(Path(sys.executable).with_name("modaltune")), "--help"], check=True, capture_output=True, text=True)
     assert "import-h5" in help_text.stdout and "predict" in help_text.stdout
+
+
+def test_study_is_the_command_form_of_sweeps_ablation(tmp_path: Path) -> None:
+    """`modaltune study` takes sweeps/ablation.py's options and gives its exit codes: a spec with
+    an unknown key is bad input (2), refused before Ray starts, and nothing is written."""
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("name: bad\ncohort: nowhere\nepochz: 3\n", encoding="utf-8")
+    console = Path(sys.executable).with_name("modaltune")
+    done = subprocess.run(
+        [str(console), "study", "--study", str(spec), "--storage", str(tmp_path / "studies")],
+        capture_output=True, text=True, check=False, timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "epochz" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "studies" / "bad").exists()

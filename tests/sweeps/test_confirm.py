@@ -72,11 +72,12 @@ def test_the_reports_tests_are_computed_on_the_confirmation_runs(confirmed) -> N
 
 
 def test_resuming_a_confirmed_study_reruns_nothing(confirmed) -> None:
+    """Resumed with `modaltune study`, the command form of sweeps/ablation.py that ran it."""
     study, code, output, spec = confirmed
     assert code == 0, output[-4000:]
     before = markers(study) | {f"confirm/{k}": v for k, v in markers(study / "confirm").items()}
     assert len(before) == 2 * 2 * FOLDS + 2 * FOLDS  # search: 2 cells x 2 trials x folds; confirmation: 2 cells x folds
-    again, output = finish_study(start_study(spec, study.parent, "--resume"), timeout=600)
+    again, output = finish_study(start_study(spec, study.parent, "--resume", command="cli"), timeout=600)
     assert again == 0, output[-4000:]
     after = markers(study) | {f"confirm/{k}": v for k, v in markers(study / "confirm").items()}
     assert after == before

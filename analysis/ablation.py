@@ -37,7 +37,9 @@ TARGET_POWER = 0.8
 # A paired difference of two scores in [0, 1] beyond this is not a plausible effect: a comparison
 # whose detectable difference exceeds it cannot reach significance for any real one.
 IMPLAUSIBLE_DIFFERENCE = 0.5
-COMPARISON_COLUMNS = ["factor", "level", "reference", "folds", "difference", "ci_low", "ci_high", "agreeing", "sd", "p", "p_holm", "mdd", "note"]
+COMPARISON_COLUMNS = [
+    "factor", "level", "reference", "folds", "difference", "ci_low", "ci_high", "agreeing", "sd", "p", "p_holm", "mdd", "note",
+]
 
 
 def repetition_scores(spec: StudySpec, results: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
@@ -120,7 +122,8 @@ def compare_to_reference(spec: StudySpec, scores: pd.DataFrame, metric: str, des
     table["p_holm"] = _holm(table["p"])
     testable = max(int(table["p"].notna().sum()), 1)
     table["mdd"] = [
-        minimum_detectable_difference(sd, units, design, ALPHA / testable, TARGET_POWER) for sd, units in zip(table["sd"], table["folds"])
+        minimum_detectable_difference(sd, units, design, ALPHA / testable, TARGET_POWER)
+        for sd, units in zip(table["sd"], table["folds"], strict=True)
     ]
     return table[COMPARISON_COLUMNS]
 
@@ -144,7 +147,10 @@ def format_comparisons(table: pd.DataFrame) -> str:
     shown = pd.DataFrame({
         "factor": table["factor"], "level": table["level"], "reference": table["reference"], "folds": table["folds"],
         "difference": table["difference"].map(lambda v: _number(v, "+.3f")),
-        "95% CI": [f"[{low:+.3f}, {high:+.3f}]" if not math.isnan(low) else "n/a" for low, high in zip(table["ci_low"], table["ci_high"])],
+        "95% CI": [
+            f"[{low:+.3f}, {high:+.3f}]" if not math.isnan(low) else "n/a"
+            for low, high in zip(table["ci_low"], table["ci_high"], strict=True)
+        ],
         "agreeing": table["agreeing"],
         "p_holm": table["p_holm"].map(lambda v: _number(v, ".3g")),
         "mdd_80%": table["mdd"].map(lambda v: _number(v, ".3f")),
@@ -166,7 +172,9 @@ def verdict(table: pd.DataFrame, metric: str) -> str:
                 f"design could not detect any plausible difference (80% power needs {row.mdd:.2f})."
             )
         elif row.p_holm < ALPHA:
-            sentences.append(f"{name}: {metric} {row.difference:+.3f}, significant after Holm (p = {row.p_holm:.3g}, {row.agreeing} folds agree).")
+            sentences.append(
+                f"{name}: {metric} {row.difference:+.3f}, significant after Holm (p = {row.p_holm:.3g}, {row.agreeing} folds agree)."
+            )
         else:
             sentences.append(
                 f"{name}: {metric} {row.difference:+.3f}, not significant (Holm p = {row.p_holm:.3g}); "
@@ -183,11 +191,15 @@ def one_sentence_verdict(table: pd.DataFrame, metric: str, folds: int) -> str:
         return ""
     testable = table[table["p_holm"].notna()]
     groups = {
-        "significant after Holm": [f"{r.level} vs {r.reference} {r.difference:+.3f} (Holm p = {r.p_holm:.2g})" for r in testable.itertuples() if r.p_holm < ALPHA],
+        "significant after Holm": [
+            f"{r.level} vs {r.reference} {r.difference:+.3f} (Holm p = {r.p_holm:.2g})"
+            for r in testable.itertuples() if r.p_holm < ALPHA
+        ],
         "not significant": [
             f"{r.level} vs {r.reference} {r.difference:+.3f}" + ("" if math.isnan(r.mdd) else f" (detectable: {r.mdd:.2f})")
             for r in testable.itertuples() if r.p_holm >= ALPHA
         ],
         "not testable": [f"{r.level} vs {r.reference} ({r.note})" for r in table[table["p_holm"].isna()].itertuples()],
     }
-    return f"Verdict on {metric} over {folds} folds: " + "; ".join(f"{name}: {', '.join(items)}" for name, items in groups.items() if items) + "."
+    verdicts = "; ".join(f"{name}: {', '.join(items)}" for name, items in groups.items() if items)
+    return f"Verdict on {metric} over {folds} folds: {verdicts}."

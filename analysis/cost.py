@@ -28,7 +28,8 @@ def cost_table(spec: StudySpec, results: pd.DataFrame, trials: pd.DataFrame) -> 
     levels = frame.groupby("cell", sort=True)[list(spec.factors)].first()
     table = levels.join(table).reset_index()
     total = table[["trials", *columns]].sum().to_frame().T.assign(cell="total", **{f: "" for f in spec.factors})
-    return pd.concat([table, total], ignore_index=True).astype({c: int for c in ["trials", "finished", "stopped_early", "error", "interrupted"]})
+    counts = ["trials", "finished", "stopped_early", "error", "interrupted"]
+    return pd.concat([table, total], ignore_index=True).astype({c: int for c in counts})
 
 
 def _per_trial(results: pd.DataFrame, trials: pd.DataFrame, column: str, default: float) -> pd.Series:

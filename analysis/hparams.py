@@ -25,12 +25,14 @@ def write_hparams(study_dir: Path, spec: StudySpec, results: pd.DataFrame, trial
     directory = StudyLayout(study_dir).tensorboard / "hparams"
     shutil.rmtree(directory, ignore_errors=True)
     finals = final_epochs(results) if len(results) else results
-    means = finals.groupby("trial_id")[[f"val_{m}" for m in METRICS.names() if f"val_{m}" in finals.columns]].mean() if len(finals) else pd.DataFrame()
+    scored = [f"val_{m}" for m in METRICS.names() if f"val_{m}" in finals.columns]
+    means = finals.groupby("trial_id")[scored].mean() if len(finals) else pd.DataFrame()
     parameters = [*spec.factors, *[p for p in spec.search.params if p in trials.columns]]
     with SummaryWriter(log_dir=str(directory)) as writer:
         for row in trials.to_dict("records"):
             hparams = {name: _scalar(row[name]) for name in parameters} | {"cell": row["cell"], "state": row["state"]}
-            metrics = {f"hparam/{name.removeprefix('val_')}": float(value) for name, value in (means.loc[row["trial_id"]].items() if row["trial_id"] in means.index else [])}
+            trial_means = means.loc[row["trial_id"]].items() if row["trial_id"] in means.index else []
+            metrics = {f"hparam/{name.removeprefix('val_')}": float(value) for name, value in trial_means}
             metrics = {k: v for k, v in metrics.items() if not math.isnan(v)}
             writer.add_hparams(hparams, metrics or {"hparam/c_index": math.nan}, run_name=str(row["trial_id"]))
     return directory

@@ -73,7 +73,9 @@ def corrected_t_test(differences: np.ndarray, design: FoldDesign, level: float =
         return PairedTest(n, mean, math.nan, math.nan, math.nan, math.nan, agreeing, f"{n} fold(s): a test needs at least 2")
     variance = float(np.var(differences, ddof=1))
     if variance == 0:
-        return PairedTest(n, mean, 0.0, mean, mean, math.nan, agreeing, "the difference is the same in every fold: no variance to test against")
+        return PairedTest(
+            n, mean, 0.0, mean, mean, math.nan, agreeing, "the difference is the same in every fold: no variance to test against"
+        )
     se = math.sqrt(design.variance_factor(n) * variance)
     t = mean / se
     half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * se

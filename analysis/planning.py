@@ -84,7 +84,8 @@ class StudyForecast:
     def text(self) -> str:
         spec, resources = self.spec, self.spec.resources
         lines = [
-            f"study {spec.name}: design {spec.design.type}, {self.cells} cells x {spec.search.trials_per_cell} trials = {self.trials} trials",
+            f"study {spec.name}: design {spec.design.type}, "
+            f"{self.cells} cells x {spec.search.trials_per_cell} trials = {self.trials} trials",
             (
                 f"repetitions per trial: {len(spec.fold_indices)} folds x {len(spec.seeds)} seeds = {self.repetitions}; "
                 f"runs: {self.runs}; epochs: at most {self.runs * self.epochs} ({self.epochs} per run)"
@@ -115,7 +116,10 @@ class StudyForecast:
         if self.spread is None:
             lines.append("minimum detectable differences: no spread given (--spread SD of per-fold paired differences, or --pilot)")
         else:
-            lines.append(f"minimum detectable difference at {TARGET_POWER:.0%} power (per-fold difference SD {self.spread:.4f}, {self.spread_source}):")
+            lines.append(
+                f"minimum detectable difference at {TARGET_POWER:.0%} power "
+                f"(per-fold difference SD {self.spread:.4f}, {self.spread_source}):"
+            )
             shown = self.comparisons.assign(mdd=self.comparisons["mdd"].map(lambda v: "n/a" if math.isnan(v) else f"{v:.3f}"))
             lines.append(shown.to_string(index=False))
         lines.extend(f"warning: {w}" for w in self.warnings)
@@ -182,14 +186,25 @@ def _warnings(result: StudyForecast, mdd: float) -> list[str]:
     if folds < 2:
         warnings.append("1 validation fold: no paired test is possible; seeds do not add independent units")
     elif folds < MIN_INTERVAL_UNITS:
-        warnings.append(f"{folds} folds: intervals are n/a (they need {MIN_INTERVAL_UNITS}) and the t-test has {folds - 1} degree(s) of freedom")
+        warnings.append(
+            f"{folds} folds: intervals are n/a (they need {MIN_INTERVAL_UNITS}) and the t-test has {folds - 1} degree(s) of freedom"
+        )
     if len(result.spec.seeds) > 1:
-        warnings.append(f"{len(result.spec.seeds)} seeds per fold are averaged within it: they lower the per-fold noise, not the number of units; more folds buy more power")
+        warnings.append(
+            f"{len(result.spec.seeds)} seeds per fold are averaged within it: they lower the per-fold noise, "
+            "not the number of units; more folds buy more power"
+        )
     if not math.isnan(mdd) and mdd > IMPLAUSIBLE_DIFFERENCE:
-        warnings.append(f"the minimum detectable difference {mdd:.2f} exceeds {IMPLAUSIBLE_DIFFERENCE}: this design cannot reach significance for any plausible effect")
+        warnings.append(
+            f"the minimum detectable difference {mdd:.2f} exceeds {IMPLAUSIBLE_DIFFERENCE}: "
+            "this design cannot reach significance for any plausible effect"
+        )
     trials = result.spec.search.trials_per_cell
     if trials > 1 and result.spec.confirm is None:
-        warnings.append(f"each cell is scored by its best of {trials} trials on the folds that chose it: its score is optimistic by selection (add a confirm stage: confirm: {{seeds: [...]}})")
+        warnings.append(
+            f"each cell is scored by its best of {trials} trials on the folds that chose it: its score is optimistic by selection "
+            "(add a confirm stage: confirm: {seeds: [...]})"
+        )
     elif trials > 1 and set(result.spec.confirmation().fold_indices) & set(result.spec.fold_indices):
         warnings.append(
             "the confirm stage re-scores on folds the search chose on: fresh seeds remove the optimism from seed noise, "

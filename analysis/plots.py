@@ -28,7 +28,7 @@ def ablation_plot(levels: pd.DataFrame, metric: str, path: Path) -> Path:
     counts = levels["factor"].value_counts()
     factors = [f for f in dict.fromkeys(levels["factor"]) if counts[f] > 1]
     figure, axes = plt.subplots(1, len(factors), figsize=(3.2 * len(factors) + 0.8, 3.2), squeeze=False)
-    for axis, factor in zip(axes[0], factors):
+    for axis, factor in zip(axes[0], factors, strict=True):
         rows = levels[levels["factor"] == factor]
         means = rows["overall_mean"].to_numpy(dtype=float)
         low = means - rows["overall_ci_low"].to_numpy(dtype=float)
@@ -48,12 +48,13 @@ def kaplan_meier_plot(groups: pd.DataFrame, logrank: pd.DataFrame, path: Path) -
     cohorts = sorted(groups["cohort"].unique())
     figure, axes = plt.subplots(1, len(cohorts), figsize=(4.2 * len(cohorts), 3.4), squeeze=False)
     p_values = logrank.set_index("cohort")["logrank_p"]
-    for axis, cohort in zip(axes[0], cohorts):
+    for axis, cohort in zip(axes[0], cohorts, strict=True):
         frame = groups[groups["cohort"] == cohort]
         for group, colour in (("low", "#4c72b0"), ("high", "#c44e52")):
             part = frame[frame["group"] == group]
             if len(part):
-                KaplanMeierFitter(label=f"{group} risk (n={len(part)})").fit(part["time"], part["event"]).plot_survival_function(ax=axis, color=colour)
+                fitted = KaplanMeierFitter(label=f"{group} risk (n={len(part)})").fit(part["time"], part["event"])
+                fitted.plot_survival_function(ax=axis, color=colour)
         p = p_values.get(cohort, math.nan)
         axis.set_title(f"{cohort}: log-rank p = {'n/a' if math.isnan(p) else f'{p:.3g}'}")
         axis.set_xlabel("time")

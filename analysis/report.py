@@ -75,7 +75,10 @@ class Report:
             parts.append(self.comparisons)
         if self.selection is not None:
             row = self.selection.row
-            parts.append(f"selected (1-SE rule on {self.selection.metric}): trial {self.selection.trial_id}, cell {row['cell']}, {self.selection.score_text}")
+            parts.append(
+                f"selected (1-SE rule on {self.selection.metric}): trial {self.selection.trial_id}, "
+                f"cell {row['cell']}, {self.selection.score_text}"
+            )
         if self.verdict:
             parts.append(self.verdict)
         if self.cache:
@@ -122,7 +125,9 @@ def analyze_study(study_dir: str | Path, metric: str | None = None, n_boot: int 
             + " Mean ± std over repetitions:\n"
         )
         builder.text("```\n" + format_summary(cell_summary(spec_c, results_c, trials_c), spec_c) + "\n```")
-        comparisons, sentence = _ablation_sections(builder, spec_c, results_c, trials_c, metric, fold_design(spec_c), SearchOrConfirm.CONFIRMATION)
+        comparisons, sentence = _ablation_sections(
+            builder, spec_c, results_c, trials_c, metric, fold_design(spec_c), SearchOrConfirm.CONFIRMATION
+        )
         _ablation_sections(builder, spec, results, trials, metric, fold_design(spec), SearchOrConfirm.SEARCH_CONFIRMED)
     elif spec.factors:
         comparisons, sentence = _ablation_sections(builder, spec, results, trials, metric, fold_design(spec), SearchOrConfirm.SEARCH)
@@ -135,7 +140,10 @@ def analyze_study(study_dir: str | Path, metric: str | None = None, n_boot: int 
     if cache:
         builder.text(cache + "\n")
     hparams = write_hparams(study_dir, spec, results, trials)
-    builder.text(f"\n## TensorBoard\n\nHParams view of every trial: `tensorboard --logdir {hparams.parent}`; per-epoch curves of every run: `tensorboard --logdir {StudyLayout(study_dir).runs}`.")
+    builder.text(
+        f"\n## TensorBoard\n\nHParams view of every trial: `tensorboard --logdir {hparams.parent}`; "
+        f"per-epoch curves of every run: `tensorboard --logdir {StudyLayout(study_dir).runs}`."
+    )
     report = builder.write(spec, headline, comparisons, sentence, cache, selection, test_metrics)
     logger.info("report written to %s", report.html)
     return report
@@ -143,7 +151,8 @@ def analyze_study(study_dir: str | Path, metric: str | None = None, n_boot: int 
 
 def fold_design(spec: StudySpec) -> FoldDesign:
     """The study's validation folds and the folds that take turns (for the corrected t-test)."""
-    return FoldDesign(folds=len(spec.fold_indices), cv_folds=read_manifest(CohortLayout(spec.cohort)).n_folds - (spec.test_fold is not None))
+    cv_folds = read_manifest(CohortLayout(spec.cohort)).n_folds - (spec.test_fold is not None)
+    return FoldDesign(folds=len(spec.fold_indices), cv_folds=cv_folds)
 
 
 class _ReportBuilder:
@@ -187,7 +196,10 @@ def _html(title: str, body: str, directory: Path) -> str:
         "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}"
         "th{background:#f3f3f3}pre{background:#f7f7f7;padding:0.8em;overflow-x:auto}img{max-width:100%}"
     )
-    return f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title><style>{style}</style></head>\n<body>\n{content}\n</body></html>\n'
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title><style>{style}</style></head>\n'
+        f"<body>\n{content}\n</body></html>\n"
+    )
 
 
 def _fmt(mean: float, std: float, low: float, high: float) -> str:
@@ -217,7 +229,13 @@ class SearchOrConfirm(Enum):
 
 
 def _ablation_sections(
-    builder: _ReportBuilder, spec: StudySpec, results: pd.DataFrame, trials: pd.DataFrame, metric: str, design: FoldDesign, stage: SearchOrConfirm
+    builder: _ReportBuilder,
+    spec: StudySpec,
+    results: pd.DataFrame,
+    trials: pd.DataFrame,
+    metric: str,
+    design: FoldDesign,
+    stage: SearchOrConfirm,
 ) -> tuple[str, str]:
     """The ablation tables, paired tests and forest plots; returns the primary metric's
     comparisons with their verdicts as plain text, and its one-sentence verdict."""
@@ -236,11 +254,14 @@ def _ablation_sections(
         levels = level_table(spec, scores, name, design)
         groups = [c[: -len("_mean")] for c in levels.columns if c.endswith("_mean")]
         shown = pd.DataFrame({"factor": levels["factor"], "level": [
-            f"{lv}*" if references[f] == lv else lv for f, lv in zip(levels["factor"], levels["level"])
+            f"{lv}*" if references[f] == lv else lv for f, lv in zip(levels["factor"], levels["level"], strict=True)
         ]})
         for group in groups:
             shown[group] = [
-                _fmt(*values) for values in zip(levels[f"{group}_mean"], levels[f"{group}_std"], levels[f"{group}_ci_low"], levels[f"{group}_ci_high"])
+                _fmt(*values)
+                for values in zip(
+                    levels[f"{group}_mean"], levels[f"{group}_std"], levels[f"{group}_ci_low"], levels[f"{group}_ci_high"], strict=True
+                )
             ]
         builder.text(f"\n### {name}\n")
         builder.table(shown)
@@ -248,7 +269,9 @@ def _ablation_sections(
         if notes:
             builder.text("Intervals not shown: " + "; ".join(notes) + ".\n")
         if name in (metric, "balanced_accuracy") and levels["factor"].duplicated().any():
-            builder.figure(lambda p, lv=levels, n=name: plots.ablation_plot(lv, n, p), f"{stage.prefix}ablation_{name}.png", f"ablation: {name}")
+            builder.figure(
+                lambda p, lv=levels, n=name: plots.ablation_plot(lv, n, p), f"{stage.prefix}ablation_{name}.png", f"ablation: {name}"
+            )
     builder.text(f"\n## Statistics: each level against its reference ({stage.title})\n")
     builder.text(
         f"Unit: a validation fold ({design.folds} here). Seeds re-train on the same split, so they are averaged within their "
@@ -271,13 +294,18 @@ def _ablation_sections(
                 continue
             builder.table(comparisons)
             if comparisons["difference"].notna().any():
-                builder.figure(lambda p, c=comparisons, n=name: plots.forest_plot(c, n, p), f"{stage.prefix}forest_{name}.png", f"paired differences: {name}")
+                builder.figure(
+                    lambda p, c=comparisons, n=name: plots.forest_plot(c, n, p),
+                    f"{stage.prefix}forest_{name}.png",
+                    f"paired differences: {name}",
+                )
             said = verdict(comparisons, name)
             builder.text("**Verdict.** " + said.replace("\n", " ") + "\n")
             if name == metric:
                 console = (
                     f"{name}: each level vs the reference, paired over {design.folds} folds (corrected t, Holm-adjusted p, "
-                    f"minimum detectable difference at {TARGET_POWER:.0%} power, alpha {ALPHA})\n{format_comparisons(comparisons)}\n\n{said}"
+                    f"minimum detectable difference at {TARGET_POWER:.0%} power, alpha {ALPHA})\n"
+                    f"{format_comparisons(comparisons)}\n\n{said}"
                 )
                 sentence = one_sentence_verdict(comparisons, name, design.folds)
                 builder.text(f"\n> {sentence}\n")
@@ -305,7 +333,8 @@ def _selection_section(
     for warning in selection.warnings:
         builder.text(f"> **Warning:** {warning}.\n")
     builder.text(f"> {OPTIMISM_NOTE} It was chosen among {len(selection.candidates)} candidates.\n")
-    columns = ["trial_id", "cell", *spec.factors, *[p for p in spec.search.params if p in selection.candidates.columns], "mean", "se", "n", "trainable_params", "within_1se", "selected"]
+    params = [p for p in spec.search.params if p in selection.candidates.columns]
+    columns = ["trial_id", "cell", *spec.factors, *params, "mean", "se", "n", "trainable_params", "within_1se", "selected"]
     builder.table(selection.candidates[columns].head(15), floatfmt=".4g")
     finals = final_epochs(results)
     try:
@@ -322,7 +351,10 @@ def _selection_section(
 def _test_section(builder: _ReportBuilder, spec: StudySpec, test: pd.DataFrame | None) -> None:
     builder.text("\n### Held-out test fold\n")
     if test is None:
-        builder.text("No held-out test fold is configured, so there is no unbiased estimate of the selected model; set `test_fold` in the study spec.")
+        builder.text(
+            "No held-out test fold is configured, so there is no unbiased estimate of the selected model; "
+            "set `test_fold` in the study spec."
+        )
         return
     metrics = [c for c in test.columns if c not in ("fold", "seed")]
     summary = {m: f"{test[m].mean():.3f} ± {test[m].std(ddof=1):.3f}" if len(test) > 1 else f"{test[m].mean():.3f}" for m in metrics}
@@ -362,7 +394,7 @@ def _survival_section(builder: _ReportBuilder, repetitions: list[RepetitionPredi
     summary = summarise_ipcw(per_repetition)
     shown = pd.DataFrame({"cohort": summary["cohort"], "repetitions": summary["repetitions"]})
     for name in ("uno_c", "td_auc", "ibs"):
-        shown[name] = [_fmt(m, s, math.nan, math.nan) for m, s in zip(summary[f"{name}_mean"], summary[f"{name}_std"])]
+        shown[name] = [_fmt(m, s, math.nan, math.nan) for m, s in zip(summary[f"{name}_mean"], summary[f"{name}_std"], strict=True)]
     shown["note"] = summary["note"]
     builder.table(shown)
 

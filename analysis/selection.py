@@ -3,11 +3,12 @@ then the one-standard-error rule towards the smaller adapter.
 
 Candidates are finished trials that completed every repetition. Each candidate's score is the
 mean over validation folds of its final-epoch validation metric (seeds averaged within their
-fold, since they share its split), and its standard error the std over folds / sqrt(folds). The best candidate sets a bar one standard error below its mean (above it
-for a metric to minimise); of the candidates that clear the bar, the one with the fewest
-trainable parameters (adapters, modality encoders, heads: the saved adapter-only weights) is
-selected, ties broken by score. Scores within one SE of the best are noise at this sample size,
-and the smaller model is the safer bet (Hastie, Tibshirani & Friedman, ESL 7.10).
+fold, since they share its split), and its standard error the std over folds / sqrt(folds).
+The best candidate sets a bar one standard error below its mean (above it for a metric to
+minimise); of the candidates that clear the bar, the one with the fewest trainable parameters
+(adapters, modality encoders, heads: the saved adapter-only weights) is selected, ties broken
+by score. Scores within one SE of the best are noise at this sample size, and the smaller
+model is the safer bet (Hastie, Tibshirani & Friedman, ESL 7.10).
 
 Out-of-fold scores of the selected model are optimistic: the same folds chose it. Only a held-out
 test fold (``test_fold`` in the study spec) or nested cross-validation gives an unbiased estimate.
@@ -113,7 +114,9 @@ def candidate_scores(spec: StudySpec, results: pd.DataFrame, trials: pd.DataFram
     return table.join(levels, on="trial_id")
 
 
-def select_model(study_dir: str | Path, spec: StudySpec, results: pd.DataFrame, trials: pd.DataFrame, metric: str | None = None) -> Selection:
+def select_model(
+    study_dir: str | Path, spec: StudySpec, results: pd.DataFrame, trials: pd.DataFrame, metric: str | None = None
+) -> Selection:
     """Score the study's candidates and apply the one-standard-error rule (see the module docstring)."""
     metric = metric or spec.search.primary.name
     direction = next((m.direction for m in spec.search.metrics if m.name == metric), "min" if metric == "loss" else "max")

@@ -46,14 +46,20 @@ def final_epochs(results: pd.DataFrame) -> pd.DataFrame:
 def cell_summary(spec: StudySpec, results: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     """One row per cell: levels, trial counts, best trial and mean/std of each metric over repetitions."""
     factors = list(spec.factors)
-    metrics = [m.name for m in spec.search.metrics] + [m for m in ("c_index", "balanced_accuracy") if m not in [g.name for g in spec.search.metrics]]
+    searched = [m.name for m in spec.search.metrics]
+    metrics = searched + [m for m in ("c_index", "balanced_accuracy") if m not in searched]
     finals = final_epochs(results) if len(results) else results
     best_of = best_trials(spec, trials)
     rows = []
     for cell, group in trials.groupby("cell", sort=True):
         row: dict[str, object] = {"cell": cell, **{f: group[f].iloc[0] for f in factors}}
         states = group["state"].value_counts()
-        row |= {"trials": len(group), "finished": int(states.get("finished", 0)), "stopped": int(states.get("stopped_early", 0)), "errors": int(states.get("error", 0))}
+        row |= {
+            "trials": len(group),
+            "finished": int(states.get("finished", 0)),
+            "stopped": int(states.get("stopped_early", 0)),
+            "errors": int(states.get("error", 0)),
+        }
         best = best_of.get(cell)
         row["best_trial"] = best
         scored = finals[finals["trial_id"] == best] if best is not None else finals.iloc[0:0]
@@ -74,7 +80,7 @@ def format_summary(summary: pd.DataFrame, spec: StudySpec) -> str:
     for metric in metrics:
         table[metric] = [
             "n/a" if math.isnan(m) else (f"{m:.3f}" if math.isnan(s) else f"{m:.3f} ± {s:.3f}")
-            for m, s in zip(summary[f"{metric}_mean"], summary[f"{metric}_std"])
+            for m, s in zip(summary[f"{metric}_mean"], summary[f"{metric}_std"], strict=True)
         ]
     order = summary[f"{primary}_mean"].fillna(-math.inf if spec.search.primary.direction == "max" else math.inf)
     table = table.loc[order.sort_values(ascending=spec.search.primary.direction == "min").index]

@@ -76,7 +76,10 @@ def _quiet_c(sample: pd.DataFrame) -> float:
 def _interval(name: str, point: float, draws: np.ndarray, n: int) -> dict[str, object]:
     finite = draws[~np.isnan(draws)]
     if math.isnan(point) or len(finite) < 10:
-        return {"cohort": name, "cases": n, "c_index": point, "ci_low": math.nan, "ci_high": math.nan, "note": "C-index undefined (too few events)"}
+        return {
+            "cohort": name, "cases": n, "c_index": point, "ci_low": math.nan, "ci_high": math.nan,
+            "note": "C-index undefined (too few events)",
+        }
     low, high = np.percentile(finite, [2.5, 97.5])
     return {"cohort": name, "cases": n, "c_index": point, "ci_low": float(low), "ci_high": float(high), "note": ""}
 
@@ -154,7 +157,9 @@ def _ipcw_for(train: pd.DataFrame, val: pd.DataFrame) -> dict[str, object]:
         notes.append("integrated Brier score: needs at least two evaluation times")
     else:
         try:
-            breslow = BreslowEstimator().fit(train["risk"].to_numpy(dtype=float), train["event"].to_numpy(bool), train["time"].to_numpy(float))
+            breslow = BreslowEstimator().fit(
+                train["risk"].to_numpy(dtype=float), train["event"].to_numpy(bool), train["time"].to_numpy(float)
+            )
             curves = np.vstack([curve(times) for curve in breslow.get_survival_function(risk)])
             out["ibs"] = float(integrated_brier_score(survival_train, survival_test, curves, times))
         except ValueError as exc:

@@ -65,7 +65,9 @@ def param_importances(
     return table, f"{evaluator} over {len(scores)} finished trials, {metric} mean over repetitions"
 
 
-def pareto_front(spec: StudySpec, results: pd.DataFrame, trials: pd.DataFrame, metrics: tuple[str, str] = ("c_index", "balanced_accuracy")) -> pd.DataFrame:
+def pareto_front(
+    spec: StudySpec, results: pd.DataFrame, trials: pd.DataFrame, metrics: tuple[str, str] = ("c_index", "balanced_accuracy")
+) -> pd.DataFrame:
     """Every finished trial's mean of both metrics, with ``pareto`` True on the non-dominated ones."""
     first = candidate_scores(spec, results, trials, metrics[0])[["trial_id", "cell", *spec.factors, "mean"]]
     second = candidate_scores(spec, results, trials, metrics[1])[["trial_id", "mean"]]

@@ -103,7 +103,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     config = load_train_config(args.config, args.set)
     outcome = run_training(args.cohort, config, args.output, address=args.address, resume_from=args.resume_from)
-    columns = [c for c in ("epoch", "train_loss", "val_loss", "val_c_index", "val_balanced_accuracy", "val_macro_auc") if c in outcome.metrics]
+    shown = ("epoch", "train_loss", "val_loss", "val_c_index", "val_balanced_accuracy", "val_macro_auc")
+    columns = [c for c in shown if c in outcome.metrics]
     print(outcome.metrics[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"run written to {outcome.output} (metrics.parquet, checkpoints/, tensorboard/, predictions/)")
     return 0
@@ -261,7 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", type=Path, help="run config YAML (default: a small CPU run of about two minutes)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. optim.lr=1e-3")
     train.add_argument("--output", type=Path, required=True, help="run folder; re-running with it resumes")
-    train.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else the cluster `ray start` started on this node, else an embedded Ray; 'local' forces embedded)")
+    train.add_argument(
+        "--address",
+        help="Ray cluster to join (default: $RAY_ADDRESS, else the cluster `ray start` started on this node, else an embedded Ray; "
+        "'local' forces embedded)",
+    )
     train.add_argument("--resume-from", help="a checkpoint folder to start from")
     train.set_defaults(run=_cmd_train)
 
@@ -271,10 +276,16 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the C-index intervals")
     analyze.set_defaults(run=_cmd_analyze)
 
-    plan = commands.add_parser("plan", help="before a study runs: its cells, trials and runs, its compute, and the smallest difference each comparison can detect")
+    plan = commands.add_parser(
+        "plan", help="before a study runs: its cells, trials and runs, its compute, and the smallest difference each comparison can detect"
+    )
     plan.add_argument("study", type=Path, help="study spec (YAML)")
     plan.add_argument("--spread", type=float, help="SD of the per-fold paired differences of the primary metric (e.g. 0.03 C-index)")
-    plan.add_argument("--pilot", type=Path, help="a finished study (STORAGE/STUDY) with the same train config and hardware: its measured times, and its spread unless --spread is given")
+    plan.add_argument(
+        "--pilot", type=Path,
+        help="a finished study (STORAGE/STUDY) with the same train config and hardware: its measured times, "
+        "and its spread unless --spread is given",
+    )
     plan.add_argument("--cohort-folds", type=int, help="the cohort's number of folds, when its folder is not readable here")
     plan.set_defaults(run=_cmd_plan)
 
@@ -285,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser(
         "status", help="how far a study is, what leads, what failed: read from its folder, while it runs or after",
-        description="Exit code: 0 finished, 1 failed (trials or the driver), 3 running, 4 interrupted (continue with --resume), 2 not a study.",
+        description="Exit code: 0 finished, 1 failed (trials or the driver), 3 running, 4 interrupted (continue with --resume), "
+        "2 not a study.",
     )
     status.add_argument("study_dir", type=Path, help="STORAGE/STUDY folder of a study (a shared file system works)")
     status.add_argument("--watch", action="store_true", help="repeat until the study is no longer running; exit with its final state")

@@ -41,7 +41,8 @@ def _spec(root: Path, name: str, engine: dict[str, Any], **edits: Any) -> Path:
 
 def _run(spec: Path, storage: Path) -> float:
     started = time.monotonic()
-    subprocess.run([sys.executable, str(REPO / "sweeps" / "ablation.py"), "--study", str(spec), "--storage", str(storage)], check=True, capture_output=True)
+    command = [sys.executable, str(REPO / "sweeps" / "ablation.py"), "--study", str(spec), "--storage", str(storage)]
+    subprocess.run(command, check=True, capture_output=True)
     return time.monotonic() - started
 
 

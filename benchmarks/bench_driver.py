@@ -142,8 +142,8 @@ def measure(trials: int, concurrent: int, reuse_actors: bool, root: Path) -> dic
     return {
         "trials": outcome.trials, "errors": outcome.errors, "cpu_s": cpu, "wall_s": wall, "cpu_ms_per_trial": 1000 * cpu / trials,
         "tune_cpu_ms_per_trial": 1000 * sum(tune_cpu) / trials,
-        "flush_median_ms": 1000 * statistics.median(flushes), "flush_max_ms": 1000 * max(flushes), "flush_cpu_max_ms": 1000 * max(flush_cpu),
-        "flushes": len(flushes),
+        "flush_median_ms": 1000 * statistics.median(flushes), "flush_max_ms": 1000 * max(flushes),
+        "flush_cpu_max_ms": 1000 * max(flush_cpu), "flushes": len(flushes),
         "gc_full_pauses": len(pauses.full), "gc_full_max_ms": 1000 * max(pauses.full, default=0.0),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "written_mb": size / 1e6, "analysis_s": analysis,
     }
@@ -192,7 +192,8 @@ def main() -> None:
     print(
         f"BENCH driver trials={args.trials[0]}..{args.trials[-1]} tune_cpu_ms_per_trial_first={first['tune_cpu_ms_per_trial']:.1f} "
         f"tune_cpu_ms_per_trial_last={last['tune_cpu_ms_per_trial']:.1f} growth={growth:.2f} "
-        f"process_per_trial_ms={own_process['tune_cpu_ms_per_trial']:.1f} flush_max_ms={max(f['flush_max_ms'] for f in figures.values()):.0f} "
+        f"process_per_trial_ms={own_process['tune_cpu_ms_per_trial']:.1f} "
+        f"flush_max_ms={max(f['flush_max_ms'] for f in figures.values()):.0f} "
         f"flush_cpu_max_ms={max(f['flush_cpu_max_ms'] for f in figures.values()):.0f} "
         f"gc_full_max_ms={max(f['gc_full_max_ms'] for f in figures.values()):.0f} rss_mb_first={first['peak_rss_mb']:.0f} "
         f"rss_mb_last={last['peak_rss_mb']:.0f} rss_kb_per_trial={1024 * rss_growth:.0f}"
@@ -201,7 +202,8 @@ def main() -> None:
 
 def _child(trials: int, concurrent: int, process_per_trial: bool) -> dict[str, float]:
     env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false"}
-    command = [sys.executable, __file__, "--one", str(trials), "--concurrent", str(concurrent)] + (["--process-per-trial"] if process_per_trial else [])
+    command = [sys.executable, __file__, "--one", str(trials), "--concurrent", str(concurrent)]
+    command += ["--process-per-trial"] if process_per_trial else []
     done = subprocess.run(command, check=False, capture_output=True, text=True, env=env, cwd=REPO)
     if done.returncode != 0:
         sys.exit(f"{trials} trials failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")

@@ -61,7 +61,9 @@ def _process_group(device: torch.device) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    os.environ.update({"LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    os.environ.update({
+        "LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+    })
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
 
 
@@ -129,7 +131,10 @@ def main() -> None:
                   f"{figures['flops'] / 1e12:6.2f} TFLOP/step  MFU {mfu:6.1%}  peak {figures['memory_gib']:.1f} GiB  "
                   f"{figures['trainable'] / 1e6:.1f}M trainable")
     dist.destroy_process_group()
-    line = " ".join(f"depth{d}_step_ms={r['step_s'] * 1000:.1f} depth{d}_tiles_per_s={r['tiles_per_s']:.0f} depth{d}_mfu={r['mfu']:.3f}" for d, r in results.items())
+    line = " ".join(
+        f"depth{d}_step_ms={r['step_s'] * 1000:.1f} depth{d}_tiles_per_s={r['tiles_per_s']:.0f} depth{d}_mfu={r['mfu']:.3f}"
+        for d, r in results.items()
+    )
     print(f"BENCH gpu peak_tflops={peak:.1f} {line}")
 
 

@@ -66,7 +66,8 @@ def main() -> None:
                 elif fmt == "arrow":
                     half = torch.from_numpy(np.array(read_slide_features(root / f"{i}.arrow").features))
                 else:
-                    half = torch.from_numpy(np.array(np.memmap(root / f"{i}.raw", dtype=np.float16, mode="r", shape=(args.tiles, args.dim))))
+                    raw = np.memmap(root / f"{i}.raw", dtype=np.float16, mode="r", shape=(args.tiles, args.dim))
+                    half = torch.from_numpy(np.array(raw))
                 return float(half.float()[-1, -1])
 
             return read

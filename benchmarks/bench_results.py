@@ -37,7 +37,8 @@ def trial_rows(trial: int, rng: np.random.Generator) -> list[dict]:
                          "seed": repetition // 5, "epoch": epoch, "repetition": repetition, "adapter_depth": trial % 4, "optim.lr": 1e-4}
             row |= {f"val_{m}": float(rng.random()) for m in METRICS}
             row |= {f"val_{m}_{c}": float(rng.random()) for m in METRICS for c in CANCERS}
-            row |= {"train_loss": float(rng.random()), "epoch_time_s": 1.0, "time_this_iter_s": 1.0, "time_total_s": 10.0, "node_ip": "10.0.0.1"}
+            row |= {"train_loss": float(rng.random()), "epoch_time_s": 1.0, "time_this_iter_s": 1.0, "time_total_s": 10.0}
+            row |= {"node_ip": "10.0.0.1"}
             row |= {f"cv_{m}": float(rng.random()) for m in METRICS}
             rows.append(row)
     return rows
@@ -70,7 +71,8 @@ def main() -> None:
                 parts = len(table.parts())
                 report[done] = (statistics.median(window), max(window), rewrite)
                 print(f"{done:>5} trials ({done * ROWS_PER_TRIAL:>7} rows): append median {1000 * report[done][0]:.1f} ms, "
-                      f"worst of last 100 {1000 * report[done][1]:.1f} ms, {parts} part files; whole rewrite {1000 * rewrite:.0f} ms", flush=True)
+                      f"worst of last 100 {1000 * report[done][1]:.1f} ms, {parts} part files; "
+                      f"whole rewrite {1000 * rewrite:.0f} ms", flush=True)
         start = time.perf_counter()
         table.compact()
         compact = time.perf_counter() - start
@@ -79,7 +81,8 @@ def main() -> None:
     print(f"compaction at the end: {compact:.2f} s for {args.trials * ROWS_PER_TRIAL} rows")
     print(f"BENCH results trials={last} rows={last * ROWS_PER_TRIAL} append_median_ms_first={1000 * report[first][0]:.1f} "
           f"append_median_ms_last={1000 * report[last][0]:.1f} append_growth={growth:.2f} worst_append_ms={1000 * max(append_s):.0f} "
-          f"rewrite_ms_last={1000 * report[last][2]:.0f} rewrite_over_append={report[last][2] / report[last][0]:.0f}x compact_s={compact:.2f}")
+          f"rewrite_ms_last={1000 * report[last][2]:.0f} rewrite_over_append={report[last][2] / report[last][0]:.0f}x "
+          f"compact_s={compact:.2f}")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,9 @@ def _module(cohort: Cohort, dim: int, adapter_depth: int, objective: str = "supe
     bank = build_label_bank(cohort, build_text_encoder("onehot", cohort.labels), cohort.case_ids, out_dim=32)
     torch.manual_seed(0)
     config = ModalTuneConfig.tiny(
-        encoder=SlideEncoderConfig.gigapath(in_dim=cohort.manifest.feature_dim, dim=dim, heads=8, segment_lengths=(256, 512, 1024, 2048, 4096)),
+        encoder=SlideEncoderConfig.gigapath(
+            in_dim=cohort.manifest.feature_dim, dim=dim, heads=8, segment_lengths=(256, 512, 1024, 2048, 4096)
+        ),
         modalities=("wsi", "rna"), modality_inputs=modality_inputs(cohort, ["rna", "clinical"]),
         adapter_depth=adapter_depth, out_dim=32,
     )
@@ -61,7 +63,8 @@ def _module(cohort: Cohort, dim: int, adapter_depth: int, objective: str = "supe
 def _evaluation_rate(cohort: Cohort, dim: int, max_tiles: int, batch_tiles: int) -> float:
     """Slides/s of evaluating every case (second of two passes), ``batch_tiles`` 0 = one case per forward."""
     module, bank = _module(cohort, dim, adapter_depth=3)
-    batches = seeded_batches(CaseBatcher(cohort, bank, cohort.case_ids, modalities=("rna", "clinical"), max_tiles=max_tiles), 0, "evaluation", torch.device("cpu"), torch.float32)
+    batcher = CaseBatcher(cohort, bank, cohort.case_ids, modalities=("rna", "clinical"), max_tiles=max_tiles)
+    batches = seeded_batches(batcher, 0, "evaluation", torch.device("cpu"), torch.float32)
     seconds = []
     for _ in range(2):
         started = time.perf_counter()
@@ -139,7 +142,10 @@ def _status_mb(field: str) -> float:
 
 
 def _attention_in_child(kind: str, tiles: int, dim: int, heads: int) -> dict[str, float]:
-    code = f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_step; print(json.dumps(bench_step._attention_peak({kind!r}, {tiles}, {dim}, {heads})))"
+    code = (
+        f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_step; "
+        f"print(json.dumps(bench_step._attention_peak({kind!r}, {tiles}, {dim}, {heads})))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -160,7 +166,10 @@ def main() -> None:
         synth = SynthConfig(cohorts=("NSCLC",), slides_per_cohort=args.slides, feature_dim=768, min_tiles=args.tiles, max_tiles=args.tiles,
                             n_genes=60, n_pathways=6, n_folds=2, seed=0)
         cohort = Cohort(generate_cohort(Path(tmp) / "cohort", synth).root)
-        print(f"step time: {len(cohort.case_ids)} cases x {args.tiles} tiles, 12-layer encoder of width {args.dim}, CPU ({torch.get_num_threads()} threads)")
+        print(
+            f"step time: {len(cohort.case_ids)} cases x {args.tiles} tiles, 12-layer encoder of width {args.dim}, "
+            f"CPU ({torch.get_num_threads()} threads)"
+        )
         print(f"{'adapter layout':34} {'prefix':>6} {'uncached':>10} {'cached':>10} {'speed-up':>9}")
         speedups = {}
         for name, depth in LAYOUTS.items():
@@ -187,8 +196,14 @@ def main() -> None:
             if label == "mid":
                 per_task, batched = _task_pass_rates(eval_cohort, dim, tiles)
                 task_speedup = batched / per_task
-                print(f"distill task passes: one forward per task {per_task:7.2f}/s   the case's tasks as one batch {batched:7.2f}/s   {task_speedup:.2f}x")
-    print(f"\nattention memory: one layer, one slide of {args.long_tiles} tiles, width {args.attention_dim}, {args.attention_heads} heads, fp32")
+                print(
+                    f"distill task passes: one forward per task {per_task:7.2f}/s   "
+                    f"the case's tasks as one batch {batched:7.2f}/s   {task_speedup:.2f}x"
+                )
+    print(
+        f"\nattention memory: one layer, one slide of {args.long_tiles} tiles, width {args.attention_dim}, "
+        f"{args.attention_heads} heads, fp32"
+    )
     memory = {kind: _attention_in_child(kind, args.long_tiles, args.attention_dim, args.attention_heads) for kind in ("dilated", "dense")}
     for kind, figures in memory.items():
         print(f"{kind:8} peak +{figures['peak_mb']:8.0f} MB  {figures['seconds']:6.2f} s")
@@ -199,7 +214,8 @@ def main() -> None:
         + " ".join(f"cache_speedup_depth{d}={s:.2f}" for d, s in speedups.items())
         + "".join(f" bucketed_eval_speedup_{label}={value:.2f}" for label, value in eval_speedups.items())
         + f" task_batching_speedup={task_speedup:.2f}"
-        + f" dense_vs_dilated_memory={ratio:.1f} dilated_peak_mb={memory['dilated']['peak_mb']:.0f} dense_peak_mb={memory['dense']['peak_mb']:.0f}"
+        + f" dense_vs_dilated_memory={ratio:.1f}"
+        + f" dilated_peak_mb={memory['dilated']['peak_mb']:.0f} dense_peak_mb={memory['dense']['peak_mb']:.0f}"
     )
 
 

@@ -59,7 +59,8 @@ def main() -> None:
     print(f"{args.trials} trials x {args.folds} repetitions x {args.epochs} epochs, one at a time; Ray Train controller poll every "
           + " s vs ".join(SETTINGS.values()) + " s")
     rows = [
-        ("wall", "wall"), ("training (epochs)", "training"), ("driver (Ray start, validation, label banks, Tune, report, export)", "driver"),
+        ("wall", "wall"), ("training (epochs)", "training"),
+        ("driver (Ray start, validation, label banks, Tune, report, export)", "driver"),
         ("per trial", "total"), ("  Ray Train launch (until our worker code runs)", "launch"),
         ("  worker setup, all repetitions (cohort, label bank, model, engine)", "setup"), ("  epochs (train + eval)", "epochs"),
         ("  checkpoint + report between epochs", "reports"), ("  between repetitions, last report + teardown", "teardown"),
@@ -73,8 +74,10 @@ def main() -> None:
     print(f"  Ray Train's floor: TorchTrainer.fit() of a function that does nothing, same resources: {floor:.2f} s "
           f"({floor / (ours['launch'] + ours['teardown']):.0%} of a trial's launch + teardown)")
     print(
-        "BENCH sweep " + " ".join(f"{key}_s={ours[key]:.1f}" for key in ("wall", "training", "driver", "total", "launch", "setup", "reports", "teardown"))
-        + f" ray_train_floor_s={floor:.1f} overhead_ratio={ours['overhead']:.2f} default_poll_overhead_ratio={default['overhead']:.2f} speedup_vs_default_poll={default['wall'] / ours['wall']:.2f}"
+        "BENCH sweep "
+        + " ".join(f"{key}_s={ours[key]:.1f}" for key in ("wall", "training", "driver", "total", "launch", "setup", "reports", "teardown"))
+        + f" ray_train_floor_s={floor:.1f} overhead_ratio={ours['overhead']:.2f}"
+        + f" default_poll_overhead_ratio={default['overhead']:.2f} speedup_vs_default_poll={default['wall'] / ours['wall']:.2f}"
     )
 
 
@@ -109,7 +112,9 @@ def _ray_train_floor(storage: Path, resources: dict[str, float], repeats: int = 
             started = time.perf_counter()
             TorchTrainer(
                 nothing, torch_config=TorchConfig(backend="gloo"), run_config=RunConfig(storage_path=str(storage), name=f"empty{index}"),
-                scaling_config=ScalingConfig(num_workers=int(resources["num_workers"]), resources_per_worker={"CPU": resources["cpus_per_worker"]}),
+                scaling_config=ScalingConfig(
+                    num_workers=int(resources["num_workers"]), resources_per_worker={"CPU": resources["cpus_per_worker"]}
+                ),
             ).fit()
             seconds.append(time.perf_counter() - started)
     finally:
@@ -123,7 +128,7 @@ def _phases(trial_file: Path) -> dict[str, float]:
     runs = sorted(p.parent for p in trial_file.parent.glob("*/finished.json"))
     worker_starts = [json.loads((run / "workers" / "rank0.json").read_text())["started"] for run in runs]
     setup = epochs = reports = 0.0
-    for run, worker_started in zip(runs, worker_starts):
+    for run, worker_started in zip(runs, worker_starts, strict=True):
         rows = pd.read_parquet(run / "metrics.parquet").sort_values("epoch")
         starts, lengths = rows["epoch_started_at"].to_numpy(), rows["epoch_time_s"].to_numpy()
         setup += starts[0] - worker_started

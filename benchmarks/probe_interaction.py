@@ -97,7 +97,8 @@ def _compare(cohort: Cohort, args: argparse.Namespace, text_dir: Path) -> dict[t
     scores: dict[tuple[int, int], float] = {}
     for fold in _ints(args.folds):
         train_ids, val_ids = cohort.split(fold, None, TEST_FOLD)
-        bank = build_label_bank(cohort, build_text_encoder("minilm", cohort.labels), train_ids, out_dim=16, cache=TextEmbeddingCache(text_dir))
+        text_encoder = build_text_encoder("minilm", cohort.labels)
+        bank = build_label_bank(cohort, text_encoder, train_ids, out_dim=16, cache=TextEmbeddingCache(text_dir))
         batcher = CaseBatcher(cohort, bank, train_ids, modalities=("rna",), max_tiles=args.max_tiles)
         evaluation_batches = seeded_batches(batcher, 0, "evaluation", torch.device("cpu"), torch.float32)
         for depth in _ints(args.depths):

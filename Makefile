@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM := false
 export DS_ACCELERATOR ?= cpu
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/modaltune/torch_extensions
 
-.PHONY: install demo test test-fast test-all lint bench clean
+.PHONY: install demo test test-fast test-all lint docs bench clean
 
 install: $(STAMP)
 
@@ -50,6 +50,10 @@ test-all: install
 # ruff's default rules (the version is pinned in pyproject.toml); CI runs it before the tests.
 lint: install
 	$(BIN)/ruff check .
+
+# The documentation site (docs/, mkdocs.yml) into site/; --strict fails on a broken link or anchor.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 # On demand only, never in CI: each benchmark prints its ratios and a `BENCH name ...` line.
 # The GPU one is separate: bash benchmarks/bench_gpu.sh on a single-GPU machine.

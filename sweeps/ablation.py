@@ -3,9 +3,11 @@
 On a cluster node (``ray submit cluster/gpu.yaml sweeps/ablation.py``) it joins the cluster
 started there, with ``--address`` (or ``RAY_ADDRESS``) the one named, else it starts an embedded
 Ray. Without ``--study`` it runs the study named by ``MODALTUNE_STUDY``, else the demo study.
-Exit codes: 0 all trials finished, 1 some trials failed, 2 bad input (nothing started, nothing
-written), 3 storage unwritable or full (state kept; --resume), 4 stuck: trials waited for
-resources nothing of the study held (state kept; --resume once freed), 130 interrupted.
+``modaltune study`` is the same command, installed. Exit codes: 0 all trials finished, 1 some
+trials failed or no model could be selected, 2 bad input (nothing started, nothing written) or
+another driver holds the study, 3 storage unwritable or full (state kept; --resume), 4 stuck:
+trials waited for resources nothing of the study held (state kept; --resume once freed),
+130 interrupted.
 """
 
 from __future__ import annotations

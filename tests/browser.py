@@ -30,7 +30,8 @@ def chromium() -> str:
 
 def _run(args: list[str], home: Path) -> subprocess.CompletedProcess:
     env = os.environ | {"HOME": str(home)}  # the profile and crash dumps stay in the test's folder
-    return subprocess.run([chromium(), *FLAGS, f"--user-data-dir={home / 'profile'}", *args], capture_output=True, text=True, timeout=120, env=env, check=False)
+    command = [chromium(), *FLAGS, f"--user-data-dir={home / 'profile'}", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, check=False)
 
 
 def loaded_images(html: Path, work: Path) -> tuple[int, int]:

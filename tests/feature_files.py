@@ -90,10 +90,10 @@ def tcga_shaped(source: Cohort, root: Path) -> tuple[Path, Path, pd.DataFrame]:
     barcode = {case: f"TCGA-{i % 90 + 10:02d}-{i:04d}" for i, case in enumerate(source.case_ids)}
     ours = source.slides.assign(
         case_id=source.slides["case_id"].map(barcode),
-        slide_id=[f"{barcode[c]}-01Z-00-DX{s[-1]}" for c, s in zip(source.slides["case_id"], source.slides["slide_id"])],
+        slide_id=[f"{barcode[c]}-01Z-00-DX{s[-1]}" for c, s in zip(source.slides["case_id"], source.slides["slide_id"], strict=True)],
     )
     h5_dir = root / "h5"
-    write_h5(source, h5_dir, slide_ids=dict(zip(source.slides["slide_id"], ours["slide_id"])))
+    write_h5(source, h5_dir, slide_ids=dict(zip(source.slides["slide_id"], ours["slide_id"], strict=True)))
     theirs = ours.drop(columns=["case_id", "fold"]).astype({"age": object})
     theirs["sex"] = theirs["sex"].str.upper()
     theirs["stage"] = theirs["stage"].map(lambda s: f"{s}A" if s in ("Stage II", "Stage III") else s)

@@ -59,7 +59,8 @@ def test_train_with_rna_refuses_a_fold_whose_training_cases_all_lack_rna(cohort_
     rna = pd.read_parquet(cohort_copy / "rna.parquet")
     rna[rna["case_id"].isin(validation_cases)].to_parquet(cohort_copy / "rna.parquet", index=False)
     output = tmp_path / "r"
-    assert main(["train", "--cohort", str(cohort_copy), "--output", str(output), "--set", "fold=0", "--set", "model.modalities=[wsi, rna]"]) == 2
+    overrides = ["--set", "fold=0", "--set", "model.modalities=[wsi, rna]"]
+    assert main(["train", "--cohort", str(cohort_copy), "--output", str(output), *overrides]) == 2
     assert "no training case of fold 0 has a row in" in capsys.readouterr().err and not output.exists()
 
 

@@ -31,7 +31,8 @@ def _predictions(censored: str) -> pd.DataFrame:
 
 def test_an_undefined_metric_names_the_fold_and_the_cancer_type(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="modaltune.metrics"):
-        scores = evaluate_predictions(_predictions("BRCA"), {"BRCA": ["IDC", "ILC"], "RCC": ["KIRC", "KIRP", "KICH"]}, "validation fold 2, seed 0")
+        subtypes = {"BRCA": ["IDC", "ILC"], "RCC": ["KIRC", "KIRP", "KICH"]}
+        scores = evaluate_predictions(_predictions("BRCA"), subtypes, "validation fold 2, seed 0")
     assert math.isnan(scores["BRCA/c_index"]) and not math.isnan(scores["RCC/c_index"])
     assert "C-index undefined for BRCA, validation fold 2, seed 0: no deaths" in caplog.messages
     assert "macro AUC undefined for RCC, validation fold 2, seed 0: classes ['KICH'] absent from this split" in caplog.messages

@@ -166,13 +166,18 @@ def test_objective_classes_and_unknown_name(bank: LabelBank) -> None:
 
 
 @pytest.mark.parametrize("encoder", ["longnet", "titan"])
-def test_the_task_passes_run_as_one_forward_equal_to_one_forward_per_task(cohort: Cohort, bank: LabelBank, batch: CaseBatch, encoder: str) -> None:
+def test_the_task_passes_run_as_one_forward_equal_to_one_forward_per_task(
+    cohort: Cohort, bank: LabelBank, batch: CaseBatch, encoder: str
+) -> None:
     """The reference code runs the model once per task token; here a case's tasks are rows of one
     batch (the frozen prefix shared), with the same embeddings, for either SLFM."""
     torch.manual_seed(0)
     encoder_config = TitanConfig.tiny if encoder == "titan" else SlideEncoderConfig.tiny
     config = ModalTuneConfig.tiny(
-        encoder=encoder_config(in_dim=cohort.manifest.feature_dim), modality_inputs=modality_inputs(cohort, ["rna", "clinical"]), out_dim=OUT_DIM, adapter_depth=1,
+        encoder=encoder_config(in_dim=cohort.manifest.feature_dim),
+        modality_inputs=modality_inputs(cohort, ["rna", "clinical"]),
+        out_dim=OUT_DIM,
+        adapter_depth=1,
     )
     model = ModalTuneModel(config).eval()
     objective = DistillObjective(bank)

@@ -87,11 +87,11 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     table.loc[ours["case_id"].isin(kirp[2:]).to_numpy(), "subtype"] = "KIRC"  # a 2-case subtype
     table.loc[(ours["cohort"] == "BRCA").to_numpy(), "event"] = "0:LIVING"  # a cancer type with no deaths
     table.rename(columns={"time": "OS_MONTHS", "event": "OS_STATUS", "age": "AGE"}).to_csv(csv, index=False)
-    case_ids = dict(zip(source.slides["case_id"], ours["case_id"]))
+    case_ids = dict(zip(source.slides["case_id"], ours["case_id"], strict=True))
     rna = pd.read_parquet(source.layout.rna)
     rna.assign(case_id=rna["case_id"].map(case_ids)).to_csv(root / "rna.csv", index=False)
     return Bundle(root, source, csv, root / "rna.csv", source.layout.gene_groups,
-                  dict(zip(source.slides["slide_id"], ours["slide_id"])), case_ids)
+                  dict(zip(source.slides["slide_id"], ours["slide_id"], strict=True)), case_ids)
 
 
 def test_every_feature_layout_imports_to_the_same_cohort(bundle: Bundle, tmp_path: Path) -> None:
@@ -131,7 +131,9 @@ def test_a_study_on_it_compares_cells_on_the_same_cases_and_its_model_scores_new
     study = tmp_path / "studies" / "tcga_shaped"
     results = pd.read_parquet(study / "results.parquet")
     assert results["val_BRCA/c_index"].isna().all() and results["val_RCC/c_index"].notna().all()
-    predictions = pd.concat(pd.read_parquet(p, columns=["case_id", "fold", "cell", "risk"]) for p in (study / "predictions").glob("*/*/epoch_*.parquet"))
+    predictions = pd.concat(
+        pd.read_parquet(p, columns=["case_id", "fold", "cell", "risk"]) for p in (study / "predictions").glob("*/*/epoch_*.parquet")
+    )
     per_cell = predictions.groupby(["fold", "cell"])["case_id"].agg(frozenset)
     assert per_cell.groupby(level="fold").nunique().eq(1).all() and predictions["risk"].notna().all()
     assert set(predictions["case_id"]) == set(Cohort(cohort_dir).case_ids)

@@ -152,7 +152,10 @@ def test_a_missing_cell_in_a_crossed_design_does_not_pass_for_an_effect() -> Non
     spec = _spec("crossed")
     rng = np.random.default_rng(5)
     rows = [
-        {"cell": cell.id, **cell.levels, "fold": fold, "seed": 0, "val_c_index": 0.6 + (0.1 if cell.levels["adapter_depth"] == "2" else 0.0) + rng.normal(0, 0.005)}
+        {
+            "cell": cell.id, **cell.levels, "fold": fold, "seed": 0,
+            "val_c_index": 0.6 + (0.1 if cell.levels["adapter_depth"] == "2" else 0.0) + rng.normal(0, 0.005),
+        }
         for cell in design_cells(spec.factors, spec.design) if cell.levels != {"modalities": "wsi+rna", "adapter_depth": "2"}
         for fold in range(FOLDS)
     ]

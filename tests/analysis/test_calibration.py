@@ -113,7 +113,9 @@ def test_type_one_error_is_at_most_five_percent(design: str, folds: int, seeds: 
 
 def test_the_test_is_exact_not_merely_conservative_under_the_overlap_model() -> None:
     """Pooled over designs, the exact scenario rejects at 5% within three standard errors."""
-    raw = np.concatenate([_rejections(_spec(d, k, r), "exact", seed=1)[0] for d in ("one_at_a_time", "crossed") for k, r in ((5, 2), (10, 1))])
+    raw = np.concatenate([
+        _rejections(_spec(d, k, r), "exact", seed=1)[0] for d in ("one_at_a_time", "crossed") for k, r in ((5, 2), (10, 1))
+    ])
     studies = 4 * STUDIES
     assert abs(raw.mean() - ALPHA) <= 3 * math.sqrt(ALPHA * (1 - ALPHA) / studies), f"{raw.mean():.4f} over {len(raw)} comparisons"
 
@@ -134,7 +136,9 @@ def test_the_same_check_catches_fold_x_seed_pairs_counted_as_units() -> None:
 
 @pytest.mark.parametrize(("design", "cells_per_level"), [("one_at_a_time", 1), ("crossed", 2)])
 @pytest.mark.parametrize("folds", [5, pytest.param(10, marks=pytest.mark.exhaustive("the power curve at 5 folds runs in make test"))])
-def test_power_follows_the_noncentral_t_and_the_minimum_detectable_difference_has_80_percent(design: str, cells_per_level: int, folds: int) -> None:
+def test_power_follows_the_noncentral_t_and_the_minimum_detectable_difference_has_80_percent(
+    design: str, cells_per_level: int, folds: int
+) -> None:
     """The power curve of a planted effect: simulated rejection rates against ``power`` at three
     effect sizes, the largest being the minimum detectable difference (80%)."""
     spec = _spec(design, folds, 1)
@@ -151,7 +155,8 @@ def test_power_follows_the_noncentral_t_and_the_minimum_detectable_difference_ha
             table = compare_to_reference(spec, _study(spec, rng, rho, 0.0, effect), "c_index", fold_design).set_index("level")
             hits.append(table.loc["wsi", "p"] < ALPHA)
         observed = float(np.mean(hits))
-        assert abs(observed - expected) <= 3 * math.sqrt(expected * (1 - expected) / STUDIES) + 0.01, f"effect {effect:.4f}: {observed:.3f} vs {expected:.3f}"
+        tolerance = 3 * math.sqrt(expected * (1 - expected) / STUDIES) + 0.01
+        assert abs(observed - expected) <= tolerance, f"effect {effect:.4f}: {observed:.3f} vs {expected:.3f}"
     assert power(mdd, sd, folds, fold_design, ALPHA) == pytest.approx(0.8, abs=1e-6)
 
 
@@ -179,8 +184,9 @@ def test_confirmation_scores_are_free_of_the_searchs_selection_optimism() -> Non
                 trial_id = f"{cell.id}_{k}"
                 quality[trial_id] = 0.65 + rng.normal(0, 0.01)
                 values = quality[trial_id] + fold + rng.normal(0, noise[level], 5)
-                rows += [{"trial_id": trial_id, "cell": cell.id, "modalities": level, "fold": f, "seed": 0, "epoch": 0, "val_c_index": v} for f, v in enumerate(values)]
-                trials.append({"trial_id": trial_id, "cell": cell.id, "modalities": level, "state": "finished", "cv_c_index": float(values.mean())})
+                trial = {"trial_id": trial_id, "cell": cell.id, "modalities": level}
+                rows += [trial | {"fold": f, "seed": 0, "epoch": 0, "val_c_index": v} for f, v in enumerate(values)]
+                trials.append(trial | {"state": "finished", "cv_c_index": float(values.mean())})
         results, trials = pd.DataFrame(rows), pd.DataFrame(trials)
         search = repetition_scores(spec, results, trials)
         chosen = search.groupby("modalities")["trial_id"].first()
@@ -190,7 +196,8 @@ def test_confirmation_scores_are_free_of_the_searchs_selection_optimism() -> Non
         again["val_c_index"] = again["trial_id"].map(quality) + fold[again["fold"]] + rng.normal(0, again["modalities"].map(noise))
         confirmed = trials[trials["trial_id"].isin(chosen)]
         search_error.append(compare_to_reference(spec, search, "c_index", design)["difference"].iloc[0] - truth)
-        confirmed_error.append(compare_to_reference(spec, repetition_scores(spec, again, confirmed), "c_index", design)["difference"].iloc[0] - truth)
+        confirmed_scores = repetition_scores(spec, again, confirmed)
+        confirmed_error.append(compare_to_reference(spec, confirmed_scores, "c_index", design)["difference"].iloc[0] - truth)
     search_error, confirmed_error = np.array(search_error), np.array(confirmed_error)
     assert search_error.mean() > 5 * search_error.std() / math.sqrt(STUDIES), f"search-stage bias {search_error.mean():+.4f}"
     assert abs(confirmed_error.mean()) < 3 * confirmed_error.std() / math.sqrt(STUDIES), f"confirmed bias {confirmed_error.mean():+.4f}"

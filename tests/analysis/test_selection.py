@@ -100,7 +100,7 @@ def test_a_seed_repeating_the_folds_does_not_shrink_the_standard_error() -> None
 def test_importance_finds_the_parameter_that_matters() -> None:
     results, trials = _study()
     table, note = param_importances(_spec(), results, trials, "c_index")
-    importance = dict(zip(table["parameter"], table["importance"]))
+    importance = dict(zip(table["parameter"], table["importance"], strict=True))
     assert importance["optim.lr"] > 0.8 and importance["optim.lr"] > importance.get("modalities", 0.0), (importance, note)
     fanova, _ = param_importances(_spec(), results, trials, "c_index", evaluator="fanova")
     assert fanova.iloc[0]["parameter"] == "optim.lr"
@@ -138,7 +138,9 @@ def _study_folder(root: Path, cohort: Path, means: dict[str, float]) -> Path:
     study = root / "below"
     layout = StudyLayout(study)
     study.mkdir(parents=True)
-    spec = StudySpec.model_validate({"name": "below", "cohort": str(cohort), "folds": 2, "seeds": [0], "factors": {"adapter_depth": [1, 2]}})
+    spec = StudySpec.model_validate(
+        {"name": "below", "cohort": str(cohort), "folds": 2, "seeds": [0], "factors": {"adapter_depth": [1, 2]}}
+    )
     layout.spec.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
     results, trials = [], []
     for depth, (trial, mean) in enumerate(means.items(), start=1):
@@ -181,7 +183,10 @@ def test_chance_is_the_metric_of_a_model_that_knows_nothing_over_the_study_cance
     table = _candidates([("deep", 0.45, 0.02, 90_000), ("shallow", 0.44, 0.01, 30_000)]).assign(n=FOLDS)
     assert not one_standard_error_rule(table, "balanced_accuracy", "max", chance=0.4167).warnings
     (warning,) = one_standard_error_rule(table, "balanced_accuracy", "max", chance=0.5).warnings
-    assert warning.startswith("the selected trial shallow scores balanced_accuracy 0.4400 ± 0.0100 (SE, 4 folds) (the best, deep, 0.4500), at or below chance (0.5)")
+    assert warning.startswith(
+        "the selected trial shallow scores balanced_accuracy 0.4400 ± 0.0100 (SE, 4 folds) (the best, deep, 0.4500), "
+        "at or below chance (0.5)"
+    )
 
 
 RAY_BLOCKED = """

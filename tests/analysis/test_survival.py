@@ -37,7 +37,10 @@ def rossi_split() -> RepetitionPredictions:
     train = data.sample(frac=0.5, random_state=0)
     val = data.drop(train.index)
     cox = CoxPHFitter().fit(train, "week", "arrest")
-    risk = lambda part: cox.predict_log_partial_hazard(part[COVARIATES]).to_numpy()
+
+    def risk(part: pd.DataFrame) -> np.ndarray:
+        return cox.predict_log_partial_hazard(part[COVARIATES]).to_numpy()
+
     return RepetitionPredictions(fold=0, seed=0, epoch=0, val=_cases(val, risk(val)), train=_cases(train, risk(train)), test=None)
 
 

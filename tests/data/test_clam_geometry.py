@@ -133,6 +133,7 @@ def test_tile_size_is_for_files_without_attributes(source: Cohort, tmp_path: Pat
     assert _import(tmp_path / "h5", slides, tmp_path / "out") == 2
     error = _error(capsys)
     assert "79 slide(s)" in error and first in error and "tile_size_px" in error, error
-    pd.read_csv(slides).assign(tile_size_px=[256 if s == first else None for s in source.slides["slide_id"]]).to_csv(tmp_path / "one.csv", index=False)
+    tile_sizes = [256 if s == first else None for s in source.slides["slide_id"]]
+    pd.read_csv(slides).assign(tile_size_px=tile_sizes).to_csv(tmp_path / "one.csv", index=False)
     assert _import(tmp_path / "h5", tmp_path / "one.csv", tmp_path / "out") == 0
     _same_grid(source, tmp_path / "out")

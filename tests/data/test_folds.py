@@ -57,7 +57,8 @@ def test_site_folds_give_every_fold_deaths_and_subtypes(tcga_44: tuple[Path, Pat
     imported = Cohort(out)
     assert imported.slides.groupby("site")["fold"].nunique().max() == 1
     cases = source.slides.groupby("case_id").first()
-    deaths, subtypes = cases.groupby("cohort")["event"].sum(), cases.groupby("cohort")["subtype"].agg(lambda s: (s.value_counts() >= 2).sum())
+    deaths = cases.groupby("cohort")["event"].sum()
+    subtypes = cases.groupby("cohort")["subtype"].agg(lambda s: (s.value_counts() >= 2).sum())
     per_fold = _per_fold(imported)
     for (fold, cohort), row in per_fold.iterrows():
         if deaths[cohort] >= 4:  # enough for 2 in each fold
@@ -114,7 +115,8 @@ def test_site_folds_put_every_subtype_and_deaths_in_every_fold_when_sites_allow(
 
 def test_a_cancer_type_from_too_few_sites_is_named_when_refused() -> None:
     cases = _tcga_table(seed=1)
-    cases.loc[cases["cohort"] == "GBMLGG", "site"] = np.where(cases.loc[cases["cohort"] == "GBMLGG", "case_id"].str[-1] < "5", "GB-a", "GB-b")
+    gbmlgg = cases["cohort"] == "GBMLGG"
+    cases.loc[gbmlgg, "site"] = np.where(cases.loc[gbmlgg, "case_id"].str[-1] < "5", "GB-a", "GB-b")
     with pytest.raises(UnscorableFoldsError) as error:
         assign_case_folds(cases, 5, seed=0, strata=["cohort", "subtype", "event"], groups="site")
     message = str(error.value)

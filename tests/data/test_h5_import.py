@@ -111,7 +111,9 @@ def test_a_tcga_table_imports_as_it_comes(small_cohort: Path, tmp_path: Path) ->
 
     # cBioPortal's column names read as ours; TCGA-CDR's OS.time (days) is named, not guessed;
     # slide ids written as the scans' file names name the feature files without the suffix.
-    cbioportal = pd.read_csv(csv).rename(columns={"time": "OS_MONTHS", "event": "OS_STATUS", "age": "AGE", "stage": "AJCC_PATHOLOGIC_TUMOR_STAGE"})
+    cbioportal = pd.read_csv(csv).rename(
+        columns={"time": "OS_MONTHS", "event": "OS_STATUS", "age": "AGE", "stage": "AJCC_PATHOLOGIC_TUMOR_STAGE"}
+    )
     cbioportal["slide_id"] = cbioportal["slide_id"] + np.where(cbioportal.index % 2 == 0, ".svs", ".NDPI")
     cbioportal.to_csv(tmp_path / "cbioportal.csv", index=False)
     renamed = Cohort(import_h5_cohort(h5_dir, tmp_path / "cbioportal.csv", tmp_path / "cbio", H5ImportOptions(n_folds=4)).root)
@@ -129,9 +131,11 @@ def test_zero_survival_times_need_an_explicit_choice(small_cohort: Path, tmp_pat
     table.to_csv(tmp_path / "slides.csv", index=False)
     with pytest.raises(H5ImportError, match="--zero-time drop"):
         import_h5_cohort(tmp_path / "h5", tmp_path / "slides.csv", tmp_path / "refused")
-    dropped = Cohort(import_h5_cohort(tmp_path / "h5", tmp_path / "slides.csv", tmp_path / "drop", H5ImportOptions(zero_time="drop", n_folds=4)).root)
+    options = H5ImportOptions(zero_time="drop", n_folds=4)
+    dropped = Cohort(import_h5_cohort(tmp_path / "h5", tmp_path / "slides.csv", tmp_path / "drop", options).root)
     assert len(dropped.slides) == len(table) - 2
-    kept = Cohort(import_h5_cohort(tmp_path / "h5", tmp_path / "slides.csv", tmp_path / "eps", H5ImportOptions(zero_time="epsilon", n_folds=4)).root)
+    options = H5ImportOptions(zero_time="epsilon", n_folds=4)
+    kept = Cohort(import_h5_cohort(tmp_path / "h5", tmp_path / "slides.csv", tmp_path / "eps", options).root)
     assert sorted(kept.slides["time"])[:2] == [0.01, 0.01]
 
 
@@ -177,7 +181,11 @@ def test_slides_patched_at_other_magnifications_are_refused(small_cohort: Path, 
     with h5py.File(tmp_path / "h5" / f"{first}.h5", "a") as handle:
         handle["coords"].attrs.update(target_magnification=10.0)
     source.slides.to_csv(tmp_path / "slides.csv", index=False)
-    with pytest.raises(H5ImportError, match=rf"patched differently \(79 slide\(s\) at 20x with 256-px patches \(e.g. [^)]+\), 1 slide\(s\) at 10x with 256-px patches \(e.g. {first}\)"):
+    expected = (
+        r"patched differently \(79 slide\(s\) at 20x with 256-px patches \(e.g. [^)]+\), "
+        rf"1 slide\(s\) at 10x with 256-px patches \(e.g. {first}\)"
+    )
+    with pytest.raises(H5ImportError, match=expected):
         import_h5_cohort(tmp_path / "h5", tmp_path / "slides.csv", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -219,7 +227,9 @@ def test_site_preserved_folds_from_tcga_barcodes(small_cohort: Path, tmp_path: P
         import_h5_cohort(h5_dir, plain, tmp_path / "no_site", H5ImportOptions(folds_by="site"))
 
 
-def test_new_patients_import_without_outcomes_and_cannot_be_trained_on(small_cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_new_patients_import_without_outcomes_and_cannot_be_trained_on(
+    small_cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     source = Cohort(small_cohort)
     h5_dir, csv, ours = tcga_shaped(source, tmp_path)
     table = pd.read_csv(csv).drop(columns=["time", "event"])
@@ -241,7 +251,9 @@ def test_new_patients_import_without_outcomes_and_cannot_be_trained_on(small_coh
 
 
 @pytest.mark.parametrize(("content", "expected"), [("", "is empty"), ("slide_id,case_id,cohort,subtype,time,event\n", "no slides")])
-def test_an_empty_or_header_only_slide_table_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, expected: str) -> None:
+def test_an_empty_or_header_only_slide_table_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, expected: str
+) -> None:
     (tmp_path / "h5").mkdir()
     (tmp_path / "slides.csv").write_text(content)
     assert main(["import-h5", str(tmp_path / "h5"), "--slides", str(tmp_path / "slides.csv"), str(tmp_path / "out")]) == 2

@@ -141,7 +141,8 @@ def read_only_folder(tmp_path: Path) -> Iterator[Path]:
     """A tmpfs of this test's own, remounted read-only (needs root and mount, as on CI machines)."""
     mount_point = tmp_path / "ro"
     mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)], capture_output=True, text=True, check=False)
+    command = ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)]
+    mounted = subprocess.run(command, capture_output=True, text=True, check=False)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:

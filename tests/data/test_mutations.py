@@ -91,7 +91,9 @@ def test_tcga_sample_barcodes_become_patients_and_the_default_panel_is_the_frequ
     assert list(table["case_id"]) == ["TCGA-05-4244", "TCGA-05-4249", "TCGA-05-4250"]
     assert list(table.columns) == ["case_id", "TP53"] and list(table["TP53"]) == [1, 1, 0]
     # with the sequenced samples listed, the panel's frequency counts the wild-type ones too
-    _write_case_list(tmp_path / "cases_sequenced.txt", ["TCGA-05-4244-01", "TCGA-05-4249-01", "TCGA-05-4250-01", "TCGA-05-4260-01", "TCGA-05-4262-01"])
+    _write_case_list(
+        tmp_path / "cases_sequenced.txt", ["TCGA-05-4244-01", "TCGA-05-4249-01", "TCGA-05-4250-01", "TCGA-05-4260-01", "TCGA-05-4262-01"]
+    )
     table = read_mutation_table(maf, min_fraction=0.3, sequenced=read_case_list(tmp_path / "cases_sequenced.txt"))
     assert list(table["case_id"]) == ["TCGA-05-4244", "TCGA-05-4249", "TCGA-05-4250", "TCGA-05-4260", "TCGA-05-4262"]
     assert list(table.columns) == ["case_id", "TP53"] and list(table["TP53"]) == [1, 1, 0, 0, 0]

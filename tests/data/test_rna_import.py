@@ -23,7 +23,7 @@ def tcga(small_cohort: Path, tmp_path: Path) -> tuple[Cohort, Path, Path, pd.Dat
     """The source cohort as TCGA has it; its RNA keyed by the patients' barcodes (``rna``)."""
     source = Cohort(small_cohort)
     h5_dir, csv, ours = tcga_shaped(source, tmp_path)
-    barcode = dict(zip(source.slides["case_id"], ours["case_id"]))
+    barcode = dict(zip(source.slides["case_id"], ours["case_id"], strict=True))
     rna = pd.read_parquet(source.layout.rna)
     rna["case_id"] = rna["case_id"].map(barcode)
     return source, h5_dir, csv, rna, barcode

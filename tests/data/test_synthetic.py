@@ -169,7 +169,10 @@ def test_immune_infiltrate_spreads_slides_and_leaves_other_cohorts_unchanged(tmp
     """The interaction's image pattern is the lymphocyte share, set by its own latent: a few
     percent of a slide's tiles at one end, most of them at the other. Turning it on draws from
     a stream of its own, so every other slide and table of a cohort is as before."""
-    base = {"cohorts": ("NSCLC",), "slides_per_cohort": 200, "seed": 3, "feature_dim": 16, "min_tiles": 60, "max_tiles": 80, "n_genes": 40, "n_pathways": 6}
+    base = {
+        "cohorts": ("NSCLC",), "slides_per_cohort": 200, "seed": 3, "feature_dim": 16, "min_tiles": 60, "max_tiles": 80,
+        "n_genes": 40, "n_pathways": 6,
+    }
     plain = generate_cohort(tmp_path / "plain", SynthConfig(**base))
     immune = generate_cohort(tmp_path / "immune", SynthConfig(**base, immune_logit_shift=2.0))
     assert (plain.rna.read_bytes(), plain.slides.read_bytes()) == (immune.rna.read_bytes(), immune.slides.read_bytes())
@@ -186,13 +189,17 @@ def test_immune_infiltrate_spreads_slides_and_leaves_other_cohorts_unchanged(tmp
 
 
 def test_rna_can_be_missing_at_random_or_more_often_with_age(tmp_path: Path) -> None:
-    base = {"cohorts": ("NSCLC",), "slides_per_cohort": 400, "seed": 3, "feature_dim": 8, "min_tiles": 5, "max_tiles": 10, "n_genes": 40, "n_pathways": 6}
-    at_random = Cohort(generate_cohort(tmp_path / "mcar", SynthConfig(**base, rna_missing_fraction=0.2)).root)
-    by_age = Cohort(generate_cohort(tmp_path / "age", SynthConfig(**base, rna_missing_fraction=0.2, rna_missing_age_log_odds_per_decade=1.0)).root)
+    base = {
+        "cohorts": ("NSCLC",), "slides_per_cohort": 400, "seed": 3, "feature_dim": 8, "min_tiles": 5, "max_tiles": 10,
+        "n_genes": 40, "n_pathways": 6, "rna_missing_fraction": 0.2,
+    }
+    at_random = Cohort(generate_cohort(tmp_path / "mcar", SynthConfig(**base)).root)
+    by_age = Cohort(generate_cohort(tmp_path / "age", SynthConfig(**base, rna_missing_age_log_odds_per_decade=1.0)).root)
     for cohort in (at_random, by_age):
         missing = 1 - len(cohort.modality_cases("rna")) / len(cohort.case_ids)
         assert 0.12 < missing < 0.3, missing
-        assert cohort.sample(next(c for c in cohort.case_ids if c not in cohort.modality_cases("rna")), modalities=["rna"]).modalities["rna"] is None
+        without_rna = next(c for c in cohort.case_ids if c not in cohort.modality_cases("rna"))
+        assert cohort.sample(without_rna, modalities=["rna"]).modalities["rna"] is None
 
     def age_gap(cohort: Cohort) -> float:
         ages = pd.Series({c: cohort.record(c).clinical["age"] for c in cohort.case_ids})

@@ -275,7 +275,9 @@ def test_what_no_split_of_the_cohort_can_give_is_a_warning(cohort_copy: Path) ->
     assert warning.where == "cancer type BRCA" and warning.message.startswith("0 death(s) in all: no split into 2 or more folds")
 
 
-def test_problems_of_one_kind_are_one_line_whatever_their_values(small_cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_problems_of_one_kind_are_one_line_whatever_their_values(
+    small_cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Survival times written "4.76 months": one line with the count and a few values, not one per value."""
     source = Cohort(small_cohort)
     write_h5(source, tmp_path / "h5")

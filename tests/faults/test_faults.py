@@ -57,7 +57,8 @@ def _epochs_done(study: Path) -> int:
 
 
 def _status(study: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "modaltune.cli.main", "status", str(study)], capture_output=True, text=True, timeout=60, check=False)
+    command = [sys.executable, "-m", "modaltune.cli.main", "status", str(study)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
 
 
 def _final(study: Path) -> pd.DataFrame:
@@ -106,7 +107,10 @@ def test_two_studies_at_once_are_isolated_and_a_killed_worker_changes_nothing(co
     pd.testing.assert_frame_equal(first[METRICS], killed[METRICS])
 
 
-@pytest.mark.exhaustive("a trial's error recorded and reported: tests/faults/test_study_state.py::test_training_that_diverges_says_so_and_a_study_that_selects_nothing_fails")
+@pytest.mark.exhaustive(
+    "a trial's error recorded and reported: "
+    "tests/faults/test_study_state.py::test_training_that_diverges_says_so_and_a_study_that_selects_nothing_fails"
+)
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(cohort: Path, tmp_path: Path) -> None:
     # Weights that only a worker fetches (a hub repo, offline here): nothing to check up front.
     levels = ["tiny", {"name": "broken", "encoder": "tiny", "encoder_hub_id": "nobody/no-such-slide-encoder"}]
@@ -160,7 +164,8 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 24 MB tmpfs of this test's own (needs root and mount, as on CI machines)."""
     mount_point = tmp_path / "storage"
     mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount_point)], capture_output=True, text=True, check=False)
+    command = ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount_point)]
+    mounted = subprocess.run(command, capture_output=True, text=True, check=False)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
@@ -169,7 +174,9 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
-@pytest.mark.exhaustive("a full disk and --resume: tests/faults/test_study_state.py::test_a_disk_filled_at_once_twice_then_ctrl_c_end_with_every_row_once")
+@pytest.mark.exhaustive(
+    "a full disk and --resume: tests/faults/test_study_state.py::test_a_disk_filled_at_once_twice_then_ctrl_c_end_with_every_row_once"
+)
 def test_full_storage_stops_the_study_and_resume_finishes_it(cohort: Path, tmp_path: Path, small_tmpfs: Path) -> None:
     # The study needs ~3.5 MB; with 22 MB required free on 24 MB, the guard trips mid-run.
     spec = _spec(tmp_path, cohort, "full", folds=2, min_free_mb=22)

@@ -105,7 +105,10 @@ def test_a_lost_worker_node_costs_only_its_unsaved_epochs(cluster: Cluster, spec
     pd.testing.assert_frame_equal(_final(study), undisturbed)
 
 
-@pytest.mark.exhaustive("a killed driver: tests/faults/test_faults.py::test_killed_driver_resumes_with_nothing_lost_or_repeated; the cluster: test_a_lost_worker_node_costs_only_its_unsaved_epochs")
+@pytest.mark.exhaustive(
+    "a killed driver: tests/faults/test_faults.py::test_killed_driver_resumes_with_nothing_lost_or_repeated; "
+    "the cluster: test_a_lost_worker_node_costs_only_its_unsaved_epochs"
+)
 def test_a_killed_driver_resumes_on_the_cluster(cluster: Cluster, spec: Path, undisturbed: pd.DataFrame, tmp_path: Path) -> None:
     study = tmp_path / spec.stem
     process = _start(spec, tmp_path, cluster)

@@ -53,7 +53,8 @@ def _run(spec: Path, storage: Path, *extra: str, timeout: float = 400) -> Run:
 
 
 def _status(study: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "modaltune.cli.main", "status", str(study)], capture_output=True, text=True, timeout=60, check=False)
+    command = [sys.executable, "-m", "modaltune.cli.main", "status", str(study)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
 
 
 def _wait_for(condition: Callable[[], bool], process: subprocess.Popen, what: str, timeout: float = 300) -> None:
@@ -135,7 +136,9 @@ def reference(cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Story:
     best_at_kill = (study / "best").exists()
     status_report = _status(study)
 
-    harmless_spec = _spec(root / "harmless", cohort, max_concurrent=2, watchdog={"stall_after_s": 600}, resources={"num_workers": 1, "cpus_per_worker": 0.6})
+    harmless_spec = _spec(
+        root / "harmless", cohort, max_concurrent=2, watchdog={"stall_after_s": 600}, resources={"num_workers": 1, "cpus_per_worker": 0.6}
+    )
     harmless = _run(harmless_spec, storage, "--resume")
     status_finished = _status(study)
 
@@ -200,7 +203,8 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 64 MB tmpfs of this test's own, to fill at will (needs root and mount, as on CI machines)."""
     mount_point = tmp_path / "storage"
     mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount_point)], capture_output=True, text=True, check=False)
+    command = ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount_point)]
+    mounted = subprocess.run(command, capture_output=True, text=True, check=False)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
@@ -243,7 +247,9 @@ def _epochs(study: Path) -> int:
     return sum(len(pd.read_parquet(path)) for path in study.glob("trials/*/fold0_seed0/metrics.parquet"))
 
 
-def test_a_disk_filled_at_once_twice_then_ctrl_c_end_with_every_row_once(reference: Story, cohort: Path, tmp_path: Path, tmpfs: Path) -> None:
+def test_a_disk_filled_at_once_twice_then_ctrl_c_end_with_every_row_once(
+    reference: Story, cohort: Path, tmp_path: Path, tmpfs: Path
+) -> None:
     spec = _spec(tmp_path, cohort, min_free_mb=1)
     study = tmpfs / NAME
     full_disk: list[Run] = []

@@ -16,8 +16,14 @@ from modaltune.sweeps.progress import STALE_AFTER_S, CellProgress, StageProgress
 def _record(host: str, pid: int, age_s: float, state: str = "running") -> StudyProgress:
     now = 1_000_000.0
     cells = {
-        "c000": CellProgress(levels={"modalities": "wsi"}, trials_total=2, finished=1, running=1, repetitions_done=7, repetitions_total=10, best=0.61, best_trial="a1"),
-        "c001": CellProgress(levels={"modalities": "wsi+rna"}, trials_total=2, finished=1, failed=1, repetitions_done=6, repetitions_total=6, best=0.72, best_trial="b1"),
+        "c000": CellProgress(
+            levels={"modalities": "wsi"}, trials_total=2, finished=1, running=1, repetitions_done=7, repetitions_total=10,
+            best=0.61, best_trial="a1",
+        ),
+        "c001": CellProgress(
+            levels={"modalities": "wsi+rna"}, trials_total=2, finished=1, failed=1, repetitions_done=6, repetitions_total=6,
+            best=0.72, best_trial="b1",
+        ),
     }
     stage = StageProgress(metric="cv_c_index", mode="max", cells=cells, max_concurrent=2, started_at=now - 600, repetitions_this_run=12)
     return StudyProgress(study="s", state=state, host=host, pid=pid, started_at=now - 600, updated_at=now - age_s, stages={"search": stage})

@@ -19,7 +19,8 @@ def _rows(trial: str, epochs: range, value: float) -> list[dict]:
 
 
 def test_appends_merge_in_tiers_and_read_keeps_the_latest_version(tmp_path: Path) -> None:
-    table = PartitionedTable(tmp_path / "results", tmp_path / "results.parquet", ["trial_id", "fold", "seed", "epoch"], fan_in=3, top_level=2)
+    keys = ["trial_id", "fold", "seed", "epoch"]
+    table = PartitionedTable(tmp_path / "results", tmp_path / "results.parquet", keys, fan_in=3, top_level=2)
     for flush in range(21):
         table.append(_rows(f"t{flush}", range(3), 0.5))
         parts = table.parts()

@@ -137,7 +137,8 @@ def test_plan_composes_configs_per_cell_and_repetition(small_cohort: Path, tmp_p
     spec = load_study_spec(_write(tmp_path, raw))
     plan = build_plan(spec, tmp_path / "studies" / spec.name)
     assert len(plan.cells) == 2 * 2 * 1 * 2 and [r.name for r in plan.repetitions] == ["fold0_seed0", "fold1_seed0"]
-    cell = next(c for c in plan.cells if c.levels == {"adapter_depth": "2", "modalities": "wsi+rna", "llm": "onehot", "loss_weights": "survival=3"})
+    levels = {"adapter_depth": "2", "modalities": "wsi+rna", "llm": "onehot", "loss_weights": "survival=3"}
+    cell = next(c for c in plan.cells if c.levels == levels)
     config = plan.train_config(cell, {"optim.lr": 0.005}, plan.repetitions[1])
     assert (config.model.adapter_depth, config.model.modalities, config.text_encoder) == (2, ["wsi", "rna"], "onehot")
     assert config.loss_weights == {"diagnosis": 1.0, "survival": 3.0}
@@ -161,7 +162,8 @@ def test_a_test_fold_is_held_out_of_every_repetition(small_cohort: Path, tmp_pat
 
 
 def test_an_existing_synthetic_cohort_made_with_other_settings_is_refused(tmp_path: Path) -> None:
-    raw = _base(tmp_path / "cohort") | {"synthetic": {"cohorts": ["NSCLC"], "slides_per_cohort": 12, "feature_dim": 8, "min_tiles": 4, "max_tiles": 8, "n_folds": 2}}
+    synthetic = {"cohorts": ["NSCLC"], "slides_per_cohort": 12, "feature_dim": 8, "min_tiles": 4, "max_tiles": 8, "n_folds": 2}
+    raw = _base(tmp_path / "cohort") | {"synthetic": synthetic}
     spec = load_study_spec(_write(tmp_path, raw))
     ensure_cohort(spec)
     changed = load_study_spec(_write(tmp_path, _edit(raw, "synthetic/feature_dim", 16)))

@@ -156,8 +156,8 @@ def test_selected_model_is_exported_and_predicts_like_it_validated(
         assert list(again["predicted_subtype"]) == list(validation["predicted_subtype"])
 
     out = tmp_path / "predictions.parquet"
-    done = subprocess.run([sys.executable, "-m", "modaltune.cli.main", "predict", str(best), "--cohort", str(smoke.root / "cohort"), "--out", str(out)],
-                          capture_output=True, text=True, timeout=300, check=False)
+    command = [sys.executable, "-m", "modaltune.cli.main", "predict", str(best), "--cohort", str(smoke.root / "cohort"), "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     predictions = pd.read_parquet(out)
     assert sorted(predictions["case_id"]) == cohort.case_ids
@@ -200,7 +200,7 @@ def test_selected_model_is_exported_and_predicts_like_it_validated(
     # New patients as they come: TCGA barcodes, no outcomes, RNA for only some of them.
     h5_dir, csv, ours = tcga_shaped(cohort, tmp_path / "new")
     pd.read_csv(csv).drop(columns=["subtype", "time", "event"]).to_csv(csv, index=False)
-    barcode = dict(zip(cohort.slides["case_id"], ours["case_id"]))
+    barcode = dict(zip(cohort.slides["case_id"], ours["case_id"], strict=True))
     rna = pd.read_parquet(cohort.layout.rna)
     rna.assign(case_id=rna["case_id"].map(barcode)).iloc[::3].to_csv(tmp_path / "new" / "rna.csv", index=False)
     assert cli_main(["import-h5", str(h5_dir), "--slides", str(csv), str(tmp_path / "new" / "cohort"), "--for-prediction",
@@ -211,7 +211,9 @@ def test_selected_model_is_exported_and_predicts_like_it_validated(
     assert sorted(new["case_id"]) == sorted(barcode.values()) and new["risk"].notna().all()
 
 
-@pytest.mark.exhaustive("Ctrl-C and --resume: tests/faults/test_study_state.py (Ctrl-C three times), a killed driver: tests/faults/test_faults.py")
+@pytest.mark.exhaustive(
+    "Ctrl-C and --resume: tests/faults/test_study_state.py (Ctrl-C three times), a killed driver: tests/faults/test_faults.py"
+)
 def test_interrupted_study_resumes_without_rerunning(tmp_path: Path) -> None:
     """SIGINT mid-study, then --resume: every trial of the budget exactly once, finished
     repetitions untouched, no duplicated rows, and the Optuna study continued (pruned included)."""

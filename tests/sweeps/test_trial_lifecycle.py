@@ -181,7 +181,9 @@ def test_a_trial_whose_process_dies_mid_run_is_restarted_from_its_checkpoint_aft
     assert _all_cpus_free()
 
 
-@pytest.mark.exhaustive("the reaper: test_a_trial_whose_process_dies_mid_run_is_restarted_from_its_checkpoint_after_the_reaper_frees_its_group")
+@pytest.mark.exhaustive(
+    "the reaper: test_a_trial_whose_process_dies_mid_run_is_restarted_from_its_checkpoint_after_the_reaper_frees_its_group"
+)
 def test_a_trial_whose_process_dies_for_good_is_an_error_and_the_reaper_frees_its_group_for_the_next(
     local_ray: None, cohort: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -250,8 +252,10 @@ def test_a_study_stuck_on_resources_it_does_not_hold_is_interrupted_and_resumes_
     assert "made no progress" in output and "--resume" in output, output[-3000:]
     assert f"placement group {group} CREATED 1 x {{CPU: 1.5}}: not of this study" in output
     assert json.loads((study / "interrupted.json").read_text())["by"] == "watchdog"
-    assert not (study / "trials.parquet").exists() or set(pd.read_parquet(study / "trials.parquet")["state"]) <= {"interrupted", "pending", "running"}
-    assert _wait(lambda: ray.available_resources().get("CPU", 0) >= CPUS - 1.5 - 1e-6), "the interrupted driver's job left resources reserved"
+    trials = study / "trials.parquet"
+    assert not trials.exists() or set(pd.read_parquet(trials)["state"]) <= {"interrupted", "pending", "running"}
+    freed = _wait(lambda: ray.available_resources().get("CPU", 0) >= CPUS - 1.5 - 1e-6)
+    assert freed, "the interrupted driver's job left resources reserved"
 
     remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(group)))  # its owner frees it
     ray.kill(holder)

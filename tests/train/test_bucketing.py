@@ -75,7 +75,9 @@ def test_bucketed_evaluation_gives_the_case_by_case_outputs(small_cohort: Path, 
     module, batcher, _, val_ids = _module(cohort, objective)
     # Cases of 20-120 tiles capped at 40: most share the capped length, some are shorter and
     # whole (their prefix cached), so groups of several cases and single cases both occur.
-    batches = with_prefixes(seeded_batches(batcher, 0, "evaluation", torch.device("cpu"), torch.float32), PrefixCache(tmp_path, module.model, torch.float32))
+    batches = with_prefixes(
+        seeded_batches(batcher, 0, "evaluation", torch.device("cpu"), torch.float32), PrefixCache(tmp_path, module.model, torch.float32)
+    )
     ids = val_ids + val_ids[:1]  # a repeated case, as in a rank's padded shard
     one_by_one = collect_case_outputs(module, batches, ids, batch_tiles=0)
     bucketed = collect_case_outputs(module, batches, ids, batch_tiles=40 * 8)
@@ -83,7 +85,7 @@ def test_bucketed_evaluation_gives_the_case_by_case_outputs(small_cohort: Path, 
     assert max(len(g) for g in groups) > 1 and min(len(g) for g in groups) == 1
 
     assert [r["case_id"] for r in bucketed] == ids
-    for expected, got in zip(one_by_one, bucketed):
+    for expected, got in zip(one_by_one, bucketed, strict=True):
         assert got["loss"] == pytest.approx(expected["loss"], rel=1e-5, abs=1e-6)
         for task, embedding in expected["embeddings"].items():
             np.testing.assert_allclose(got["embeddings"][task], embedding, rtol=1e-5, atol=1e-6)

@@ -8,9 +8,11 @@ random frozen SLFM; seed 0 also with 2 threads and torch's AVX512, AVX2 and defa
 | | supervised (MiniLM anchors) | distill (one-hot targets) |
 |---|---|---|
 | validation loss, late / untrained | 0.41-0.79 (assert < 0.9) | 0.27-0.31 (assert < 0.5) |
-| validation balanced accuracy, late | 0.76-0.94, +0.26 to +0.57 over untrained (assert +0.15) | 0.87-0.94 (assert > 0.75; untrained probes already 0.78-0.93) |
+| validation balanced accuracy, late | 0.76-0.94, +0.26 to +0.57 over untrained (assert +0.15) | 0.87-0.94 (assert > 0.75; see below) |
 | training-case C-index, late - untrained | +0.27 to +0.34 (assert +0.15) | +0.09 to +0.21 (assert +0.05) |
 | validation C-index, late | 0.55-0.60 (not asserted) | 0.53-0.65 (not asserted) |
+
+Untrained distill probes already reach a balanced accuracy of 0.78-0.93.
 
 Kernels and threads moved a metric by at most 0.02 (supervised balanced accuracy 0.864 vs
 0.844), far inside every margin. The validation C-index is not asserted: with 84 validation
@@ -129,7 +131,10 @@ def _late(history: list[Evaluation], split: str, metric: str) -> float:
 
 
 def _trace(history: list[Evaluation]) -> list[tuple[float, ...]]:
-    return [tuple(round(h.validation[k], 3) for k in ("loss", "balanced_accuracy", "c_index")) + (round(h.training["c_index"], 3),) for h in history]
+    return [
+        tuple(round(h.validation[k], 3) for k in ("loss", "balanced_accuracy", "c_index")) + (round(h.training["c_index"], 3),)
+        for h in history
+    ]
 
 
 def test_supervised_objective_learns_subtype_and_survival(
@@ -143,7 +148,10 @@ def test_supervised_objective_learns_subtype_and_survival(
     assert _late(history, "training", "c_index") > untrained.training["c_index"] + 0.15, trace
 
 
-@pytest.mark.exhaustive("the distill objective: tests/test_predict.py and tests/train/test_bucketing.py; learning: test_supervised_objective_learns_subtype_and_survival")
+@pytest.mark.exhaustive(
+    "the distill objective: tests/test_predict.py and tests/train/test_bucketing.py; "
+    "learning: test_supervised_objective_learns_subtype_and_survival"
+)
 def test_distill_objective_learns_subtype_and_survival(
     planted_cohort: Cohort, text_cache: TextEmbeddingCache, single_thread: None
 ) -> None:

@@ -73,7 +73,7 @@ def test_a_cached_prefix_gives_the_forward_pass_exactly(small_cohort: Path, tmp_
     first, again = collect_case_outputs(module, cached, train_ids[:5]), collect_case_outputs(module, cached, train_ids[:5])
     assert cache.hits == 5 and cache.misses == 5
     for rows in (first, again):
-        for expected, got in zip(plain, rows):
+        for expected, got in zip(plain, rows, strict=True):
             assert expected["risk"] == got["risk"]
             assert all(np.array_equal(expected["embeddings"][t], got["embeddings"][t]) for t in expected["embeddings"])
 
@@ -98,7 +98,9 @@ def test_changed_tiles_are_recomputed_not_reused(small_cohort: Path, tmp_path: P
 
 
 @pytest.mark.parametrize(("adapter_depth", "zero_stage", "reason"), [(3, None, "layer 0"), (1, 3, "ZeRO-3")])
-def test_the_cache_is_off_where_it_cannot_help_or_be_correct(small_cohort: Path, tmp_path: Path, caplog, adapter_depth: int, zero_stage: int | None, reason: str) -> None:
+def test_the_cache_is_off_where_it_cannot_help_or_be_correct(
+    small_cohort: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, adapter_depth: int, zero_stage: int | None, reason: str
+) -> None:
     module, _, _ = _module(Cohort(small_cohort), adapter_depth=adapter_depth)
     with caplog.at_level("INFO"):
         assert open_prefix_cache(True, tmp_path, module.model, torch.float32, zero_stage) is None
@@ -127,7 +129,8 @@ def test_a_budget_below_the_cohort_keeps_what_fits_and_trains_identically(small_
     assert (cache.hits, cache.misses) == (10, 24 + 14)
     counts = cache.take_counts()
     assert (counts.hits, counts.misses, counts.unstored) == (10, 38, 28) and counts.compute_s > 0
-    assert cache.usage_metrics() == {"prefix_cache_bytes": float(folder_bytes(tmp_path / "bounded")), "prefix_cache_budget_bytes": float(budget)}
+    expected = {"prefix_cache_bytes": float(folder_bytes(tmp_path / "bounded")), "prefix_cache_budget_bytes": float(budget)}
+    assert cache.usage_metrics() == expected
 
 
 def _other_folder(root: Path, name: str, size: int, used_at: float) -> Path:

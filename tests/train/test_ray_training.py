@@ -98,7 +98,8 @@ def test_checkpoints_hold_only_trainable_weights(deepspeed_run) -> None:
 def test_tensorboard_has_per_task_losses_lr_and_grad_norm(deepspeed_run) -> None:
     events = EventAccumulator(str(deepspeed_run.output / "tensorboard")).Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"train_loss/general", "train_loss/diagnosis", "train_loss/survival", "lr", "grad_norm", "val_c_index", "val_NSCLC/c_index"} <= tags
+    expected = {"train_loss/general", "train_loss/diagnosis", "train_loss/survival", "lr", "grad_norm", "val_c_index", "val_NSCLC/c_index"}
+    assert expected <= tags
     assert len(events.Scalars("val_c_index")) == 6
 
 
@@ -138,7 +139,10 @@ def test_a_run_after_another_in_the_same_worker_group_trains_exactly_as_alone(lo
     alone = run_training(signal_cohort, second, tmp_path / "alone")
     cohort, group = Cohort(signal_cohort), tmp_path / "group"
     runs = [
-        (config, RunInputs(cohort=signal_cohort, label_bank=ensure_label_bank(cohort, config, tmp_path / f"{name}.npz"), output=group / name))
+        (
+            config,
+            RunInputs(cohort=signal_cohort, label_bank=ensure_label_bank(cohort, config, tmp_path / f"{name}.npz"), output=group / name),
+        )
         for name, config in (("first", first), ("second", second))
     ]
     build_trainer(runs, group, "train").fit()
@@ -165,7 +169,9 @@ def test_wsi_only_run_needs_no_rna_files(local_ray, signal_cohort: Path, tmp_pat
     assert outcome.metrics["val_balanced_accuracy"].notna().all()
 
 
-def test_bad_data_a_worker_finds_is_one_input_error_line(local_ray, small_cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_data_a_worker_finds_is_one_input_error_line(
+    local_ray: None, small_cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A feature file that goes bad after validation (a shared file system, another job) is
     found only by the worker that reads it: `train` reports it as exit 2, naming the file."""
     cohort = tmp_path / "cohort"

@@ -12,14 +12,16 @@ line) instead of every slide failing on its own:
   (``attrs['unit'] == 'um'``, ``tile_size_um``, ``tile_size_px`` on the file).
 
 Each format checks a slide's file from its metadata alone (``inspect``) before anything is
-converted, and reads it whole only when converting (``read``).
+converted, and reads it whole only when converting (``read``). A format is one class registered
+in ``FEATURE_FORMATS`` under its name (``import-h5 --format`` offers the table's names); one with
+options declares them (``Settings``), validated by ``detect_format`` for the format it picks.
 """
 
 from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -29,6 +31,7 @@ import numpy as np
 
 from modaltune.data.tile_geometry import TileGeometry
 from modaltune.errors import InputError
+from modaltune.registry import EntrySettings, Registry
 
 if TYPE_CHECKING:
     import torch
@@ -58,9 +61,11 @@ class FeatureFormat(ABC):
 
     name: ClassVar[str]
     description: ClassVar[str]
+    Settings: ClassVar[type[EntrySettings]] = EntrySettings
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, settings: EntrySettings | None = None) -> None:
         self.folder = folder
+        self.settings = settings if settings is not None else self.Settings()
 
     def inputs(self) -> dict[str, Path]:
         """Every folder the format reads, by how a message names it (``import-h5`` never writes there)."""
@@ -84,12 +89,12 @@ class FeatureFormat(ABC):
         """(features (N, D) float32, coords (N, 2) float64 in the file's own unit)."""
 
 
-FEATURE_FORMATS: dict[str, type[FeatureFormat]] = {}
+FEATURE_FORMATS: Registry[type[FeatureFormat]] = Registry("feature format")
 
 
 def register_format(cls: type[FeatureFormat]) -> type[FeatureFormat]:
-    FEATURE_FORMATS[cls.name] = cls
-    return cls
+    """Adds a format class to ``FEATURE_FORMATS`` under its ``name``."""
+    return FEATURE_FORMATS.register(cls.name)(cls)
 
 
 @register_format
@@ -126,8 +131,8 @@ class ClamPtFeatures(FeatureFormat):
     name = "clam-pt"
     description = "CLAM pt_files/ (tensors), coordinates from the h5_files/ beside them"
 
-    def __init__(self, folder: Path) -> None:
-        super().__init__(folder)
+    def __init__(self, folder: Path, settings: EntrySettings | None = None) -> None:
+        super().__init__(folder, settings)
         self.coords_folder = folder.parent / "h5_files"
         if not self.coords_folder.is_dir():
             raise InputError(
@@ -200,17 +205,24 @@ class StampFeatures(H5Features):
         return TileGeometry(patch_size=int(attrs["tile_size_px"]), tile_size_um=float(attrs["tile_size_um"]))
 
 
-def detect_format(folder: Path, slide_ids: Sequence[str], name: str | None = None, hint: Callable[[Path], str] = lambda _: "") -> FeatureFormat:
-    """The format of ``folder`` (``name`` forces one), from the first slide file found in it.
+def detect_format(
+    folder: Path,
+    slide_ids: Sequence[str],
+    name: str | None = None,
+    hint: Callable[[Path], str] = lambda _: "",
+    settings: Mapping[str, Any] | None = None,
+) -> FeatureFormat:
+    """The format of ``folder`` (``name`` forces one), from the first slide file found in it,
+    with ``settings`` (the format's own, validated by it; default: its defaults).
 
     Raises ``InputError`` in one line when no slide has a file there, with ``hint(folder)``
-    saying what the folder looks like instead, or when a forced format does not fit files
-    that another format does.
+    saying what the folder looks like instead, when a forced format does not fit files that
+    another format does, or when a setting is not the format's or has a bad value.
     """
     if name is not None and name not in FEATURE_FORMATS:
         raise InputError(f"feature format {name!r}: choose from {sorted(FEATURE_FORMATS)}")
     examples = next(
-        (files for s in slide_ids if (files := [folder / f"{s}{suffix}" for suffix in (".h5", ".pt") if (folder / f"{s}{suffix}").is_file()])),
+        (files for s in slide_ids if (files := [path for suffix in (".h5", ".pt") if (path := folder / f"{s}{suffix}").is_file()])),
         [],
     )
     if name is not None:
@@ -222,7 +234,7 @@ def detect_format(folder: Path, slide_ids: Sequence[str], name: str | None = Non
                 f"--format {name}: {example} is not {forced.description}; the files look like {fit.name!r} ({fit.description}): "
                 f"pass --format {fit.name} or leave --format out"
             )
-        return forced(folder)
+        return forced(folder, FEATURE_FORMATS.settings(name, settings))
     if not examples:
         raise InputError(f"none of the {len(slide_ids)} slides has a <slide_id>.h5 or .pt file in {folder}{hint(folder)}")
     fits = _fitting(folder, examples)
@@ -232,7 +244,7 @@ def detect_format(folder: Path, slide_ids: Sequence[str], name: str | None = Non
         )
     cls = next(iter(fits))
     logger.info("%s: %s", folder, cls.description)
-    return cls(folder)
+    return cls(folder, FEATURE_FORMATS.settings(cls.name, settings))
 
 
 def _fitting(folder: Path, examples: list[Path]) -> dict[type[FeatureFormat], Path]:

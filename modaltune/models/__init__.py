@@ -6,13 +6,18 @@ from modaltune.models.frozen_encoder import SLIDE_ENCODER_PRESETS, EncoderConfig
 from modaltune.models.modal_adapter import ModalAdapter, resolve_adapter_layout
 from modaltune.models.modality_encoders import (
     DEFAULT_TASKS,
+    IMAGE,
     MODALITY_ENCODERS,
     ModalityEncoder,
+    ModalityEncoderEntry,
+    PathwayMLPs,
     RnaPathwayEncoder,
+    RnaSettings,
     TaskTokens,
     VectorEncoder,
 )
-from modaltune.models.modaltune_model import IMAGE, ModalTuneConfig, ModalTuneModel
+from modaltune.models.modaltune_model import TINY_MODEL, ModalTuneConfig, ModalTuneModel
+from modaltune.models.model_settings import PAPER_MODEL, ModelSettings, model_settings
 from modaltune.models.slide_encoder import (
     GIGAPATH_CHECKPOINT_FILENAME,
     GIGAPATH_HUB_ID,
@@ -28,7 +33,9 @@ __all__ = [
     "GIGAPATH_HUB_ID",
     "IMAGE",
     "MODALITY_ENCODERS",
+    "PAPER_MODEL",
     "SLIDE_ENCODER_PRESETS",
+    "TINY_MODEL",
     "DilatedSelfAttention",
     "EncoderConfig",
     "FrozenSlideEncoder",
@@ -36,7 +43,11 @@ __all__ = [
     "ModalTuneConfig",
     "ModalTuneModel",
     "ModalityEncoder",
+    "ModalityEncoderEntry",
+    "ModelSettings",
+    "PathwayMLPs",
     "RnaPathwayEncoder",
+    "RnaSettings",
     "SlideEncoder",
     "SlideEncoderConfig",
     "TaskTokens",
@@ -47,6 +58,7 @@ __all__ = [
     "dilated_attention",
     "load_slide_encoder",
     "longnet_segment_lengths",
+    "model_settings",
     "resolve_adapter_layout",
     "tile_position_index",
 ]

@@ -1,33 +1,35 @@
 """Encoders that turn non-image inputs into modality tokens ``[B, T, dim]`` for the adapters.
 
-Each modality the model can use is a ``ModalityEncoder`` registered in ``MODALITY_ENCODERS``
-under the modality's name (the name ``model.modalities`` lists); its cohort side (files,
+Each modality the model can use is a ``ModalityEncoderEntry`` class registered in
+``MODALITY_ENCODERS`` under the modality's name (the name ``model.modalities`` lists). An entry
+owns its settings (``Settings``: the keys it reads from the ``model`` section, with their
+defaults and bounds; RNA's ``n_rna_tokens``, ``rna_hidden``, ``rna_mixer_depth``,
+``rna_dropout``) and builds its ``ModalityEncoder`` from them. Its cohort side (files,
 validation, per-case vectors) is the entry of the same name in
-``modaltune.data.modalities.COHORT_MODALITIES``.
+``modaltune.data.modalities.COHORT_MODALITIES``. A new modality is one entry here and one there.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from modaltune.errors import InputError
-from modaltune.registry import Registry
+from modaltune.registry import EntrySettings, Registry
 
-if TYPE_CHECKING:
-    from modaltune.models.modaltune_model import ModalTuneConfig
+IMAGE = "wsi"  # the slide, always present; every other modality is an entry of MODALITY_ENCODERS
 
 # Task ids of the paper's three task tokens.
 DEFAULT_TASKS: tuple[str, ...] = ("general", "diagnosis", "survival")
 
 
-class _PathwayMLPs(nn.Module):
+class PathwayMLPs(nn.Module):
     """One two-layer self-normalising MLP per pathway (Klambauer et al., 2017, "Self-Normalizing
     Neural Networks"; per-pathway as in SurvPath, Jaume et al., CVPR 2024), all run at once.
 
@@ -37,6 +39,8 @@ class _PathwayMLPs(nn.Module):
     parameter count equals that of separate modules. SELU + AlphaDropout with LeCun-normal init
     (the reference code uses ELU and a 0.02 normal init).
     """
+
+    group_index: torch.Tensor
 
     def __init__(self, group_sizes: Sequence[int], hidden: int, dropout: float) -> None:
         super().__init__()
@@ -118,17 +122,31 @@ class ModalityEncoder(nn.Module, ABC):
         return tokens.mean(dim=1)
 
 
-@dataclass(frozen=True)
-class ModalityEncoderEntry:
-    """How to build one modality's encoder, and how many tokens it makes, from the model config
-    (known before any encoder is built: the adapters are sized and initialised first, so a
-    config's random initialisation does not depend on which modalities it adds)."""
+class ModalityEncoderEntry(ABC):
+    """How one modality's encoder is made from the entry's own ``Settings``, and how many tokens
+    it makes (known before any encoder is built: the adapters are sized and initialised first, so
+    a config's random initialisation does not depend on which modalities it adds).
 
-    build: Callable[[ModalTuneConfig, tuple[int, ...], int], ModalityEncoder]  # (config, segment sizes, width)
-    n_tokens: Callable[[ModalTuneConfig], int] = lambda config: 1
+    ``Settings`` fields are keys of the ``model`` section (a spec writes ``model.n_rna_tokens``),
+    so they must be named for the modality and differ from every other entry's and the section's.
+    """
+
+    Settings: ClassVar[type[EntrySettings]] = EntrySettings
+
+    def __init__(self, settings: EntrySettings) -> None:
+        self.settings = settings
+
+    @property
+    def n_tokens(self) -> int:
+        return 1
+
+    @abstractmethod
+    def build(self, segments: tuple[int, ...], dim: int) -> ModalityEncoder:
+        """The encoder of case vectors made of ``segments`` (RNA: genes per pathway; a vector:
+        its width), giving tokens of width ``dim``."""
 
 
-MODALITY_ENCODERS: Registry[ModalityEncoderEntry] = Registry("modality")
+MODALITY_ENCODERS: Registry[type[ModalityEncoderEntry]] = Registry("modality")
 
 
 class RnaPathwayEncoder(ModalityEncoder):
@@ -146,10 +164,11 @@ class RnaPathwayEncoder(ModalityEncoder):
         self,
         group_sizes: Sequence[int],
         dim: int,
-        n_tokens: int = 64,
-        mixer_depth: int = 3,
-        hidden: int = 256,
-        dropout: float = 0.25,
+        *,
+        n_tokens: int,
+        mixer_depth: int,
+        hidden: int,
+        dropout: float,
         mixer_expansion: float = 0.5,
     ) -> None:
         if not group_sizes or min(group_sizes) < 1:
@@ -160,7 +179,7 @@ class RnaPathwayEncoder(ModalityEncoder):
             raise InputError(f"n_rna_tokens must be >= 1, got {n_tokens}")
         super().__init__(int(sum(group_sizes)), n_tokens, dim)
         n_groups = len(group_sizes)
-        self.pathway_mlps = _PathwayMLPs(group_sizes, hidden, dropout)
+        self.pathway_mlps = PathwayMLPs(group_sizes, hidden, dropout)
         self.mixer = nn.Sequential(
             *(_MixerBlock(n_groups, hidden, mixer_expansion, dropout) for _ in range(mixer_depth))
         )
@@ -187,25 +206,48 @@ class VectorEncoder(ModalityEncoder):
         return self.mlp(values).unsqueeze(1)
 
 
-def _rna_encoder(config: ModalTuneConfig, segments: tuple[int, ...], dim: int) -> ModalityEncoder:
-    return RnaPathwayEncoder(
-        segments, dim, n_tokens=config.n_rna_tokens, mixer_depth=config.rna_mixer_depth, hidden=config.rna_hidden,
-        dropout=config.rna_dropout,
-    )
+class RnaSettings(EntrySettings):
+    """The RNA encoder's sizes; the defaults are CPU-sized, the paper's are 64 tokens of width 256."""
+
+    n_rna_tokens: int = Field(default=8, ge=1, description="tokens the pathways are compressed to (the paper: 64)")
+    rna_hidden: int = Field(default=32, ge=1, description="width of the per-pathway MLPs and the mixer (the paper: 256)")
+    rna_mixer_depth: int = Field(default=3, ge=0, description="MLP-Mixer blocks over the pathway tokens")
+    rna_dropout: float = Field(default=0.25, ge=0, lt=1, description="dropout of the pathway MLPs and the mixer")
 
 
-def _clinical_encoder(config: ModalTuneConfig, segments: tuple[int, ...], dim: int) -> ModalityEncoder:
-    # Missing clinical fields are encoded field by field (value + indicator), never as a missing record.
-    return VectorEncoder(sum(segments), dim, may_be_missing=False)
+@MODALITY_ENCODERS.register("rna")
+class RnaEntry(ModalityEncoderEntry):
+    """Bulk RNA-seq by pathway: ``RnaPathwayEncoder``."""
+
+    Settings = RnaSettings
+    settings: RnaSettings
+
+    @property
+    def n_tokens(self) -> int:
+        return self.settings.n_rna_tokens
+
+    def build(self, segments: tuple[int, ...], dim: int) -> ModalityEncoder:
+        s = self.settings
+        return RnaPathwayEncoder(
+            segments, dim, n_tokens=s.n_rna_tokens, mixer_depth=s.rna_mixer_depth, hidden=s.rna_hidden, dropout=s.rna_dropout
+        )
 
 
-def _mutation_encoder(config: ModalTuneConfig, segments: tuple[int, ...], dim: int) -> ModalityEncoder:
-    return VectorEncoder(sum(segments), dim)
+@MODALITY_ENCODERS.register("clinical")
+class ClinicalEntry(ModalityEncoderEntry):
+    """The clinical record's fields: one token (``VectorEncoder``)."""
+
+    def build(self, segments: tuple[int, ...], dim: int) -> ModalityEncoder:
+        # Missing clinical fields are encoded field by field (value + indicator), never as a missing record.
+        return VectorEncoder(sum(segments), dim, may_be_missing=False)
 
 
-MODALITY_ENCODERS.register("rna")(ModalityEncoderEntry(_rna_encoder, lambda config: config.n_rna_tokens))
-MODALITY_ENCODERS.register("clinical")(ModalityEncoderEntry(_clinical_encoder))
-MODALITY_ENCODERS.register("mutations")(ModalityEncoderEntry(_mutation_encoder))
+@MODALITY_ENCODERS.register("mutations")
+class MutationsEntry(ModalityEncoderEntry):
+    """A gene panel's mutation status: one token (``VectorEncoder``), learned when a case was not sequenced."""
+
+    def build(self, segments: tuple[int, ...], dim: int) -> ModalityEncoder:
+        return VectorEncoder(sum(segments), dim)
 
 
 class TaskTokens(nn.Module):

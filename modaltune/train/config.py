@@ -1,6 +1,7 @@
 """The typed configuration of one ModalTune run, loaded from YAML and ``--set key=value``.
 
-Sections map one-to-one to the code they configure: ``model`` to ``ModalTuneConfig``,
+Sections map one-to-one to the code they configure: ``model`` to ``ModelSettings`` (the one
+description of the model, ``modaltune.models.model_settings``),
 ``optim`` to the optimizer and schedule, ``engine`` to DeepSpeed / DDP, ``scaling`` to Ray
 Train's ``ScalingConfig``. Unknown keys are errors that name the key, so a typo never
 silently falls back to a default.
@@ -8,101 +9,20 @@ silently falls back to a default.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from modaltune.data.cohort import Cohort
-from modaltune.data.modalities import modality_inputs
 from modaltune.errors import InputError, describe_validation_error, read_yaml_mapping
-from modaltune.models import IMAGE, MODALITY_ENCODERS, SLIDE_ENCODER_PRESETS, ModalTuneConfig
+from modaltune.models.model_settings import ModelSettings
 from modaltune.objectives import OBJECTIVES
 from modaltune.text.encoders import parse_text_encoder_spec
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class ModelSection(_Section):
-    """Shape of the model; ``encoder`` is a slide-encoder preset (``SLIDE_ENCODER_PRESETS``:
-    ``gigapath``, ``titan`` and their CPU-sized ``tiny``, ``titan_tiny``) plus overrides of its
-    config's fields."""
-
-    encoder: str = "tiny"
-    encoder_overrides: dict[str, Any] = Field(default_factory=dict)
-    encoder_checkpoint: str | None = None
-    encoder_hub_id: str | None = None
-    encoder_init_seed: int = 0  # random-init encoders must be identical in every worker and at predict time
-    modalities: list[str] = Field(default_factory=lambda: ["wsi", "rna", "clinical"])
-    adapter_depth: int | None = 1
-    adapter_layout: list[list[int]] | None = None
-    adapter_block_size: int | None = Field(default=None, ge=1)  # layers per block with adapter_depth (default: depth // 3)
-    adapter_heads: int = 4
-    cffn_ratio: float = 0.25
-    adapter_drop_path: float = Field(default=0.1, ge=0, lt=1)
-    extra_extractors: int = Field(default=2, ge=0)  # extractors added to the last block
-    modality_self_attention: bool = True
-    n_rna_tokens: int = 8
-    rna_hidden: int = 32
-    rna_mixer_depth: int = Field(default=3, ge=0)
-    rna_dropout: float = Field(default=0.25, ge=0, lt=1)
-    out_dim: int = 32
-
-    @field_validator("encoder")
-    @classmethod
-    def _known_preset(cls, name: str) -> str:
-        return SLIDE_ENCODER_PRESETS.check(name)
-
-    @model_validator(mode="after")
-    def _overrides_fit_the_preset(self) -> ModelSection:
-        known = {f.name for f in dataclasses.fields(SLIDE_ENCODER_PRESETS[self.encoder].make())}
-        unknown = sorted(set(self.encoder_overrides) - known)
-        if unknown:
-            raise ValueError(f"encoder_overrides {unknown} are not settings of preset {self.encoder!r}; it has {sorted(known)}")
-        return self
-
-    @field_validator("modalities")
-    @classmethod
-    def _known_modalities(cls, modalities: list[str]) -> list[str]:
-        known = [IMAGE, *MODALITY_ENCODERS.names()]
-        unknown = sorted(set(modalities) - set(known))
-        if unknown or IMAGE not in modalities or len(set(modalities)) != len(modalities):
-            raise ValueError(f"modalities must be distinct entries of {known} containing {IMAGE!r}, got {modalities}")
-        return modalities
-
-    def for_cohort(self, cohort: Cohort) -> ModalTuneConfig:
-        """``build`` with the input shapes of the modalities the model uses (only those: WSI-only
-        runs need no RNA files), the cohort's feature width and tile size."""
-        return self.build(modality_inputs(cohort, self.modalities), cohort.manifest.feature_dim, cohort.manifest.tile_size_px)
-
-    def build(self, modality_inputs: dict[str, tuple[int, ...]], feature_dim: int, tile_size_px: int) -> ModalTuneConfig:
-        """The model for a cohort: its tile-feature width and its tile size (level-0 pixels per
-        cell of the SLFM's position grid), unless ``encoder_overrides`` set them."""
-        encoder = SLIDE_ENCODER_PRESETS[self.encoder].make(**{"in_dim": feature_dim, "tile_size": tile_size_px, **self.encoder_overrides})
-        return ModalTuneConfig(
-            encoder=encoder,
-            modalities=tuple(self.modalities),
-            adapter_layout=tuple(tuple(b) for b in self.adapter_layout) if self.adapter_layout else None,
-            adapter_depth=None if self.adapter_layout else self.adapter_depth,
-            adapter_block_size=self.adapter_block_size,
-            adapter_heads=self.adapter_heads,
-            cffn_ratio=self.cffn_ratio,
-            adapter_drop_path=self.adapter_drop_path,
-            extra_extractors=self.extra_extractors,
-            modality_self_attention=self.modality_self_attention,
-            modality_inputs=modality_inputs,
-            n_rna_tokens=self.n_rna_tokens,
-            rna_hidden=self.rna_hidden,
-            rna_mixer_depth=self.rna_mixer_depth,
-            rna_dropout=self.rna_dropout,
-            out_dim=self.out_dim,
-            encoder_checkpoint=self.encoder_checkpoint,
-            encoder_hub_id=self.encoder_hub_id,
-        )
 
 
 class OptimSection(_Section):
@@ -156,7 +76,7 @@ class TrainConfig(_Section):
     # Evaluation runs cases of equal tile count (e.g. all capped at max_tiles) together, up to this
     # many tiles a batch; 0 = one case at a time (ZeRO-3 always, whose ranks must run equal forwards).
     evaluation_batch_tiles: int = Field(default=8192, ge=0)
-    model: ModelSection = Field(default_factory=ModelSection)
+    model: ModelSettings = Field(default_factory=ModelSettings)
     optim: OptimSection = Field(default_factory=OptimSection)
     engine: EngineSection = Field(default_factory=EngineSection)
     scaling: ScalingSection = Field(default_factory=ScalingSection)

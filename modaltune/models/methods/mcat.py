@@ -28,7 +28,7 @@ from modaltune.models.methods.base import (
     registered,
 )
 from modaltune.models.methods.snn import genomic_tokens, pathway_tokens
-from modaltune.models.modaltune_model import IMAGE
+from modaltune.models.modality_encoders import IMAGE
 
 
 class McatSettings(MethodSettings):
@@ -80,7 +80,7 @@ class Mcat(MethodNetwork):
     name = "mcat"
     consumes = CASE_VECTOR_MODALITIES | {IMAGE}
     requires = frozenset({IMAGE, "rna"})
-    settings_type = McatSettings
+    Settings = McatSettings
     settings: McatSettings
     # MCAT's "small" sizes, 1024-d tile features, RNA in REFERENCE_OMIC_SIZES groups: the reference
     # without its classifier, 4,160,258 (tiles 262,400; group SNNs 933,888; co-attention 263,168;

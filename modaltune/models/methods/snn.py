@@ -25,7 +25,7 @@ from modaltune.models.methods.base import (
     PublishedSize,
     registered,
 )
-from modaltune.models.modality_encoders import ModalityEncoder, _PathwayMLPs
+from modaltune.models.modality_encoders import ModalityEncoder, PathwayMLPs
 
 
 class SnnSettings(MethodSettings):
@@ -67,7 +67,7 @@ class CaseVectorSnn(nn.Module):
     def __init__(self, modality_inputs: Mapping[str, Sequence[int]], settings: SnnSettings) -> None:
         super().__init__()
         self.vectors = nn.ModuleDict({name: LearnedMissingVector(sum(segments)) for name, segments in modality_inputs.items()})
-        self.mlp = snn_blocks(sum(vector.width for vector in self.vectors.values()), settings)
+        self.mlp = snn_blocks(sum(sum(segments) for segments in modality_inputs.values()), settings)
         self.width = settings.width
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -77,11 +77,11 @@ class CaseVectorSnn(nn.Module):
 class PathwayTokens(ModalityEncoder):
     """One token per segment of a case vector (RNA: per pathway or gene group; a plain vector:
     one token), each by its own two-block SNN (MCAT's and SurvPath's ``sig_networks``; the
-    project's batched ``_PathwayMLPs``). A case that lacks the modality gets learned tokens."""
+    project's batched ``PathwayMLPs``). A case that lacks the modality gets learned tokens."""
 
     def __init__(self, segments: Sequence[int], width: int, dropout: float) -> None:
         super().__init__(sum(segments), len(segments), width)
-        self.mlps = _PathwayMLPs(segments, width, dropout)
+        self.mlps = PathwayMLPs(segments, width, dropout)
 
     def encode(self, values: torch.Tensor) -> torch.Tensor:
         return self.mlps(values)
@@ -105,7 +105,7 @@ class Snn(MethodNetwork):
     name = "snn"
     consumes = CASE_VECTOR_MODALITIES
     requires = frozenset()
-    settings_type = SnnSettings
+    Settings = SnnSettings
     settings: SnnSettings
     # Two blocks of 256 over RNA of 2,100 genes (REFERENCE_OMIC_SIZES): the reference's fc_omic,
     # 2,101*256 + 257*256 = 603,648, plus 2,100 learned values for a case without RNA.

@@ -29,7 +29,7 @@ from modaltune.models.methods.base import (
     registered,
 )
 from modaltune.models.methods.snn import genomic_tokens, pathway_tokens
-from modaltune.models.modaltune_model import IMAGE
+from modaltune.models.modality_encoders import IMAGE
 
 
 class PathwayTileAttention(nn.Module):
@@ -74,7 +74,7 @@ class SurvPath(MethodNetwork):
     name = "survpath"
     consumes = CASE_VECTOR_MODALITIES | {IMAGE}
     requires = frozenset({IMAGE, "rna"})
-    settings_type = SurvPathSettings
+    Settings = SurvPathSettings
     settings: SurvPathSettings
     # SurvPath's sizes, 1024-d tile features, RNA in REFERENCE_OMIC_SIZES pathways: the reference
     # without its last Linear, 1,345,088 (tile projection 262,400; pathway SNNs 933,888; attention

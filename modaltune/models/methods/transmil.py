@@ -28,7 +28,7 @@ from modaltune.models.methods.base import (
     registered,
 )
 from modaltune.models.methods.snn import CaseVectorSnn, SnnSettings
-from modaltune.models.modaltune_model import IMAGE
+from modaltune.models.modality_encoders import IMAGE
 
 
 def iterative_pinv(matrix: torch.Tensor, iterations: int) -> torch.Tensor:
@@ -139,7 +139,7 @@ class TransMil(MethodNetwork):
     name = "transmil"
     consumes = CASE_VECTOR_MODALITIES | {IMAGE}
     requires = frozenset({IMAGE})
-    settings_type = TransMilSettings
+    Settings = TransMilSettings
     settings: TransMilSettings
     # TransMIL's sizes, 1024-d tile features, WSI-only (the paper's 2.67M): fc 1024*512+512 =
     # 524,800; CLS 512; per Nyström layer LayerNorm 1,024 + qkv 512*1536 + out 512*512+512 +

@@ -116,6 +116,7 @@ def _plain(value: object) -> object:
 
 def _model_card(spec: StudySpec, config: TrainConfig, record: dict, meta: dict) -> str:
     test = record.get("test")
+    checkpoint = config.model.encoder_checkpoint or f"random init, seed {config.model.encoder_init_seed}"
     lines = [
         f"# Model card: {spec.name} / trial {record['trial_id']}",
         "",
@@ -123,7 +124,7 @@ def _model_card(spec: StudySpec, config: TrainConfig, record: dict, meta: dict) 
         "and labels encoded as text. Exported by `modaltune select`; use it with `modaltune predict`.",
         "",
         "## What it is",
-        f"- Slide encoder: `{config.model.encoder}` (frozen; checkpoint `{config.model.encoder_checkpoint or 'random init, seed ' + str(config.model.encoder_init_seed)}`)",
+        f"- Slide encoder: `{config.model.encoder}` (frozen; checkpoint `{checkpoint}`)",
         f"- Modalities: {', '.join(config.model.modalities)}; objective `{config.objective}`; text encoder `{config.text_encoder}`",
         f"- Levels: {', '.join(f'{k} = {v}' for k, v in record['levels'].items()) or 'none'}; tuned: {record['params'] or 'none'}",
         f"- {record['trainable_params']:,} trainable parameters per member; {len(meta['members'])} members (one per fold x seed), averaged",
@@ -136,7 +137,8 @@ def _model_card(spec: StudySpec, config: TrainConfig, record: dict, meta: dict) 
         f"- {OPTIMISM_NOTE}",
         "",
         "## Held-out test",
-        (f"- Test fold {record['test_fold']}: " + ", ".join(f"{k} = {v:.3f}" for k, v in test.items() if v is not None and '/' not in k)) if test
+        (f"- Test fold {record['test_fold']}: " + ", ".join(f"{k} = {v:.3f}" for k, v in test.items() if v is not None and "/" not in k))
+        if test
         else "- No held-out test fold was configured: there is no unbiased estimate of this model's performance.",
         "",
         "## Intended use and limits",

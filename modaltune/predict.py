@@ -138,11 +138,13 @@ def predict_member(directory: Path, cohort: Cohort, ids: list[str], classes_of: 
     weights = torch.load(directory / ADAPTER, weights_only=True, map_location="cpu")
     trainable = {name: p for name, p in module.named_parameters() if p.requires_grad}
     if set(weights) != set(trainable):
-        raise InputError(f"{directory / ADAPTER}: weights do not match the model its config builds ({sorted(set(weights) ^ set(trainable))[:3]} ...)")
+        differing = sorted(set(weights) ^ set(trainable))[:3]
+        raise InputError(f"{directory / ADAPTER}: weights do not match the model its config builds ({differing} ...)")
     with torch.no_grad():
         for name, param in trainable.items():
             param.copy_(weights[name].to(param.dtype))
-    normalizers = {name: ModalityNormalizer.load(directory / normalizer_file(name)) for name in normalised_modalities(config.model.modalities)}
+    normalised = normalised_modalities(config.model.modalities)
+    normalizers = {name: ModalityNormalizer.load(directory / normalizer_file(name)) for name in normalised}
     batcher = CaseBatcher(cohort, bank, [], modalities=config.model.modalities, max_tiles=config.max_tiles, normalizers=normalizers)
     module.eval()
     batches = seeded_batches(batcher, config.seed, "evaluation", torch.device("cpu"), torch.float32)
@@ -224,8 +226,8 @@ def write_predictions(frame: pd.DataFrame, path: str | Path, classes_of: dict[st
     path = check_predictions_path(path)
     if path.suffix.lower() == ".csv":
         table = frame.assign(class_probabilities=[
-            json.dumps(dict(zip(classes_of[cohort], np.round(probabilities, 6).tolist())))
-            for cohort, probabilities in zip(frame["cohort"], frame["class_probabilities"])
+            json.dumps(dict(zip(classes_of[cohort], np.round(probabilities, 6).tolist(), strict=False)))
+            for cohort, probabilities in zip(frame["cohort"], frame["class_probabilities"], strict=True)
         ])
         write_text_atomic(path, table.to_csv(index=False))
     else:

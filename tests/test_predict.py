@@ -27,7 +27,9 @@ pytestmark = pytest.mark.slow
 
 def test_a_distill_member_refits_its_probes_on_the_saved_training_embeddings(small_cohort: Path, tmp_path: Path) -> None:
     cohort = Cohort(small_cohort)
-    config = load_train_config(None, ["objective=distill", "text_encoder=onehot", "model.out_dim=16", "model.modalities=[wsi, rna]", "max_tiles=null"])
+    config = load_train_config(
+        None, ["objective=distill", "text_encoder=onehot", "model.out_dim=16", "model.modalities=[wsi, rna]", "max_tiles=null"]
+    )
     train_ids, val_ids = cohort.split(config.fold)
     bank = build_label_bank(cohort, build_text_encoder(config.text_encoder, cohort.labels), train_ids, out_dim=16)
     torch.manual_seed(config.model.encoder_init_seed)  # as the training worker builds it
@@ -38,7 +40,8 @@ def test_a_distill_member_refits_its_probes_on_the_saved_training_embeddings(sma
         for param in module.trainable_parameters():
             param.normal_(0, 0.05)
     classes_of = {name: cohort.labels.subtypes_of(name) for name in cohort.labels.cohorts}
-    batches = seeded_batches(CaseBatcher(cohort, bank, train_ids, modalities=("rna", "clinical")), config.seed, "evaluation", torch.device("cpu"), torch.float32)
+    batcher = CaseBatcher(cohort, bank, train_ids, modalities=("rna", "clinical"))
+    batches = seeded_batches(batcher, config.seed, "evaluation", torch.device("cpu"), torch.float32)
     train_rows = collect_case_outputs(module, batches, train_ids)
     expected = predict_cases(module.objective, train_rows, collect_case_outputs(module, batches, val_ids), classes_of)
 

@@ -33,8 +33,8 @@ def load_slide_encoder(
     (``.pth`` via ``torch.load(weights_only=True)``, or ``.safetensors``). A configured
     checkpoint never falls back to random weights: a missing file raises ``FileNotFoundError``
     and a key or shape mismatch raises ``InputError`` (a ``ValueError``), both naming the path.
-    ``hub_id`` downloads ``filename`` (default: the architecture's ``checkpoint_filename``) with ``huggingface_hub`` (Prov-GigaPath's repo is gated:
-    accept its terms and log in first).
+    ``hub_id`` downloads ``filename`` (default: the architecture's ``checkpoint_filename``) with
+    ``huggingface_hub`` (Prov-GigaPath's repo is gated: accept its terms and log in first).
     """
     if checkpoint is not None and hub_id is not None:
         raise InputError(f"give a slide encoder checkpoint path or a hub id, not both ({checkpoint!r}, {hub_id!r})")
@@ -42,7 +42,7 @@ def load_slide_encoder(
     if checkpoint is None and hub_id is None:
         logger.info("no slide encoder checkpoint configured: using randomly initialised weights")
         return encoder.freeze()
-    path = Path(checkpoint) if checkpoint is not None else _download(hub_id, filename or config.checkpoint_filename)
+    path = Path(checkpoint) if checkpoint is not None else _download(str(hub_id), filename or config.checkpoint_filename)
     if not path.is_file():
         raise FileNotFoundError(f"slide encoder checkpoint not found: {path}")
     state = _encoder_entries(_read_state_dict(path), config.checkpoint_prefix)

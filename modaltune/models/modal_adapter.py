@@ -140,9 +140,10 @@ class Extractor(nn.Module):
         self.memory_norm = nn.LayerNorm(dim)
         self.attn = _BottleneckAttention(dim, width, heads)
         self.ffn_norm = nn.LayerNorm(dim)
-        self.ffn = nn.Sequential(nn.Linear(dim, width), nn.ReLU(), nn.Linear(width, dim))
+        first, second = nn.Linear(dim, width), nn.Linear(width, dim)
+        self.ffn = nn.Sequential(first, nn.ReLU(), second)
         self.drop_path = DropPath(drop_path)
-        for linear in (self.ffn[0], self.ffn[2]):
+        for linear in (first, second):
             nn.init.trunc_normal_(linear.weight, std=0.02)
             nn.init.zeros_(linear.bias)
 

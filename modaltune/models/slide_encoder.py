@@ -168,6 +168,8 @@ class SlideEncoder(FrozenSlideEncoder):
 
     config: SlideEncoderConfig
 
+    position_table: torch.Tensor
+
     def __init__(self, config: SlideEncoderConfig) -> None:
         super().__init__(config)
         self.patch_embed = _PatchEmbed(config.in_dim, config.dim)

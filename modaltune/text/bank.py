@@ -46,13 +46,13 @@ class TextEmbeddingCache:
         known: dict[str, np.ndarray] = {}
         if path.exists():
             with np.load(path, allow_pickle=False) as stored:
-                known = dict(zip(stored["keys"].tolist(), stored["vectors"]))
+                known = dict(zip(stored["keys"].tolist(), stored["vectors"], strict=True))
         keys = [_text_key(p.text) for p in prompts]
-        missing = sorted({k: p for k, p in zip(keys, prompts) if k not in known}.items())
+        missing = sorted({k: p for k, p in zip(keys, prompts, strict=True) if k not in known}.items())
         if missing:
             logger.info("embedding %d new prompt(s) with %s", len(missing), encoder.name)
             vectors = encoder.encode([p for _, p in missing])
-            known.update(zip((k for k, _ in missing), vectors))
+            known.update(zip((k for k, _ in missing), vectors, strict=True))
             with atomic_path(path) as tmp, open(tmp, "wb") as handle:
                 np.savez(handle, keys=np.array(list(known)), vectors=np.stack(list(known.values())))
         return np.stack([known[k] for k in keys]).astype(np.float32)

@@ -29,7 +29,8 @@ def test_clam_pt_files_take_their_coordinates_from_h5_files(small_cohort: Path, 
     source.slides.to_csv(tmp_path / "slides.csv", index=False)
     with caplog.at_level(logging.INFO, logger="modaltune.data.feature_formats"):
         imported = Cohort(import_h5_cohort(pt_files, tmp_path / "slides.csv", tmp_path / "out", H5ImportOptions(n_folds=4)).root)
-    assert [r.message for r in caplog.records if "CLAM pt_files" in r.message] == [f"{pt_files}: CLAM pt_files/ (tensors), coordinates from the h5_files/ beside them"]
+    detected = f"{pt_files}: CLAM pt_files/ (tensors), coordinates from the h5_files/ beside them"
+    assert [r.message for r in caplog.records if "CLAM pt_files" in r.message] == [detected]
     _same_tiles(source, imported)
 
     (pt_files / f"{source.slides['slide_id'][3]}.pt").write_bytes(b"not a tensor")
@@ -47,7 +48,8 @@ def test_stamp_micrometre_coordinates_land_on_the_tile_grid(small_cohort: Path, 
     source = Cohort(small_cohort)
     write_stamp(source, tmp_path / "stamp", tile_size_um=128.0, tile_size_px=256)
     source.slides.to_csv(tmp_path / "slides.csv", index=False)
-    assert main(["import-h5", str(tmp_path / "stamp"), "--slides", str(tmp_path / "slides.csv"), str(tmp_path / "out"), "--folds", "4"]) == 0
+    slides = str(tmp_path / "slides.csv")
+    assert main(["import-h5", str(tmp_path / "stamp"), "--slides", slides, str(tmp_path / "out"), "--folds", "4"]) == 0
     imported = Cohort(tmp_path / "out")
     assert imported.manifest.tile_size_px == 256
     _same_tiles(source, imported)
@@ -56,7 +58,8 @@ def test_stamp_micrometre_coordinates_land_on_the_tile_grid(small_cohort: Path, 
     first = source.slides["slide_id"][0]
     with h5py.File(tmp_path / "stamp" / f"{first}.h5", "a") as handle:
         handle.attrs["tile_size_um"] = 256.0
-    with pytest.raises(H5ImportError, match=rf"tiled differently \(79 slide\(s\) with 128-um tiles of 256 px \(e.g. [^)]+\), 1 slide\(s\) with 256-um tiles of 256 px \(e.g. {first}\)"):
+    tilings = rf"\(79 slide\(s\) with 128-um tiles of 256 px \(e.g. [^)]+\), 1 slide\(s\) with 256-um tiles of 256 px \(e.g. {first}\)"
+    with pytest.raises(H5ImportError, match=rf"tiled differently {tilings}"):
         import_h5_cohort(tmp_path / "stamp", tmp_path / "slides.csv", tmp_path / "mixed", H5ImportOptions(n_folds=4))
     with h5py.File(tmp_path / "stamp" / f"{first}.h5", "a") as handle:
         del handle.attrs["tile_size_um"]
@@ -71,7 +74,8 @@ def test_a_forced_format_that_does_not_fit_says_once_which_format_the_files_look
     source = Cohort(small_cohort)
     write_stamp(source, tmp_path / "stamp", tile_size_um=128.0, tile_size_px=256)
     source.slides.to_csv(tmp_path / "slides.csv", index=False)
-    assert main(["import-h5", str(tmp_path / "stamp"), "--slides", str(tmp_path / "slides.csv"), str(tmp_path / "out"), "--format", "h5"]) == 2
+    slides = str(tmp_path / "slides.csv")
+    assert main(["import-h5", str(tmp_path / "stamp"), "--slides", slides, str(tmp_path / "out"), "--format", "h5"]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 1 and "--format h5" in errors[0] and "look like 'stamp'" in errors[0] and "--format stamp" in errors[0], errors
     with pytest.raises(H5ImportError, match=r"feature format 'clam': choose from \['clam-pt', 'h5', 'stamp'\]"):

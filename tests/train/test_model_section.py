@@ -52,6 +52,7 @@ def test_a_study_may_search_the_adapters_regularisation(tmp_path: Path) -> None:
     spec["search"]["params"] = {"model.adapter_drop_path": {"type": "uniform", "low": 0.0, "high": 0.3}}
     path = tmp_path / "regularised.yaml"
     path.write_text(yaml.safe_dump(spec))
-    done = subprocess.run([str(Path(sys.executable).with_name("modaltune")), "plan", str(path)], capture_output=True, text=True, check=False)
+    command = [str(Path(sys.executable).with_name("modaltune")), "plan", str(path)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert "3 cells x 2 trials = 6 trials" in done.stdout

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from modaltune.errors import InputError
-from modaltune.registry import Registry
+from modaltune.models.methods import METHOD_NETWORKS, MODALTUNE, method_names
+from modaltune.registry import Registry, UnknownChoiceError
 
 
 @dataclass(frozen=True)
@@ -82,3 +83,35 @@ def _cohorts(where: str, value: Any) -> Level:
     if not isinstance(cohorts, list) or not cohorts:
         raise InputError(f"{where} must be a cancer type or a list of them")
     return Level("+".join(cohorts), {"cohorts": cohorts})
+
+
+@FACTORS.register("method")
+def _method(where: str, value: Any) -> Level:
+    """A method by name (``abmil``), or a mapping with its ``name``, optionally the ``modalities``
+    it is given (a method that cannot take the slide, such as ``snn``, needs them) and its own
+    settings beside them (``{name: abmil, modalities: [wsi, rna], width: 64}``). Whether the
+    method consumes the cell's modalities is checked with each cell's run config at plan time."""
+    raw = {"name": value} if isinstance(value, str) else value
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        raise InputError(f"{where} must be a method name or a mapping with a 'name' (choose from {method_names()})")
+    name, modalities = raw["name"], raw.get("modalities")
+    settings = {key: item for key, item in raw.items() if key not in ("name", "modalities")}
+    if name not in method_names():
+        raise UnknownChoiceError(f"{where}: unknown method {name!r}; choose from {method_names()}")
+    if name == MODALTUNE and settings:
+        raise InputError(f"{where}: method {MODALTUNE!r} takes its settings from train.model and other factors, not {sorted(settings)}")
+    if name != MODALTUNE:
+        try:
+            METHOD_NETWORKS.settings(name, settings)
+        except InputError as exc:
+            raise InputError(f"{where}: {exc}") from exc
+    override: dict[str, Any] = {"method": name, "method_settings": settings}
+    label = name
+    if modalities is not None:
+        if not isinstance(modalities, list) or not all(isinstance(m, str) for m in modalities):
+            raise InputError(f"{where}: modalities must be a list such as [wsi, rna]")
+        override["modalities"] = modalities
+        label += "[" + "+".join(modalities) + "]"
+    if settings:
+        label += "(" + ",".join(f"{key}={json.dumps(item, separators=(',', ':'))}" for key, item in settings.items()) + ")"
+    return Level(label, {"model": override})

@@ -24,6 +24,7 @@ from pydantic import (
     Field,
     SerializeAsAny,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
@@ -31,8 +32,9 @@ from pydantic import (
 
 from modaltune.errors import InputError, describe_validation_error
 from modaltune.models.frozen_encoder import SLIDE_ENCODER_PRESETS
-from modaltune.models.modality_encoders import IMAGE, MODALITY_ENCODERS, ModalityEncoderEntry
-from modaltune.registry import EntrySettings
+from modaltune.models.methods import METHOD_NETWORKS, MODALTUNE, MethodNetwork, MethodSettings, check_method_modalities, method_names
+from modaltune.models.modality_encoders import DEFAULT_TASKS, IMAGE, MODALITY_ENCODERS, ModalityEncoderEntry
+from modaltune.registry import EntrySettings, UnknownChoiceError
 
 if TYPE_CHECKING:
     from modaltune.data.cohort import Cohort
@@ -74,6 +76,10 @@ class ModelSettings(BaseModel):
     modality_self_attention: bool = True
     out_dim: int = Field(default=32, ge=1)
     modality_settings: dict[str, SerializeAsAny[EntrySettings]] = Field(default_factory=dict)
+    # Which network the run trains: ``modaltune`` (the keys above) or a baseline of
+    # ``METHOD_NETWORKS`` with its own ``method_settings`` (its published sizes by default).
+    method: str = MODALTUNE
+    method_settings: SerializeAsAny[EntrySettings] = Field(default_factory=EntrySettings)
 
     @model_validator(mode="before")
     @classmethod
@@ -102,6 +108,25 @@ class ModelSettings(BaseModel):
             for name, settings in raw.items()
         }
 
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, name: str) -> str:
+        if name not in method_names():
+            raise UnknownChoiceError(f"unknown method {name!r}; choose from {method_names()}")
+        return name
+
+    @field_validator("method_settings", mode="before")
+    @classmethod
+    def _method_validates_its_settings(cls, value: Any, info: ValidationInfo) -> Any:
+        method = info.data.get("method")
+        if isinstance(value, EntrySettings) or method is None:
+            return value
+        if method == MODALTUNE:
+            if value:
+                raise ValueError(f"method {MODALTUNE!r} takes no method_settings (its settings are the model section's keys), got {value}")
+            return EntrySettings()
+        return METHOD_NETWORKS.settings(method, value, written=method)
+
     @field_validator("encoder")
     @classmethod
     def _known_preset(cls, name: str) -> str:
@@ -120,9 +145,17 @@ class ModelSettings(BaseModel):
     def _known_modalities(cls, modalities: list[str]) -> list[str]:
         known = [IMAGE, *MODALITY_ENCODERS.names()]
         unknown = sorted(set(modalities) - set(known))
-        if unknown or IMAGE not in modalities or len(set(modalities)) != len(modalities):
-            raise ValueError(f"modalities must be distinct entries of {known} containing {IMAGE!r}, got {modalities}")
+        if unknown or not modalities or len(set(modalities)) != len(modalities):
+            raise ValueError(f"modalities must be distinct entries of {known}, got {modalities}")
         return modalities
+
+    @model_validator(mode="after")
+    def _method_consumes_the_modalities(self) -> ModelSettings:
+        if self.method == MODALTUNE and IMAGE not in self.modalities:
+            known = [IMAGE, *MODALITY_ENCODERS.names()]
+            raise ValueError(f"modalities must be distinct entries of {known} containing {IMAGE!r}, got {self.modalities}")
+        check_method_modalities(self.method, self.modalities)
+        return self
 
     @model_serializer(mode="wrap")
     def _flat(self, handler: Any) -> dict[str, Any]:
@@ -143,6 +176,18 @@ class ModelSettings(BaseModel):
         from modaltune.data.modalities import modality_inputs
 
         return self.build(modality_inputs(cohort, self.modalities), cohort.manifest.feature_dim, cohort.manifest.tile_size_px)
+
+    def method_network(self, cohort: Cohort) -> MethodNetwork:
+        """The baseline ``method`` with its settings, for ``cohort``'s tile-feature width and the
+        input shapes of the modalities it is given (the slide is not a case vector)."""
+        from modaltune.data.modalities import modality_inputs
+
+        inputs = modality_inputs(cohort, self.modalities)
+        return METHOD_NETWORKS[self.method](
+            cast(MethodSettings, self.method_settings),  # validated by the method's own Settings
+            in_dim=cohort.manifest.feature_dim, modality_inputs=inputs,
+            n_tasks=len(DEFAULT_TASKS), out_dim=self.out_dim,
+        )
 
     def build(self, modality_inputs: dict[str, tuple[int, ...]], feature_dim: int, tile_size_px: int) -> ModalTuneConfig:
         """The model for a cohort: its tile-feature width and its tile size (level-0 pixels per

@@ -19,6 +19,7 @@ from torch import nn
 
 from modaltune.metrics import evaluate_predictions
 from modaltune.models import ModalTuneModel
+from modaltune.models.methods import MODALTUNE, MethodNetwork
 from modaltune.objectives import CaseBatch, Objective, build_objective
 from modaltune.probes import ProbeInputs, fit_probe_predictions
 
@@ -33,7 +34,7 @@ logger = logging.getLogger(__name__)
 class TrainModule(nn.Module):
     """The model and its objective as one module, as DeepSpeed and DDP want to wrap it."""
 
-    def __init__(self, model: ModalTuneModel, objective: Objective) -> None:
+    def __init__(self, model: ModalTuneModel | MethodNetwork, objective: Objective) -> None:
         super().__init__()
         self.model, self.objective = model, objective
 
@@ -47,10 +48,16 @@ class TrainModule(nn.Module):
 def build_train_module(config: TrainConfig, cohort: Cohort, bank: LabelBank) -> TrainModule:
     """The run's model and objective, as training builds them and ``predict`` rebuilds them: the
     random-init SLFM (without a checkpoint) seeded by ``encoder_init_seed``, so that every worker
-    and every later prediction holds the same one, and the new modules by the run's seed."""
-    torch.manual_seed(config.model.encoder_init_seed)
-    model = ModalTuneModel(config.model.for_cohort(cohort))
-    torch.manual_seed(config.seed)
+    and every later prediction holds the same one, and the new modules by the run's seed; a
+    baseline ``method`` (all of it new) by the run's seed."""
+    model: ModalTuneModel | MethodNetwork
+    if config.model.method == MODALTUNE:
+        torch.manual_seed(config.model.encoder_init_seed)
+        model = ModalTuneModel(config.model.for_cohort(cohort))
+        torch.manual_seed(config.seed)
+    else:
+        torch.manual_seed(config.seed)
+        model = config.model.method_network(cohort)
     return TrainModule(model, build_objective(config.objective, bank, config.loss_weights))
 
 
@@ -151,7 +158,7 @@ def collect_case_outputs(
         model, objective = module.model, module.objective
         rows: dict[str, dict] = {}
         for group in bucket_by_tile_count((batches(case_id) for case_id in case_ids), batch_tiles):
-            for batch, outputs in zip(group, objective.evaluate_cases(model, group, with_loss)):
+            for batch, outputs in zip(group, objective.evaluate_cases(model, group, with_loss), strict=True):
                 row = {
                     "case_id": batch.case_id, "cohort": batch.cohort, "subtype_index": batch.subtype_index, "time": batch.time,
                     "event": batch.event, "loss": outputs.loss, "embeddings": outputs.embeddings,

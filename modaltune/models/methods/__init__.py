@@ -7,11 +7,14 @@ tiles)."""
 from modaltune.models.methods.abmil import Abmil, AbmilSettings, GatedAttentionPool
 from modaltune.models.methods.base import (
     METHOD_NETWORKS,
+    MODALTUNE,
     REFERENCE_OMIC_SIZES,
     MethodNetwork,
     MethodSettings,
     PublishedSize,
     TaskHeads,
+    check_method_modalities,
+    method_names,
 )
 from modaltune.models.methods.mcat import Mcat, McatSettings
 from modaltune.models.methods.snn import CaseVectorSnn, PathwayTokens, Snn, SnnSettings
@@ -20,6 +23,7 @@ from modaltune.models.methods.transmil import NystromAttention, TransMil, TransM
 
 __all__ = [
     "METHOD_NETWORKS",
+    "MODALTUNE",
     "REFERENCE_OMIC_SIZES",
     "Abmil",
     "AbmilSettings",
@@ -39,4 +43,6 @@ __all__ = [
     "TaskHeads",
     "TransMil",
     "TransMilSettings",
+    "check_method_modalities",
+    "method_names",
 ]

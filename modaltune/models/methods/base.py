@@ -19,7 +19,7 @@ from torch import nn
 
 from modaltune.errors import InputError
 from modaltune.models.modality_encoders import IMAGE, MODALITY_ENCODERS
-from modaltune.registry import EntrySettings, Registry
+from modaltune.registry import EntrySettings, Registry, UnknownChoiceError
 
 # The modalities that come as a case vector (rna, clinical, mutations): every one a method may take.
 CASE_VECTOR_MODALITIES = frozenset(MODALITY_ENCODERS.names())
@@ -159,8 +159,24 @@ class MethodNetwork(nn.Module, ABC):
                 raise ValueError(f"method {self.name!r} is configured with the {name!r} modality but inputs has no {name!r}")
         return self.heads(self.embed(features, coords, inputs), task)
 
+    # The objectives call a model through ModalTuneModel's cached-prefix seam; a method has no
+    # frozen part, so its "prefix" is the tile features themselves and nothing is cached.
+    prefix_depth: ClassVar[int] = 0
+
+    def encode_prefix(self, features: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """The tile features unchanged: a method trains everything it runs on them."""
+        return features
+
+    def forward_from_prefix(
+        self, prefix: torch.Tensor, coords: torch.Tensor, task: torch.Tensor, inputs: Mapping[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        return self(prefix, coords, task, inputs)
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [param for param in self.parameters() if param.requires_grad]
+
+    def frozen_parameters(self) -> list[nn.Parameter]:
+        return [param for param in self.parameters() if not param.requires_grad]
 
     def parameter_counts(self) -> dict[str, int]:
         """Trainable / frozen totals (a method has no frozen part) and the count of each
@@ -176,6 +192,34 @@ class MethodNetwork(nn.Module, ABC):
 
 
 METHOD_NETWORKS: Registry[type[MethodNetwork]] = Registry("method")
+
+# The run config's method when it names none: ModalTune itself, built from the model section's
+# own keys (``ModalTuneModel``); every other choice is an entry of ``METHOD_NETWORKS``.
+MODALTUNE = "modaltune"
+
+
+def method_names() -> list[str]:
+    """Every method a run config or a study level may name."""
+    return [MODALTUNE, *METHOD_NETWORKS.names()]
+
+
+def check_method_modalities(method: str, modalities: Sequence[str]) -> None:
+    """A ``ValueError`` naming ``method`` and the modality, for a modality it cannot consume or
+    one it requires that ``modalities`` lacks (ModalTune: any modality, always the slide)."""
+    if method == MODALTUNE:  # every modality registered now (a test or notebook may add one)
+        consumes, requires = frozenset(MODALITY_ENCODERS.names()) | {IMAGE}, frozenset({IMAGE})
+    else:
+        if method not in METHOD_NETWORKS:
+            raise UnknownChoiceError(f"unknown method {method!r}; choose from {method_names()}")
+        consumes, requires = METHOD_NETWORKS[method].consumes, METHOD_NETWORKS[method].requires
+    for name in modalities:
+        if name not in consumes:
+            raise ValueError(f"method {method!r} cannot consume modality {name!r}; it consumes {sorted(consumes)}")
+    missing = sorted(requires - set(modalities))
+    if missing:
+        raise ValueError(f"method {method!r} requires modality {missing[0]!r}; modalities are {list(modalities)}")
+    if not set(modalities) & consumes:
+        raise ValueError(f"method {method!r} needs at least one of the modalities {sorted(consumes)}")
 
 
 def registered(cls: type[MethodNetwork]) -> type[MethodNetwork]:

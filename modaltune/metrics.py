@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 from lifelines.utils import concordance_index
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
@@ -44,7 +45,7 @@ def _undefined(metric: str, reason: str) -> None:
     logger.warning("%s undefined%s: %s", metric, f" for {scored}" if scored else "", reason)
 
 
-def c_index(time: Sequence[float], risk: Sequence[float], event: Sequence[int]) -> float:
+def c_index(time: npt.ArrayLike, risk: npt.ArrayLike, event: npt.ArrayLike) -> float:
     """Harrell's C: the fraction of comparable pairs whose higher-risk case died first."""
     event_arr = np.asarray(event)
     if event_arr.sum() == 0 or len(event_arr) < 2:
@@ -57,7 +58,7 @@ def c_index(time: Sequence[float], risk: Sequence[float], event: Sequence[int]) 
         return math.nan
 
 
-def balanced_accuracy(truth: Sequence[str], predicted: Sequence[str]) -> float:
+def balanced_accuracy(truth: Collection[str], predicted: Collection[str]) -> float:
     if len(truth) == 0:
         return math.nan
     return float(balanced_accuracy_score(truth, predicted))
@@ -97,7 +98,7 @@ METRICS.register("balanced_accuracy")(CaseMetric(
     chance=lambda classes: 1 / len(classes),
 ))
 METRICS.register("macro_auc")(CaseMetric(
-    "max", lambda group, classes: macro_auc(list(group["subtype"]), np.stack(group["class_probabilities"].to_numpy()), classes),
+    "max", lambda group, classes: macro_auc(list(group["subtype"]), np.stack(list(group["class_probabilities"])), classes),
     task="diagnosis", every_class=True, chance=lambda classes: 0.5,
 ))
 
@@ -115,7 +116,7 @@ def evaluate_predictions(predictions: pd.DataFrame, classes_of: dict[str, list[s
     for cohort, group in predictions.groupby("cohort", sort=True):
         with scoring(", ".join(part for part in (str(cohort), where) if part)):
             for name, metric in METRICS.items():
-                metrics[f"{cohort}/{name}"] = metric.score(group, classes_of[cohort])
+                metrics[f"{cohort}/{name}"] = metric.score(group, classes_of[str(cohort)])
     for name in METRICS.names():
         values = [v for k, v in metrics.items() if k.endswith(f"/{name}") and not math.isnan(v)]
         metrics[name] = float(np.mean(values)) if values else math.nan

@@ -57,7 +57,7 @@ def encode_clinical(record: Mapping[str, Any]) -> np.ndarray:
     values = np.zeros(len(CLINICAL_COLUMNS), dtype=np.float32)
     missing = np.zeros(len(CLINICAL_COLUMNS), dtype=np.float32)
     for i, field in enumerate(CLINICAL_COLUMNS):
-        value = record.get(field)
+        value: Any = record.get(field)
         if is_missing(value) or value == NOT_ASSESSED.get(field):
             missing[i] = 1.0
         elif field == "age":

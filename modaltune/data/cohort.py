@@ -121,7 +121,7 @@ class Cohort:
             raise KeyError(f"case {case_id!r} is not in {self.layout.slides}") from exc
         return CaseRecord(
             case_id=case_id,
-            cohort=row["cohort"],
+            cohort=str(row["cohort"]),
             subtype=None if pd.isna(row["subtype"]) else row["subtype"],
             time=math.nan if pd.isna(row["time"]) else float(row["time"]),
             event=None if pd.isna(row["event"]) else int(row["event"]),

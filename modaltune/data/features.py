@@ -91,11 +91,11 @@ def read_slide_features(path: str | os.PathLike[str]) -> SlideFeatures:
 
 
 def _fixed_size_matrix(path: Path, column: pa.Array, name: str, dtype: type[np.generic]) -> np.ndarray:
-    if not pa.types.is_fixed_size_list(column.type):
+    if not isinstance(column, pa.FixedSizeListArray):
         raise FeatureFileError(f"{path}: column '{name}' must be a fixed-size list, got {column.type}")
     width = column.type.list_size
     values = column.values
-    if values.type != pa.from_numpy_dtype(dtype):
+    if values.type != pa.from_numpy_dtype(np.dtype(dtype)):
         raise FeatureFileError(f"{path}: column '{name}' must hold {np.dtype(dtype).name}, got {values.type}")
     if column.null_count or values.null_count:
         raise FeatureFileError(f"{path}: column '{name}' has null entries")

@@ -25,10 +25,11 @@ the site assignment in ``modaltune.data.folds`` can search over them quickly wit
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 MIN_DEATHS = 2
@@ -213,7 +214,7 @@ def unscorable_folds(shortfalls: Iterable[Shortfall]) -> list[int]:
     return sorted({s.fold for s in shortfalls if s.fold is not None})
 
 
-def comparable_pairs(time: Sequence[float], event: Sequence[int]) -> int:
+def comparable_pairs(time: npt.ArrayLike, event: npt.ArrayLike) -> int:
     """Harrell's comparable pairs: a death and a case followed up longer."""
     times = np.asarray(time, dtype=float)
     died = np.asarray(event, dtype=float) == 1

@@ -272,5 +272,5 @@ def site_preserved(slides: pd.DataFrame) -> bool:
 
 def sites_split_across_folds(slides: pd.DataFrame) -> dict[str, list[int]]:
     """Tissue source sites whose cases sit in more than one fold -> those folds (needs ``site``)."""
-    folds = slides.dropna(subset=["site"]).groupby("site")["fold"].agg(lambda f: sorted({int(x) for x in f}))
-    return {str(site): fs for site, fs in folds.items() if len(fs) > 1}
+    folds = {str(site): sorted({int(x) for x in f}) for site, f in slides.dropna(subset=["site"]).groupby("site")["fold"]}
+    return {site: fs for site, fs in folds.items() if len(fs) > 1}

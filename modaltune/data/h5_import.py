@@ -314,7 +314,8 @@ def _read_slide_table(path: Path, options: H5ImportOptions) -> pd.DataFrame:
             )
     for column in (*CLINICAL_COLUMNS, "subtype"):
         if column in slides.columns and column != "age":
-            slides[column] = slides[column].astype(object).where(slides[column].notna(), None)
+            # None, not NaN, for a missing value; pandas-stubs' ``where`` leaves None out of ``other``.
+            slides[column] = slides[column].astype(object).where(slides[column].notna(), None)  # type: ignore[call-overload]
     return _apply_zero_time(slides, path, options.zero_time)
 
 

@@ -350,7 +350,7 @@ def read_mutation_table(
         table = table[~table["Variant_Classification"].isin(SILENT_VARIANTS)]
     mutated = table.groupby("Hugo_Symbol")["case_id"].agg(set)
     if genes is None:
-        genes = sorted(g for g, carriers in mutated.items() if len(carriers) >= min_fraction * len(cases))
+        genes = sorted(str(g) for g, carriers in mutated.items() if len(carriers) >= min_fraction * len(cases))
         if not genes:
             raise InputError(f"{path}: no gene is mutated in {min_fraction:.0%} of its {len(cases)} cases; name the panel with --mutation-genes")
     status = {g: [int(c in mutated.get(g, set())) for c in cases] for g in genes}

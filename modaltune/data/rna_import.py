@@ -72,7 +72,7 @@ def read_rna_input(rna: Path, gene_groups: Path, case_ids: Iterable[str], slides
         )
     keep = matched.notna() & ~not_tumour
     table, ids, matched = table[keep], ids[keep], matched[keep]
-    problems = []
+    problems: list[str] = []
     chosen = _one_sample_per_case(rna, ids, matched, problems)
     genes = [c for c in table.columns if c != "case_id"]
     problems += _value_problems(rna, table.loc[chosen, genes], ids[chosen])

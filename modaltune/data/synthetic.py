@@ -51,7 +51,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -253,7 +253,7 @@ def _write_cohort(layout: CohortLayout, config: SynthConfig, progress: Progress 
     logger.info("synthesising %d slides of %d cases", len(slides), len(cases))
 
     slide_seeds = tile_seed.spawn(len(slides))
-    rows: Iterable[tuple[int, pd.Series]] = list(enumerate(slides.itertuples(index=False)))
+    rows: Iterable[tuple[int, Any]] = list(enumerate(slides.itertuples(index=False)))  # (index, the slide's named tuple)
     for index, slide in (progress or _identity)(rows):
         rng = np.random.default_rng(slide_seeds[index])
         case = cases.loc[slide.case_id]
@@ -515,8 +515,8 @@ def _rna_missing(config: SynthConfig, cases: pd.DataFrame, rng: np.random.Genera
     """Which cases have no RNA row: a logistic model in age around ``rna_missing_fraction``."""
     if not config.rna_missing_fraction:
         return np.zeros(len(cases), dtype=bool)
-    log_odds = math.log(config.rna_missing_fraction / (1 - config.rna_missing_fraction))
-    log_odds = log_odds + config.rna_missing_age_log_odds_per_decade * (cases["age"].to_numpy() - 60.0) / 10.0
+    base = math.log(config.rna_missing_fraction / (1 - config.rna_missing_fraction))
+    log_odds = base + config.rna_missing_age_log_odds_per_decade * (cases["age"].to_numpy() - 60.0) / 10.0
     return rng.random(len(cases)) < 1.0 / (1.0 + np.exp(-log_odds))
 
 
@@ -551,7 +551,7 @@ def _truth(config: SynthConfig, world: _World, cases: pd.DataFrame, sites: _Site
     }
     mutations = {}
     if config.n_mutation_genes:
-        oracle_c_index["wsi+rna+clinical+mutations"] = oracle(list(components))
+        oracle_c_index["wsi+rna+clinical+mutations"] = oracle([str(c) for c in components.columns])
         mutations = {
             "mutations": {"driver": DRIVER_GENES[0], "log_hazard": config.mutation_log_hazard, "panel": list(DRIVER_GENES[: config.n_mutation_genes])}
         }

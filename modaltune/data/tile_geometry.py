@@ -180,17 +180,18 @@ def cohort_geometry(geometries: dict[str, TileGeometry], tile_size_px: int | Non
             "features from different extractors? import them separately, or give the others a tile_size_px column in the slide table"
         )
     fill = tile_size_px or default_tile_size
-    geometries = {s: g if g.patch_size_level0 is not None else replace(g, patch_size_level0=fill) for s, g in geometries.items()}
+    level0 = {s: fill if g.patch_size_level0 is None else g.patch_size_level0 for s, g in geometries.items()}
+    geometries = {s: replace(g, patch_size_level0=level0[s]) for s, g in geometries.items()}
     trident = Counter((g.target_magnification, g.patch_size) for g in geometries.values() if g.patch_size is not None)
     if len(trident) > 1:
         raise InputError(f"slides were patched differently ({_kinds(geometries)}): one tile must cover the same tissue in a cohort")
-    tiles = _tiles(geometries)
-    sizes = {g.patch_size_level0 for g in geometries.values()}
-    if None not in tiles.values():
-        if len({round(t) for t in tiles.values()}) > 1:
+    tiles = [t for t in _tiles(geometries).values() if t is not None]  # the slides whose magnification is known
+    sizes = set(level0.values())
+    if len(tiles) == len(geometries):
+        if len({round(t) for t in tiles}) > 1:
             raise InputError(f"slides cover different tissue per tile ({_kinds(geometries)}): one tile must cover the same tissue in a cohort; import them separately")
-        tile = round(next(iter(tiles.values())))
-    elif len(sizes) == 1 and {round(t) for t in tiles.values() if t is not None} <= sizes:
+        tile = round(tiles[0])
+    elif len(sizes) == 1 and {round(t) for t in tiles} <= sizes:
         (tile,) = sizes  # the scans' magnification unknown: taken to be one
         logger.info("%d-px level-0 patches, the scans' magnification not recorded: taken to be the same for every slide", tile)
     else:
@@ -202,9 +203,9 @@ def cohort_geometry(geometries: dict[str, TileGeometry], tile_size_px: int | Non
     if tile_size_px is not None and not silent and tile_size_px != tile:
         sources = sorted({g.said_by for g in geometries.values() if g.said_by})
         raise InputError(f"--tile-size {tile_size_px} but the files say their patches are {tile} px ({', '.join(sources)}); leave --tile-size out")
-    scale = {slide: tile / g.patch_size_level0 for slide, g in geometries.items() if g.patch_size_level0 != tile}
+    scale = {slide: tile / size for slide, size in level0.items() if size != tile}
     if scale:
-        scans = Counter(geometries[s].patch_size_level0 for s in scale)
+        scans = Counter(level0[s] for s in scale)
         logger.warning(
             "%d slide(s) have level-0 patches of %s px for %d-px tiles (scans at a higher magnification than the "
             "patching): their coordinates are rescaled to pixels of the %d-px tiles",

@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -238,7 +238,8 @@ class _Checker:
                     if message:
                         self.problem(path, where, column, message)
 
-    def _label_fields(self, path: Path, where: str, row: object, labels: LabelSpec | None, optional: bool) -> None:
+    def _label_fields(self, path: Path, where: str, row: Any, labels: LabelSpec | None, optional: bool) -> None:
+        """``row``: the slide table's named tuple (``itertuples``), its fields the table's columns."""
         if labels is None:
             return
         cohort, subtype = row.cohort, row.subtype
@@ -251,7 +252,7 @@ class _Checker:
                 path, where, "subtype", f"{subtype!r} is not a {cohort} subtype in labels.yaml ({labels.subtypes_of(cohort)})"
             )
 
-    def _survival_fields(self, path: Path, where: str, row: object, optional: bool) -> None:
+    def _survival_fields(self, path: Path, where: str, row: Any, optional: bool) -> None:
         time, event = row.time, row.event
         if optional and _is_missing(time) and _is_missing(event):
             return
@@ -352,7 +353,7 @@ def _is_missing(value: object) -> bool:
     return value is None or (isinstance(value, (float, np.floating)) and math.isnan(value))
 
 
-def _is_integer(value: object) -> bool:
+def _is_integer(value: object) -> TypeGuard[int | float | np.integer | np.floating]:
     if isinstance(value, (bool, np.bool_)):
         return False
     if isinstance(value, (int, np.integer)):

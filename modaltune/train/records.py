@@ -6,7 +6,7 @@ epoch once, with the latest values.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +16,8 @@ import pyarrow as pa
 from modaltune.atomic import write_parquet_atomic
 
 
-def upsert_epoch_rows(path: Path, rows: Sequence[dict[str, Any]], key: Sequence[str] = ("epoch",)) -> pd.DataFrame:
-    """Merge ``rows`` into the table at ``path`` (replacing rows with the same key); return it."""
+def upsert_epoch_rows(path: Path, rows: Sequence[Mapping[Any, Any]], key: Sequence[str] = ("epoch",)) -> pd.DataFrame:
+    """Merge ``rows`` (records: column -> value) into the table at ``path`` (replacing rows with the same key); return it."""
     new = pd.DataFrame(list(rows))
     if path.exists():
         old = pd.read_parquet(path)

@@ -60,7 +60,8 @@ def build_trainer(
         train_loop_config={"runs": [{"train": config.model_dump(), "paths": paths} for config, paths in runs], "gate": gate, "log_level": log_level},
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
-        run_config=RunConfig(
+        # ray.train exports Train v2's RunConfig (with logging_config) behind a run-time switch; mypy reads v1's.
+        run_config=RunConfig(  # type: ignore[call-arg]
             storage_path=str(storage_path.resolve()),
             name=name,
             failure_config=FailureConfig(max_failures=max_failures),

@@ -84,8 +84,10 @@ class StudyForecast:
     def text(self) -> str:
         spec, resources = self.spec, self.spec.resources
         lines = [
-            f"study {spec.name}: design {spec.design.type}, "
-            f"{self.cells} cells x {spec.search.trials_per_cell} trials = {self.trials} trials",
+            (
+                f"study {spec.name}: design {spec.design.type}, "
+                f"{self.cells} cells x {spec.search.trials_per_cell} trials = {self.trials} trials"
+            ),
             (
                 f"repetitions per trial: {len(spec.fold_indices)} folds x {len(spec.seeds)} seeds = {self.repetitions}; "
                 f"runs: {self.runs}; epochs: at most {self.runs * self.epochs} ({self.epochs} per run)"

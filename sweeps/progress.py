@@ -232,8 +232,10 @@ def render(progress: StudyProgress, now: float | None = None) -> list[str]:
         said = f" (the driver, pid {progress.pid} on {progress.host}, stopped without saying so)"
     lines = [
         f"study {progress.study}: {state}{said}",
-        f"  written by pid {progress.pid} on {progress.host}, {duration_text(now - progress.updated_at)} ago; "
-        f"started {time.strftime('%Y-%m-%d %H:%M', time.localtime(progress.started_at))}",
+        (
+            f"  written by pid {progress.pid} on {progress.host}, {duration_text(now - progress.updated_at)} ago; "
+            f"started {time.strftime('%Y-%m-%d %H:%M', time.localtime(progress.started_at))}"
+        ),
     ]
     advice = _advice(state, progress.message if state == progress.state else None)
     if advice:

@@ -114,7 +114,7 @@ class Objective(nn.Module, ABC):
         missing = [i for i, prefix in enumerate(prefixes) if prefix is None]
         if missing:
             computed = model.encode_prefix(_stacked([batches[i].features for i in missing]), _stacked([batches[i].coords for i in missing]))
-            for i, prefix in zip(missing, computed.split(1)):
+            for i, prefix in zip(missing, computed.split(1), strict=True):
                 prefixes[i] = prefix
         n_tasks = len(self.tasks)
 
@@ -142,7 +142,7 @@ class Objective(nn.Module, ABC):
         pass over cases of equal tile count. Without ``with_loss`` the loss is NaN: new cases at
         prediction time have no text targets."""
         results = []
-        for outputs, batch in zip(self._outputs(model, batches), batches):
+        for outputs, batch in zip(self._outputs(model, batches), batches, strict=True):
             loss = math.nan
             if with_loss:
                 loss = float(sum(self.loss_weights[task] * value for task, value in self.task_losses(outputs, batch).items()))
@@ -168,7 +168,9 @@ class DistillObjective(Objective):
     tasks = TASKS
     predicts_with_probes = True
 
-    def __init__(self, bank: LabelBank, loss_weights: Mapping[str, float] | None = None, temperature: float = 1.0, scale: float = 10.0) -> None:
+    def __init__(
+        self, bank: LabelBank, loss_weights: Mapping[str, float] | None = None, temperature: float = 1.0, scale: float = 10.0
+    ) -> None:
         super().__init__(bank, loss_weights)
         self.temperature, self.scale = temperature, scale
 

@@ -79,7 +79,7 @@ class _Need:
         if self.what == "death":
             return f"fewer deaths than learning survival needs ({self.minimum}), got {count}"
         if self.what == "subtype":
-            present = "/".join(kind for kind, column in zip(self.kinds, self.columns) if row[column] > 0)
+            present = "/".join(kind for kind, column in zip(self.kinds, self.columns, strict=True) if row[column] > 0)
             return f"fewer subtypes than subtype metrics need ({self.minimum}), got {_cases(n_cases)}, all {present}"
         needed = "the macro AUC needs every subtype" if self.side == "validation" else "a subtype to learn is missing"
         return f"{needed}, got no {self.what} case"
@@ -151,7 +151,9 @@ class FoldNeeds:
             return
         single = sorted(kind for kind, n in counts.items() if n < 2)
         if len(counts) - len(single) < 2:
-            self.cohort_shortfalls.append(Shortfall(cohort, "diagnosis", f"only one subtype has 2 or more cases ({counts}): no split scores its subtypes"))
+            self.cohort_shortfalls.append(
+                Shortfall(cohort, "diagnosis", f"only one subtype has 2 or more cases ({counts}): no split scores its subtypes")
+            )
             return
         for kind in single:
             self.cohort_shortfalls.append(Shortfall(cohort, "diagnosis", f"{kind} has 1 case: it is never both trained on and validated"))
@@ -205,7 +207,8 @@ class FoldNeeds:
                 continue
             cases = self.cases[in_fold & (self.cases["cohort"].astype(str) == need.cohort).to_numpy()]
             if int((cases["event"] == 1).sum()) >= need.minimum and comparable_pairs(cases["time"], cases["event"]) == 0:
-                found.append(Shortfall(need.cohort, "survival", "no comparable pair for a C-index (no death before another case's last follow-up)", fold))
+                why = "no comparable pair for a C-index (no death before another case's last follow-up)"
+                found.append(Shortfall(need.cohort, "survival", why, fold))
         return found
 
 

@@ -254,7 +254,9 @@ def _table_fold_count(slides: pd.DataFrame, n_folds: int, path: Path) -> int:
         return n_folds  # the row checks name the bad values
     count = int(folds.max()) + 1
     if count != n_folds:
-        logger.info("%s: its fold column holds %d folds (0-%d); --folds %d is for assigning folds, not used", path, count, count - 1, n_folds)
+        logger.info(
+            "%s: its fold column holds %d folds (0-%d); --folds %d is for assigning folds, not used", path, count, count - 1, n_folds
+        )
     return count
 
 
@@ -264,7 +266,8 @@ def _check_folds(slides: pd.DataFrame, path: Path, n_folds: int) -> None:
     problems = fold_problems(slides, path, n_folds)
     if problems:
         raise H5ImportError(
-            f"cannot import {path}: {len(problems)} problem(s) with its folds, nothing written:\n  " + "\n  ".join(summarise_problems(problems))
+            f"cannot import {path}: {len(problems)} problem(s) with its folds, nothing written:\n  "
+            + "\n  ".join(summarise_problems(problems))
         )
 
 
@@ -363,7 +366,11 @@ def _check_feature_files(source: FeatureFormat, slide_ids: list[str]) -> tuple[i
     lines = [
         line
         for message, places in problems.items()
-        for line in ([f"{p}: {message}" for p in places] if len(places) <= SHARED_PROBLEM else [f"{len(places)} slides: {message} (e.g. {'; '.join(places[:2])}; ...)"])
+        for line in (
+            [f"{p}: {message}" for p in places]
+            if len(places) <= SHARED_PROBLEM
+            else [f"{len(places)} slides: {message} (e.g. {'; '.join(places[:2])}; ...)"]
+        )
     ]
     if len(widths) > 1:
         lines.append(f"{source.folder}: slides disagree on feature width: {', '.join(f'{d} (e.g. {s})' for d, s in widths.items())}")

@@ -80,7 +80,11 @@ class CohortModality(ABC):
         return None
 
     def validate(self, layout: CohortLayout, case_ids: set[str] | None, findings: Findings) -> None:
-        """Report every problem of the modality's files (nothing to check by default)."""
+        """Report every problem of the modality's files (nothing to check by default).
+
+        A default hook, not an abstract method: a modality whose files need checks overrides it.
+        """
+        return  # explicit: a concrete no-op, not an abstract method left empty
 
     def check_trainable(self, cohort: Cohort, training_cases: list[str], fold: int) -> None:
         """Refuse, before any worker starts, a run whose training split has none of this modality."""
@@ -352,7 +356,9 @@ def read_mutation_table(
     if genes is None:
         genes = sorted(str(g) for g, carriers in mutated.items() if len(carriers) >= min_fraction * len(cases))
         if not genes:
-            raise InputError(f"{path}: no gene is mutated in {min_fraction:.0%} of its {len(cases)} cases; name the panel with --mutation-genes")
+            raise InputError(
+                f"{path}: no gene is mutated in {min_fraction:.0%} of its {len(cases)} cases; name the panel with --mutation-genes"
+            )
     status = {g: [int(c in mutated.get(g, set())) for c in cases] for g in genes}
     return pd.DataFrame({"case_id": cases, **status}).astype({g: np.int8 for g in genes})
 

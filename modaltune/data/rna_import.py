@@ -56,7 +56,8 @@ def read_rna_input(rna: Path, gene_groups: Path, case_ids: Iterable[str], slides
     groups = read_gene_groups(gene_groups)
     table = _read_table(rna)
     if "case_id" not in table.columns:
-        raise RnaInputError(f"{rna}: no case_id column (columns: {preview([str(c) for c in table.columns])}); name the column of case ids case_id")
+        columns = preview([str(c) for c in table.columns])
+        raise RnaInputError(f"{rna}: no case_id column (columns: {columns}); name the column of case ids case_id")
     cases = sorted(set(case_ids))
     ids = table["case_id"].astype(str).str.strip()
     matched = pd.Series(match_case_ids(ids.tolist(), cases), index=table.index, dtype=object)
@@ -77,7 +78,7 @@ def read_rna_input(rna: Path, gene_groups: Path, case_ids: Iterable[str], slides
     genes = [c for c in table.columns if c != "case_id"]
     problems += _value_problems(rna, table.loc[chosen, genes], ids[chosen])
     table = table.loc[chosen].assign(case_id=matched[chosen].to_numpy()).reset_index(drop=True)
-    renamed = [f"{i} -> {c}" for i, c in zip(ids[chosen], matched[chosen]) if i != c]
+    renamed = [f"{i} -> {c}" for i, c in zip(ids[chosen], matched[chosen], strict=True) if i != c]
     if renamed:
         logger.info("%s: %d RNA id(s) read as a case of %s (e.g. %s)", rna, len(renamed), slides, preview(renamed, 3))
     problems += [

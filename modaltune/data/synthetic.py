@@ -206,7 +206,7 @@ class _Sites:
         names = [f"S{i:02d}" for i in range(config.n_sites)]
         hazards = rng.normal(0.0, config.site_log_hazard, len(names)) if config.site_log_hazard else np.zeros(len(names))
         shifts = config.site_stain_shift * rng.standard_normal((len(names), config.feature_dim))
-        return cls(names, dict(zip(names, map(float, hazards))), dict(zip(names, shifts)))
+        return cls(names, dict(zip(names, map(float, hazards), strict=True)), dict(zip(names, shifts, strict=True)))
 
 
 def generate_cohort(
@@ -459,7 +459,7 @@ def _sample_slides(config: SynthConfig, cases: pd.DataFrame, rng: np.random.Gene
         n_extra = config.slides_per_cohort - len(cohort_cases)
         extra_slots = rng.choice(2 * len(cohort_cases), size=n_extra, replace=False) % len(cohort_cases)
         slides_per_case = 1 + np.bincount(extra_slots, minlength=len(cohort_cases))
-        for case_id, n_slides in zip(cohort_cases, slides_per_case):
+        for case_id, n_slides in zip(cohort_cases, slides_per_case, strict=True):
             for j in range(n_slides):
                 n_tiles = round(math.exp(rng.uniform(math.log(config.min_tiles), math.log(config.max_tiles))))
                 rows.append({"slide_id": f"{case_id}-DX{j + 1}", "case_id": case_id, "n_tiles": n_tiles})
@@ -553,7 +553,11 @@ def _truth(config: SynthConfig, world: _World, cases: pd.DataFrame, sites: _Site
     if config.n_mutation_genes:
         oracle_c_index["wsi+rna+clinical+mutations"] = oracle([str(c) for c in components.columns])
         mutations = {
-            "mutations": {"driver": DRIVER_GENES[0], "log_hazard": config.mutation_log_hazard, "panel": list(DRIVER_GENES[: config.n_mutation_genes])}
+            "mutations": {
+                "driver": DRIVER_GENES[0],
+                "log_hazard": config.mutation_log_hazard,
+                "panel": list(DRIVER_GENES[: config.n_mutation_genes]),
+            }
         }
     return {
         "config": asdict(config),
@@ -564,7 +568,7 @@ def _truth(config: SynthConfig, world: _World, cases: pd.DataFrame, sites: _Site
             "weibull_shape": config.weibull_shape,
             "image_latent_log_hazard": config.image_log_hazard,
             "subtype_log_hazard": {k: v for k, v in SUBTYPE_LOG_HAZARD.items()},
-            "risk_pathways": dict(zip(world.risk_pathways, map(float, world.risk_coefficients))),
+            "risk_pathways": dict(zip(world.risk_pathways, map(float, world.risk_coefficients), strict=True)),
             "interaction": {
                 "pathway": world.interaction_pathway,
                 "main_effect_log_hazard_per_sd": -config.interaction_main_effect,
@@ -584,7 +588,10 @@ def _truth(config: SynthConfig, world: _World, cases: pd.DataFrame, sites: _Site
             "interaction_adds_c_index_over_late_fusion": oracle_c_index["wsi+rna+clinical"]
             - late_fusion_c_index["wsi+rna+clinical"],
             **(
-                {"mutations_add_c_index_over_wsi_rna_clinical": oracle_c_index["wsi+rna+clinical+mutations"] - oracle_c_index["wsi+rna+clinical"]}
+                {
+                    "mutations_add_c_index_over_wsi_rna_clinical": oracle_c_index["wsi+rna+clinical+mutations"]
+                    - oracle_c_index["wsi+rna+clinical"]
+                }
                 if config.n_mutation_genes
                 else {}
             ),

@@ -163,7 +163,10 @@ def normalise_tcga_table(slides: pd.DataFrame) -> pd.DataFrame:
         slides["site"] = [site_from_barcode(s) for s in slides["slide_id"]]
     if "stage" in slides.columns and "stage_detail" not in slides.columns:  # the substage, kept for the record
         slides["stage_detail"] = pd.Series(
-            [str(v).strip() if tcga_clinical_value("stage", v) is not None and _STAGE.match(str(v).strip()) else None for v in slides["stage"]],
+            [
+                str(v).strip() if tcga_clinical_value("stage", v) is not None and _STAGE.match(str(v).strip()) else None
+                for v in slides["stage"]
+            ],
             slides.index, object,
         )
     for column in CLINICAL_COLUMNS:

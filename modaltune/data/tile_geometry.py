@@ -124,7 +124,7 @@ def slide_table_geometry(slides: pd.DataFrame, table: Path) -> dict[str, TileGeo
             level0_magnification=None if pd.isna(magnification) else float(magnification),
             said_by=None if pd.isna(size) else f"the tile_size_px column of {table.name}",
         )
-        for slide, size, magnification in zip(slides["slide_id"], values["tile_size_px"], values["magnification"])
+        for slide, size, magnification in zip(slides["slide_id"], values["tile_size_px"], values["magnification"], strict=True)
     }
 
 
@@ -134,7 +134,7 @@ def _positive_column(slides: pd.DataFrame, column: str, table: Path) -> pd.Serie
     whole = column == "tile_size_px"
     bad = raw.notna() & ~((numbers > 0) & (numbers % 1 == 0 if whole else True))
     if bad.any():
-        shown = ", ".join(f"{value!r} (slide {slide})" for slide, value in zip(slides.loc[bad, "slide_id"], raw[bad]))
+        shown = ", ".join(f"{value!r} (slide {slide})" for slide, value in zip(slides.loc[bad, "slide_id"], raw[bad], strict=True))
         raise InputError(
             f"{table}: {column} must be {'a whole' if whole else 'a'} number > 0, {SLIDE_TABLE_COLUMNS[column]}; got {_clip(shown)}"
         )
@@ -189,7 +189,10 @@ def cohort_geometry(geometries: dict[str, TileGeometry], tile_size_px: int | Non
     sizes = set(level0.values())
     if len(tiles) == len(geometries):
         if len({round(t) for t in tiles}) > 1:
-            raise InputError(f"slides cover different tissue per tile ({_kinds(geometries)}): one tile must cover the same tissue in a cohort; import them separately")
+            raise InputError(
+                f"slides cover different tissue per tile ({_kinds(geometries)}): one tile must cover the same tissue in a cohort; "
+                "import them separately"
+            )
         tile = round(tiles[0])
     elif len(sizes) == 1 and {round(t) for t in tiles} <= sizes:
         (tile,) = sizes  # the scans' magnification unknown: taken to be one
@@ -202,7 +205,9 @@ def cohort_geometry(geometries: dict[str, TileGeometry], tile_size_px: int | Non
         )
     if tile_size_px is not None and not silent and tile_size_px != tile:
         sources = sorted({g.said_by for g in geometries.values() if g.said_by})
-        raise InputError(f"--tile-size {tile_size_px} but the files say their patches are {tile} px ({', '.join(sources)}); leave --tile-size out")
+        raise InputError(
+            f"--tile-size {tile_size_px} but the files say their patches are {tile} px ({', '.join(sources)}); leave --tile-size out"
+        )
     scale = {slide: tile / size for slide, size in level0.items() if size != tile}
     if scale:
         scans = Counter(level0[s] for s in scale)
@@ -236,7 +241,9 @@ def _kinds(geometries: dict[str, TileGeometry]) -> str:
     kinds: dict[str, list[str]] = {}
     for slide, g in geometries.items():
         kinds.setdefault(g.kind(), []).append(slide)
-    return ", ".join(f"{len(slides)} slide(s) {kind} (e.g. {_examples(slides)})" for kind, slides in sorted(kinds.items(), key=lambda k: -len(k[1])))
+    return ", ".join(
+        f"{len(slides)} slide(s) {kind} (e.g. {_examples(slides)})" for kind, slides in sorted(kinds.items(), key=lambda k: -len(k[1]))
+    )
 
 
 def _micrometre_geometry(geometries: dict[str, TileGeometry], tile_size_px: int | None) -> CohortGeometry:
@@ -253,7 +260,9 @@ def _micrometre_geometry(geometries: dict[str, TileGeometry], tile_size_px: int 
     ((tile_um, tile_px),) = tilings
     assert tile_um is not None and tile_px is not None
     if tile_size_px is not None and tile_size_px != tile_px:
-        raise InputError(f"--tile-size {tile_size_px} but the files say their tiles are {tile_px} px (STAMP's tile_size_px); leave --tile-size out")
+        raise InputError(
+            f"--tile-size {tile_size_px} but the files say their tiles are {tile_px} px (STAMP's tile_size_px); leave --tile-size out"
+        )
     logger.info("coordinates in micrometres: %g-um tiles of %d px, one grid cell each", tile_um, tile_px)
     return CohortGeometry(tile_px, {slide: tile_px / tile_um for slide in geometries})
 

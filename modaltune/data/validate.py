@@ -221,7 +221,8 @@ class _Checker:
         optional_labels = manifest is not None and not manifest.labelled  # new patients: outcomes may be unknown
         duplicated = slides["slide_id"][slides["slide_id"].duplicated(keep=False)]
         for slide_id in sorted(set(duplicated.astype(str))):
-            self.problem(path, f"slide {slide_id}", "slide_id", f"duplicate slide_id ({int((duplicated.astype(str) == slide_id).sum())} rows)")
+            n_rows = int((duplicated.astype(str) == slide_id).sum())
+            self.problem(path, f"slide {slide_id}", "slide_id", f"duplicate slide_id ({n_rows} rows)")
         for row in slides.itertuples(index=False):
             where = f"slide {row.slide_id}"
             if not isinstance(row.slide_id, str) or not SAFE_SLIDE_ID.match(row.slide_id):

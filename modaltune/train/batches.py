@@ -105,7 +105,9 @@ class CaseBatcher:
         return np.asarray(self.bank.targets_of(case_id))
 
 
-def seeded_batches(batcher: CaseBatcher, seed: int, epoch: int | str, device: torch.device, dtype: torch.dtype) -> Callable[[str], CaseBatch]:
+def seeded_batches(
+    batcher: CaseBatcher, seed: int, epoch: int | str, device: torch.device, dtype: torch.dtype
+) -> Callable[[str], CaseBatch]:
     """Case -> batch on device, its tile subsample seeded by (seed, epoch, case): the same tiles
     for a case wherever and whenever it is drawn (``epoch="evaluation"`` for evaluation)."""
 

@@ -62,7 +62,8 @@ def encoder_fingerprint(model: ModalTuneModel, dtype: torch.dtype) -> str:
 
 def tiles_checksum(batch: CaseBatch) -> torch.Tensor:
     """A cheap fingerprint of the tiles a prefix was computed from."""
-    return torch.stack([batch.features.double().sum(), batch.coords.double().sum(), torch.tensor(float(batch.features.shape[1]), dtype=torch.float64)]).cpu()
+    n_tiles = torch.tensor(float(batch.features.shape[1]), dtype=torch.float64)
+    return torch.stack([batch.features.double().sum(), batch.coords.double().sum(), n_tiles]).cpu()
 
 
 GB = 1e9
@@ -145,7 +146,10 @@ class PrefixCache:
             freed = folder_bytes(stale)
             shutil.rmtree(stale, ignore_errors=True)
             self.used_bytes -= freed
-            logger.info("frozen-prefix cache: evicted %s (%.2f GB, unused the longest) to stay within %.1f GB", stale.name, freed / GB, self.max_bytes / GB)
+            logger.info(
+                "frozen-prefix cache: evicted %s (%.2f GB, unused the longest) to stay within %.1f GB",
+                stale.name, freed / GB, self.max_bytes / GB,
+            )
         return self.used_bytes + size <= self.max_bytes
 
     def _unused_folders_oldest_first(self) -> list[Path]:
@@ -217,7 +221,10 @@ def open_prefix_cache(
         logger.info("frozen-prefix cache not used: %s", reason)
         return None
     cache = PrefixCache(directory, model, dtype, max_gb * GB)
-    logger.info("frozen-prefix cache: layers 0..%d of %d in %s, under %s (budget %.1f GB)", model.prefix_depth - 1, model.encoder.depth, dtype, directory, max_gb)
+    logger.info(
+        "frozen-prefix cache: layers 0..%d of %d in %s, under %s (budget %.1f GB)",
+        model.prefix_depth - 1, model.encoder.depth, dtype, directory, max_gb,
+    )
     return cache
 
 

@@ -57,7 +57,11 @@ def build_trainer(
     resources = {"CPU": scaling.cpus_per_worker} | ({"GPU": scaling.gpus_per_worker} if scaling.use_gpu else {})
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"runs": [{"train": config.model_dump(), "paths": paths} for config, paths in runs], "gate": gate, "log_level": log_level},
+        train_loop_config={
+            "runs": [{"train": config.model_dump(), "paths": paths} for config, paths in runs],
+            "gate": gate,
+            "log_level": log_level,
+        },
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
         # ray.train exports Train v2's RunConfig (with logging_config) behind a run-time switch; mypy reads v1's.

@@ -191,3 +191,22 @@ def test_bad_data_a_worker_finds_is_one_input_error_line(
     corrupter.join()
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(err) == 1 and str(victim) in err[0] and "found by a training worker" in err[0], err
+
+
+def test_a_baseline_method_trains_through_the_train_command(
+    local_ray: None, small_cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``modaltune train --set model.method=abmil``: the same Ray Train run, engine, objective,
+    metrics and checkpoints as ModalTune's; its checkpoint holds the method's weights (what a
+    study counts as its trainable parameters) and no SLFM. DDP, the cheaper start-up (the same
+    run under DeepSpeed passed too, 2026-12-07; the engine does not depend on the network)."""
+    settings = ["model.method=abmil", "model.method_settings={width: 32, attention_dim: 16, cat: {width: 16}}"]
+    overrides = [*settings, "model.modalities=[wsi, rna]", "optim.epochs=1", "max_tiles=64", "engine.backend=ddp"]
+    code = cli_main(["train", "--cohort", str(small_cohort), "--output", str(tmp_path / "abmil"), *(f"--set={o}" for o in overrides)])
+    assert code == 0, capsys.readouterr().err
+    metrics = pd.read_parquet(tmp_path / "abmil" / "metrics.parquet")
+    assert list(metrics["epoch"]) == [0] and set(metrics["engine"]) == {"ddp"}
+    assert metrics[["val_loss", "val_balanced_accuracy", "val_c_index"]].notna().all().all()
+    weights = torch.load(_checkpoints(tmp_path / "abmil")[-1] / "adapter.pt", weights_only=True)
+    assert {name.split(".")[1] for name in weights if name.startswith("model.")} == {"tiles", "pool", "others", "heads"}
+    assert weights["model.tiles.0.weight"].shape == (32, Cohort(small_cohort).manifest.feature_dim)

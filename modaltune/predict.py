@@ -188,14 +188,14 @@ def ensemble(per_member: list[pd.DataFrame], classes_of: dict[str, list[str]]) -
     stacked = pd.concat([p.assign(member=i) for i, p in enumerate(per_member)], ignore_index=True)
     rows = []
     for (case_id, cohort), group in stacked.groupby(["case_id", "cohort"], sort=True):
-        probabilities = np.mean(np.stack(group["class_probabilities"].to_numpy()), axis=0)
+        probabilities = np.mean(np.stack(list(group["class_probabilities"])), axis=0)
         risk = float(group["risk_percentile"].mean())
         rows.append({
             "case_id": case_id, "cohort": cohort,
             "risk": risk,
             "risk_sd": float(group["risk_percentile"].std(ddof=1)) if len(group) > 1 else float("nan"),
             "risk_group": "high" if risk > 0.5 else "low",
-            "predicted_subtype": classes_of[cohort][int(np.argmax(probabilities))],
+            "predicted_subtype": classes_of[str(cohort)][int(np.argmax(probabilities))],
             "class_probabilities": probabilities.astype(np.float32).tolist(),
             "models": len(group),
         })

@@ -16,11 +16,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from modaltune.atomic import atomic_path
 from modaltune.data.cohort import Cohort
+from modaltune.errors import InputError
 from modaltune.text.encoders import TextEncoder
 from modaltune.text.prompts import TASKS, Prompt, PromptBuilder, SurvivalBins
 
@@ -104,7 +106,7 @@ class LabelBank:
         return {c: i for i, c in enumerate(self.case_ids)}
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        arrays = {f"class/{c}": v for c, v in self.class_targets.items()}
+        arrays: dict[str, Any] = {f"class/{c}": v for c, v in self.class_targets.items()}
         arrays |= {f"bin/{c}": v for c, v in self.bin_targets.items()}
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:
             np.savez(
@@ -142,7 +144,11 @@ def build_label_bank(
     records = [cohort.record(c) for c in cohort.case_ids]
     training = set(training_cases)
     train_records = [r for r in records if r.case_id in training]
-    bins = SurvivalBins.fit([r.time for r in train_records], [r.event for r in train_records], cohort.labels.survival.n_bins)
+    unknown = [r.case_id for r in train_records if r.event is None]
+    if unknown:
+        raise InputError(f"training cases without a survival event (0 or 1), which their prompts need: {', '.join(unknown[:5])}")
+    events = [r.event for r in train_records if r.event is not None]
+    bins = SurvivalBins.fit([r.time for r in train_records], events, cohort.labels.survival.n_bins)
     builder = PromptBuilder(cohort.labels, bins)
     case_prompts = [p for r in records for p in builder.case_prompts(r)]
     class_prompts = {c: builder.class_prompts(c) for c in cohort.cohort_names}

@@ -75,6 +75,8 @@ class PromptBuilder:
 
     def case_prompts(self, record: CaseRecord) -> tuple[Prompt, Prompt, Prompt]:
         """(general, diagnosis, survival) prompts of one case."""
+        if record.subtype is None or record.event is None:
+            raise InputError(f"case {record.case_id}: no subtype or survival event, which its prompts need")
         site = self._site(record.cohort)
         diagnosis = self._diagnosis(record.cohort, record.subtype)
         stage = _clinical_field(record.clinical, "stage", "Overall stage", STAGE_WORDS)
@@ -124,7 +126,8 @@ def _clinical_field(clinical: dict, field: str, title: str, words: dict[str, str
     value = clinical.get(field)
     if is_missing(value) or value == NOT_ASSESSED.get(field):
         return None
-    return Prompt(f"{title}: {words.get(value, value)}", ((field, str(value)),))
+    text = str(value)
+    return Prompt(f"{title}: {words.get(text, text)}", ((field, text),))
 
 
 def _join(*parts: Prompt | None) -> Prompt:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modaltune.errors import InputError
-from modaltune.models.methods import METHOD_NETWORKS, MODALTUNE, method_names
+from modaltune.models.methods import METHOD_NETWORKS, SLFM_METHODS, method_names
 from modaltune.registry import Registry, UnknownChoiceError
 
 
@@ -98,9 +98,9 @@ def _method(where: str, value: Any) -> Level:
     settings = {key: item for key, item in raw.items() if key not in ("name", "modalities")}
     if name not in method_names():
         raise UnknownChoiceError(f"{where}: unknown method {name!r}; choose from {method_names()}")
-    if name == MODALTUNE and settings:
-        raise InputError(f"{where}: method {MODALTUNE!r} takes its settings from train.model and other factors, not {sorted(settings)}")
-    if name != MODALTUNE:
+    if name in SLFM_METHODS and settings:
+        raise InputError(f"{where}: method {name!r} takes its settings from train.model and other factors, not {sorted(settings)}")
+    if name not in SLFM_METHODS:
         try:
             METHOD_NETWORKS.settings(name, settings)
         except InputError as exc:

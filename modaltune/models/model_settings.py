@@ -32,7 +32,15 @@ from pydantic import (
 
 from modaltune.errors import InputError, describe_validation_error
 from modaltune.models.frozen_encoder import SLIDE_ENCODER_PRESETS
-from modaltune.models.methods import METHOD_NETWORKS, MODALTUNE, MethodNetwork, MethodSettings, check_method_modalities, method_names
+from modaltune.models.methods import (
+    METHOD_NETWORKS,
+    MODALTUNE,
+    SLFM_METHODS,
+    MethodNetwork,
+    MethodSettings,
+    check_method_modalities,
+    method_names,
+)
 from modaltune.models.modality_encoders import DEFAULT_TASKS, IMAGE, MODALITY_ENCODERS, ModalityEncoderEntry
 from modaltune.registry import EntrySettings, UnknownChoiceError
 
@@ -121,9 +129,9 @@ class ModelSettings(BaseModel):
         method = info.data.get("method")
         if isinstance(value, EntrySettings) or method is None:
             return value
-        if method == MODALTUNE:
+        if method in SLFM_METHODS:
             if value:
-                raise ValueError(f"method {MODALTUNE!r} takes no method_settings (its settings are the model section's keys), got {value}")
+                raise ValueError(f"method {method!r} takes no method_settings (its settings are the model section's keys), got {value}")
             return EntrySettings()
         return METHOD_NETWORKS.settings(method, value, written=method)
 
@@ -172,10 +180,13 @@ class ModelSettings(BaseModel):
 
     def for_cohort(self, cohort: Cohort) -> ModalTuneConfig:
         """``build`` with the input shapes of the modalities the model uses (only those: WSI-only
-        runs need no RNA files), the cohort's feature width and tile size."""
+        runs need no RNA files), the cohort's feature width and tile size; for a method on the
+        SLFM other than ``modaltune``, with the settings it fixes (``linear_probe``: no adapters)."""
         from modaltune.data.modalities import modality_inputs
 
-        return self.build(modality_inputs(cohort, self.modalities), cohort.manifest.feature_dim, cohort.manifest.tile_size_px)
+        fixed = SLFM_METHODS[self.method].fixed if self.method in SLFM_METHODS else {}
+        settings = self.model_copy(update=dict(fixed)) if fixed else self
+        return settings.build(modality_inputs(cohort, self.modalities), cohort.manifest.feature_dim, cohort.manifest.tile_size_px)
 
     def method_network(self, cohort: Cohort) -> MethodNetwork:
         """The baseline ``method`` with its settings, for ``cohort``'s tile-feature width and the

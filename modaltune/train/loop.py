@@ -19,7 +19,7 @@ from torch import nn
 
 from modaltune.metrics import evaluate_predictions
 from modaltune.models import ModalTuneModel
-from modaltune.models.methods import MODALTUNE, MethodNetwork
+from modaltune.models.methods import SLFM_METHODS, MethodNetwork
 from modaltune.objectives import CaseBatch, Objective, build_objective
 from modaltune.probes import ProbeInputs, fit_probe_predictions
 
@@ -49,9 +49,10 @@ def build_train_module(config: TrainConfig, cohort: Cohort, bank: LabelBank) -> 
     """The run's model and objective, as training builds them and ``predict`` rebuilds them: the
     random-init SLFM (without a checkpoint) seeded by ``encoder_init_seed``, so that every worker
     and every later prediction holds the same one, and the new modules by the run's seed; a
-    baseline ``method`` (all of it new) by the run's seed."""
+    method on the SLFM (``modaltune``, ``linear_probe``) is built so, a baseline network (all of
+    it new) by the run's seed."""
     model: ModalTuneModel | MethodNetwork
-    if config.model.method == MODALTUNE:
+    if config.model.method in SLFM_METHODS:
         torch.manual_seed(config.model.encoder_init_seed)
         model = ModalTuneModel(config.model.for_cohort(cohort))
         torch.manual_seed(config.seed)

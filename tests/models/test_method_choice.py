@@ -24,7 +24,7 @@ from modaltune.train.config import load_train_config, validate_train_config
 from modaltune.train.loop import build_train_module
 
 STUDIES = Path(__file__).resolve().parents[2] / "sweeps" / "studies"
-CHOICES = re.escape("choose from ['modaltune', 'snn', 'abmil', 'mcat', 'survpath', 'transmil']")
+CHOICES = re.escape("choose from ['modaltune', 'linear_probe', 'snn', 'abmil', 'mcat', 'survpath', 'transmil']")
 
 
 def test_the_default_method_is_modaltune_and_a_saved_baseline_config_reads_back_the_same() -> None:
@@ -44,6 +44,8 @@ def test_the_default_method_is_modaltune_and_a_saved_baseline_config_reads_back_
         (["model.method=snn"], "method 'snn' cannot consume modality 'wsi'"),
         (["model.method=abmil", "model.modalities=[rna]"], "method 'abmil' requires modality 'wsi'"),
         (["model.modalities=[rna]"], "containing 'wsi'"),
+        (["model.method=linear_probe"], "method 'linear_probe' cannot consume modality 'rna'"),
+        (["model.method=linear_probe", "model.modalities=[wsi]", "model.method_settings={width: 8}"], "takes no method_settings"),
     ],
 )
 def test_a_bad_method_choice_is_refused_naming_method_and_key(overrides: list[str], message: str) -> None:
@@ -65,6 +67,11 @@ def test_build_train_module_builds_the_chosen_method_and_counts_only_its_weights
     modaltune = build_train_module(load_train_config(None, common), cohort, bank)
     assert isinstance(modaltune.model, ModalTuneModel)
     assert sum(p.numel() for p in modaltune.trainable_parameters()) != sum(p.numel() for p in module.trainable_parameters())
+    probe = build_train_module(load_train_config(None, [*common[:2], "model.method=linear_probe", "model.modalities=[wsi]"]), cohort, bank)
+    assert isinstance(probe.model, ModalTuneModel) and probe.model.adapter is None and not probe.model.modality_encoders
+    assert probe.model.prefix_depth == probe.model.encoder.depth  # its whole frozen encoder is the cached prefix
+    counts = probe.model.parameter_counts()
+    assert counts["trainable"] == counts["task_tokens"] + counts["head"]
     batch = {"features": torch.zeros(2, 5, cohort.manifest.feature_dim), "coords": torch.zeros(2, 5, 2, dtype=torch.long)}
     out = module.model(**batch, task=torch.tensor([0, 1]), inputs={"rna": torch.zeros(2, sum(module.model.modality_inputs["rna"]))})
     assert out.shape == (2, 8)

@@ -2,12 +2,12 @@
 registered in ``METHOD_NETWORKS`` under its name with its own settings schema and its parameter
 count at the published sizes: ``abmil`` and ``transmil`` (tile features; with other modalities,
 late fusion "-cat"), ``snn`` (case vectors only), ``mcat`` and ``survpath`` (gene groups and
-tiles)."""
+tiles); and the methods that are ModalTune's model on the frozen SLFM (``slfm.py``:
+``modaltune`` and ``linear_probe``)."""
 
 from modaltune.models.methods.abmil import Abmil, AbmilSettings, GatedAttentionPool
 from modaltune.models.methods.base import (
     METHOD_NETWORKS,
-    MODALTUNE,
     REFERENCE_OMIC_SIZES,
     MethodNetwork,
     MethodSettings,
@@ -17,14 +17,17 @@ from modaltune.models.methods.base import (
     method_names,
 )
 from modaltune.models.methods.mcat import Mcat, McatSettings
+from modaltune.models.methods.slfm import LINEAR_PROBE, MODALTUNE, SLFM_METHODS, SlfmMethod
 from modaltune.models.methods.snn import CaseVectorSnn, PathwayTokens, Snn, SnnSettings
 from modaltune.models.methods.survpath import SurvPath, SurvPathSettings
 from modaltune.models.methods.transmil import NystromAttention, TransMil, TransMilSettings
 
 __all__ = [
+    "LINEAR_PROBE",
     "METHOD_NETWORKS",
     "MODALTUNE",
     "REFERENCE_OMIC_SIZES",
+    "SLFM_METHODS",
     "Abmil",
     "AbmilSettings",
     "CaseVectorSnn",
@@ -36,6 +39,7 @@ __all__ = [
     "NystromAttention",
     "PathwayTokens",
     "PublishedSize",
+    "SlfmMethod",
     "Snn",
     "SnnSettings",
     "SurvPath",

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from modaltune.errors import InputError
+from modaltune.models.methods.slfm import SLFM_METHODS
 from modaltune.models.modality_encoders import IMAGE, MODALITY_ENCODERS
 from modaltune.registry import EntrySettings, Registry, UnknownChoiceError
 
@@ -193,21 +194,17 @@ class MethodNetwork(nn.Module, ABC):
 
 METHOD_NETWORKS: Registry[type[MethodNetwork]] = Registry("method")
 
-# The run config's method when it names none: ModalTune itself, built from the model section's
-# own keys (``ModalTuneModel``); every other choice is an entry of ``METHOD_NETWORKS``.
-MODALTUNE = "modaltune"
-
-
 def method_names() -> list[str]:
-    """Every method a run config or a study level may name."""
-    return [MODALTUNE, *METHOD_NETWORKS.names()]
+    """Every method a run config or a study level may name: those on the frozen SLFM
+    (``modaltune``, the default, and ``linear_probe``), then the entries of ``METHOD_NETWORKS``."""
+    return [*SLFM_METHODS, *METHOD_NETWORKS.names()]
 
 
 def check_method_modalities(method: str, modalities: Sequence[str]) -> None:
     """A ``ValueError`` naming ``method`` and the modality, for a modality it cannot consume or
     one it requires that ``modalities`` lacks (ModalTune: any modality, always the slide)."""
-    if method == MODALTUNE:  # every modality registered now (a test or notebook may add one)
-        consumes, requires = frozenset(MODALITY_ENCODERS.names()) | {IMAGE}, frozenset({IMAGE})
+    if method in SLFM_METHODS:
+        consumes, requires = SLFM_METHODS[method].consumed(), SLFM_METHODS[method].requires
     else:
         if method not in METHOD_NETWORKS:
             raise UnknownChoiceError(f"unknown method {method!r}; choose from {method_names()}")

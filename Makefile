@@ -47,9 +47,11 @@ test-fast: install
 test-all: install
 	$(BIN)/python -m pytest -q --durations=25 tests
 
-# ruff's default rules (the version is pinned in pyproject.toml); CI runs it before the tests.
+# ruff (its defaults plus line length, import order and bug-risk rules; pinned in pyproject.toml)
+# over everything, and mypy over the library (modaltune/; settings in pyproject.toml). CI runs it first.
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # The documentation site (docs/, mkdocs.yml) into site/; --strict fails on a broken link or anchor.
 docs: install

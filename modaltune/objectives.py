@@ -28,7 +28,7 @@ from torch import nn
 
 from modaltune.errors import InputError
 from modaltune.losses import cosine_logits, discrete_time_nll, distillation_kl, risk_from_hazard_logits
-from modaltune.models import ModalTuneModel
+from modaltune.models import TaskModel
 from modaltune.registry import Registry
 from modaltune.text import TASKS, LabelBank
 
@@ -102,7 +102,7 @@ class Objective(nn.Module, ABC):
         self.loss_weights = resolve_loss_weights(self.name, self.tasks, loss_weights)
         self.bank = bank
 
-    def _outputs(self, model: ModalTuneModel, batches: Sequence[CaseBatch]) -> list[dict[str, torch.Tensor]]:
+    def _outputs(self, model: TaskModel, batches: Sequence[CaseBatch]) -> list[dict[str, torch.Tensor]]:
         """Per case of ``batches``, one embedding (1, out_dim) per task of this objective.
 
         The cases must have the same tile count (``modaltune.train.loop.bucket_by_tile_count``):
@@ -130,14 +130,14 @@ class Objective(nn.Module, ABC):
             for case in range(len(batches))
         ]
 
-    def forward(self, model: ModalTuneModel, batch: CaseBatch) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, model: TaskModel, batch: CaseBatch) -> tuple[torch.Tensor, dict[str, float]]:
         """Weighted total loss and each task's unweighted loss (for logging)."""
         losses = self.task_losses(self._outputs(model, [batch])[0], batch)
         total = sum(self.loss_weights[task] * loss for task, loss in losses.items())
         return total, {task: float(loss.detach()) for task, loss in losses.items()}  # type: ignore[return-value]
 
     @torch.no_grad()
-    def evaluate_cases(self, model: ModalTuneModel, batches: Sequence[CaseBatch], with_loss: bool = True) -> list[CaseOutputs]:
+    def evaluate_cases(self, model: TaskModel, batches: Sequence[CaseBatch], with_loss: bool = True) -> list[CaseOutputs]:
         """Per case: loss, task embeddings and (for objectives with heads) predictions, from one
         pass over cases of equal tile count. Without ``with_loss`` the loss is NaN: new cases at
         prediction time have no text targets."""

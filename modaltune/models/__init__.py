@@ -3,6 +3,7 @@
 from modaltune.models.dilated_attention import DilatedSelfAttention, dilated_attention, longnet_segment_lengths
 from modaltune.models.encoder_weights import check_encoder_checkpoint, load_slide_encoder
 from modaltune.models.frozen_encoder import SLIDE_ENCODER_PRESETS, EncoderConfig, FrozenSlideEncoder
+from modaltune.models.methods import MethodNetwork
 from modaltune.models.modal_adapter import ModalAdapter, resolve_adapter_layout
 from modaltune.models.modality_encoders import (
     DEFAULT_TASKS,
@@ -27,6 +28,10 @@ from modaltune.models.slide_encoder import (
 )
 from modaltune.models.titan import TitanConfig, TitanSlideEncoder
 
+# What training, evaluation and prediction run: a method on the frozen SLFM (ModalTune, the
+# linear probe) or a baseline network; both answer the objectives' cached-prefix calls.
+TaskModel = ModalTuneModel | MethodNetwork
+
 __all__ = [
     "DEFAULT_TASKS",
     "GIGAPATH_CHECKPOINT_FILENAME",
@@ -50,6 +55,7 @@ __all__ = [
     "RnaSettings",
     "SlideEncoder",
     "SlideEncoderConfig",
+    "TaskModel",
     "TaskTokens",
     "TitanConfig",
     "TitanSlideEncoder",

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from modaltune.metrics import evaluate_predictions
-from modaltune.models import ModalTuneModel
-from modaltune.models.methods import SLFM_METHODS, MethodNetwork
+from modaltune.models import ModalTuneModel, TaskModel
+from modaltune.models.methods import SLFM_METHODS
 from modaltune.objectives import CaseBatch, Objective, build_objective
 from modaltune.probes import ProbeInputs, fit_probe_predictions
 
@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 class TrainModule(nn.Module):
     """The model and its objective as one module, as DeepSpeed and DDP want to wrap it."""
 
-    def __init__(self, model: ModalTuneModel | MethodNetwork, objective: Objective) -> None:
+    def __init__(self, model: TaskModel, objective: Objective) -> None:
         super().__init__()
         self.model, self.objective = model, objective
 
@@ -51,7 +51,7 @@ def build_train_module(config: TrainConfig, cohort: Cohort, bank: LabelBank) -> 
     and every later prediction holds the same one, and the new modules by the run's seed; a
     method on the SLFM (``modaltune``, ``linear_probe``) is built so, a baseline network (all of
     it new) by the run's seed."""
-    model: ModalTuneModel | MethodNetwork
+    model: TaskModel
     if config.model.method in SLFM_METHODS:
         torch.manual_seed(config.model.encoder_init_seed)
         model = ModalTuneModel(config.model.for_cohort(cohort))

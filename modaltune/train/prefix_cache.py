@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 
 from modaltune.atomic import atomic_path
-from modaltune.models import ModalTuneModel
+from modaltune.models import ModalTuneModel, TaskModel
 from modaltune.objectives import CaseBatch
 
 logger = logging.getLogger(__name__)
@@ -200,12 +200,14 @@ class PrefixCache:
 
 
 def open_prefix_cache(
-    enabled: bool, directory: Path, model: ModalTuneModel, dtype: torch.dtype, zero_stage: int | None, max_gb: float = float("inf"),
+    enabled: bool, directory: Path, model: TaskModel, dtype: torch.dtype, zero_stage: int | None, max_gb: float = float("inf"),
 ) -> PrefixCache | None:
     """The run's cache, or None (with the reason logged) where it cannot help or be correct."""
     reason = None
     if not enabled:
         reason = "prefix_cache is off"
+    elif not isinstance(model, ModalTuneModel):
+        reason = f"method {model.name!r} has no frozen part"
     elif model.prefix_depth == 0:
         reason = "the first adapter is at layer 0: no frozen prefix"
     elif zero_stage == 3:
@@ -217,7 +219,7 @@ def open_prefix_cache(
                 probe.write_bytes(b"")
         except OSError as exc:
             reason = f"{directory} is not writable ({exc})"
-    if reason is not None:
+    if reason is not None or not isinstance(model, ModalTuneModel):  # (the isinstance: for the type checker)
         logger.info("frozen-prefix cache not used: %s", reason)
         return None
     cache = PrefixCache(directory, model, dtype, max_gb * GB)

@@ -52,7 +52,8 @@ from modaltune.train.run_gate import RunGate
 logger = logging.getLogger(__name__)
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Entry point handed to ``TorchTrainer``; ``loop_config = {"runs": [{"train": ..., "paths": RunInputs}, ...], "gate": RunGate | None, "log_level": str}``.
+    """Entry point handed to ``TorchTrainer``;
+    ``loop_config = {"runs": [{"train": ..., "paths": RunInputs}, ...], "gate": RunGate | None, "log_level": str}``.
 
     A sweep trial hands all its repetitions to one worker group, one after another: Ray Train's
     launch (actors, imports, process group) is paid once per trial instead of once per
@@ -124,7 +125,8 @@ class RunRecipe:
             config.prefix_cache, self.cohort.layout.cache_dir / "prefix", self.module.model, self.built.dtype,
             self.built.zero_stage, config.prefix_cache_max_gb,
         )
-        self.batch_tiles = 0 if self.built.zero_stage == 3 else config.evaluation_batch_tiles  # ZeRO-3: every rank the same number of forwards
+        # ZeRO-3: every rank the same number of forwards
+        self.batch_tiles = 0 if self.built.zero_stage == 3 else config.evaluation_batch_tiles
         self.writer = SummaryWriter(log_dir=str(self.paths.layout.tensorboard)) if self.rank == 0 else None
 
     def _setup_data(self) -> None:
@@ -167,7 +169,8 @@ class RunRecipe:
         """Score the validation cases into ``metrics``, write the predictions; whether to stop early."""
         config = self.config
         outputs = _Outputs(self._batches("evaluation"), self.module, self.classes_of, self.rank, self.world, self.batch_tiles)
-        scores, predictions = outputs.score(self.train_ids, self.val_ids, f"validation fold {config.fold}, seed {config.seed}, epoch {epoch}")
+        where = f"validation fold {config.fold}, seed {config.seed}, epoch {epoch}"
+        scores, predictions = outputs.score(self.train_ids, self.val_ids, where)
         self.state.scores = {k: float(v) for k, v in scores.items()}
         metrics |= {f"val_{k}": v for k, v in scores.items()}
         stop = _early_stopping(self.state, config, epoch, metrics)
@@ -176,7 +179,8 @@ class RunRecipe:
         if self.rank == 0:
             _write_predictions(directory / f"epoch_{epoch:03d}.parquet", epoch, predictions, tags)
         if final or stop:
-            _write_final_predictions(outputs, directory, epoch, tags, self.train_ids, self.cohort.test_cases(config.test_fold, config.cohorts))
+            test_ids = self.cohort.test_cases(config.test_fold, config.cohorts)
+            _write_final_predictions(outputs, directory, epoch, tags, self.train_ids, test_ids)
         return stop
 
     def report(self, metrics: dict[str, Any]) -> None:
@@ -192,7 +196,10 @@ class RunRecipe:
         if self.rank == 0:
             write_json_atomic(
                 self.paths.layout.finished,
-                {"run": self.index, **self.paths.tags, "scores": self.state.scores, "started": self.started, "seconds": time.time() - self.started},
+                {
+                    "run": self.index, **self.paths.tags, "scores": self.state.scores,
+                    "started": self.started, "seconds": time.time() - self.started,
+                },
             )
 
 
@@ -224,7 +231,7 @@ def _sum_across_ranks(values: dict[str, float]) -> dict[str, float]:
     keys = sorted(values)
     tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64)
     dist.all_reduce(tensor)
-    return {k: float(v) for k, v in zip(keys, tensor)}
+    return {k: float(v) for k, v in zip(keys, tensor, strict=True)}
 
 
 def _mean_across_ranks(values: dict[str, float]) -> dict[str, float]:
@@ -285,7 +292,8 @@ class _Outputs:
         self._train_rows: list[dict] | None = None
 
     def rows(self, ids: Sequence[str]) -> list[dict]:
-        return _gathered(collect_case_outputs(self.module, self.batches, _padded_shard(ids, self.rank, self.world), batch_tiles=self.batch_tiles), self.world)
+        shard = _padded_shard(ids, self.rank, self.world)
+        return _gathered(collect_case_outputs(self.module, self.batches, shard, batch_tiles=self.batch_tiles), self.world)
 
     def train_rows(self, train_ids: Sequence[str]) -> list[dict]:
         if self._train_rows is None:

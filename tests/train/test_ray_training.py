@@ -210,3 +210,5 @@ def test_a_baseline_method_trains_through_the_train_command(
     weights = torch.load(_checkpoints(tmp_path / "abmil")[-1] / "adapter.pt", weights_only=True)
     assert {name.split(".")[1] for name in weights if name.startswith("model.")} == {"tiles", "pool", "others", "heads"}
     assert weights["model.tiles.0.weight"].shape == (32, Cohort(small_cohort).manifest.feature_dim)
+    network = load_train_config(None, overrides).model.method_network(Cohort(small_cohort))
+    assert sum(w.numel() for name, w in weights.items() if name.startswith("model.")) == network.parameter_counts()["trainable"]

@@ -83,8 +83,10 @@ class StorageGuard(Stopper):
 
     def __setstate__(self, state: dict) -> None:
         # Tune pickles the stopper with the experiment, possibly right after it tripped; a
-        # resumed study starts with a guard that checks again.
-        self.__dict__.update(state | {"tripped": False, "_checked": 0.0, "_last_free": None})
+        # resumed study starts with a guard that checks again and learns its writes again: the
+        # drop it last saw may have been another program filling the disk, which the user has
+        # since cleared, and would otherwise refuse every resume.
+        self.__dict__.update(state | {"tripped": False, "_checked": 0.0, "_last_free": None, "about_to_write_mb": 0.0})
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         self._check(every_s=0.0)

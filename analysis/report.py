@@ -1,7 +1,7 @@
 """``modaltune analyze``: a study's results turned into ``report/report.md``, a self-contained
 ``report/report.html`` (figures embedded) and the figures as PNG.
 
-Each section is computed by its own module (ablation tables and paired tests, model selection,
+Each section is computed by its own module (ablation tables and paired tests, the methods table, model selection,
 survival analysis, tuning, cost); this one only lays them out.
 """
 
@@ -34,6 +34,7 @@ from modaltune.analysis.ablation import (
 from modaltune.analysis.cost import cost_table, prefix_cache_line
 from modaltune.analysis.hparams import write_hparams
 from modaltune.analysis.inference import FoldDesign
+from modaltune.analysis.methods_table import COST_COLUMNS, OVERALL, has_method_factor, methods_table, parameters_text
 from modaltune.analysis.predictions import RepetitionPredictions, trial_predictions
 from modaltune.analysis.selection import OPTIMISM_NOTE, Selection, held_out_metrics, select_model
 from modaltune.analysis.summary import cell_summary, final_epochs, format_summary, load_confirmation, load_study
@@ -128,9 +129,13 @@ def analyze_study(study_dir: str | Path, metric: str | None = None, n_boot: int 
         comparisons, sentence = _ablation_sections(
             builder, spec_c, results_c, trials_c, metric, fold_design(spec_c), SearchOrConfirm.CONFIRMATION
         )
+        if has_method_factor(spec_c):
+            _methods_section(builder, spec_c, results_c, trials_c, metric, fold_design(spec_c), SearchOrConfirm.CONFIRMATION)
         _ablation_sections(builder, spec, results, trials, metric, fold_design(spec), SearchOrConfirm.SEARCH_CONFIRMED)
     elif spec.factors:
         comparisons, sentence = _ablation_sections(builder, spec, results, trials, metric, fold_design(spec), SearchOrConfirm.SEARCH)
+        if has_method_factor(spec):
+            _methods_section(builder, spec, results, trials, metric, fold_design(spec), SearchOrConfirm.SEARCH)
     selection, test_metrics = _selection_section(builder, study_dir, spec, results, trials, metric, n_boot)
     _tuning_section(builder, spec, results, trials, metric)
     builder.text("\n## Cost\n")
@@ -310,6 +315,75 @@ def _ablation_sections(
                 sentence = one_sentence_verdict(comparisons, name, design.folds)
                 builder.text(f"\n> {sentence}\n")
     return console, sentence
+
+
+def _methods_section(
+    builder: _ReportBuilder,
+    spec: StudySpec,
+    results: pd.DataFrame,
+    trials: pd.DataFrame,
+    metric: str,
+    design: FoldDesign,
+    stage: SearchOrConfirm,
+) -> None:
+    """The methods table (analysis/methods_table.py): scores with the best per column in bold, then
+    each method's paired difference to the reference, its hours and its trainable parameters."""
+    table = methods_table(spec, results, trials, list(dict.fromkeys((metric, "c_index", "balanced_accuracy"))), design)
+    rows = table.rows
+    builder.text(f"\n## Methods table ({stage.title})\n")
+    where = (
+        "per cancer type (each on its own validation cases, the same for every method) and overall" if table.per_cancer
+        else "overall only: the results carry no per-cancer metrics"
+    )
+    builder.text(
+        f"{stage.describe(spec)} One row per level of the `method` factor (reference *), its cells as in the ablation tables; "
+        f"{where}: mean ± sd over the {design.folds} validation folds (seeds averaged within a fold) of the final-epoch "
+        "validation metric; the best per column in bold.\n"
+    )
+    shown = pd.DataFrame({"method": [f"{label}*" if ref else label for label, ref in zip(rows.index, rows["reference"], strict=True)]})
+    for column in table.columns:
+        name = column.metric if column.group == OVERALL and not table.per_cancer else f"{column.group} {column.metric}"
+        shown[name] = [
+            _bold(_fmt(mean, std, math.nan, math.nan), best)
+            for mean, std, best in zip(rows[f"{column.key}_mean"], rows[f"{column.key}_std"], rows[f"{column.key}_best"], strict=True)
+        ]
+    builder.table(shown)
+    versus = pd.DataFrame({"method": shown["method"]})
+    for name in table.metrics:
+        versus[f"{name} vs {table.reference}"] = [
+            "reference" if ref else _difference_text(*values)
+            for ref, *values in zip(
+                rows["reference"], rows[f"{name}_difference"], rows[f"{name}_ci_low"], rows[f"{name}_ci_high"], strict=True
+            )
+        ]
+        for column, pattern in (("p_holm", ".3g"), ("mdd", ".3f")):
+            versus[f"{name} {column}"] = [
+                "" if ref else _number(value, pattern) for ref, value in zip(rows["reference"], rows[f"{name}_{column}"], strict=True)
+            ]
+    versus["trainable parameters"] = [parameters_text(lo, hi) for lo, hi in zip(rows["trainable_min"], rows["trainable_max"], strict=True)]
+    for column in COST_COLUMNS:
+        versus[column.replace("_", " ")] = [_number(v, ".3g") for v in rows[column]]
+    builder.text(
+        f"Each method against {table.reference}, paired by fold as in the statistics section (mean difference [95% CI], "
+        f"Holm-adjusted p over all comparisons of the metric, minimum detectable difference at {TARGET_POWER:.0%} power); "
+        "trainable parameters as each run reported them (a range where the method's cells differ; n/a for runs that did "
+        "not report them); trials and reserved hours summed over all the method's cells.\n"
+    )
+    builder.table(versus)
+
+
+def _bold(text: str, best: bool) -> str:
+    return f"**{text}**" if best and text != "n/a" else text
+
+
+def _number(value: float, pattern: str) -> str:
+    return "n/a" if math.isnan(value) else format(value, pattern)
+
+
+def _difference_text(difference: float, low: float, high: float) -> str:
+    if math.isnan(difference):
+        return "n/a"
+    return f"{difference:+.3f}" + ("" if math.isnan(low) else f" [{low:+.3f}, {high:+.3f}]")
 
 
 def _selection_section(

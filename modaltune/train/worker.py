@@ -141,6 +141,8 @@ class RunRecipe:
     def _setup_model(self, checkpoint: ray.train.Checkpoint | None) -> None:
         config = self.config
         self.module = build_train_module(config, self.cohort, self.bank).to(self.device)
+        # counted before the engine wraps the module: ZeRO-3 leaves each rank a shard of every weight
+        self.trainable = sum(p.numel() for p in self.module.trainable_parameters())
         self.built = build_engine(self.module, config, math.ceil(self.steps_per_epoch / config.optim.gradient_accumulation_steps))
         self.state = TrainState(run=self.index)
         if checkpoint is not None:
@@ -185,6 +187,7 @@ class RunRecipe:
 
     def report(self, metrics: dict[str, Any]) -> None:
         metrics |= {"best_epoch": self.state.best_epoch, "engine": self.built.backend, "run": self.index}
+        metrics |= {"trainable_parameters": self.trainable}  # the model's and objective's trained weights: a methods table's size column
         metrics |= {"frozen_checksum": _frozen_checksum(self.module, self.built)}
         if self.cache is not None:  # every rank's hits and misses; the folder's size as this rank saw it
             metrics |= _sum_across_ranks(self.cache.take_counts().as_metrics()) | self.cache.usage_metrics()

@@ -212,3 +212,4 @@ def test_a_baseline_method_trains_through_the_train_command(
     assert weights["model.tiles.0.weight"].shape == (32, Cohort(small_cohort).manifest.feature_dim)
     network = load_train_config(None, overrides).model.method_network(Cohort(small_cohort))
     assert sum(w.numel() for name, w in weights.items() if name.startswith("model.")) == network.parameter_counts()["trainable"]
+    assert set(metrics["trainable_parameters"]) == {sum(w.numel() for w in weights.values())}  # every trained weight, reported

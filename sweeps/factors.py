@@ -16,7 +16,7 @@ from typing import Any
 
 from modaltune.errors import InputError
 from modaltune.models.methods import METHOD_NETWORKS, SLFM_METHODS, method_names
-from modaltune.registry import Registry, UnknownChoiceError
+from modaltune.registry import EntrySettings, Registry, UnknownChoiceError
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,8 @@ def _cohorts(where: str, value: Any) -> Level:
 def _method(where: str, value: Any) -> Level:
     """A method by name (``abmil``), or a mapping with its ``name``, optionally the ``modalities``
     it is given (a method that cannot take the slide, such as ``snn``, needs them) and its own
-    settings beside them (``{name: abmil, modalities: [wsi, rna], width: 64}``). Whether the
+    settings beside them (``{name: abmil, modalities: [wsi, rna], width: 64}``, ``{name: finetune,
+    unfrozen_layers: 2}``; ``modaltune`` and ``linear_probe`` take none). Whether the
     method consumes the cell's modalities is checked with each cell's run config at plan time."""
     raw = {"name": value} if isinstance(value, str) else value
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
@@ -98,13 +99,12 @@ def _method(where: str, value: Any) -> Level:
     settings = {key: item for key, item in raw.items() if key not in ("name", "modalities")}
     if name not in method_names():
         raise UnknownChoiceError(f"{where}: unknown method {name!r}; choose from {method_names()}")
-    if name in SLFM_METHODS and settings:
+    if name in SLFM_METHODS and settings and SLFM_METHODS[name].Settings is EntrySettings:
         raise InputError(f"{where}: method {name!r} takes its settings from train.model and other factors, not {sorted(settings)}")
-    if name not in SLFM_METHODS:
-        try:
-            METHOD_NETWORKS.settings(name, settings)
-        except InputError as exc:
-            raise InputError(f"{where}: {exc}") from exc
+    try:
+        (SLFM_METHODS if name in SLFM_METHODS else METHOD_NETWORKS).settings(name, settings)
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from exc
     override: dict[str, Any] = {"method": name, "method_settings": settings}
     label = name
     if modalities is not None:

@@ -122,6 +122,16 @@ class FrozenSlideEncoder(nn.Module, ABC):
         here; an SLFM that pools otherwise (TITAN's attentional pooler) overrides it."""
         return self.finalize(tokens)[:, 0]
 
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        """The weights ``embed_tiles`` reads (tile projection, CLS token): what a fine-tune of the
+        whole SLFM (the ``finetune`` method) trains besides the layers and ``pooling_parameters``."""
+        raise NotImplementedError(f"{type(self).__name__} does not say which weights embed its tiles, so it cannot be fine-tuned")
+
+    def pooling_parameters(self) -> list[nn.Parameter]:
+        """The weights after the last layer that ``pool`` reads (final norm(s), a pooler): a
+        fine-tune of the last layers trains them with those."""
+        raise NotImplementedError(f"{type(self).__name__} does not say which weights pool its slide embedding, so it cannot be fine-tuned")
+
     def forward(self, features: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """The SLFM's own slide embedding, ``[B, dim]``."""
         return self.pool(self.run_layers(self.embed(features, coords), context=self.layer_context(coords)))

@@ -28,6 +28,7 @@ from torch import nn
 from modaltune.errors import InputError
 from modaltune.models.encoder_weights import load_slide_encoder
 from modaltune.models.frozen_encoder import EncoderConfig, FrozenSlideEncoder
+from modaltune.models.methods import FinetuneSettings
 from modaltune.models.modal_adapter import Layout, ModalAdapter, resolve_adapter_layout
 from modaltune.models.modality_encoders import DEFAULT_TASKS, IMAGE, ModalityEncoder, ModalityEncoderEntry, TaskTokens
 from modaltune.models.model_settings import ModelSettings, model_settings
@@ -62,6 +63,13 @@ class ModalTuneConfig:
                 raise InputError(f"ModalTuneConfig.modality_inputs has no input shape for modality {name!r}")
         if self.n_tasks < 1:
             raise InputError(f"ModalTuneConfig.n_tasks must be >= 1, got {self.n_tasks}")
+        if self.finetune is not None and self.layout:
+            raise InputError(f"method 'finetune' trains no Modal Adapters, but the model places them at {list(self.layout)}")
+        if self.finetune is not None and self.finetune.unfrozen(self.encoder.depth) > self.encoder.depth:
+            raise InputError(
+                f"model.method_settings.unfrozen_layers={self.finetune.unfrozen_layers} exceeds the slide encoder's "
+                f"{self.encoder.depth} layers"
+            )
         bottleneck = int(self.encoder.dim * self.settings.cffn_ratio)
         if self.layout and bottleneck % self.settings.adapter_heads:
             raise InputError(
@@ -77,6 +85,17 @@ class ModalTuneConfig:
         return resolve_adapter_layout(
             self.encoder.depth, explicit, None if explicit else settings.adapter_depth, settings.adapter_block_size
         )
+
+    @property
+    def finetune(self) -> FinetuneSettings | None:
+        """What of the SLFM trains (the ``finetune`` method); None: it is frozen."""
+        settings = self.settings.method_settings
+        return settings if isinstance(settings, FinetuneSettings) else None
+
+    @property
+    def unfrozen_layers(self) -> int:
+        """How many of the SLFM's last layers train (0: it is frozen)."""
+        return self.finetune.unfrozen(self.encoder.depth) if self.finetune is not None else 0
 
     @property
     def token_modalities(self) -> tuple[str, ...]:
@@ -112,7 +131,10 @@ class ModalTuneModel(nn.Module):
     """Frozen SLFM + Modal Adapters + modality encoders + output head.
 
     The SLFM stays frozen and in eval mode under ``model.train()``; only the new modules are
-    trainable, and ``adapter_state_dict`` saves just those.
+    trainable, and ``adapter_state_dict`` saves just those. Under ``finetune`` its last
+    ``unfrozen_layers`` layers and the weights its slide embedding reads after them train as
+    well (all of it, the tile embedding included, when every layer does), still in eval mode:
+    the SLFM's dropout and drop-path stay off, as in the frozen model.
     """
 
     def __init__(self, config: ModalTuneConfig, encoder: FrozenSlideEncoder | None = None) -> None:
@@ -127,6 +149,8 @@ class ModalTuneModel(nn.Module):
                 f"ModalTuneConfig.encoder (dim {config.encoder.dim}, depth {config.encoder.depth})"
             )
         self.encoder = encoder.freeze()
+        for param in self._tuned_encoder_parameters():
+            param.requires_grad_(True)
         dim = encoder.dim
         layout = config.layout
         self.adapter = (
@@ -152,18 +176,36 @@ class ModalTuneModel(nn.Module):
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
 
+    def _tuned_encoder_parameters(self) -> list[nn.Parameter]:
+        """The SLFM weights ``finetune`` trains: its last ``unfrozen_layers`` layers and
+        ``pooling_parameters``, with ``embedding_parameters`` when the whole SLFM trains."""
+        tuning, encoder = self.config.finetune, self.encoder
+        if tuning is None:
+            return []
+        first = encoder.depth - self.config.unfrozen_layers
+        tuned = [param for layer in encoder.layers[first:] for param in layer.parameters()] + encoder.pooling_parameters()
+        return tuned + encoder.embedding_parameters() if tuning.unfrozen_layers is None else tuned
+
+    @property
+    def _embedding_trains(self) -> bool:
+        return self.config.finetune is not None and self.config.finetune.unfrozen_layers is None
+
     @property
     def prefix_depth(self) -> int:
-        """Number of leading frozen layers no adapter touches (all of them without adapters)."""
-        return self.adapter.start if self.adapter is not None else self.encoder.depth
+        """Number of leading frozen layers no adapter touches (all of them without adapters, those
+        before the first unfrozen layer under ``finetune``)."""
+        if self.adapter is not None:
+            return self.adapter.start
+        return self.encoder.depth - self.config.unfrozen_layers
 
-    @torch.no_grad()
     def encode_prefix(self, features: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """``embed`` + ``layers[:prefix_depth]``: ``[B, 1+N, dim]``, constant during training, so
         it may be cached per slide (and reused across epochs and trials of the same SLFM and
-        ``prefix_depth``)."""
-        context = self.encoder.layer_context(coords)
-        return self.encoder.run_layers(self.encoder.embed(features, coords), 0, self.prefix_depth, context)
+        ``prefix_depth``). Computed without gradients, unless the tile embedding trains (a
+        ``finetune`` of the whole SLFM, whose prefix is 0 layers and never cached)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self._embedding_trains):
+            context = self.encoder.layer_context(coords)
+            return self.encoder.run_layers(self.encoder.embed(features, coords), 0, self.prefix_depth, context)
 
     def interact(
         self,
@@ -181,9 +223,10 @@ class ModalTuneModel(nn.Module):
         def run(tokens: torch.Tensor, start: int, stop: int) -> torch.Tensor:
             return self.encoder.run_layers(tokens, start, stop, context)
 
-        tokens = prefix
         if self.adapter is not None:
-            tokens, modality = self.adapter(tokens, modality, run, self.encoder.depth)
+            tokens, modality = self.adapter(prefix, modality, run, self.encoder.depth)
+        else:  # the layers after the prefix: none for a frozen SLFM, the unfrozen ones under finetune
+            tokens = run(prefix, self.prefix_depth, self.encoder.depth)
         return self.encoder.pool(tokens), modality
 
     def forward_from_prefix(
@@ -230,6 +273,24 @@ class ModalTuneModel(nn.Module):
     def frozen_parameters(self) -> list[nn.Parameter]:
         return [param for param in self.parameters() if not param.requires_grad]
 
+    def lr_scales(self) -> dict[str, float]:
+        """The trainable weights' learning-rate multipliers other than 1, by parameter name: none,
+        except under ``finetune`` with ``layer_decay`` below 1, where layer ``i`` of the SLFM
+        learns at ``layer_decay ** (depth - 1 - i)`` times the run's rate and its tile embedding
+        at ``layer_decay ** depth`` times (the weights after the last layer, as the heads, at 1)."""
+        tuning, encoder = self.config.finetune, self.encoder
+        if tuning is None or tuning.layer_decay == 1:
+            return {}
+        decay, depth = tuning.layer_decay, encoder.depth
+        scale = {id(param): decay**depth for param in encoder.embedding_parameters()}
+        for i, layer in enumerate(encoder.layers):
+            scale |= {id(param): decay ** (depth - 1 - i) for param in layer.parameters()}
+        return {
+            name: scale[id(param)]
+            for name, param in self.named_parameters()
+            if param.requires_grad and scale.get(id(param), 1.0) != 1.0
+        }
+
     def parameter_counts(self) -> dict[str, int]:
         """Trainable / frozen totals and the trainable count of each new component."""
         counts = {
@@ -242,6 +303,8 @@ class ModalTuneModel(nn.Module):
         for name, encoder in self.modality_encoders.items():
             counts[f"{name}_encoder"] = sum(p.numel() for p in encoder.parameters())
         counts["head"] = sum(p.numel() for p in (*self.head_norm.parameters(), *self.head.parameters()))
+        if self.config.finetune is not None:
+            counts["encoder"] = sum(p.numel() for p in self.encoder.parameters() if p.requires_grad)
         return counts
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:

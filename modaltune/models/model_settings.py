@@ -84,10 +84,11 @@ class ModelSettings(BaseModel):
     modality_self_attention: bool = True
     out_dim: int = Field(default=32, ge=1)
     modality_settings: dict[str, SerializeAsAny[EntrySettings]] = Field(default_factory=dict)
-    # Which network the run trains: ``modaltune`` (the keys above) or a baseline of
-    # ``METHOD_NETWORKS`` with its own ``method_settings`` (its published sizes by default).
+    # Which network the run trains: ``modaltune`` (the keys above), another method on the SLFM
+    # (``SLFM_METHODS``: ``linear_probe``, ``finetune`` with its own ``method_settings``) or a
+    # baseline of ``METHOD_NETWORKS`` with its own ``method_settings`` (its published sizes by default).
     method: str = MODALTUNE
-    method_settings: SerializeAsAny[EntrySettings] = Field(default_factory=EntrySettings)
+    method_settings: SerializeAsAny[EntrySettings] = Field(default_factory=EntrySettings, validate_default=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -127,12 +128,14 @@ class ModelSettings(BaseModel):
     @classmethod
     def _method_validates_its_settings(cls, value: Any, info: ValidationInfo) -> Any:
         method = info.data.get("method")
+        if type(value) is EntrySettings:  # the default (no settings given): the method's own defaults
+            value = {}
         if isinstance(value, EntrySettings) or method is None:
             return value
         if method in SLFM_METHODS:
-            if value:
+            if value and SLFM_METHODS[method].Settings is EntrySettings:
                 raise ValueError(f"method {method!r} takes no method_settings (its settings are the model section's keys), got {value}")
-            return EntrySettings()
+            return SLFM_METHODS.settings(method, value, written=method)
         return METHOD_NETWORKS.settings(method, value, written=method)
 
     @field_validator("encoder")
@@ -181,7 +184,7 @@ class ModelSettings(BaseModel):
     def for_cohort(self, cohort: Cohort) -> ModalTuneConfig:
         """``build`` with the input shapes of the modalities the model uses (only those: WSI-only
         runs need no RNA files), the cohort's feature width and tile size; for a method on the
-        SLFM other than ``modaltune``, with the settings it fixes (``linear_probe``: no adapters)."""
+        SLFM other than ``modaltune``, with the settings it fixes (``linear_probe``, ``finetune``: no adapters)."""
         from modaltune.data.modalities import modality_inputs
 
         fixed = SLFM_METHODS[self.method].fixed if self.method in SLFM_METHODS else {}

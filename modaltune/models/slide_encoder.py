@@ -208,6 +208,12 @@ class SlideEncoder(FrozenSlideEncoder):
     def finalize(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.norm(self.encoder.layer_norm(tokens))
 
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        return [*self.patch_embed.parameters(), self.cls_token]
+
+    def pooling_parameters(self) -> list[nn.Parameter]:
+        return [*self.encoder.layer_norm.parameters(), *self.norm.parameters()]
+
     def _init_weights(self) -> None:
         for module in self.modules():
             if isinstance(module, nn.Linear):

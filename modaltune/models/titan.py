@@ -205,3 +205,10 @@ class TitanSlideEncoder(FrozenSlideEncoder):
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.attn_pool_contrastive(self.finalize(tokens)).squeeze(1)
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        return [self.cls_token, *self.patch_embed.parameters()]
+
+    def pooling_parameters(self) -> list[nn.Parameter]:
+        """The final norm and the contrastive pooler ``pool`` reads (not the other pooler or ``proj``, which it does not)."""
+        return [*self.norm.parameters(), *self.attn_pool_contrastive.parameters()]

@@ -1,8 +1,9 @@
 """The training engine of a run: DeepSpeed (default) or torch DDP, built from the run config.
 
 DeepSpeed gets only the trainable parameters (the frozen slide encoder never reaches the
-optimizer) and a config we build from the run config — ZeRO stage, precision, gradient
-accumulation and clipping — merged with the user's ``deepspeed_overrides``. The optimizer is
+optimizer; under ``finetune`` with layer decay, as parameter groups each with its own rate)
+and a config we build from the run config — ZeRO stage, precision, gradient accumulation and
+clipping — merged with the user's ``deepspeed_overrides``. The optimizer is
 a client ``torch.optim.AdamW`` (a DeepSpeed-named optimizer would JIT-compile FusedAdam for a
 minute on CPU for no gain here) and the schedule a client warm-up + cosine ``LambdaLR``.
 """
@@ -177,7 +178,7 @@ class DdpEngine(BuiltEngine):
 def build_engine(module: TrainModule, config: TrainConfig, optimizer_steps_per_epoch: int) -> BuiltEngine:
     """DeepSpeed when configured and importable, else DDP — and the log says which runs."""
     precision = resolve_precision(config)
-    trainable = module.trainable_parameters()
+    trainable = module.optimizer_parameters(config.optim.lr)  # one list, or groups by learning rate (finetune's layer decay)
     optimizer = torch.optim.AdamW(trainable, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     schedule = warmup_cosine(optimizer_steps_per_epoch, config)
     if config.engine.backend == "deepspeed":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -44,12 +44,25 @@ class TrainModule(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
+    def optimizer_parameters(self, lr: float) -> list[nn.Parameter] | list[dict[str, Any]]:
+        """What the optimizer takes: the trainable parameters, or, where the model gives some a
+        learning-rate multiplier (``finetune``'s ``layer_decay``), one group per multiplier with
+        its ``lr``, the run's own rate first (the group a run logs the rate of)."""
+        scales = {f"model.{name}": scale for name, scale in self.model.lr_scales().items()}
+        if not scales:
+            return self.trainable_parameters()
+        groups: dict[float, list[nn.Parameter]] = {}
+        for name, param in self.named_parameters():
+            if param.requires_grad:
+                groups.setdefault(scales.get(name, 1.0), []).append(param)
+        return [{"params": params, "lr": lr * scale} for scale, params in sorted(groups.items(), key=lambda group: -group[0])]
+
 
 def build_train_module(config: TrainConfig, cohort: Cohort, bank: LabelBank) -> TrainModule:
     """The run's model and objective, as training builds them and ``predict`` rebuilds them: the
     random-init SLFM (without a checkpoint) seeded by ``encoder_init_seed``, so that every worker
     and every later prediction holds the same one, and the new modules by the run's seed; a
-    method on the SLFM (``modaltune``, ``linear_probe``) is built so, a baseline network (all of
+    method on the SLFM (``modaltune``, ``linear_probe``, ``finetune``) is built so, a baseline network (all of
     it new) by the run's seed."""
     model: TaskModel
     if config.model.method in SLFM_METHODS:

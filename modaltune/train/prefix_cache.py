@@ -52,9 +52,14 @@ logger = logging.getLogger(__name__)
 
 
 def encoder_fingerprint(model: ModalTuneModel, dtype: torch.dtype) -> str:
-    """What a prefix depends on besides the tiles: encoder config, frozen weights, depth, dtype."""
+    """What a prefix depends on besides the tiles: encoder config, frozen weights, depth, dtype.
+    The weights ``finetune`` trains (the layers after the prefix) are left out: they change as it
+    trains and the prefix never reads them, so a resumed run finds its entries."""
     digest = hashlib.sha256(f"{model.config.encoder!r}|{model.prefix_depth}|{dtype}".encode())
+    trained = {name for name, param in model.encoder.named_parameters() if param.requires_grad}
     for name, tensor in sorted(model.encoder.state_dict().items()):
+        if name in trained:
+            continue
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:20]
@@ -209,7 +214,7 @@ def open_prefix_cache(
     elif not isinstance(model, ModalTuneModel):
         reason = f"method {model.name!r} has no frozen part"
     elif model.prefix_depth == 0:
-        reason = "the first adapter is at layer 0: no frozen prefix"
+        reason = "the first adapter is at layer 0: no frozen prefix" if model.adapter is not None else "every SLFM layer trains"
     elif zero_stage == 3:
         reason = "ZeRO-3 gathers frozen weights collectively in every forward"
     else:

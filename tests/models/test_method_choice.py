@@ -24,7 +24,7 @@ from modaltune.train.config import load_train_config, validate_train_config
 from modaltune.train.loop import build_train_module
 
 STUDIES = Path(__file__).resolve().parents[2] / "sweeps" / "studies"
-CHOICES = re.escape("choose from ['modaltune', 'linear_probe', 'snn', 'abmil', 'mcat', 'survpath', 'transmil']")
+CHOICES = re.escape("choose from ['modaltune', 'linear_probe', 'finetune', 'snn', 'abmil', 'mcat', 'survpath', 'transmil']")
 
 
 def test_the_default_method_is_modaltune_and_a_saved_baseline_config_reads_back_the_same() -> None:

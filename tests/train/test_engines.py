@@ -59,6 +59,23 @@ def test_engine_config_is_the_built_config(process_group, small_cohort: Path) ->
     assert {id(p) for p in module.trainable_parameters()} == optimized
 
 
+def test_deepspeed_takes_finetunes_layer_decay_as_parameter_groups(process_group, small_cohort: Path) -> None:
+    config = load_train_config(
+        None, ["engine.zero_stage=1", "optim.lr=0.001", "model.method=finetune", "model.modalities=[wsi]",
+               "model.method_settings={unfrozen_layers: 2, layer_decay: 0.5}"]
+    )
+    module = _module(Cohort(small_cohort), config)
+    built = build_engine(module, config, optimizer_steps_per_epoch=10)
+    groups = built.engine.optimizer.param_groups
+    warm = groups[0]["lr"] / 0.001  # the schedule's first factor, the same for every group
+    assert [group["lr"] / warm for group in groups] == pytest.approx([0.001, 0.0005])  # the last layer and the rest at lr, layer 2 at lr/2
+    assert built.lr() == groups[0]["lr"]
+    optimized = {id(p) for group in built.engine.optimizer.bit16_groups for p in group}
+    assert optimized == {id(p) for p in module.trainable_parameters()}
+    layer = module.model.encoder.layers[2]
+    assert {id(p) for p in layer.parameters()} == {id(p) for p in built.engine.optimizer.bit16_groups[1]}
+
+
 def test_precision_rules() -> None:
     assert resolve_precision(load_train_config(None, ["engine.precision=auto"])) == "fp32"
     assert resolve_precision(load_train_config(None, ["engine.precision=auto", "scaling.use_gpu=true"])) == "bf16"

@@ -3,7 +3,7 @@ registered in ``METHOD_NETWORKS`` under its name with its own settings schema an
 count at the published sizes: ``abmil`` and ``transmil`` (tile features; with other modalities,
 late fusion "-cat"), ``snn`` (case vectors only), ``mcat`` and ``survpath`` (gene groups and
 tiles); and the methods that are ModalTune's model on the frozen SLFM (``slfm.py``:
-``modaltune`` and ``linear_probe``)."""
+``modaltune``, ``linear_probe`` and ``finetune``)."""
 
 from modaltune.models.methods.abmil import Abmil, AbmilSettings, GatedAttentionPool
 from modaltune.models.methods.base import (
@@ -17,12 +17,13 @@ from modaltune.models.methods.base import (
     method_names,
 )
 from modaltune.models.methods.mcat import Mcat, McatSettings
-from modaltune.models.methods.slfm import LINEAR_PROBE, MODALTUNE, SLFM_METHODS, SlfmMethod
+from modaltune.models.methods.slfm import FINETUNE, LINEAR_PROBE, MODALTUNE, SLFM_METHODS, FinetuneMethod, FinetuneSettings, SlfmMethod
 from modaltune.models.methods.snn import CaseVectorSnn, PathwayTokens, Snn, SnnSettings
 from modaltune.models.methods.survpath import SurvPath, SurvPathSettings
 from modaltune.models.methods.transmil import NystromAttention, TransMil, TransMilSettings
 
 __all__ = [
+    "FINETUNE",
     "LINEAR_PROBE",
     "METHOD_NETWORKS",
     "MODALTUNE",
@@ -31,6 +32,8 @@ __all__ = [
     "Abmil",
     "AbmilSettings",
     "CaseVectorSnn",
+    "FinetuneMethod",
+    "FinetuneSettings",
     "GatedAttentionPool",
     "Mcat",
     "McatSettings",

@@ -179,6 +179,10 @@ class MethodNetwork(nn.Module, ABC):
     def frozen_parameters(self) -> list[nn.Parameter]:
         return [param for param in self.parameters() if not param.requires_grad]
 
+    def lr_scales(self) -> dict[str, float]:
+        """Learning-rate multipliers other than 1, by parameter name: none, a method trains every weight at the run's rate."""
+        return {}
+
     def parameter_counts(self) -> dict[str, int]:
         """Trainable / frozen totals (a method has no frozen part) and the count of each
         top-level component (``heads``: the per-task projections)."""
@@ -196,7 +200,7 @@ METHOD_NETWORKS: Registry[type[MethodNetwork]] = Registry("method")
 
 def method_names() -> list[str]:
     """Every method a run config or a study level may name: those on the frozen SLFM
-    (``modaltune``, the default, and ``linear_probe``), then the entries of ``METHOD_NETWORKS``."""
+    (``modaltune``, the default, ``linear_probe`` and ``finetune``), then the entries of ``METHOD_NETWORKS``."""
     return [*SLFM_METHODS, *METHOD_NETWORKS.names()]
 
 

@@ -2,24 +2,31 @@
 the frozen-prefix cache saved.
 
 Hours are reserved resources x wall time (what a cluster bills): each trial's Tune wall time
-(``time_total_s``) times its Train workers' CPUs and GPUs (``num_workers x cpus_per_worker``).
+(``time_total_s``) times its Train workers' CPUs and GPUs (``num_workers x cpus_per_worker``),
+each trial at its own cell's size.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
+from modaltune.sweeps.cells import design_cells
+from modaltune.sweeps.resources import ResourcesSpec
 from modaltune.sweeps.spec import StudySpec
 from modaltune.units import bytes_text, duration_text
 
 
 def cost_table(spec: StudySpec, results: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
-    """One row per cell and a ``total`` row: trial counts by state, wall hours, CPU- and GPU-hours."""
+    """One row per cell and a ``total`` row: trial counts by state, wall hours, CPU- and GPU-hours.
+
+    Each trial is billed at its own size: as its result rows record it, else its cell's resources
+    (a method level's own over the study's), else the study's."""
     frame = trials.copy()
     wall_h = frame["time_total_s"].fillna(0.0) / 3600.0
-    workers = _per_trial(results, frame, "num_workers", spec.resources.num_workers)
-    cpus = _per_trial(results, frame, "cpus_per_worker", spec.resources.cpus_per_worker)
-    gpus = spec.resources.gpus_per_worker if spec.resources.use_gpu else 0.0
+    sizes = frame["cell"].map(cell_resources(spec)).map(lambda size: spec.resources if pd.isna(size) else size)
+    workers = _per_trial(results, frame, "num_workers", sizes.map(lambda size: size.num_workers))
+    cpus = _per_trial(results, frame, "cpus_per_worker", sizes.map(lambda size: size.cpus_per_worker))
+    gpus = _per_trial(results, frame, "gpus_per_worker", sizes.map(lambda size: size.gpus_per_worker))
     frame = frame.assign(wall_hours=wall_h, cpu_hours=wall_h * workers * cpus, gpu_hours=wall_h * workers * gpus)
     for state in ("finished", "stopped_early", "error", "interrupted"):
         frame[state] = frame["state"] == state
@@ -32,11 +39,16 @@ def cost_table(spec: StudySpec, results: pd.DataFrame, trials: pd.DataFrame) -> 
     return pd.concat([table, total], ignore_index=True).astype({c: int for c in counts})
 
 
-def _per_trial(results: pd.DataFrame, trials: pd.DataFrame, column: str, default: float) -> pd.Series:
-    """A resource each trial ran with, as recorded in its result rows; the spec's where none are."""
+def cell_resources(spec: StudySpec) -> dict[str, ResourcesSpec]:
+    """Cell id -> what each of its trials reserves (its levels' resources over the study's)."""
+    return {cell.id: cell.resources_in(spec.resources) for cell in design_cells(spec.factors, spec.design)}
+
+
+def _per_trial(results: pd.DataFrame, trials: pd.DataFrame, column: str, default: pd.Series) -> pd.Series:
+    """A resource each trial ran with, as recorded in its result rows; ``default`` where none are."""
     if column not in results.columns:
-        return pd.Series(default, index=trials.index)
-    return trials["trial_id"].map(results.groupby("trial_id")[column].first()).fillna(default)
+        return default.astype(float)
+    return trials["trial_id"].map(results.groupby("trial_id")[column].first()).fillna(default).astype(float)
 
 
 CACHE_COUNTS = ("prefix_cache_hits", "prefix_cache_misses", "prefix_cache_unstored", "prefix_cache_compute_s")

@@ -27,6 +27,7 @@ from modaltune.analysis.ablation import (
     repetition_scores,
 )
 from modaltune.analysis.inference import MIN_INTERVAL_UNITS, FoldDesign, minimum_detectable_difference
+from modaltune.analysis.methods_table import METHOD_FACTOR
 from modaltune.analysis.summary import load_study
 from modaltune.data import Cohort
 from modaltune.data.layout import CohortLayout, read_manifest
@@ -34,6 +35,7 @@ from modaltune.errors import InputError
 from modaltune.sweeps.cells import design_cells
 from modaltune.sweeps.factors import factor_level
 from modaltune.sweeps.plan import check_study_folds
+from modaltune.sweeps.resources import ResourcesSpec
 from modaltune.sweeps.spec import StudySpec
 from modaltune.train.config import validate_train_config
 
@@ -58,6 +60,7 @@ class StudyForecast:
     spread_source: str
     comparisons: pd.DataFrame  # factor, level, reference, mdd
     pilot: PilotTimes | None
+    sizes: list[tuple[str, ResourcesSpec]] = field(default_factory=list)  # per cell: its method (or "every cell") and its trials' size
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -81,8 +84,26 @@ class StudyForecast:
         confirm = (self.cells * self.pilot.start_s + self.confirm_runs * self.epochs * self.pilot.epoch_s) if self.confirm_runs else 0.0
         return search + confirm
 
+    def costs(self) -> pd.DataFrame:
+        """One row per method (per cell group when the study has no method factor): its cells,
+        trials, each trial's worker group and, with a pilot, the trial-, CPU- and GPU-hours its
+        cells reserve at that pilot's pace, each cell at its own size."""
+        per_cell = self.trial_seconds / 3600 / self.cells if self.cells else math.nan
+        rows = [
+            {
+                "method": group, "cells": 1, "trials": self.spec.search.trials_per_cell, "per trial": size.text(),
+                "trial_hours": per_cell, "cpu_hours": per_cell * size.num_workers * size.cpus_per_worker,
+                "gpu_hours": per_cell * size.num_workers * size.gpus_per_worker,
+            }
+            for group, size in self.sizes
+        ]
+        columns = ["method", "cells", "trials", "per trial", "trial_hours", "cpu_hours", "gpu_hours"]
+        table = pd.DataFrame(rows, columns=columns)
+        summed = table.groupby(["method", "per trial"], sort=False)[["cells", "trials", "trial_hours", "cpu_hours", "gpu_hours"]]
+        return summed.sum(min_count=1).reset_index()[columns]
+
     def text(self) -> str:
-        spec, resources = self.spec, self.spec.resources
+        spec = self.spec
         lines = [
             (
                 f"study {spec.name}: design {spec.design.type}, "
@@ -103,13 +124,15 @@ class StudyForecast:
             lines.append("compute: no pilot given (--pilot STUDY_DIR, a finished study with the same train config and hardware)")
         else:
             hours = self.trial_seconds / 3600
-            devices = resources.num_workers * (resources.gpus_per_worker if resources.use_gpu else resources.cpus_per_worker)
-            unit = "GPU" if resources.use_gpu else "CPU"
+            costs = self.costs()
+            gpu_hours, cpu_hours = float(costs["gpu_hours"].sum()), float(costs["cpu_hours"].sum())
+            reserved = f"{gpu_hours:.2f} GPU-hours and {cpu_hours:.2f} CPU-hours" if gpu_hours else f"{cpu_hours:.2f} CPU-hours"
             lines.append(
                 f"compute (pilot {self.pilot.source}: {self.pilot.epoch_s:.1f} s per epoch, {self.pilot.start_s:.0f} s start per trial): "
-                f"at most {hours:.2f} trial-hours, {hours * devices:.2f} {unit}-hours reserved, "
+                f"at most {hours:.2f} trial-hours, {reserved} reserved, "
                 f"about {hours / spec.max_concurrent * 60:.0f} min of wall time at {spec.max_concurrent} trials at once"
             )
+        lines.append(self._costs_text())
         lines.append(
             f"statistics: unit = validation fold ({self.design.folds}; {self.design_note}); corrected resampled t-test, "
             f"{max(self.design.folds - 1, 0)} degrees of freedom, variance x (1/{self.design.folds} + 1/{self.design.cv_folds - 1}); "
@@ -126,6 +149,18 @@ class StudyForecast:
             lines.append(shown.to_string(index=False))
         lines.extend(f"warning: {w}" for w in self.warnings)
         return "\n".join(lines)
+
+    def _costs_text(self) -> str:
+        """Each method's cells priced at their own trials' size (workers x per-worker CPU, GPU)."""
+        costs = self.costs()
+        head = "resources and cost per method (each trial's worker group: workers x per worker"
+        if self.pilot is None:
+            costs = costs.drop(columns=["trial_hours", "cpu_hours", "gpu_hours"])
+            head += "; hours need --pilot):"
+        else:
+            costs = costs.assign(**{c: costs[c].map(lambda v: f"{v:.2f}") for c in ("trial_hours", "cpu_hours", "gpu_hours")})
+            head += "; hours at most, at the pilot's pace):"
+        return head + "\n" + costs.to_string(index=False)
 
 
 def forecast(spec: StudySpec, spread: float | None = None, pilot_dir: Path | None = None, cohort_folds: int | None = None) -> StudyForecast:
@@ -149,8 +184,9 @@ def forecast(spec: StudySpec, spread: float | None = None, pilot_dir: Path | Non
     alpha = ALPHA / max(len(comparisons), 1)
     mdd = minimum_detectable_difference(spread, design.folds, design, alpha, TARGET_POWER) if spread is not None else math.nan
     comparisons["mdd"] = mdd
+    sizes = [(cell.levels.get(METHOD_FACTOR, "every cell"), cell.resources_in(spec.resources)) for cell in cells]
     result = StudyForecast(spec, len(cells), len(cells) * spec.search.trials_per_cell, len(spec.fold_indices) * len(spec.seeds),
-                           epochs, design, note, spread, source, comparisons, pilot)
+                           epochs, design, note, spread, source, comparisons, pilot, sizes)
     result.warnings = _warnings(result, mdd) + _fold_warnings(spec)
     return result
 

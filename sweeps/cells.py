@@ -16,6 +16,7 @@ from typing import Any
 
 from modaltune.errors import InputError
 from modaltune.sweeps.factors import factor_level
+from modaltune.sweeps.resources import ResourcesSpec
 from modaltune.sweeps.spec import DesignSpec
 
 
@@ -24,10 +25,18 @@ class Cell:
     id: str
     levels: dict[str, str] = field(default_factory=dict)  # factor -> level label
     overrides: tuple[dict[str, Any], ...] = ()
+    resources: dict[str, Any] = field(default_factory=dict)  # its levels' partial resources, over the study's
+
+    def resources_in(self, study: ResourcesSpec) -> ResourcesSpec:
+        """What each of this cell's trials reserves: the study's resources with its levels' own."""
+        return study.with_overrides(self.resources)
 
 
 def design_cells(factors: dict[str, list[Any]], design: DesignSpec) -> list[Cell]:
-    """The cells the design runs, the reference cell (every factor at its first level) first."""
+    """The cells the design runs, the reference cell (every factor at its first level) first.
+
+    Two levels of a factor with the same label are refused, also when only their ``resources``
+    differ: they train the same thing, so they would be one comparison counted twice."""
     levels = {name: [factor_level(name, value) for value in values] for name, values in factors.items()}
     for name, options in levels.items():
         labels = [level.label for level in options]
@@ -50,6 +59,7 @@ def design_cells(factors: dict[str, list[Any]], design: DesignSpec) -> list[Cell
             id=f"c{number:03d}",
             levels={name: levels[name][i].label for name, i in zip(names, combo, strict=True)},
             overrides=tuple(levels[name][i].override for name, i in zip(names, combo, strict=True)),
+            resources={key: value for name, i in zip(names, combo, strict=True) for key, value in levels[name][i].resources.items()},
         )
         for number, combo in enumerate(combos)
     ]

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from modaltune.errors import InputError
 from modaltune.models.methods import METHOD_NETWORKS, SLFM_METHODS, method_names
 from modaltune.registry import EntrySettings, Registry, UnknownChoiceError
+from modaltune.sweeps.resources import level_resources
 
 
 @dataclass(frozen=True)
 class Level:
     label: str
     override: dict[str, Any]
+    resources: dict[str, Any] = field(default_factory=dict)  # a partial ResourcesSpec: what this level's trials reserve
 
 
 FACTORS: Registry[Callable[[str, Any], Level]] = Registry("factor")
@@ -90,13 +92,15 @@ def _method(where: str, value: Any) -> Level:
     """A method by name (``abmil``), or a mapping with its ``name``, optionally the ``modalities``
     it is given (a method that cannot take the slide, such as ``snn``, needs them) and its own
     settings beside them (``{name: abmil, modalities: [wsi, rna], width: 64}``, ``{name: finetune,
-    unfrozen_layers: 2}``; ``modaltune`` and ``linear_probe`` take none). Whether the
-    method consumes the cell's modalities is checked with each cell's run config at plan time."""
+    unfrozen_layers: 2}``; ``modaltune`` and ``linear_probe`` take none) and its own ``resources``
+    (``{name: abmil, resources: {gpus_per_worker: 0.25}}``, any keys of the study's, which it
+    overrides for this level's cells; not in the label, since they do not change what is trained).
+    Whether the method consumes the cell's modalities is checked with each cell's run config at plan time."""
     raw = {"name": value} if isinstance(value, str) else value
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
         raise InputError(f"{where} must be a method name or a mapping with a 'name' (choose from {method_names()})")
     name, modalities = raw["name"], raw.get("modalities")
-    settings = {key: item for key, item in raw.items() if key not in ("name", "modalities")}
+    settings = {key: item for key, item in raw.items() if key not in ("name", "modalities", "resources")}
     if name not in method_names():
         raise UnknownChoiceError(f"{where}: unknown method {name!r}; choose from {method_names()}")
     if name in SLFM_METHODS and settings and SLFM_METHODS[name].Settings is EntrySettings:
@@ -114,4 +118,5 @@ def _method(where: str, value: Any) -> Level:
         label += "[" + "+".join(modalities) + "]"
     if settings:
         label += "(" + ",".join(f"{key}={json.dumps(item, separators=(',', ':'))}" for key, item in settings.items()) + ")"
-    return Level(label, {"model": override})
+    resources = level_resources(where, raw["resources"]) if "resources" in raw else {}
+    return Level(label, {"model": override}, resources)

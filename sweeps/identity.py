@@ -8,6 +8,7 @@ computes, the spec less ``HARMLESS`` settings plus the cohort's files. A resume 
 
 - a difference in what trials compute is refused, one line per difference;
 - differences in ``HARMLESS`` settings only (trackers, watchdog, resources a worker reserves,
+  the study's or a method level's own,
   concurrency, failure budget, free-space margin, where the cohort lies while its files are
   the same) are allowed, logged and appended to ``identity.json``'s ``changes``.
 
@@ -45,6 +46,7 @@ HARMLESS = (
     "name", "cohort", "synthetic", "storage", "trackers", "watchdog", "max_concurrent", "max_failures", "min_free_mb",
     "resources.cpus_per_worker", "resources.gpus_per_worker",
 )
+LEVEL_HARMLESS = (".resources.cpus_per_worker", ".resources.gpus_per_worker")
 # Differences that would extend the study rather than change it: said so in the refusal.
 EXTENDING = ("search.trials_per_cell", "factors", "design", "seeds", "folds", "confirm")
 _MISSING = "(not set)"
@@ -86,11 +88,20 @@ def flat_settings(spec: StudySpec) -> dict[str, Any]:
         else:
             flat[prefix] = value
 
-    visit("", spec.model_dump(mode="json"))
+    dumped = spec.model_dump(mode="json")
+    for factor, levels in dumped["factors"].items():  # a level's resources under keys of their own (some harmless)
+        for index, level in enumerate(levels):
+            if isinstance(level, dict) and "resources" in level:
+                level = levels[index] = dict(level)
+                for key, value in level.pop("resources").items():
+                    flat[f"factors.{factor}.{index}.resources.{key}"] = value
+    visit("", dumped)
     return flat
 
 
 def _harmless(key: str) -> bool:
+    if key.startswith("factors.") and key.endswith(LEVEL_HARMLESS):  # a method level's own resources, as the study's
+        return True
     return any(key == h or key.startswith(h + ".") for h in HARMLESS)
 
 
@@ -165,7 +176,7 @@ def resumed_changes(layout: StudyLayout, spec: StudySpec, source: str) -> dict[s
         hint = (
             "a study is not extended in place (Tune's saved search holds the budget and cells it started with): run the new spec "
             "as a new study, under another `name` or --storage; this one keeps its results"
-            if any(key == e or key.startswith(e + ".") for key in computing for e in EXTENDING)
+            if any((key == e or key.startswith(e + ".")) and ".resources." not in key for key in computing for e in EXTENDING)
             else f"resume with the study's own spec ({layout.spec}), or run the new one as a new study under another `name` or --storage"
         )
         raise SpecChangedError(

@@ -25,6 +25,7 @@ from modaltune.metrics import METRICS
 from modaltune.objectives import check_loss_weights
 from modaltune.sweeps.cells import Cell, design_cells
 from modaltune.sweeps.layout import StudyLayout
+from modaltune.sweeps.resources import ResourcesSpec
 from modaltune.sweeps.spec import StudySpec
 from modaltune.train.config import TrainConfig, set_dotted, validate_train_config
 from modaltune.train.label_banks import ensure_label_banks
@@ -72,6 +73,15 @@ class StudyPlan:
     def param_names(self) -> list[str]:
         return list(self.spec.search.params)
 
+    def resources(self, cell: Cell) -> ResourcesSpec:
+        """What each trial of ``cell`` reserves: the study's resources with its levels' own."""
+        return cell.resources_in(self.spec.resources)
+
+    @property
+    def uses_gpu(self) -> bool:
+        """Whether any cell's trials train on GPUs."""
+        return any(self.resources(cell).use_gpu for cell in self.cells)
+
     def train_config(self, cell: Cell, params: dict[str, Any], repetition: Repetition) -> TrainConfig:
         """The run config of ``cell`` with tuned ``params`` on one repetition."""
         return validate_train_config(self.raw_train_config(cell, params, repetition), source=f"study {self.spec.name}, cell {cell.id}")
@@ -89,13 +99,7 @@ class StudyPlan:
             raw["loss_weights"] = dict(spec.tasks) | raw["loss_weights"]
         for key, value in params.items():
             set_dotted(raw, key, value)
-        resources = spec.resources
-        raw["scaling"] = {
-            "num_workers": resources.num_workers,
-            "cpus_per_worker": resources.cpus_per_worker,
-            "use_gpu": resources.use_gpu,
-            **({"gpus_per_worker": resources.gpus_per_worker} if resources.use_gpu else {}),
-        }
+        raw["scaling"] = self.resources(cell).scaling()
         raw["fold"], raw["seed"], raw["test_fold"] = repetition.fold, repetition.seed, self.spec.test_fold
         return raw
 
@@ -228,7 +232,7 @@ def prepare_label_banks(plan: StudyPlan) -> list[Path]:
             config = plan.train_config(cell, first_params, repetition)
             banks.setdefault(plan.label_bank_path(config), config)
     StudyLayout(plan.study_dir).label_banks.mkdir(parents=True, exist_ok=True)
-    ensure_label_banks(Cohort(plan.spec.cohort), banks, plan.spec.resources.use_gpu)
+    ensure_label_banks(Cohort(plan.spec.cohort), banks, plan.uses_gpu)
     logger.info("label banks ready: %d (text encoder x fold x cancer types)", len(banks))
     return list(banks)
 

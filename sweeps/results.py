@@ -150,7 +150,7 @@ class ResultsWriter(Callback):
         return rows
 
     def epoch_row(self, trial_id: str, config: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
-        resources = self.plan.spec.resources
+        resources = self.plan.resources(self.plan.cell(config[CELL_KEY]))  # the cell's own, when its method level has them
         row: dict[str, Any] = {"study": self.plan.spec.name, "trial_id": trial_id, CELL_KEY: config[CELL_KEY]}
         row |= {name: config.get(name) for name in self.plan.factor_names}
         row |= {name: config.get(name) for name in self.plan.param_names}

@@ -19,6 +19,7 @@ from modaltune.errors import InputError, describe_validation_error, read_yaml_ma
 from modaltune.metrics import METRICS
 from modaltune.sweeps.cell_schedulers import CELL_SCHEDULERS, CellScheduler
 from modaltune.sweeps.factors import FACTORS
+from modaltune.sweeps.resources import ResourcesSpec, level_resources
 from modaltune.sweeps.samplers import SAMPLERS
 from modaltune.sweeps.trackers import TRACKERS
 
@@ -170,18 +171,6 @@ class SchedulerSpec(_Strict):
             ) from exc
 
 
-class ResourcesSpec(_Strict):
-    """Per-trial resources: each trial is a Ray Train run of ``num_workers`` workers."""
-
-    num_workers: int = Field(default=1, ge=1)
-    cpus_per_worker: float = Field(default=0.5, gt=0)
-    gpus_per_worker: float = Field(default=0.0, ge=0)
-
-    @property
-    def use_gpu(self) -> bool:
-        return self.gpus_per_worker > 0
-
-
 class WatchdogSpec(_Strict):
     """When a study counts as stuck: no trial has reported for ``stall_after_s`` while trials
     wait for resources and no live run holds any (see sweeps/watchdog.py)."""
@@ -289,6 +278,9 @@ class StudySpec(_Strict):
             FACTORS.check(name)
             if not levels:
                 raise ValueError(f"factor {name!r} needs at least one level")
+            for level in levels:  # a level's own resources are checked here, the rest of it with the cohort at plan time
+                if isinstance(level, dict) and "resources" in level:
+                    level_resources(f"{name}: level {level!r}", level["resources"])
         return factors
 
     @model_validator(mode="after")

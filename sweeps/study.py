@@ -143,7 +143,7 @@ def _drive(
         clear_interruption(StudyLayout(stage.study_dir))
     mark_study(layout, spec.name, "running")
     try:
-        ray_session.connect(address, use_gpu=spec.resources.use_gpu, processes=_processes(spec))
+        ray_session.connect(address, use_gpu=plan.uses_gpu, processes=_processes(plan))
         for stage in filter(None, (plan, confirmation)):
             prepare_label_banks(stage)
         outcome = _run_stages(plan, confirmation, resume, tune_table, trainable, reuse_actors)
@@ -234,12 +234,13 @@ def _run_stage(
     return outcome
 
 
-def _processes(spec: StudySpec) -> int:
+def _processes(plan: StudyPlan) -> int:
     """Ray worker processes the study keeps alive at once: per running trial its own process,
     Ray Train's controller, placement-group cleaner, synchronisation actor, dataset manager and
-    preemption watcher (on a cluster), and the workers; the study's channel, Ray's autoscaling
-    coordinator."""
-    return spec.max_concurrent * (6 + spec.resources.num_workers) + 2
+    preemption watcher (on a cluster), and the workers (as many as its largest cell's trials
+    have); the study's channel, Ray's autoscaling coordinator."""
+    workers = max(plan.resources(cell).num_workers for cell in plan.cells)
+    return plan.spec.max_concurrent * (6 + workers) + 2
 
 
 def _tune_config(plan: StudyPlan, reuse_actors: bool) -> TuneConfig:

@@ -146,7 +146,7 @@ class StallWatchdog(Callback):
             StudyLayout(self.plan.study_dir), "watchdog",
             f"the study made no progress for {silent:.0f} s: its trials wait for resources that nothing of this "
             "study holds (see the placement groups above). State saved: free those resources or add nodes "
-            "(or lower max_concurrent / resources in the spec), then run the same command with --resume",
+            "(or lower max_concurrent / resources in the spec, the study's or a method level's), then run the same command with --resume",
         )
 
     def survey(self, trials: list, table: dict[str, dict[str, Any]], now: float) -> Survey:

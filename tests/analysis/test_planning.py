@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from modaltune.analysis.inference import FoldDesign, minimum_detectable_difference
+from modaltune.analysis.planning import PilotTimes, forecast
 from modaltune.cli.main import main
 from modaltune.data import CohortLayout, SynthConfig, generate_cohort
 from modaltune.errors import InputError
@@ -42,6 +43,48 @@ def test_plan_of_the_paper_scale_study_counts_its_runs_and_what_it_can_detect() 
     assert "seeds per fold are averaged" in out
     assert "confirm stage: 16 cells' chosen configurations x 5 folds x 1 fresh seeds = 80 runs" in out
     assert "optimistic by selection" not in out  # the confirm stage's runs are what the tests use
+
+
+PAPER_METHODS = [
+    "modaltune", "linear_probe[wsi]", "finetune[wsi]", "abmil[wsi]", "abmil[wsi+rna]", "transmil[wsi]", "transmil[wsi+rna]", "snn[rna]",
+    "mcat[wsi+rna]", "survpath[wsi+rna]",
+]
+
+
+def test_the_paper_study_builds_every_method_on_every_cancer_type_at_its_own_size(tmp_path: Path) -> None:
+    """paper.yaml against a small synthetic cohort of the four cancer types with GigaPath-sized
+    features: every cell's run config is valid (build_plan checks them all) and sized by its method."""
+    cohort = generate_cohort(tmp_path / "cohort", SynthConfig(
+        cohorts=("BRCA", "NSCLC", "RCC", "GBMLGG"), slides_per_cohort=60, seed=3, feature_dim=1536, min_tiles=4, max_tiles=8,
+        n_genes=40, n_pathways=4, n_folds=5,
+    )).root
+    path = tmp_path / "paper.yaml"
+    path.write_text(yaml.safe_dump(yaml.safe_load((STUDIES / "paper.yaml").read_text()) | {"cohort": str(cohort)}))
+    plan = build_plan(load_study_spec(path), tmp_path / "study")
+    assert len(plan.cells) == 10 * 5 and sorted({c.levels["method"] for c in plan.cells}) == sorted(PAPER_METHODS)
+    sizes = {c.levels["method"]: plan.train_config(c, {}, plan.repetitions[0]).scaling for c in plan.cells}
+    assert (sizes["finetune[wsi]"].num_workers, sizes["finetune[wsi]"].gpus_per_worker) == (4, 1.0)
+    assert (sizes["modaltune"].num_workers, sizes["modaltune"].gpus_per_worker) == (1, 0.5)
+    assert sizes["abmil[wsi]"].gpus_per_worker == 0.25 and sizes["snn[rna]"].gpus_per_worker == 0.125
+    assert {c.model.encoder for c in (plan.train_config(cell, {}, plan.repetitions[0]) for cell in plan.cells)} == {"gigapath"}
+
+
+def test_plan_of_the_paper_study_prices_each_method(tmp_path: Path) -> None:
+    done = _plan(str(STUDIES / "paper.yaml"), "--spread", "0.03", "--cohort-folds", "5")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "50 cells x 8 trials = 400 trials" in out and "resources and cost per method" in out
+    table = out.split("resources and cost per method", 1)[1].splitlines()[2:12]
+    assert [line.split()[0] for line in table] == PAPER_METHODS
+    assert all(line.split()[1:3] == ["5", "40"] for line in table)
+    assert "4 x (8 CPU, 1 GPU)" in table[2] and "1 x (2 CPU, 0.25 GPU)" in table[3]
+    priced = forecast(load_study_spec(STUDIES / "paper.yaml"), cohort_folds=5)
+    priced.pilot = PilotTimes(tmp_path, epoch_s=60.0, start_s=120.0)
+    costs = priced.costs().set_index("method")
+    assert costs.loc["finetune[wsi]", "gpu_hours"] == pytest.approx(8 * costs.loc["modaltune", "gpu_hours"])
+    assert costs.loc["abmil[wsi]", "gpu_hours"] == pytest.approx(costs.loc["modaltune", "gpu_hours"] / 2)
+    assert costs["gpu_hours"].sum() == pytest.approx(priced.trial_seconds / 3600 / 50 * 5 * (0.5 + 0.25 + 4 + 6 * 0.25 + 0.125))
+    assert "GPU-hours and" in priced.text()
 
 
 def test_plan_warns_when_a_design_cannot_reach_significance(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ class Cell:
     levels: dict[str, str] = field(default_factory=dict)  # factor -> level label
     overrides: tuple[dict[str, Any], ...] = ()
     resources: dict[str, Any] = field(default_factory=dict)  # its levels' partial resources, over the study's
+    search_params: dict[str, Any] = field(default_factory=dict)  # its levels' own search params, over the study's
 
     def resources_in(self, study: ResourcesSpec) -> ResourcesSpec:
         """What each of this cell's trials reserves: the study's resources with its levels' own."""
@@ -60,6 +61,9 @@ def design_cells(factors: dict[str, list[Any]], design: DesignSpec) -> list[Cell
             levels={name: levels[name][i].label for name, i in zip(names, combo, strict=True)},
             overrides=tuple(levels[name][i].override for name, i in zip(names, combo, strict=True)),
             resources={key: value for name, i in zip(names, combo, strict=True) for key, value in levels[name][i].resources.items()},
+            search_params={
+                key: value for name, i in zip(names, combo, strict=True) for key, value in levels[name][i].search_params.items()
+            },
         )
         for number, combo in enumerate(combos)
     ]

@@ -43,7 +43,7 @@ def confirmation_configs(search: StudyPlan, confirm: StudyPlan) -> list[dict[str
             logger.warning("cell %s has no finished search trial: it is not confirmed", cell.id)
             continue
         row = rows.loc[trial_id]
-        params = {name: _plain(row[name]) for name in search.param_names}
+        params = {name: _plain(row[name]) for name in search.search_params(search.cell(cell.id))}
         configs.append({CELL_KEY: cell.id, **cell.levels, **params, CONFIRMS_KEY: trial_id})
     return configs
 

@@ -25,6 +25,7 @@ class Level:
     label: str
     override: dict[str, Any]
     resources: dict[str, Any] = field(default_factory=dict)  # a partial ResourcesSpec: what this level's trials reserve
+    search_params: dict[str, Any] = field(default_factory=dict)  # dotted key -> Distribution, over the study's search.params
 
 
 FACTORS: Registry[Callable[[str, Any], Level]] = Registry("factor")
@@ -94,13 +95,17 @@ def _method(where: str, value: Any) -> Level:
     settings beside them (``{name: abmil, modalities: [wsi, rna], width: 64}``, ``{name: finetune,
     unfrozen_layers: 2}``; ``modaltune`` and ``linear_probe`` take none) and its own ``resources``
     (``{name: abmil, resources: {gpus_per_worker: 0.25}}``, any keys of the study's, which it
-    overrides for this level's cells; not in the label, since they do not change what is trained).
+    overrides for this level's cells; not in the label, since they do not change what is trained)
+    and its own ``search: {params: {...}}`` (``{name: transmil, search: {params:
+    {model.method_settings.depth: {type: int, low: 1, high: 3}}}}``), tuned in this level's cells
+    only, over the study's ``search.params`` (a key of both: the level's range). A
+    ``model.method_settings.<key>`` must be a setting of this method and not one the level fixes.
     Whether the method consumes the cell's modalities is checked with each cell's run config at plan time."""
     raw = {"name": value} if isinstance(value, str) else value
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
         raise InputError(f"{where} must be a method name or a mapping with a 'name' (choose from {method_names()})")
     name, modalities = raw["name"], raw.get("modalities")
-    settings = {key: item for key, item in raw.items() if key not in ("name", "modalities", "resources")}
+    settings = {key: item for key, item in raw.items() if key not in ("name", "modalities", "resources", "search")}
     if name not in method_names():
         raise UnknownChoiceError(f"{where}: unknown method {name!r}; choose from {method_names()}")
     if name in SLFM_METHODS and settings and SLFM_METHODS[name].Settings is EntrySettings:
@@ -119,4 +124,38 @@ def _method(where: str, value: Any) -> Level:
     if settings:
         label += "(" + ",".join(f"{key}={json.dumps(item, separators=(',', ':'))}" for key, item in settings.items()) + ")"
     resources = level_resources(where, raw["resources"]) if "resources" in raw else {}
-    return Level(label, {"model": override}, resources)
+    search_params = level_search_params(where, name, settings, raw["search"]) if "search" in raw else {}
+    return Level(label, {"model": override}, resources, search_params)
+
+
+METHOD_SETTINGS_KEY = "model.method_settings."
+
+
+def level_search_params(where: str, method: str, fixed: dict[str, Any], value: Any) -> dict[str, Any]:
+    """A method level's ``search`` (``{params: {dotted key: distribution}}``, as the study's
+    ``search.params``), checked: each distribution well formed, each ``model.method_settings.<key>``
+    a setting of ``method`` that the level does not fix itself. Returns its params (Distributions)."""
+    from pydantic import ValidationError
+
+    from modaltune.errors import describe_validation_error
+    from modaltune.sweeps.spec import Distribution  # spec.py imports this module
+
+    if not isinstance(value, dict) or set(value) - {"params"} or not isinstance(value.get("params"), dict):
+        raise InputError(
+            f"{where}: search must be a mapping {{params: {{dotted.key: distribution}}}} (only params; every cell keeps the study's budget)"
+        )
+    registry = SLFM_METHODS if method in SLFM_METHODS else METHOD_NETWORKS
+    own = sorted(getattr(registry[method], "Settings", EntrySettings).model_fields)
+    params: dict[str, Any] = {}
+    for key, raw in value["params"].items():
+        if key.startswith(METHOD_SETTINGS_KEY):
+            setting = key[len(METHOD_SETTINGS_KEY):]
+            if setting not in own:
+                raise InputError(f"{where}: search.params.{key}: {setting!r} is not a setting of method {method!r} (its settings: {own})")
+            if setting in fixed:
+                raise InputError(f"{where}: search.params.{key}: the level fixes {setting}={fixed[setting]!r}; tune it or fix it, not both")
+        try:
+            params[key] = Distribution.model_validate(raw)
+        except ValidationError as exc:
+            raise InputError(f"{where}: search.params.{key}: {describe_validation_error(exc)}") from exc
+    return params

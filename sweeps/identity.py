@@ -89,12 +89,15 @@ def flat_settings(spec: StudySpec) -> dict[str, Any]:
             flat[prefix] = value
 
     dumped = spec.model_dump(mode="json")
-    for factor, levels in dumped["factors"].items():  # a level's resources under keys of their own (some harmless)
+    for factor, levels in dumped["factors"].items():  # a level's resources and search under keys of their own
         for index, level in enumerate(levels):
             if isinstance(level, dict) and "resources" in level:
                 level = levels[index] = dict(level)
                 for key, value in level.pop("resources").items():
                     flat[f"factors.{factor}.{index}.resources.{key}"] = value
+            if isinstance(level, dict) and "search" in level:  # refused on a change, as the study's search.params
+                level = levels[index] = dict(level)
+                visit(f"factors.{factor}.{index}.search", level.pop("search"))
     visit("", dumped)
     return flat
 
@@ -176,7 +179,10 @@ def resumed_changes(layout: StudyLayout, spec: StudySpec, source: str) -> dict[s
         hint = (
             "a study is not extended in place (Tune's saved search holds the budget and cells it started with): run the new spec "
             "as a new study, under another `name` or --storage; this one keeps its results"
-            if any((key == e or key.startswith(e + ".")) and ".resources." not in key for key in computing for e in EXTENDING)
+            if any(
+                (key == e or key.startswith(e + ".")) and ".resources." not in key and ".search." not in key
+                for key in computing for e in EXTENDING
+            )
             else f"resume with the study's own spec ({layout.spec}), or run the new one as a new study under another `name` or --storage"
         )
         raise SpecChangedError(

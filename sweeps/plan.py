@@ -26,7 +26,7 @@ from modaltune.objectives import check_loss_weights
 from modaltune.sweeps.cells import Cell, design_cells
 from modaltune.sweeps.layout import StudyLayout
 from modaltune.sweeps.resources import ResourcesSpec
-from modaltune.sweeps.spec import StudySpec
+from modaltune.sweeps.spec import Distribution, SearchSpec, StudySpec
 from modaltune.train.config import TrainConfig, set_dotted, validate_train_config
 from modaltune.train.label_banks import ensure_label_banks
 from modaltune.train.preflight import RANDOM_ENCODER_WARNING, check_config_against_cohort
@@ -71,7 +71,19 @@ class StudyPlan:
 
     @property
     def param_names(self) -> list[str]:
-        return list(self.spec.search.params)
+        """Every tuned key of any cell: the study's, then those only some method levels tune."""
+        names = dict.fromkeys(self.spec.search.params)
+        for cell in self.cells:
+            names |= dict.fromkeys(cell.search_params)
+        return list(names)
+
+    def search_params(self, cell: Cell) -> dict[str, Distribution]:
+        """What ``cell`` tunes: the study's ``search.params`` with its method level's own (by key)."""
+        return self.spec.search.params | cell.search_params
+
+    def search(self, cell: Cell) -> SearchSpec:
+        """The study's search with ``cell``'s params; the same budget for every cell."""
+        return self.spec.search.model_copy(update={"params": self.search_params(cell)}) if cell.search_params else self.spec.search
 
     def resources(self, cell: Cell) -> ResourcesSpec:
         """What each trial of ``cell`` reserves: the study's resources with its levels' own."""
@@ -136,10 +148,10 @@ def build_plan(spec: StudySpec, study_dir: Path) -> StudyPlan:
         Repetition(index, fold, seed) for index, (seed, fold) in enumerate(itertools.product(spec.seeds, spec.fold_indices))
     ]
     plan = StudyPlan(spec=spec, study_dir=study_dir, cells=cells, repetitions=repetitions)
-    _check_search_keys(spec)
+    _check_search_keys(spec, cells)
     random_encoder: set[str] = set()
     for cell in cells:
-        for params in _corner_params(spec):
+        for params in _corner_params(plan.search_params(cell)):
             for repetition in repetitions:
                 config = plan.train_config(cell, params, repetition)
                 if config.model.encoder_checkpoint is None and config.model.encoder_hub_id is None:
@@ -225,9 +237,9 @@ def check_fold_grouping(cohort: Cohort, folds_by: str) -> None:
 def prepare_label_banks(plan: StudyPlan) -> list[Path]:
     """Compute every label bank the study needs once, before any trial starts (Ray connected:
     those of a large text encoder go to a GPU node when the study trains on GPUs)."""
-    first_params = _corner_params(plan.spec)[0]
     banks: dict[Path, TrainConfig] = {}
     for cell in plan.cells:
+        first_params = _corner_params(plan.search_params(cell))[0]
         for repetition in plan.repetitions:
             config = plan.train_config(cell, first_params, repetition)
             banks.setdefault(plan.label_bank_path(config), config)
@@ -272,22 +284,26 @@ def _check_generated_with(spec: StudySpec) -> None:
             )
 
 
-def _check_search_keys(spec: StudySpec) -> None:
+def _check_search_keys(spec: StudySpec, cells: list[Cell]) -> None:
+    """The study's search keys, then each method level's own (named by its cell's levels)."""
     set_by_factors = {"adapter_depth": "model.adapter_depth", "modalities": "model.modalities", "loss_weights": "loss_weights"}
-    for key in spec.search.params:
+    keys = dict.fromkeys((key, "") for key in spec.search.params)
+    for cell in cells:
+        keys |= dict.fromkeys((key, f"factors.method level {cell.levels.get('method')!r}: ") for key in cell.search_params)
+    for key, prefix in keys:
         blocked = next((u for u in UNSEARCHABLE if key == u or key.startswith(u + ".")), None)
         if blocked:
             raise InputError(
-                f"search.params.{key}: cannot be tuned per trial; the study sets '{blocked}' (use factors, folds, seeds or resources)"
+                f"{prefix}search.params.{key}: cannot be tuned per trial; the study sets '{blocked}' "
+                "(use factors, folds, seeds or resources)"
             )
         for factor, target in set_by_factors.items():
             if factor in spec.factors and (key == target or key.startswith(target + ".")):
-                raise InputError(f"search.params.{key}: conflicts with factor '{factor}', which sets it")
+                raise InputError(f"{prefix}search.params.{key}: conflicts with factor '{factor}', which sets it")
 
 
-def _corner_params(spec: StudySpec) -> list[dict[str, Any]]:
+def _corner_params(params: dict[str, Distribution]) -> list[dict[str, Any]]:
     """Param sets that together visit every end of every range (others at their first value)."""
-    params = spec.search.params
     base = {key: dist.corners()[0] for key, dist in params.items()}
     sets = [base]
     for key, dist in params.items():

@@ -156,14 +156,20 @@ def cell_study_name(cell: str, levels: dict[str, Any]) -> str:
 class CellSearcher(Searcher):
     """One Tune searcher over all cells; suggestions carry the cell id and its factor levels."""
 
-    def __init__(self, cells: dict[str, dict[str, str]], search: SearchSpec, repetitions: int, journal: Path) -> None:
+    def __init__(
+        self, cells: dict[str, dict[str, str]], search: SearchSpec, repetitions: int, journal: Path,
+        cell_searches: dict[str, SearchSpec] | None = None,
+    ) -> None:
+        """``cell_searches``: a cell's own search where its method level tunes params of its own
+        (``StudyPlan.search``); the others use ``search``. Every cell gets ``search``'s budget."""
         super().__init__(metric=cv_key(search.primary.name), mode=search.primary.direction)
         self._levels = cells
         self._budget = search.trials_per_cell
+        searches = {cell: (cell_searches or {}).get(cell, search) for cell in cells}
         # Without tuned params every trial of a cell is the same config; no Optuna study is needed.
         self._searches = (
-            {cell: CellStudy(cell_study_name(cell, levels), levels, search, repetitions, journal) for cell, levels in cells.items()}
-            if search.params else {}
+            {cell: CellStudy(cell_study_name(cell, levels), levels, searches[cell], repetitions, journal) for cell, levels in cells.items()}
+            if any(s.params for s in searches.values()) else {}
         )
         self._issued = dict.fromkeys(cells, 0)
         self._cell_of: dict[str, str] = {}

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from modaltune.errors import InputError, describe_validation_error, read_yaml_mapping
 from modaltune.metrics import METRICS
 from modaltune.sweeps.cell_schedulers import CELL_SCHEDULERS, CellScheduler
-from modaltune.sweeps.factors import FACTORS
+from modaltune.sweeps.factors import FACTORS, factor_level
 from modaltune.sweeps.resources import ResourcesSpec, level_resources
 from modaltune.sweeps.samplers import SAMPLERS
 from modaltune.sweeps.trackers import TRACKERS
@@ -278,9 +278,13 @@ class StudySpec(_Strict):
             FACTORS.check(name)
             if not levels:
                 raise ValueError(f"factor {name!r} needs at least one level")
-            for level in levels:  # a level's own resources are checked here, the rest of it with the cohort at plan time
+            for level in levels:  # a level's own resources and search are checked here, the rest with the cohort at plan time
                 if isinstance(level, dict) and "resources" in level:
                     level_resources(f"{name}: level {level!r}", level["resources"])
+                if isinstance(level, dict) and "search" in level:
+                    if name != "method":
+                        raise ValueError(f"{name}: level {level!r}: only a method level may carry its own search")
+                    factor_level(name, level)
         return factors
 
     @model_validator(mode="after")

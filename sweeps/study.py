@@ -246,7 +246,10 @@ def _processes(plan: StudyPlan) -> int:
 def _tune_config(plan: StudyPlan, reuse_actors: bool) -> TuneConfig:
     search = plan.spec.search
     levels = {cell.id: cell.levels for cell in plan.cells}
-    searcher = CellSearcher(levels, search, len(plan.repetitions), StudyLayout(plan.study_dir).optuna)
+    searcher = CellSearcher(
+        levels, search, len(plan.repetitions), StudyLayout(plan.study_dir).optuna,
+        cell_searches={cell.id: plan.search(cell) for cell in plan.cells},
+    )
     return TuneConfig(
         search_alg=_saved_search(searcher, plan),
         scheduler=make_scheduler(plan),

@@ -112,7 +112,7 @@ class StudyTrial(tune.Trainable):
         if len(finished) == len(plan.repetitions):  # all done before a restart: say so once
             return
         cell = plan.cell(config[CELL_KEY])
-        params = {key: config[key] for key in plan.param_names}
+        params = {key: config[key] for key in plan.search_params(cell)}
         configs = [plan.train_config(cell, params, repetition) for repetition in plan.repetitions]
         runs = [(train, self._run_paths(cell.id, repetition, train)) for repetition, train in zip(plan.repetitions, configs, strict=True)]
         # Repetitions run in order, so those finished before a restart come first and the next may start at once.

@@ -20,6 +20,11 @@ pytestmark = pytest.mark.slow
 FACTORS = {"slide_encoder": ["tiny", "titan_tiny"], "adapter_depth": [3, 0]}
 
 
+@pytest.mark.exhaustive(
+    "a model-structure factor through a real study: tests/sweeps/test_methods_study.py; both architectures built "
+    "with adapters and trained: tests/models (test_titan.py, test_modal_adapter.py); "
+    "every slide_encoder preset built for a cohort: tests/test_registry.py"
+)
 def test_a_study_crossing_gigapath_and_titan_architectures_with_adapter_depth_trains_and_is_analysed(tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "slfms.yaml", "tiny", {
         "cohort": str(tmp_path / "cohort"), "folds": 2, "factors": FACTORS, "max_concurrent": 4,

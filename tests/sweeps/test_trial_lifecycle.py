@@ -113,6 +113,10 @@ def _messages(caplog: pytest.LogCaptureFixture, name: str) -> list[str]:
     return [record.getMessage() for record in caplog.records if record.name == name]
 
 
+@pytest.mark.exhaustive(
+    "trials ending and freeing their groups: every study in make test (ASHA stops: tests/sweeps/test_study.py's smoke study), "
+    "the reaper: test_a_trial_whose_process_dies_mid_run_is_restarted_from_its_checkpoint_after_the_reaper_frees_its_group"
+)
 def test_trials_stopped_by_the_scheduler_or_finished_free_their_worker_groups_themselves(
     local_ray: None, cohort: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -49,30 +49,27 @@ class Smoke:
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> Smoke:
-    """The shipped smoke study, run once for this module (it ends with its report and model), in
-    the one-at-a-time design: its three factors each changed from the reference, 4 cells, not
-    the 8 crossed ones (the crossed design is planned and analysed in tests/sweeps/test_spec.py
-    and tests/analysis)."""
+    """The shipped smoke study, run once for this module (it ends with its report and model)."""
     root = tmp_path_factory.mktemp("smoke")
-    spec = _spec(root, "smoke", {"design": "one_at_a_time"})
+    spec = _spec(root, "smoke", {})
     code, output = finish_study(start_study(spec, root / "studies"), timeout=900)
     return Smoke(root, spec, root / "studies" / "smoke", code, output)
 
 
 def test_smoke_study_end_to_end(smoke: Smoke) -> None:
-    """2 adapter depths, 2 modality sets, 2 text encoders one at a time, 2 folds: every cell x fold, sane
+    """2 adapter depths x 2 modality sets x 2 text encoders, 2 folds: every cell x fold, sane
     metrics, and the planted RNA effect recovered in the direction truth.json gives."""
     tmp_path, spec, study, code, output = smoke.root, smoke.spec, smoke.study, smoke.code, smoke.output
     assert code == 0, output[-4000:]
     assert "results:" in output and "c_index" in output
 
     trials = pd.read_parquet(study / "trials.parquet")
-    assert len(trials) == 4 and set(trials["state"]) == {"finished"}
+    assert len(trials) == 8 and set(trials["state"]) == {"finished"}
     results = pd.read_parquet(study / "results.parquet")
     assert not results.duplicated(["trial_id", "fold", "seed", "epoch"]).any()
     epochs = yaml.safe_load(spec.read_text())["train"]["optim"]["epochs"]
     per_cell = results.groupby(["cell", "fold"])["epoch"].nunique()
-    assert len(per_cell) == 4 * 2 and (per_cell == epochs).all()
+    assert len(per_cell) == 8 * 2 and (per_cell == epochs).all()
     for column in ("val_c_index", "val_balanced_accuracy", "val_macro_auc"):
         assert results[column].between(0, 1).all(), column
     for column in ("adapter_depth", "modalities", "llm", "optim.lr", "epoch_time_s", "time_total_s", "num_workers", "cpus_per_worker"):
@@ -82,7 +79,7 @@ def test_smoke_study_end_to_end(smoke: Smoke) -> None:
     assert len(list((study / "label_banks").glob("*.npz"))) == 2 * 2
     # Per-slide predictions of every trial x repetition x epoch, tagged with their trial.
     predictions = sorted((study / "predictions").glob("*/*/epoch_???.parquet"))
-    assert len(predictions) == 4 * 2 * epochs
+    assert len(predictions) == 8 * 2 * epochs
     frame = pd.read_parquet(predictions[0])
     assert {"case_id", "risk", "trial_id", "fold", "seed", "epoch"} <= set(frame.columns)
     # 15% of cases have no RNA row: every cell, with RNA or without, scores the same cases, those included.

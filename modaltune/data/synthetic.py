@@ -37,6 +37,12 @@ we know. The generative story (all of it recorded in ``truth.json``):
   With ``interaction_main_effect`` each factor is also protective on its own (the infiltrate in
   the slide's component, the pathway in the RNA's), as "hot" tumours are: a hierarchy whose main
   effects give a learner a first-order reason to represent both factors before it can meet them.
+* **Focal tiles** (``focal_tiles``, off by default): in a share of the cases
+  (``focal_case_fraction``) every slide shows a rare tissue pattern of its own (a ``focal``
+  prototype) on exactly ``focal_tiles`` tiles, which carries ``focal_log_hazard``. A handful of
+  tiles among tens barely moves a slide's mean tile, so a model that reads the slide through a
+  mean-like embedding (a frozen SLFM's, the linear probe) sees little of it, while attention over
+  tiles (ABMIL, TransMIL) can find the few tiles that show it. truth.json lists them per slide.
 
 Because the risk pathways are invisible in the image, a WSI+RNA model can beat a WSI-only
 model; ``truth.json`` says by how much with oracle C-indices of each modality's true
@@ -76,6 +82,9 @@ SHARED_PROTOTYPES = ("stroma", "lymphocytes", "necrosis", "adipose", "blood", "m
 SHARED_PROTOTYPE_LOGITS = (1.0, 0.3, -1.2, -0.6, -1.0, -1.5)
 HIGH_GRADE_PROTOTYPES = ("necrosis", "mitotic_tumour")
 IMMUNE_PROTOTYPE = "lymphocytes"
+FOCAL_PROTOTYPE = "focal"
+FOCAL_COMPONENT = "wsi_focal"  # the focal tiles' part of the log-hazard (truth.json's oracle C-indices)
+FOCAL_KNOBS = ("focal_tiles", "focal_case_fraction", "focal_log_hazard")
 
 # Log-hazard ratios of subtypes relative to the cohort's first subtype (GBM is far deadlier than LGG).
 # The mutation panel's genes, most often mutated pan-cancer drivers first (TCGA PanCancer Atlas).
@@ -135,6 +144,9 @@ class SynthConfig:
     site_log_hazard: float = 0.0  # SD of the sites' baseline log-hazards
     site_stain_shift: float = 0.0  # SD of the sites' shift of every tile feature
     site_preserved_folds: bool = False
+    focal_tiles: int = 0  # tiles per slide of a focal case that show the focal prototype; 0: none
+    focal_case_fraction: float = 0.5  # share of cases whose slides show it
+    focal_log_hazard: float = 0.0  # log-hazard of a focal case against the others
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.cohorts if c not in TCGA_COHORTS]
@@ -165,6 +177,12 @@ class SynthConfig:
                 raise InputError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.site_preserved_folds and self.n_sites < self.n_folds:
             raise InputError(f"site_preserved_folds needs at least n_folds ({self.n_folds}) sites, got n_sites={self.n_sites}")
+        if not 0 <= self.focal_tiles <= self.min_tiles:
+            raise InputError(f"focal_tiles must be in [0, min_tiles ({self.min_tiles})], got {self.focal_tiles}")
+        if not 0.0 < self.focal_case_fraction < 1.0:
+            raise InputError(f"focal_case_fraction must be in (0, 1), got {self.focal_case_fraction}")
+        if self.focal_log_hazard and not self.focal_tiles:
+            raise InputError("focal_log_hazard needs focal_tiles > 0: the focal cases are told apart only by those tiles")
         if self.slides_per_cohort < self.n_folds:
             raise InputError(f"slides_per_cohort must be at least n_folds ({self.n_folds})")
 
@@ -242,28 +260,38 @@ def _write_cohort(layout: CohortLayout, config: SynthConfig, progress: Progress 
     (site_seed,) = seeds.spawn(1)  # spawned after the others, so cohorts without sites are unchanged
     (mutation_seed,) = seeds.spawn(1)  # likewise for cohorts without a mutation panel
     (immune_seed,) = seeds.spawn(1)  # likewise for cohorts without an immune infiltrate
+    (focal_seed,) = seeds.spawn(1)  # likewise for cohorts without focal tiles
     world = _build_world(config, np.random.default_rng(world_seed))
     site_rng = np.random.default_rng(site_seed)
     sites = _Sites.sample(config, site_rng) if config.n_sites else None
     mutation_rng = np.random.default_rng(mutation_seed)
+    focal_rng = np.random.default_rng(focal_seed)
+    focal_prototype = focal_rng.standard_normal(config.feature_dim)  # as every prototype of _build_world
     cases = _sample_cases(
-        config, world, np.random.default_rng(case_seed), sites, site_rng, mutation_rng, np.random.default_rng(immune_seed)
+        config, world, np.random.default_rng(case_seed), sites, site_rng, mutation_rng, np.random.default_rng(immune_seed),
+        focal_rng,
     )
     slides = _sample_slides(config, cases, np.random.default_rng(slide_seed))
     logger.info("synthesising %d slides of %d cases", len(slides), len(cases))
 
     slide_seeds = tile_seed.spawn(len(slides))
+    focal_seeds = focal_seed.spawn(len(slides))
+    focal_tiles: dict[str, list[int]] = {}
     rows: Iterable[tuple[int, Any]] = list(enumerate(slides.itertuples(index=False)))  # (index, the slide's named tuple)
     for index, slide in (progress or _identity)(rows):
         rng = np.random.default_rng(slide_seeds[index])
         case = cases.loc[slide.case_id]
         features, coords = _slide_tiles(config, world, case, slide.n_tiles, rng)
+        if case["focal"]:
+            features, focal_tiles[slide.slide_id] = _with_focal_tiles(
+                config, features, focal_prototype, np.random.default_rng(focal_seeds[index])
+            )
         if sites is not None:
             features = (features + sites.stain_shift[case["site"]]).astype(np.float16)
         write_slide_features(layout.feature_file(slide.slide_id), features, coords, slide_id=slide.slide_id)
 
     slide_table = slides.drop(columns=["n_tiles"]).merge(
-        cases.drop(columns=["case_id", "z_image", "z_immune", *world.pathways]), left_on="case_id", right_index=True
+        cases.drop(columns=["case_id", "z_image", "z_immune", "focal", *world.pathways]), left_on="case_id", right_index=True
     )[[*SLIDE_COLUMNS, *CLINICAL_COLUMNS, *(["site"] if sites else [])]]
     write_parquet_atomic(layout.slides, pa.Table.from_pandas(slide_table, preserve_index=False))
     rna_rng = np.random.default_rng(rna_seed)
@@ -275,7 +303,7 @@ def _write_cohort(layout: CohortLayout, config: SynthConfig, progress: Progress 
         mutations = _mutation_table(config, cases, mutation_rng)
         write_parquet_atomic(layout.root / "mutations.parquet", pa.Table.from_pandas(mutations, preserve_index=False))
     save_labels(layout.labels, default_labels(list(config.cohorts)))
-    write_json_atomic(layout.truth, _truth(config, world, cases, sites))
+    write_json_atomic(layout.truth, _truth(config, world, cases, sites, focal_tiles))
     write_manifest(
         layout, CohortManifest(feature_dim=config.feature_dim, tile_size_px=config.tile_size_px, n_folds=config.n_folds)
     )
@@ -338,7 +366,7 @@ def _build_world(config: SynthConfig, rng: np.random.Generator) -> _World:
 
 def _sample_cases(
     config: SynthConfig, world: _World, rng: np.random.Generator, sites: _Sites | None, site_rng: np.random.Generator,
-    mutation_rng: np.random.Generator, immune_rng: np.random.Generator,
+    mutation_rng: np.random.Generator, immune_rng: np.random.Generator, focal_rng: np.random.Generator,
 ) -> pd.DataFrame:
     """One row per case (indexed by case_id): labels, latents, clinical fields, mutation status, survival."""
     frames = []
@@ -367,6 +395,7 @@ def _sample_cases(
     panel = list(DRIVER_GENES[: config.n_mutation_genes])
     cases[panel] = (mutation_rng.random((len(cases), len(panel))) < config.mutation_prevalence).astype(np.int8)
     cases["z_immune"] = immune_rng.standard_normal(len(cases)) if config.immune_logit_shift else 0.0
+    cases["focal"] = focal_rng.random(len(cases)) < config.focal_case_fraction if config.focal_tiles else False
     log_hazard = _log_hazard_components(config, world, cases)
     if sites is not None:
         cases["site"] = site_rng.choice(sites.names, size=len(cases))
@@ -430,6 +459,9 @@ def _log_hazard_components(config: SynthConfig, world: _World, cases: pd.DataFra
     if config.n_mutation_genes:
         driver = cases[DRIVER_GENES[0]].to_numpy()
         components["mutations"] = config.mutation_log_hazard * (driver - driver.mean())
+    if config.focal_tiles:
+        focal = cases["focal"].to_numpy(dtype=float)
+        components[FOCAL_COMPONENT] = config.focal_log_hazard * (focal - focal.mean())
     return pd.DataFrame(components, index=cases.index)
 
 
@@ -486,6 +518,18 @@ def _slide_tiles(
     return features.astype(np.float16), (grid * config.tile_size_px).astype(np.int32)
 
 
+def _with_focal_tiles(
+    config: SynthConfig, features: np.ndarray, prototype: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, list[int]]:
+    """``features`` with ``focal_tiles`` of its tiles, chosen at random, redrawn as noisy copies of
+    the focal prototype (the slide's stain shift is dropped on them: a few tiles of a pattern that
+    is rare anyway); returns them and the chosen tiles' indices."""
+    chosen = np.sort(rng.choice(len(features), size=config.focal_tiles, replace=False))
+    focal = features.copy()
+    focal[chosen] = prototype + config.tile_noise * rng.standard_normal((len(chosen), config.feature_dim))
+    return focal, [int(i) for i in chosen]
+
+
 def _base_logit(name: str, case: pd.Series, world: _World, config: SynthConfig) -> float:
     if name in SHARED_PROTOTYPES:
         logit = SHARED_PROTOTYPE_LOGITS[SHARED_PROTOTYPES.index(name)]
@@ -498,6 +542,33 @@ def _base_logit(name: str, case: pd.Series, world: _World, config: SynthConfig) 
         return -0.5
     own = world.subtype_prototype[(case["cohort"], case["subtype"])]
     return 0.5 + (config.subtype_logit_shift if world.prototype_names[own] == name else -config.subtype_logit_shift)
+
+
+def _config_record(config: SynthConfig) -> dict[str, Any]:
+    """``config`` as a dict, without the focal knobs when there are no focal tiles: the truth.json
+    of every cohort without them stays byte for byte what it was before they existed."""
+    record = asdict(config)
+    if not config.focal_tiles:
+        for name in FOCAL_KNOBS:
+            del record[name]
+    return record
+
+
+def _focal_truth(config: SynthConfig, cases: pd.DataFrame, focal_tiles: dict[str, list[int]]) -> dict:
+    """Where the focal tiles are (tile indices per slide, in its feature file's order) and which
+    methods can see them."""
+    return {
+        "prototype": FOCAL_PROTOTYPE,
+        "tiles_per_slide": config.focal_tiles,
+        "case_fraction": config.focal_case_fraction,
+        "log_hazard": config.focal_log_hazard,
+        "cases": int(cases["focal"].sum()),
+        "seen_by": "attention over tiles: abmil, transmil, mcat, survpath; modaltune's adapters may (their extractors "
+        "attend over tiles)",
+        "not_seen_by": "a frozen SLFM's slide embedding (linear_probe): a few tiles barely move it; methods without "
+        "the slide (snn)",
+        "slides": focal_tiles,
+    }
 
 
 def _rna_table(world: _World, cases: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
@@ -527,7 +598,9 @@ def _mutation_table(config: SynthConfig, cases: pd.DataFrame, rng: np.random.Gen
     return cases.loc[sequenced, ["case_id", *panel]].reset_index(drop=True)
 
 
-def _truth(config: SynthConfig, world: _World, cases: pd.DataFrame, sites: _Sites | None) -> dict:
+def _truth(
+    config: SynthConfig, world: _World, cases: pd.DataFrame, sites: _Sites | None, focal_tiles: dict[str, list[int]]
+) -> dict:
     components = _log_hazard_components(config, world, cases)
     total_variance = float(components.sum(axis=1).var())
     time, event = cases["time"].to_numpy(), cases["event"].to_numpy()
@@ -537,18 +610,23 @@ def _truth(config: SynthConfig, world: _World, cases: pd.DataFrame, sites: _Site
 
     # A model that sees both the slide and the RNA may use their interaction; one that sees
     # either alone, or scores them separately and adds (late fusion), cannot.
+    wsi = ["wsi", FOCAL_COMPONENT] if config.focal_tiles else ["wsi"]
     oracle_c_index = {
-        "wsi": oracle(["wsi"]),
+        "wsi": oracle(wsi),
         "rna": oracle(["rna"]),
         "clinical": oracle(["clinical"]),
-        "wsi+rna": oracle(["wsi", "rna", "wsi_x_rna"]),
-        "wsi+clinical": oracle(["wsi", "clinical"]),
-        "wsi+rna+clinical": oracle(["wsi", "rna", "clinical", "wsi_x_rna"]),
+        "wsi+rna": oracle([*wsi, "rna", "wsi_x_rna"]),
+        "wsi+clinical": oracle([*wsi, "clinical"]),
+        "wsi+rna+clinical": oracle([*wsi, "rna", "clinical", "wsi_x_rna"]),
     }
     late_fusion_c_index = {
-        "wsi+rna": oracle(["wsi", "rna"]),
-        "wsi+rna+clinical": oracle(["wsi", "rna", "clinical"]),
+        "wsi+rna": oracle([*wsi, "rna"]),
+        "wsi+rna+clinical": oracle([*wsi, "rna", "clinical"]),
     }
+    focal: dict[str, Any] = {}
+    if config.focal_tiles:
+        oracle_c_index |= {FOCAL_COMPONENT: oracle([FOCAL_COMPONENT]), "wsi_without_focal": oracle(["wsi"])}
+        focal = {"focal_tiles": _focal_truth(config, cases, focal_tiles)}
     mutations = {}
     if config.n_mutation_genes:
         oracle_c_index["wsi+rna+clinical+mutations"] = oracle([str(c) for c in components.columns])
@@ -560,7 +638,7 @@ def _truth(config: SynthConfig, world: _World, cases: pd.DataFrame, sites: _Site
             }
         }
     return {
-        "config": asdict(config),
+        "config": _config_record(config),
         "n_cases": len(cases),
         "censored_fraction": float(1.0 - cases["event"].mean()),
         "hazard": {
@@ -595,6 +673,11 @@ def _truth(config: SynthConfig, world: _World, cases: pd.DataFrame, sites: _Site
                 if config.n_mutation_genes
                 else {}
             ),
+            **(
+                {"focal_adds_c_index_over_wsi_without_it": oracle_c_index["wsi"] - oracle_c_index["wsi_without_focal"]}
+                if config.focal_tiles
+                else {}
+            ),
         },
         "subtype_signal": {
             "image": "prototype proportions: each subtype's own tumour prototype gets "
@@ -604,6 +687,7 @@ def _truth(config: SynthConfig, world: _World, cases: pd.DataFrame, sites: _Site
         "image_risk": {"high_grade_prototypes": list(HIGH_GRADE_PROTOTYPES), "logit_per_sd": config.grade_logit_shift},
         "immune_infiltrate": {"prototype": IMMUNE_PROTOTYPE, "logit_per_sd": config.immune_logit_shift},
         "prototypes": world.prototype_names,
+        **focal,
         "sites": None
         if sites is None
         else {

@@ -87,6 +87,26 @@ def test_plan_of_the_paper_study_prices_each_method(tmp_path: Path) -> None:
     assert "GPU-hours and" in priced.text()
 
 
+METHODS_STUDY_METHODS = [
+    "linear_probe[wsi]", "modaltune", "abmil[wsi](width=32,attention_dim=16)",
+    'abmil[wsi+rna](width=32,attention_dim=16,cat={"width":32})', "transmil[wsi](width=32,heads=2,depth=1)", "snn[rna](width=32)",
+    "survpath[wsi+rna](width=32)",
+]
+
+
+def test_plan_of_the_methods_study_lists_every_method_on_a_cpu() -> None:
+    """methods.yaml, the CPU-sized comparison of the methods (its cohort generated only when the
+    study runs): one trial per method, each on the study's CPU size, tested against the linear probe."""
+    done = _plan(str(STUDIES / "methods.yaml"), "--spread", "0.03")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "7 cells x 1 trials = 7 trials" in out and "5 folds x 1 seeds = 5; runs: 35" in out
+    table = out.split("resources and cost per method", 1)[1].splitlines()[2:9]
+    assert [line.split()[0] for line in table] == METHODS_STUDY_METHODS
+    assert all(line.endswith("1 x (0.9 CPU)") for line in table)
+    assert "6 comparisons, Holm" in out
+
+
 def test_plan_warns_when_a_design_cannot_reach_significance(tmp_path: Path) -> None:
     """The demo on 2 folds x 2 seeds: two units, one degree of freedom, no intervals, and a
     detectable difference larger than any C-index difference can be."""

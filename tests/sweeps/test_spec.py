@@ -184,7 +184,7 @@ def test_designs_crossed_one_at_a_time_and_sampled() -> None:
     assert sampled == design_cells(factors, DesignSpec(type="sampled", cells=5, seed=1))
 
 
-@pytest.mark.parametrize("name", ["smoke", "demo", "tcga", "paper", "tiny"])
+@pytest.mark.parametrize("name", ["smoke", "demo", "tcga", "paper", "tiny", "methods"])
 def test_shipped_studies_are_valid(name: str) -> None:
     spec = load_study_spec(REPO / "sweeps" / "studies" / f"{name}.yaml")
     assert spec.name == name and spec.factors

@@ -122,7 +122,8 @@ def test_ddp_backend_runs_the_same_loop(local_ray, signal_cohort: Path, tmp_path
 
 
 def test_zero3_bf16_trains_and_checkpoints_gathered_adapter_weights(local_ray, signal_cohort: Path, tmp_path: Path) -> None:
-    config = load_train_config(None, BASE + ["optim.epochs=1", "engine.zero_stage=3", "engine.precision=bf16"])
+    # Few tiles a case: what is checked is the partitioned engine's checkpoint, and bf16 on CPU is slow.
+    config = load_train_config(None, BASE + ["optim.epochs=1", "engine.zero_stage=3", "engine.precision=bf16", "max_tiles=16"])
     outcome = run_training(signal_cohort, config, tmp_path / "zero3")
     assert outcome.metrics["val_balanced_accuracy"].notna().all()
     adapter = torch.load(_checkpoints(outcome.output)[-1] / "adapter.pt", weights_only=True)

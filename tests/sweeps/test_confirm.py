@@ -1,6 +1,7 @@
 """The confirm stage through a real study: the search, then each cell's chosen configuration
 retrained on a fresh seed, the report's tests computed on those runs, and a resume that reruns
-nothing."""
+nothing. Its second level adds a somatic mutation panel (some cases not sequenced), so the
+mutations modality goes through a whole study here too."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import yaml
 from modaltune.analysis.ablation import compare_to_reference, repetition_scores
 from modaltune.analysis.inference import FoldDesign
 from modaltune.analysis.summary import load_study
+from modaltune.data import Cohort
 from modaltune.sweeps.confirm import CONFIRMS_KEY
 from modaltune.sweeps.trial import TRIAL_FILE
 from tests.studyproc import REPO, finish_study, markers, start_study, write_spec
@@ -26,12 +28,14 @@ FOLDS, CONFIRM_SEED = 2, 7
 @pytest.fixture(scope="module")
 def confirmed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, str, Path]:
     root = tmp_path_factory.mktemp("confirmed")
-    train = yaml.safe_load((REPO / "sweeps" / "studies" / "tiny.yaml").read_text())["train"]
+    tiny = yaml.safe_load((REPO / "sweeps" / "studies" / "tiny.yaml").read_text())
+    train = tiny["train"]
     train["optim"] |= {"epochs": 2, "warmup_epochs": 0}
     spec = write_spec(root / "confirmed.yaml", "tiny", {
         "train": train,
         "cohort": str(root / "cohort"), "folds": FOLDS,
-        "factors": {"modalities": [["wsi", "rna"], ["wsi"]]},
+        "synthetic": tiny["synthetic"] | {"n_mutation_genes": 6, "mutation_log_hazard": 1.0, "mutation_missing_fraction": 0.1},
+        "factors": {"modalities": [["wsi", "rna"], ["wsi", "rna", "mutations"]]},
         "search": {"trials_per_cell": 2, "sampler": "random", "seed": 0,
                    "params": {"optim.lr": {"type": "loguniform", "low": 0.002, "high": 0.008}}},
         "confirm": {"seeds": [CONFIRM_SEED]},
@@ -56,6 +60,9 @@ def test_each_cells_chosen_configuration_is_retrained_on_the_fresh_seed(confirme
     results = pd.read_parquet(study / "confirm" / "results.parquet")
     assert set(results["seed"]) == {CONFIRM_SEED} and sorted(set(results["fold"])) == list(range(FOLDS))
     assert len(results.groupby(["cell", "fold"])) == 2 * FOLDS
+    assert set(results["modalities"]) == {"wsi+rna", "wsi+rna+mutations"} and results["val_c_index"].between(0, 1).all()
+    cohort = Cohort(study.parents[1] / "cohort")
+    assert 0 < len(cohort.modality_cases("mutations")) < len(cohort.case_ids)  # some cases not sequenced: missing tokens
 
 
 def test_the_reports_tests_are_computed_on_the_confirmation_runs(confirmed) -> None:
@@ -66,7 +73,7 @@ def test_the_reports_tests_are_computed_on_the_confirmation_runs(confirmed) -> N
     spec, results, trials = load_study(study / "confirm")
     expected = compare_to_reference(spec, repetition_scores(spec, results, trials), "c_index", FoldDesign(FOLDS, 2)).iloc[0]
     assert f"Verdict on c_index over {FOLDS} folds" in output
-    assert f"wsi vs wsi+rna {expected['difference']:+.3f}" in output.split("Verdict on c_index", 1)[1]
+    assert f"wsi+rna+mutations vs wsi+rna {expected['difference']:+.3f}" in output.split("Verdict on c_index", 1)[1]
     for figure in ("confirm_forest_c_index.png", "search_forest_c_index.png"):
         assert (study / "report" / figure).stat().st_size > 5000, figure
 

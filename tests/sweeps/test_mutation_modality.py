@@ -17,6 +17,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).parents[2]
 
 
+@pytest.mark.exhaustive("a mutation panel level through a whole study: tests/sweeps/test_confirm.py (its second level)")
 def test_a_study_with_a_mutation_panel_level_trains_and_is_analysed(tmp_path: Path) -> None:
     tiny = yaml.safe_load((REPO / "sweeps/studies/tiny.yaml").read_text())
     spec = write_spec(tmp_path / "mutations.yaml", "tiny", {

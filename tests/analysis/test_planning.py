@@ -89,8 +89,8 @@ def test_plan_of_the_paper_study_prices_each_method(tmp_path: Path) -> None:
 
 METHODS_STUDY_METHODS = [
     "linear_probe[wsi]", "modaltune", "abmil[wsi](width=32,attention_dim=16)",
-    'abmil[wsi+rna](width=32,attention_dim=16,cat={"width":32})', "transmil[wsi](width=32,heads=2,depth=1)", "snn[rna](width=32)",
-    "survpath[wsi+rna](width=32)",
+    'abmil[wsi+rna](width=32,attention_dim=16,cat={"width":32})', "transmil[wsi](width=32,heads=2,depth=1,dropout=0.5)",
+    "snn[rna](width=32)", "survpath[wsi+rna](width=32)",
 ]
 
 

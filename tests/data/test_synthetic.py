@@ -302,7 +302,7 @@ def test_focal_tiles_sit_where_truth_says_and_only_attention_over_tiles_sees_the
     event = [focal.record(c).event for c in focal.case_ids]
     by_max = concordance_index(time, [-scores[c].max() for c in focal.case_ids], event)
     by_mean = concordance_index(time, [-scores[c].mean() for c in focal.case_ids], event)
-    assert by_max > 0.6 and by_max - by_mean > 0.05, (by_max, by_mean)  # 0.64 and 0.54 measured
+    assert by_max > 0.6 and by_max - by_mean > 0.05, (by_max, by_mean)  # 0.62 and 0.52 measured
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
 """The confirm stage through a real study: the search, then each cell's chosen configuration
 retrained on a fresh seed, the report's tests computed on those runs, and a resume that reruns
 nothing. Its second level adds a somatic mutation panel (some cases not sequenced), so the
-mutations modality goes through a whole study here too."""
+mutations modality goes through a whole study here too; and it is tracked in MLflow (Ray Tune's
+logger callback against MLflow's local store, read back with MLflow's own client)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
 from modaltune.analysis.ablation import compare_to_reference, repetition_scores
 from modaltune.analysis.inference import FoldDesign
@@ -22,7 +24,7 @@ from tests.studyproc import REPO, finish_study, markers, start_study, write_spec
 
 pytestmark = pytest.mark.slow
 
-FOLDS, CONFIRM_SEED = 2, 7
+FOLDS, CONFIRM_SEED, EPOCHS = 2, 7, 2
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,7 @@ def confirmed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, str,
     root = tmp_path_factory.mktemp("confirmed")
     tiny = yaml.safe_load((REPO / "sweeps" / "studies" / "tiny.yaml").read_text())
     train = tiny["train"]
-    train["optim"] |= {"epochs": 2, "warmup_epochs": 0}
+    train["optim"] |= {"epochs": EPOCHS, "warmup_epochs": 0}
     spec = write_spec(root / "confirmed.yaml", "tiny", {
         "train": train,
         "cohort": str(root / "cohort"), "folds": FOLDS,
@@ -39,6 +41,7 @@ def confirmed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, str,
         "search": {"trials_per_cell": 2, "sampler": "random", "seed": 0,
                    "params": {"optim.lr": {"type": "loguniform", "low": 0.002, "high": 0.008}}},
         "confirm": {"seeds": [CONFIRM_SEED]},
+        "trackers": ["mlflow"],
     })
     code, output = finish_study(start_study(spec, root / "studies"), timeout=900)
     return root / "studies" / "confirmed", code, output, spec
@@ -88,3 +91,21 @@ def test_resuming_a_confirmed_study_reruns_nothing(confirmed) -> None:
     assert again == 0, output[-4000:]
     after = markers(study) | {f"confirm/{k}": v for k, v in markers(study / "confirm").items()}
     assert after == before
+
+
+def test_mlflow_gets_every_trial_of_both_stages_its_params_per_epoch_metrics_and_the_report(confirmed) -> None:
+    study, code, output, _ = confirmed
+    assert code == 0, output[-4000:]
+    client = MlflowClient(f"sqlite:///{study / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("confirmed")
+    assert experiment is not None and experiment.artifact_location == (study / "mlflow-artifacts").as_uri()
+    runs = client.search_runs([experiment.experiment_id])
+    stages = {stage: [run for run in runs if run.data.tags.get("stage") == stage] for stage in ("search", "confirm")}
+    assert len(stages["search"]) == 2 * 2 and len(stages["confirm"]) == 2
+    for run in stages["search"] + stages["confirm"]:
+        assert run.info.status == "FINISHED"
+        assert run.data.params["cell"] in {"c000", "c001"} and 0.002 <= float(run.data.params["optim.lr"]) <= 0.008
+        history = client.get_metric_history(run.info.run_id, "val_c_index")
+        assert len(history) >= EPOCHS and all(0.0 <= point.value <= 1.0 for point in history)  # every epoch's value
+    reports = [run for run in runs if run.info.run_name == "report"]  # one more for each resume that rewrote it
+    assert reports and all("report.md" in [a.path for a in client.list_artifacts(run.info.run_id)] for run in reports)

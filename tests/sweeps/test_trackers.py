@@ -15,6 +15,7 @@ from tests.studyproc import finish_study, start_study, write_spec
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.exhaustive("MLflow tracking of a whole study: tests/sweeps/test_confirm.py (the confirmed study, both stages)")
 def test_mlflow_gets_every_trial_its_params_per_epoch_metrics_and_the_report(tmp_path: Path) -> None:
     spec = write_spec(
         tmp_path / "tracked.yaml", "tiny",

@@ -113,7 +113,14 @@ def run_study(
         if resume:
             record_changes(layout, spec, changes)
         else:
-            record_new_study(layout, spec)
+            # The progress record first: a driver killed right after study.yaml marks the study
+            # leaves a study that `modaltune status` calls interrupted (resume it), not unstarted.
+            mark_study(layout, spec.name, "running")
+            try:
+                record_new_study(layout, spec)
+            except BaseException:
+                layout.progress.unlink(missing_ok=True)  # no study.yaml: nothing may look like a study
+                raise
         return _drive(plan, confirmation, resume, address, tune_table, trainable, reuse_actors, conclude)
     finally:
         lock.release()

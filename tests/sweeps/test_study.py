@@ -166,12 +166,15 @@ def test_selected_model_is_exported_and_predicts_like_it_validated(
     assert np.allclose([sum(p) for p in predictions["class_probabilities"]], 1.0, atol=1e-4)
 
     # --out x.csv writes CSV; an output that cannot be written is refused before any case is scored.
-    # The CSV run is a process like the Parquet one: the same torch thread count, so the same sums
-    # (risk is a percentile among the training cases' risks, which a last-digit change can move by a rank).
+    # risk is the members' mean percentile among their training cases' risks: a last-digit change
+    # of a raw risk between the two runs (the second reads the frozen prefixes the first cached)
+    # can move it by a rank, 1 / (2 x training cases) per member; more than two ranks is a real change.
     done = subprocess.run([*command[:-1], str(tmp_path / "p.csv")], capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     as_csv = pd.read_csv(tmp_path / "p.csv")
-    assert sorted(as_csv["case_id"]) == cohort.case_ids and np.allclose(as_csv["risk"], predictions["risk"])
+    assert sorted(as_csv["case_id"]) == cohort.case_ids
+    moved = (as_csv["risk"] - predictions["risk"]).abs().max()
+    assert moved <= 2 / len(cohort.case_ids), moved
     assert all(abs(sum(json.loads(p).values()) - 1) < 1e-4 for p in as_csv["class_probabilities"])
     scored: list[str] = []
     monkeypatch.setattr("modaltune.predict.predict_member", lambda *args: scored.append("member") or pytest.fail("scored"))

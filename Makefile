@@ -38,14 +38,20 @@ demo: install
 # slowest are listed at the end, so its budget stays visible. test-fast: no Ray, no study, no
 # long simulation: the unit tests, a contributor's loop (under 5 minutes). test-all: test and
 # the further variations of seams test exercises (marked exhaustive, each naming where).
+# TEST_WORKERS pytest-xdist processes, a test file each at a time (--dist loadfile: a file's
+# module fixtures, such as the smoke study every test of tests/sweeps/test_study.py reads, run
+# once). Two on 2 cores, because a study test leaves a core idle for much of its run: its
+# processes (driver, trial, Ray Train controller, worker) start and import torch one after another
+# (a one-trial study kept 2 cores 58% busy). Every test owns its Ray, ports and folders.
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -q --durations=15 -m "not exhaustive" tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 -m "not exhaustive" tests
 
 test-fast: install
-	$(BIN)/python -m pytest -q --durations=10 -m "not slow and not exhaustive" tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=10 -m "not slow and not exhaustive" tests
 
 test-all: install
-	$(BIN)/python -m pytest -q --durations=25 tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25 tests
 
 # ruff (its defaults plus line length, import order and bug-risk rules; pinned in pyproject.toml)
 # over everything, and mypy over the library (modaltune/; settings in pyproject.toml). CI runs it first.

@@ -113,18 +113,19 @@ def test_resume_from_a_checkpoint_reproduces_the_uninterrupted_run(deepspeed_run
         assert list(resumed.metrics[column]) == list(expected[column]), column
 
 
-def test_ddp_backend_runs_the_same_loop(local_ray, signal_cohort: Path, tmp_path: Path) -> None:
+def test_ddp_backend_runs_the_same_loop(local_ray, small_cohort: Path, tmp_path: Path) -> None:
     config = load_train_config(None, BASE + ["optim.epochs=1", "engine.backend=ddp"])
-    outcome = run_training(signal_cohort, config, tmp_path / "ddp")
+    outcome = run_training(small_cohort, config, tmp_path / "ddp")
     assert list(outcome.metrics["engine"]) == ["ddp"]
     assert outcome.metrics["val_balanced_accuracy"].notna().all()
     assert (outcome.output / "predictions" / "epoch_000.parquet").exists()
 
 
-def test_zero3_bf16_trains_and_checkpoints_gathered_adapter_weights(local_ray, signal_cohort: Path, tmp_path: Path) -> None:
-    # Few tiles a case: what is checked is the partitioned engine's checkpoint, and bf16 on CPU is slow.
+def test_zero3_bf16_trains_and_checkpoints_gathered_adapter_weights(local_ray, small_cohort: Path, tmp_path: Path) -> None:
+    # The small cohort, few tiles a case: what is checked is the partitioned engine's checkpoint,
+    # and a ZeRO-3 step on CPU costs about half a second of partitioning, gathering and bf16 casts.
     config = load_train_config(None, BASE + ["optim.epochs=1", "engine.zero_stage=3", "engine.precision=bf16", "max_tiles=16"])
-    outcome = run_training(signal_cohort, config, tmp_path / "zero3")
+    outcome = run_training(small_cohort, config, tmp_path / "zero3")
     assert outcome.metrics["val_balanced_accuracy"].notna().all()
     adapter = torch.load(_checkpoints(outcome.output)[-1] / "adapter.pt", weights_only=True)
     # ZeRO-3 partitions parameters; the exported adapter weights must be whole again.
@@ -159,10 +160,10 @@ def test_a_run_after_another_in_the_same_worker_group_trains_exactly_as_alone(lo
     assert sorted(checkpoint_run(p) for p in (group / "train").glob("checkpoint_*") if p.is_dir()) == [0, 1, 1]
 
 
-def test_wsi_only_run_needs_no_rna_files(local_ray, signal_cohort: Path, tmp_path: Path) -> None:
+def test_wsi_only_run_needs_no_rna_files(local_ray, small_cohort: Path, tmp_path: Path) -> None:
     """A cohort imported without RNA trains WSI-only models (it used to die on gene_groups.json)."""
     cohort = tmp_path / "no_rna"
-    shutil.copytree(signal_cohort, cohort, ignore=shutil.ignore_patterns("cache"))
+    shutil.copytree(small_cohort, cohort, ignore=shutil.ignore_patterns("cache"))
     (cohort / "rna.parquet").unlink()
     (cohort / "gene_groups.json").unlink()
     config = load_train_config(None, BASE + ["optim.epochs=1", "engine.backend=ddp", "model.modalities=[wsi]"])
